@@ -1,0 +1,58 @@
+"""dlsim: simulate deep-learning hardware on an op graph that also runs for real.
+
+>>> import sim
+>>> g = sim.load("workloads/mlp-mnist.yaml", batch=8)      # doctest: +SKIP
+>>> r = sim.simulate(g, sim.hardware("h100"))              # doctest: +SKIP
+>>> r.makespan_s, r.peak_memory_bytes                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.errors import GraphError, OutOfMemoryError, SimError, SpecError, UnsupportedOpError
+from sim.exec import execute
+from sim.frontends import load
+from sim.graph import Graph, Node, TensorSpec
+
+__version__ = "0.1.0"
+
+
+def hardware(name_or_path: str, **overrides: Any) -> Any:
+    """A device or system spec by bundled name (``"h100"``) or YAML path.
+
+    ``overrides`` are dotted spec fields with human units, e.g.
+    ``hardware("h100", **{"memory.hbm.bandwidth": "6.7 TB/s"})``.
+    """
+    from sim.hw import load_hardware
+
+    return load_hardware(name_or_path, **overrides)
+
+
+def simulate(graph: Graph, hw: Any, dtype: str | None = None, **options: Any) -> Any:
+    """Schedule ``graph`` on ``hw`` (a spec, or a name/path for ``hardware``); returns a Result."""
+    from sim.engine import simulate as _simulate
+
+    return _simulate(graph, hw, dtype=dtype, **options)
+
+
+def training_graph(graph: Graph, loss: str = "cross_entropy", optimizer: str = "adam",
+                   **hyper: Any) -> Graph:
+    """Forward graph -> one training step (loss, backward, optimizer update)."""
+    from sim.passes.training import training_graph as _tg
+
+    return _tg(graph, loss=loss, optimizer=optimizer, **hyper)
+
+
+def load_module(module: Any, example_inputs: Any, **kwargs: Any) -> Graph:
+    """Import a ``torch.nn.Module`` through ``torch.export`` (needs the ``torch`` extra)."""
+    from sim.frontends.torch_import import load_module as _lm
+
+    return _lm(module, example_inputs, **kwargs)
+
+
+__all__ = [
+    "Graph", "GraphError", "Node", "OutOfMemoryError", "SimError", "SpecError", "TensorSpec",
+    "UnsupportedOpError", "execute", "hardware", "load", "load_module", "simulate",
+    "training_graph",
+]

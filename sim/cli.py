@@ -1,0 +1,142 @@
+"""Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``.
+
+Bad input (a SimError) prints one line and exits 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sim.errors import SimError
+
+
+def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["batch=32", "seq=128"]`` -> ``{"batch": 32, "seq": 128}`` (ints, floats, or strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SimError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        k, v = k.strip(), v.strip()
+        val: Any = v
+        for conv in (int, float):
+            try:
+                val = conv(v)
+                break
+            except ValueError:
+                continue
+        out[k] = val
+    return out
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="simulate a workload on hardware and print a summary")
+    p.add_argument("workload", help="workload YAML, ONNX model, or bundled workload name")
+    p.add_argument("--hw", default="h100", help="hardware spec name or YAML path (default h100)")
+    p.add_argument("--dtype", help="cast floating tensors: fp32 tf32 fp16 bf16 fp8 int8")
+    p.add_argument("--set", action="append", metavar="K=V", help="override a workload param")
+    p.add_argument("--hw-set", action="append", metavar="FIELD=VALUE",
+                   help="override a spec field, e.g. memory.hbm.bandwidth='6.7 TB/s'")
+    p.add_argument("--place", action="append", metavar="PATTERN=DEVICE",
+                   help="place ops whose name or layer matches PATTERN on DEVICE")
+    p.add_argument("--train", action="store_true", help="simulate one training step")
+    p.add_argument("--loss", default="cross_entropy")
+    p.add_argument("--optimizer", default="adam")
+    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing")
+    p.add_argument("--fuse", action="store_true", help="run the fusion pass first")
+    p.add_argument("--json", metavar="F", help="write the result as JSON")
+    p.add_argument("--trace", metavar="F", help="write a Chrome/Perfetto trace")
+    p.add_argument("--plot", metavar="F", help="write a timeline/roofline/memory plot (PNG)")
+    p.add_argument("--top", type=int, default=10, help="how many ops to list")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sim.report.runcmd import run_command
+
+    return run_command(args)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a workload on a bundled dataset with the executor")
+    p.add_argument("workload")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--optimizer", default="adam")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", help="training precision: fp32 bf16 fp16 (AMP)")
+    p.add_argument("--prune", help="magnitude pruning: e.g. 0.5 (unstructured) or 2:4")
+    p.add_argument("--set", action="append", metavar="K=V")
+    p.add_argument("--hw", help="also simulate one step on this hardware")
+    p.add_argument("--json", metavar="F")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sim.passes.trainer import train_command
+
+    return train_command(args)
+
+
+def _add_ops(sub: Any) -> None:
+    p = sub.add_parser("ops", help="list the op library")
+    p.set_defaults(func=_cmd_ops)
+
+
+def _cmd_ops(args: argparse.Namespace) -> int:
+    from sim.ops import all_ops
+
+    for name, op in sorted(all_ops().items()):
+        grad = "grad" if op.grad else f"no grad: {op.no_grad}"
+        print(f"{name:28s} {op.family:12s} {grad}")
+    return 0
+
+
+def _add_hw(sub: Any) -> None:
+    p = sub.add_parser("hw", help="list bundled hardware specs or show one")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=_cmd_hw)
+
+
+def _cmd_hw(args: argparse.Namespace) -> int:
+    from sim.hw import describe, list_hardware
+
+    if args.name:
+        print(describe(args.name))
+    else:
+        for name in list_hardware():
+            print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_train(sub)
+    _add_ops(sub)
+    _add_hw(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SimError as err:
+        print(f"sim: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"sim: error: {err.filename}: file not found", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Hardware spec dataclasses: what the engine and the cost models read.
+
+Loaded from ``hwspecs/*.yaml`` by ``sim.hw.loader`` (human units converted once, here SI:
+seconds, bytes, bytes/s, FLOP/s, hertz, watts, joules). Frozen: a what-if builds a new spec
+via ``sim.hw.loader.override``.
+
+The engine relies on these fields only: ``DeviceSpec.name, kind, memory, launch_s, host_link,
+device_link, power, units``; ``SystemSpec.devices, host, links``. Kind-specific detail
+(SM count and tile sizes, systolic array dimensions, DSP counts, SIMD widths...) lives in
+``DeviceSpec.arch`` and is read only by ``sim.cost``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEVICE_KINDS = ("cpu", "gpu", "tpu", "fpga", "asic")
+
+
+@dataclass(frozen=True)
+class MemoryLevel:
+    """One level of the memory hierarchy (outermost first in ``DeviceSpec.memory``)."""
+
+    name: str  # "hbm", "dram", "l2", "smem", "vmem", "bram", "uram", "llc" ...
+    capacity_bytes: float
+    bandwidth_Bps: float
+    latency_s: float = 0.0
+    energy_per_byte_j: float = 0.0
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A point-to-point link (per direction): PCIe, NVLink, ICI, Ethernet."""
+
+    name: str
+    bandwidth_Bps: float
+    latency_s: float = 0.0
+    energy_per_byte_j: float = 0.0
+
+
+@dataclass(frozen=True)
+class ComputeUnit:
+    """A kind of compute engine on the device and its per-dtype rates.
+
+    ``peak_flops`` maps dtype -> dense peak FLOP/s for the whole device (all SMs / cores /
+    MXUs together). ``efficiency`` maps dtype (or "default") -> achievable fraction of peak
+    on large, well-shaped work (fitted from measurements where we have them).
+    ``matrix`` says whether the unit runs matmul-like work (tensor cores, MXUs, DSP arrays).
+    ``sparse_2_4`` says whether it doubles math on 2:4 structured-sparse weights.
+    """
+
+    name: str  # "tensor", "vector", "mxu", "simd", "dsp"
+    matrix: bool
+    peak_flops: dict[str, float]
+    efficiency: dict[str, float] = field(default_factory=dict)
+    sparse_2_4: bool = False
+
+    def rate(self, dtype: str) -> float:
+        """Achievable FLOP/s for ``dtype`` (0 when the unit has no rate for it)."""
+        peak = self.peak_flops.get(dtype, 0.0)
+        eff = self.efficiency.get(dtype, self.efficiency.get("default", 1.0))
+        return peak * eff
+
+
+@dataclass(frozen=True)
+class PowerSpec:
+    idle_w: float = 0.0
+    tdp_w: float = 0.0
+    energy_per_flop_j: dict[str, float] = field(default_factory=dict)  # by dtype
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    kind: str  # one of DEVICE_KINDS
+    units: tuple[ComputeUnit, ...]
+    memory: tuple[MemoryLevel, ...]  # outermost (HBM/DRAM) first
+    launch_s: float = 0.0  # per-op floor: kernel launch / dispatch / pipeline setup
+    host_link: LinkSpec | None = None
+    device_link: LinkSpec | None = None
+    power: PowerSpec = field(default_factory=PowerSpec)
+    arch: dict[str, Any] = field(default_factory=dict)  # kind-specific detail for sim.cost
+    source: str = ""  # file it was loaded from
+
+    @property
+    def main_memory(self) -> MemoryLevel:
+        """The outermost level: where tensors live (HBM, DRAM, board DDR)."""
+        return self.memory[0]
+
+    def unit(self, name: str) -> ComputeUnit:
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """Devices joined by links. A single device is a system of one (plus an optional host)."""
+
+    name: str
+    devices: dict[str, DeviceSpec]  # instance name ("gpu0") -> spec
+    host: str | None = None  # instance name of the host CPU, if modelled
+    links: tuple[tuple[str, str, LinkSpec], ...] = ()  # (a, b, link), both directions
+    switch: LinkSpec | None = None  # a non-blocking switch (NVSwitch): every pair at this rate
+    source: str = ""
+
+    @property
+    def accelerators(self) -> list[str]:
+        return [n for n in self.devices if n != self.host]

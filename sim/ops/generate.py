@@ -1,0 +1,3 @@
+"""generate ops."""
+
+from __future__ import annotations

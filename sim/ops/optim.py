@@ -1,0 +1,3 @@
+"""optim ops."""
+
+from __future__ import annotations

@@ -1,0 +1,119 @@
+"""The op registry: one ``OpDef`` per op type, holding everything the rest of dlsim needs.
+
+An op definition is small and complete (see docs/ops.md):
+
+* ``infer(in_specs, attrs) -> list[TensorSpec]``: output shapes and dtypes (ONNX semantics);
+  ``in_specs`` holds ``None`` for omitted optional inputs.
+* ``work(in_specs, out_specs, attrs) -> Work``: FLOPs by kind, bytes, GEMM shapes.
+* ``kernel(inputs, attrs) -> list[np.ndarray]``: the NumPy implementation. Inputs arrive in the
+  compute dtype (low-precision floats as fp32; the executor rounds outputs back).
+* ``grad(gb, node, dys) -> list[str | None]``: the gradient rule. It emits backward nodes
+  through ``gb`` (a ``sim.passes.autodiff.GradBuilder``) and returns the name of the gradient
+  tensor for each input (``None`` where there is none). ``dys`` holds the output gradients
+  (``None`` for outputs nothing depends on). Ops with no gradient give ``no_grad`` instead:
+  the reason, e.g. "integer output" or "backward op".
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sim.errors import UnsupportedOpError
+from sim.graph.tensor import TensorSpec
+from sim.ops.work import Work
+
+if TYPE_CHECKING:
+    from sim.graph.node import Node
+
+Specs = list[TensorSpec | None]
+InferFn = Callable[[Specs, dict[str, Any]], list[TensorSpec]]
+WorkFn = Callable[[Specs, list[TensorSpec], dict[str, Any]], Work]
+KernelFn = Callable[[list[Any], dict[str, Any]], list[np.ndarray]]
+GradFn = Callable[[Any, "Node", list[str | None]], list[str | None]]
+
+# Family modules, imported on first use so that every op is registered.
+FAMILIES = (
+    "linalg", "conv", "pool", "elementwise", "logical", "reduce", "norm", "shape",
+    "index", "generate", "attention", "rnn", "loss", "optim",
+)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    infer: InferFn
+    work: WorkFn
+    kernel: KernelFn
+    grad: GradFn | None = None
+    no_grad: str | None = None  # why there is no gradient rule
+    family: str = ""
+    doc: str = ""
+
+
+_REGISTRY: dict[str, OpDef] = {}
+_loaded = False
+
+
+def register(opdef: OpDef) -> OpDef:
+    """Add an op definition. Names are unique."""
+    if opdef.name in _REGISTRY:
+        raise ValueError(f"op {opdef.name} registered twice")
+    if opdef.grad is None and not opdef.no_grad:
+        raise ValueError(f"op {opdef.name} needs a gradient rule or a no_grad reason")
+    _REGISTRY[opdef.name] = opdef
+    return opdef
+
+
+def defop(
+    name: str,
+    *,
+    infer: InferFn,
+    work: WorkFn,
+    kernel: KernelFn,
+    grad: GradFn | None = None,
+    no_grad: str | None = None,
+    doc: str = "",
+) -> OpDef:
+    """Register an op from its parts; the family is the calling module's name."""
+    import inspect
+
+    frame = inspect.stack()[1]
+    family = frame.frame.f_globals.get("__name__", "").rsplit(".", 1)[-1]
+    return register(OpDef(name, infer, work, kernel, grad, no_grad, family, doc))
+
+
+def load_all() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for fam in FAMILIES:
+            importlib.import_module(f"sim.ops.{fam}")
+
+
+def get_op(name: str, *, where: str | None = None) -> OpDef:
+    """The definition of op ``name``; ``UnsupportedOpError`` naming it if unknown."""
+    load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnsupportedOpError(f"unknown op {name!r}{hint}", where=where) from None
+
+
+def has_op(name: str) -> bool:
+    load_all()
+    return name in _REGISTRY
+
+
+def all_ops() -> dict[str, OpDef]:
+    """Every registered op, by name."""
+    load_all()
+    return dict(_REGISTRY)

@@ -1,0 +1,88 @@
+"""Work estimates: what an op does, independent of any hardware.
+
+A cost model turns a ``Work`` into seconds for a given unit; ``Work`` itself never holds time.
+Conventions (see docs/ops.md): a multiply-add is 2 FLOP; an elementwise add, compare or max is
+1 FLOP per output element; transcendental functions (exp, log, tanh, erf, sqrt, reciprocal)
+are counted in ``transcendentals`` (one per evaluation) *and* add their listed FLOPs.
+Bytes are the minimal traffic: every input read once, every output written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """A (batched) matrix multiply C[b] (m x n) = A[b] (m x k) @ B[b] (k x n)."""
+
+    m: int
+    n: int
+    k: int
+    batch: int = 1
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.batch * self.m * self.n * self.k
+
+
+@dataclass(frozen=True)
+class Work:
+    """Frozen, addable record of an op's work.
+
+    ``flops`` is the total; ``matmul_flops`` is the part that matrix units (tensor cores,
+    MXUs, systolic arrays, DSP MAC arrays) can run; the rest runs on vector units.
+
+    >>> Work(flops=4, bytes_read=32, bytes_written=16) + Work(flops=2)
+    Work(flops=6.0, matmul_flops=0.0, transcendentals=0.0, bytes_read=32.0, bytes_written=16.0, gemms=())
+    """
+
+    flops: float = 0.0
+    matmul_flops: float = 0.0
+    transcendentals: float = 0.0
+    bytes_read: float = 0.0
+    bytes_written: float = 0.0
+    gemms: tuple[GemmShape, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name in ("flops", "matmul_flops", "transcendentals", "bytes_read", "bytes_written"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "gemms", tuple(self.gemms))
+
+    def __add__(self, other: Work) -> Work:
+        return Work(
+            self.flops + other.flops,
+            self.matmul_flops + other.matmul_flops,
+            self.transcendentals + other.transcendentals,
+            self.bytes_read + other.bytes_read,
+            self.bytes_written + other.bytes_written,
+            self.gemms + other.gemms,
+        )
+
+    @property
+    def bytes(self) -> float:
+        return self.bytes_read + self.bytes_written
+
+    @property
+    def vector_flops(self) -> float:
+        return self.flops - self.matmul_flops
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity in FLOP per byte (inf for zero-byte work)."""
+        return self.flops / self.bytes if self.bytes else float("inf")
+
+    def scaled(self, factor: float) -> Work:
+        """This work repeated ``factor`` times (GEMM shapes are repeated in ``batch``)."""
+        gemms = tuple(GemmShape(g.m, g.n, g.k, int(round(g.batch * factor))) for g in self.gemms)
+        return Work(
+            self.flops * factor,
+            self.matmul_flops * factor,
+            self.transcendentals * factor,
+            self.bytes_read * factor,
+            self.bytes_written * factor,
+            gemms,
+        )
+
+
+ZERO = Work()
