@@ -88,3 +88,36 @@ def check_grad(op: str, arrays: Sequence[np.ndarray | None], attrs: dict[str, An
         assert err < tol, f"{op}: gradient of input {i} off by {err:.2e} (tol {tol:.0e})"
         worst = max(worst, err)
     return worst
+
+
+def onnx_ref(op: str, inputs: Sequence[np.ndarray | None], attrs: dict[str, Any] | None = None,
+             n_out: int = 1, opset: int = 21, domain: str = "") -> list[np.ndarray]:
+    """Run one ONNX node with ``onnx.reference`` (an independent reference implementation).
+
+    ``inputs`` are the ONNX inputs in ONNX order (shape operands as int64 arrays, as ONNX
+    wants them; ``None`` for an omitted optional input). ``attrs`` are ONNX attributes.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    names, vinfos, feeds = [], [], {}
+    for i, a in enumerate(inputs):
+        if a is None:
+            names.append("")
+            continue
+        a = np.asarray(a)
+        name = f"i{i}"
+        names.append(name)
+        elem = helper.np_dtype_to_tensor_dtype(a.dtype)
+        vinfos.append(helper.make_tensor_value_info(name, elem, a.shape))
+        feeds[name] = a
+    outs = [f"o{i}" for i in range(n_out)]
+    node = helper.make_node(op, names, outs, domain=domain, **(attrs or {}))
+    graph = helper.make_graph(
+        [node], "ref", vinfos,
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, opset)])
+    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+    return [np.asarray(r) for r in ReferenceEvaluator(model).run(None, feeds)]
