@@ -20,7 +20,7 @@ run: $(STAMP)
 		--json out/resnet50-h100.json --trace out/resnet50-h100.trace.json --plot out/resnet50-h100.png
 
 lint: $(STAMP)
-	$(BIN)/ruff check sim tests bench examples
+	$(BIN)/ruff check sim tests $(wildcard bench examples)
 	$(BIN)/mypy
 
 test: lint
