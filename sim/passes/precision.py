@@ -1,0 +1,154 @@
+"""Precision passes: cast a whole graph to one dtype, and automatic mixed precision.
+
+``cast_graph`` rebuilds a graph with every floating tensor in one storage dtype (inference
+or pure low-precision training). ``amp`` keeps fp32 master weights and runs the compute in
+bf16 or fp16 with casts at the boundaries and, for fp16, a loss scale.
+
+What each dtype means here:
+
+* ``fp32``, ``fp16``, ``bf16``, ``fp8`` (E4M3): every floating input, parameter and
+  intermediate tensor is stored (and so moved) in that dtype; kernels compute in fp32 and the
+  executor rounds each output to the storage dtype, as tensor cores accumulate in fp32.
+* ``tf32``: tensors stay fp32; matmul-like nodes (those whose ``Work`` has
+  ``matmul_flops > 0``) get ``meta["compute_dtype"] = "tf32"`` so cost models use the TF32
+  tensor-core rate. The executor still computes them in fp32.
+* ``int8``: W8A8 inference quantisation as a cost model sees it: every floating tensor is
+  stored in one byte and matmul-like nodes compute in int8 with int32 accumulation
+  (``meta["compute_dtype"] = "int8"``). Quantisation scales are not modelled, so an int8
+  graph is for simulation (time, bytes, memory), not for numerics: executing it truncates
+  real-valued weights to integers. Ops that have no int8 form get a dequantise/requantise
+  pair of ``Cast`` nodes around them (computed in their original dtype), as real int8
+  deployments do for softmax or normalisation.
+
+Any op whose shape rule rejects the target dtype (or fixes its own output dtype) is wrapped
+the same way, so every pass output verifies. Tensor, node and parameter names are kept;
+the wrapping casts are named ``<node>.cast_in<i>`` / ``<node>.cast_out<i>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.dtypes import canonical, is_float
+from sim.errors import GraphError
+from sim.graph import Graph, Node, ParamInfo, TensorSpec
+from sim.ops.registry import get_op, has_op
+
+CAST_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+_INFER_ERRORS = (GraphError, ValueError, IndexError, KeyError, TypeError, ZeroDivisionError)
+
+
+def _storage(dtype: str) -> str:
+    return "fp32" if dtype == "tf32" else dtype
+
+
+def _copy_decls(graph: Graph, g: Graph, spec_of: Any) -> None:
+    """Inputs, params (same init and options) and initializers of ``graph`` into ``g``."""
+    for name, spec in graph.inputs.items():
+        g.add_input(name, spec_of(name, spec))
+    for name, spec in graph.params.items():
+        info = graph.param_info[name]
+        g.add_param(name, spec_of(name, spec), info.init, trainable=info.trainable)
+        g.param_info[name] = ParamInfo(info.init, info.trainable, dict(info.options))
+    g.initializers = dict(graph.initializers)
+
+
+def is_matmul_like(graph: Graph, node: Node) -> bool:
+    """Whether a node's work has a matrix-unit part (MatMul, Gemm, Conv, attention ...)."""
+    return graph.work(node).matmul_flops > 0
+
+
+def _retype_attrs(node: Node, storage: str) -> dict[str, Any]:
+    attrs = dict(node.attrs)
+    for key in ("to", "dtype"):
+        v = attrs.get(key)
+        if isinstance(v, str):
+            try:
+                if is_float(canonical(v)):
+                    attrs[key] = storage
+            except GraphError:
+                pass
+    return attrs
+
+
+def _add_wrapped(src: Graph, g: Graph, node: Node, attrs: dict[str, Any], want: str) -> None:
+    """Add ``node`` computing in its original dtypes, with casts in and out of ``want``."""
+    if not has_op("Cast"):
+        raise GraphError(f"op {node.op} has no {want} form and no Cast op is defined",
+                         where=f"node {node.name!r} ({node.op})")
+    ins: list[str] = []
+    for i, t in enumerate(node.inputs):
+        if t and g.tensors[t].dtype != src.tensors[t].dtype:
+            (c,) = g.add_node("Cast", [t], [g.unique_name(f"{t}.{src.tensors[t].dtype}")],
+                              {"to": src.tensors[t].dtype}, name=g.unique_name(f"{node.name}.cast_in{i}"),
+                              meta={"cast": "in", "forward": node.name})
+            ins.append(c)
+        else:
+            ins.append(t)
+    outs: list[str] = []
+    recast: list[tuple[int, str, str]] = []
+    for i, t in enumerate(node.outputs):
+        if t and is_float(src.tensors[t].dtype) and src.tensors[t].dtype != want:
+            inner = g.unique_name(f"{t}.{src.tensors[t].dtype}")
+            outs.append(inner)
+            recast.append((i, inner, t))
+        else:
+            outs.append(t)
+    g.add_node(node.op, ins, outs, attrs, name=node.name, meta=dict(node.meta))
+    for i, inner, t in recast:
+        if g.tensors[inner].dtype == want:
+            raise GraphError(f"cannot retype output {t!r}", where=f"node {node.name!r}")
+        g.add_node("Cast", [inner], [t], {"to": want}, name=g.unique_name(f"{node.name}.cast_out{i}"),
+                   meta={"cast": "out", "forward": node.name})
+
+
+def cast_graph(graph: Graph, dtype: str) -> Graph:
+    """A new graph in which every floating input, parameter and tensor has ``dtype``.
+
+    ``dtype`` is one of fp32, tf32, fp16, bf16, fp8, int8 (see the module docstring for what
+    tf32 and int8 mean). Names are kept; specs are re-inferred through the op library.
+
+    >>> from sim.graph import Graph, TensorSpec
+    >>> g = Graph("t"); _ = g.add_input("x", TensorSpec((2, 4)))
+    >>> _ = g.add_param("w", TensorSpec((4, 3))); _ = g.add_node("MatMul", ["x", "w"], ["y"])
+    >>> g.set_outputs(["y"])
+    >>> h = cast_graph(g, "bf16")
+    >>> h.tensors["y"].dtype, h.param_bytes
+    ('bf16', 24)
+    >>> cast_graph(g, "tf32").nodes["matmul"].meta["compute_dtype"]
+    'tf32'
+    """
+    dtype = canonical(dtype, where="cast dtype")
+    if dtype not in CAST_DTYPES:
+        raise GraphError(f"cannot cast a graph to {dtype!r} (choose from {', '.join(CAST_DTYPES)})",
+                         where="cast dtype")
+    storage = _storage(dtype)
+
+    def spec_of(name: str, spec: TensorSpec) -> TensorSpec:
+        return spec.with_dtype(storage) if is_float(spec.dtype) else spec
+
+    g = Graph(graph.name, graph.source)
+    g.meta = dict(graph.meta)
+    g.meta["dtype"] = dtype
+    _copy_decls(graph, g, spec_of)
+    for node in graph.topo_order():
+        attrs = _retype_attrs(node, storage)
+        opdef = get_op(node.op, where=f"node {node.name!r} ({node.op})")
+        in_specs = [g.tensors[t] if t else None for t in node.inputs]
+        try:
+            outs = opdef.infer(in_specs, attrs)
+            ok = all(
+                o.dtype == (storage if is_float(graph.tensors[t].dtype) else graph.tensors[t].dtype)
+                for t, o in zip(node.outputs, outs) if t
+            )
+        except _INFER_ERRORS:
+            ok = False
+        if ok:
+            g.add_node(node.op, node.inputs, node.outputs, attrs, name=node.name, meta=dict(node.meta))
+        else:
+            _add_wrapped(graph, g, node, dict(node.attrs), storage)
+        new = g.nodes[node.name]
+        if dtype in ("tf32", "int8") and is_matmul_like(g, new):
+            new.meta["compute_dtype"] = dtype
+    g.set_outputs(graph.outputs)
+    return g.verify()
