@@ -54,3 +54,42 @@ defop(
     no_grad="backward op",
     doc="dx = dy where y > 0 else 0; inputs (dy, y).",
 )
+
+
+def _sub_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    (dy,) = dys
+    a, b = node.inputs
+    return [gb.unbroadcast(dy, gb.spec(a).shape), gb.unbroadcast(gb.op("Neg", [dy]), gb.spec(b).shape)]
+
+
+defop(
+    "Sub",
+    infer=_binary_infer,
+    work=elementwise_work(1),
+    kernel=lambda xs, attrs: [np.subtract(xs[0], xs[1])],
+    grad=_sub_grad,
+)
+
+
+def _mul_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    (dy,) = dys
+    a, b = node.inputs
+    return [gb.unbroadcast(gb.op("Mul", [dy, b]), gb.spec(a).shape),
+            gb.unbroadcast(gb.op("Mul", [dy, a]), gb.spec(b).shape)]
+
+
+defop(
+    "Mul",
+    infer=_binary_infer,
+    work=elementwise_work(1),
+    kernel=lambda xs, attrs: [np.multiply(xs[0], xs[1])],
+    grad=_mul_grad,
+)
+
+defop(
+    "Neg",
+    infer=same_as_first,
+    work=elementwise_work(1),
+    kernel=lambda xs, attrs: [np.negative(xs[0])],
+    grad=lambda gb, node, dys: [gb.op("Neg", [dys[0]])],
+)
