@@ -1,0 +1,97 @@
+"""Tensor-making ops against onnx.reference and hand values."""
+
+import numpy as np
+import pytest
+from helpers import one_op_graph, onnx_ref, run_op
+
+from sim.errors import GraphError
+from sim.graph import Graph
+from sim.ops.registry import get_op
+
+
+def _run_no_inputs(op, attrs):
+    g = Graph(op)
+    (y,) = g.add_node(op, [], None, attrs, name="node")
+    g.set_outputs([y])
+    from sim.exec import execute
+
+    return execute(g.verify())[y], g
+
+
+def test_constant_forms():
+    v, g = _run_no_inputs("Constant", {"value": np.arange(6, dtype=np.int32).reshape(2, 3)})
+    assert v.dtype == np.int32 and v.shape == (2, 3) and v[1, 2] == 5
+    v, g = _run_no_inputs("Constant", {"value_float": 1.5})
+    assert v.dtype == np.float32 and v.shape == () and v == 1.5
+    v, _ = _run_no_inputs("Constant", {"value_ints": [1, 2, 3]})
+    assert v.dtype == np.int64 and list(v) == [1, 2, 3]
+    v, _ = _run_no_inputs("Constant", {"value_floats": [1.0, 2.0]})
+    assert v.dtype == np.float32
+    assert g.work("node").bytes == 0
+    with pytest.raises(GraphError, match="exactly one"):
+        _run_no_inputs("Constant", {"value_int": 1, "value_float": 2.0})
+
+
+@pytest.mark.parametrize(
+    "shape,value", [([2, 3], None), ([4], np.array([7], np.int32)), ([], np.array([1.5]))]
+)
+def test_constant_of_shape_matches_onnx(shape, value):
+    attrs = {"shape": shape} if value is None else {"shape": shape, "value": value}
+    got, g = _run_no_inputs("ConstantOfShape", attrs)
+    from onnx import numpy_helper
+
+    ref_attrs = {} if value is None else {"value": numpy_helper.from_array(value.reshape(1))}
+    (ref,) = onnx_ref("ConstantOfShape", [np.array(shape, np.int64)], ref_attrs)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)
+    assert g.work("node").bytes_written == got.nbytes
+
+
+@pytest.mark.parametrize(
+    "start,limit,delta",
+    [(3, 9, 3), (10, 4, -2), (np.float32(1.0), np.float32(2.0), np.float32(0.3)), (0, 0, 1), (5, 1, 1)],
+)
+def test_range_matches_onnx(start, limit, delta):
+    got, _ = _run_no_inputs("Range", {"start": start, "limit": limit, "delta": delta})
+    arrs = [np.array(v, dtype=np.float32 if isinstance(v, np.floating) else np.int64)
+            for v in (start, limit, delta)]
+    (ref,) = onnx_ref("Range", arrs)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+def test_range_zero_delta():
+    with pytest.raises(GraphError, match="delta"):
+        _run_no_inputs("Range", {"start": 0, "limit": 3, "delta": 0})
+
+
+@pytest.mark.parametrize("k,dtype", [(0, None), (1, "int32"), (-2, "fp64")])
+def test_eyelike_matches_onnx(k, dtype):
+    x = np.zeros((3, 4), np.float32)
+    attrs = {"k": k} if dtype is None else {"k": k, "dtype": dtype}
+    (got,) = run_op("EyeLike", [x], attrs)
+    onnx_dt = {"int32": 6, "fp64": 11}
+    ref_attrs = {"k": k} if dtype is None else {"k": k, "dtype": onnx_dt[dtype]}
+    (ref,) = onnx_ref("EyeLike", [x], ref_attrs)
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"start": 1}, {"end": -1}, {"start": -2, "end": 10}])
+def test_shape_matches_onnx(attrs):
+    x = np.zeros((2, 3, 4, 5), np.float32)
+    (got,) = run_op("Shape", [x], attrs)
+    (ref,) = onnx_ref("Shape", [x], attrs)
+    np.testing.assert_array_equal(got, ref)
+    assert got.dtype == np.int64
+    assert one_op_graph("Shape", [x], attrs).work("node").bytes == 0
+
+
+def test_size():
+    (got,) = run_op("Size", [np.zeros((2, 3, 4), np.float32)])
+    assert got == 24 and got.dtype == np.int64 and got.shape == ()
+
+
+def test_no_grad_reasons():
+    for op in ("Constant", "ConstantOfShape", "Range", "EyeLike", "Shape", "Size"):
+        assert get_op(op).no_grad
