@@ -7,6 +7,7 @@ element and is the only differentiable op here (for its two value inputs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,29 +39,31 @@ def _bool_infer(n: int):
     return infer
 
 
-for _name, _fn in (
-    ("Equal", np.equal),
-    ("Less", np.less),
-    ("Greater", np.greater),
-    ("LessOrEqual", np.less_equal),
-    ("GreaterOrEqual", np.greater_equal),
-):
-    defop(
-        _name,
-        infer=_compare_infer,
-        work=elementwise_work(1),
-        kernel=lambda xs, attrs, fn=_fn: [np.asarray(fn(xs[0], xs[1]))],
-        no_grad="boolean output",
-    )
+def _binary_kernel(fn: Callable[[Any, Any], Any]):
+    def kernel(xs: list[Any], attrs: Attrs) -> list[np.ndarray]:
+        return [np.asarray(fn(xs[0], xs[1]))]
 
-for _name, _fn in (("And", np.logical_and), ("Or", np.logical_or), ("Xor", np.logical_xor)):
-    defop(
-        _name,
-        infer=_bool_infer(2),
-        work=elementwise_work(1),
-        kernel=lambda xs, attrs, fn=_fn: [np.asarray(fn(xs[0], xs[1]))],
-        no_grad="boolean op",
-    )
+    return kernel
+
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "Equal": np.equal,
+    "Less": np.less,
+    "Greater": np.greater,
+    "LessOrEqual": np.less_equal,
+    "GreaterOrEqual": np.greater_equal,
+}
+_LOGIC: dict[str, Callable[[Any, Any], Any]] = {
+    "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
+}
+
+for _name, _fn in _COMPARE.items():
+    defop(_name, infer=_compare_infer, work=elementwise_work(1), kernel=_binary_kernel(_fn),
+          no_grad="boolean output")
+
+for _name, _fn in _LOGIC.items():
+    defop(_name, infer=_bool_infer(2), work=elementwise_work(1), kernel=_binary_kernel(_fn),
+          no_grad="boolean op")
 
 defop(
     "Not",
@@ -127,7 +130,7 @@ defop(
     "Where",
     infer=_where_infer,
     work=elementwise_work(1),
-    kernel=lambda xs, attrs: [np.where(xs[0], xs[1], xs[2]).astype(xs[1].dtype, copy=False)],
+    kernel=lambda xs, attrs: [np.asarray(np.where(xs[0], xs[1], xs[2])).astype(xs[1].dtype)],
     grad=_where_grad,
     doc="(condition, x, y) -> x where condition else y, broadcasting all three.",
 )
