@@ -28,10 +28,13 @@ LogSoftmaxGrad     4      1                exp(y), row sum of dy, mul, sub
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import as_tuple, io_bytes, need, norm_axis
@@ -40,42 +43,51 @@ from sim.ops.work import Work
 
 # --------------------------------------------------------------------------- helpers
 
+Attrs = dict[str, Any]
+Arr = np.ndarray
 
-def reduce_axes(attrs: dict[str, Any], rank: int) -> tuple[int, ...] | None:
-    """The normalised, sorted axes a Reduce* op reduces; ``None`` for a no-op.
+
+def reduce_axes(attrs: Attrs, rank: int) -> tuple[int, ...]:
+    """The normalised, sorted axes a Reduce* op reduces (``()`` reduces nothing).
+
+    Empty ``axes`` reduce all axes unless ``noop_with_empty_axes=1``.
 
     >>> reduce_axes({"axes": [-1, 0]}, 3), reduce_axes({}, 2), reduce_axes({"noop_with_empty_axes": 1}, 2)
-    ((0, 2), (0, 1), None)
+    ((0, 2), (0, 1), ())
     """
     axes = as_tuple(attrs.get("axes"))
     if not axes:
-        return None if int(attrs.get("noop_with_empty_axes", 0)) else tuple(range(rank))
+        return () if int(attrs.get("noop_with_empty_axes", 0)) else tuple(range(rank))
     normed = [norm_axis(a, rank) for a in axes]
     if len(set(normed)) != len(normed):
         raise GraphError(f"repeated axis in axes {list(axes)}")
     return tuple(sorted(normed)) if rank else ()
 
 
-def reduced_shape(shape: tuple[int, ...], axes: tuple[int, ...] | None, keepdims: bool) -> tuple[int, ...]:
-    if axes is None:
-        return shape
+def reduced_shape(shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool) -> tuple[int, ...]:
     if keepdims:
         return tuple(1 if i in axes else d for i, d in enumerate(shape))
     return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
-def _keep(attrs: dict[str, Any]) -> bool:
+def _keep(attrs: Attrs) -> bool:
     return bool(int(attrs.get("keepdims", 1)))
 
 
-def _reduce_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+def _reduce_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]:
     (x,) = need(specs, 1, "Reduce")
-    axes = reduce_axes(attrs, x.rank)
-    return [x.with_shape(reduced_shape(x.shape, axes, _keep(attrs)))]
+    return [x.with_shape(reduced_shape(x.shape, reduce_axes(attrs, x.rank), _keep(attrs)))]
+
+
+def _float_reduce_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]:
+    (x,) = need(specs, 1, "Reduce")
+    if not is_float(x.dtype):
+        raise GraphError(f"needs a float input, got {x.dtype}")
+    return _reduce_infer(specs, attrs)
 
 
 def _reduce_work(per_in: float, per_out: float = 0.0, trans_in: float = 0.0, trans_out: float = 0.0):
-    def work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    def work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: Attrs) -> Work:
         n_in = sum(s.numel for s in ins[:1] if s is not None)
         n_out = outs[0].numel
         r, w = io_bytes(ins, outs)
@@ -89,34 +101,22 @@ def _reduce_work(per_in: float, per_out: float = 0.0, trans_in: float = 0.0, tra
     return work
 
 
-def _np_axes(attrs: dict[str, Any], rank: int) -> tuple[int, ...] | None:
-    return reduce_axes(attrs, rank)
+def _reducer(fn: Callable[[Arr, tuple[int, ...], bool], Any]):
+    """A Reduce* kernel from ``fn(x, axes, keepdims)`` (``axes=()`` reduces nothing)."""
 
-
-def _reducer(fn: Any, post: Any = None):
-    """A Reduce* kernel from a NumPy reduction ``fn(x, axis=, keepdims=)``."""
-
-    def kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+    def kernel(xs: list[Any], attrs: Attrs) -> list[Arr]:
         x = xs[0]
-        axes = _np_axes(attrs, x.ndim)
-        if axes is None:
-            y = np.array(x)
-        else:
-            y = np.asarray(fn(x, axis=axes, keepdims=_keep(attrs)))
-        if post is not None and axes is not None:
-            y = post(y)
-        return [np.asarray(y).astype(x.dtype, copy=False)]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            y = fn(x, reduce_axes(attrs, x.ndim), _keep(attrs))
+        return [np.asarray(y).astype(x.dtype)]
 
     return kernel
 
 
-def _broadcast_back(gb: Any, node: Any, t: str) -> str:
+def _expand_back(gb: Any, node: Any, t: Any) -> str:
     """Reshape a reduced tensor ``t`` to keepdims form and expand it to the input shape."""
     x = gb.spec(node.inputs[0])
-    axes = reduce_axes(node.attrs, x.rank)
-    if axes is None:
-        return t
-    kshape = reduced_shape(x.shape, axes, True)
+    kshape = reduced_shape(x.shape, reduce_axes(node.attrs, x.rank), True)
     if gb.spec(t).shape != kshape:
         t = gb.op("Reshape", [t], shape=list(kshape), allowzero=1)
     if kshape != x.shape:
@@ -124,18 +124,308 @@ def _broadcast_back(gb: Any, node: Any, t: str) -> str:
     return t
 
 
-# --------------------------------------------------------------------------- ReduceSum
+def _keepdims(gb: Any, node: Any, t: Any) -> str:
+    """Reshape a reduced tensor ``t`` to keepdims form (broadcastable against the input)."""
+    x = gb.spec(node.inputs[0])
+    kshape = reduced_shape(x.shape, reduce_axes(node.attrs, x.rank), True)
+    return t if gb.spec(t).shape == kshape else gb.op("Reshape", [t], shape=list(kshape), allowzero=1)
 
 
-def _reduce_sum_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
-    return [_broadcast_back(gb, node, dys[0])]
+def _count(gb: Any, node: Any) -> int:
+    x = gb.spec(node.inputs[0])
+    return math.prod(x.shape[a] for a in reduce_axes(node.attrs, x.rank))
+
+
+# --------------------------------------------------------------------------- Reduce*
+
+
+def _sum_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    return [_expand_back(gb, node, dys[0])]
+
+
+def _mean_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    dy = dys[0]
+    scaled = gb.op("Mul", [dy, gb.const(1.0 / max(_count(gb, node), 1), gb.spec(dy).dtype)])
+    return [_expand_back(gb, node, scaled)]
+
+
+def _extremum_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    dy, y = _keepdims(gb, node, dys[0]), _keepdims(gb, node, node.outputs[0])
+    return [gb.op("ReduceExtremumGrad", [dy, node.inputs[0], y])]
+
+
+def _prod_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    # d prod / dx_i = prod / x_i (inputs must be nonzero)
+    dyy = gb.op("Mul", [dys[0], node.outputs[0]])
+    return [gb.op("Div", [_expand_back(gb, node, dyy), node.inputs[0]])]
+
+
+def _l1_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    return [gb.op("Mul", [_expand_back(gb, node, dys[0]), gb.op("Sign", [node.inputs[0]])])]
+
+
+def _l2_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    ratio = gb.op("Div", [dys[0], node.outputs[0]])  # dy / ||x||
+    return [gb.op("Mul", [_expand_back(gb, node, ratio), node.inputs[0]])]
+
+
+def _sum_square_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    x = node.inputs[0]
+    two_x = gb.op("Add", [x, x])
+    return [gb.op("Mul", [_expand_back(gb, node, dys[0]), two_x])]
+
+
+def _log_sum_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    ratio = gb.op("Div", [dys[0], gb.op("Exp", [node.outputs[0]])])  # dy / sum(x)
+    return [_expand_back(gb, node, ratio)]
+
+
+def _log_sum_exp_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    x = node.inputs[0]
+    soft = gb.op("Exp", [gb.op("Sub", [x, _keepdims(gb, node, node.outputs[0])])])
+    return [gb.op("Mul", [_expand_back(gb, node, dys[0]), soft])]
+
+
+def _logsumexp(x: Arr, axes: tuple[int, ...], keep: bool) -> Arr:
+    if not axes:
+        return x
+    m = np.max(x, axis=axes, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    out = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
+    return out if keep else np.squeeze(out, axis=axes)
+
+
+_REDUCE: tuple[tuple[str, Callable[..., Any], Any, Any, str | None], ...] = (
+    ("ReduceSum", lambda x, ax, k: np.sum(x, axis=ax, keepdims=k), _reduce_work(1), _sum_grad, None),
+    ("ReduceMean", lambda x, ax, k: np.mean(x, axis=ax, keepdims=k) if ax else x,
+     _reduce_work(1, 1), _mean_grad, None),
+    ("ReduceMax", lambda x, ax, k: np.max(x, axis=ax, keepdims=k), _reduce_work(1), _extremum_grad, None),
+    ("ReduceMin", lambda x, ax, k: np.min(x, axis=ax, keepdims=k), _reduce_work(1), _extremum_grad, None),
+    ("ReduceProd", lambda x, ax, k: np.prod(x, axis=ax, keepdims=k), _reduce_work(1), _prod_grad,
+     "gradient assumes nonzero inputs"),
+    ("ReduceL1", lambda x, ax, k: np.sum(np.abs(x), axis=ax, keepdims=k), _reduce_work(2), _l1_grad, None),
+    ("ReduceL2", lambda x, ax, k: np.sqrt(np.sum(np.square(x), axis=ax, keepdims=k)),
+     _reduce_work(2, 2, 0, 1), _l2_grad, None),
+    ("ReduceSumSquare", lambda x, ax, k: np.sum(np.square(x), axis=ax, keepdims=k), _reduce_work(2),
+     _sum_square_grad, None),
+    ("ReduceLogSum", lambda x, ax, k: np.log(np.sum(x, axis=ax, keepdims=k)), _reduce_work(1, 2, 0, 1),
+     _log_sum_grad, None),
+    ("ReduceLogSumExp", _logsumexp, _reduce_work(4, 2, 1, 1), _log_sum_exp_grad, None),
+)
+
+for _name, _fn, _work, _grad, _note in _REDUCE:
+    defop(
+        _name,
+        infer=_reduce_infer if _name in ("ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                                         "ReduceSumSquare", "ReduceMean") else _float_reduce_infer,
+        work=_work,
+        kernel=_reducer(_fn),
+        grad=_grad,
+        doc="attrs: axes (default: all), keepdims=1, noop_with_empty_axes=0 (then nothing is "
+            "reduced and only the elementwise part applies)." + (f" Note: {_note}." if _note else ""),
+    )
+
+
+def _extremum_grad_kernel(xs: list[Any], attrs: Attrs) -> list[Arr]:
+    dy, x, y = xs
+    hit = x == y
+    count = np.sum(hit, axis=tuple(i for i in range(x.ndim) if y.shape[i] == 1 and x.shape[i] != 1),
+                   keepdims=True)
+    return [np.where(hit, dy / np.maximum(count, 1), 0).astype(dy.dtype)]
 
 
 defop(
-    "ReduceSum",
-    infer=_reduce_infer,
+    "ReduceExtremumGrad",
+    infer=lambda specs, attrs: [need(specs, 3, "ReduceExtremumGrad")[1]],
+    work=_reduce_work(3),
+    kernel=_extremum_grad_kernel,
+    no_grad="backward op",
+    doc="(dy, x, y), dy and y in keepdims form: dy shared equally among the inputs equal to y "
+        "(ReduceMax and ReduceMin).",
+)
+
+# --------------------------------------------------------------------------- ArgMax, ArgMin
+
+
+def _arg_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]:
+    (x,) = need(specs, 1, "ArgMax/ArgMin")
+    axis = norm_axis(int(attrs.get("axis", 0)), x.rank)
+    return [TensorSpec(reduced_shape(x.shape, (axis,), _keep(attrs)), "int64")]
+
+
+def _arg_kernel(fn: Callable[..., Any]):
+    def kernel(xs: list[Any], attrs: Attrs) -> list[Arr]:
+        x = xs[0]
+        axis = norm_axis(int(attrs.get("axis", 0)), x.ndim)
+        if int(attrs.get("select_last_index", 0)):
+            flipped = np.flip(x, axis)
+            idx = x.shape[axis] - 1 - fn(flipped, axis=axis, keepdims=True)
+        else:
+            idx = fn(x, axis=axis, keepdims=True)
+        if not _keep(attrs):
+            idx = np.squeeze(idx, axis=axis)
+        return [np.asarray(idx, dtype=np.int64)]
+
+    return kernel
+
+
+for _name, _afn in (("ArgMax", np.argmax), ("ArgMin", np.argmin)):
+    defop(
+        _name,
+        infer=_arg_infer,
+        work=_reduce_work(1),
+        kernel=_arg_kernel(_afn),
+        no_grad="integer output",
+        doc="attrs: axis=0, keepdims=1, select_last_index=0.",
+    )
+
+# --------------------------------------------------------------------------- Softmax family
+
+
+def _axis(attrs: Attrs, rank: int) -> int:
+    return norm_axis(int(attrs.get("axis", -1)), rank)
+
+
+def _softmax(x: Arr, axis: int) -> Arr:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax(x: Arr, axis: int) -> Arr:
+    s = x - np.max(x, axis=axis, keepdims=True)
+    return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
+
+
+def _row_work(per_elem: float, trans_elem: float, per_row: float = 0.0, trans_row: float = 0.0):
+    def work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: Attrs) -> Work:
+        x = outs[0]
+        n = x.numel
+        rows = n // x.shape[_axis(attrs, x.rank)] if x.rank and x.numel else n
+        r, w = io_bytes(ins, outs)
+        return Work(flops=per_elem * n + per_row * rows, transcendentals=trans_elem * n + trans_row * rows,
+                    bytes_read=r, bytes_written=w)
+
+    return work
+
+
+def _softmax_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]:
+    (x,) = need(specs, 1, "Softmax")
+    if not is_float(x.dtype):
+        raise GraphError(f"needs a float input, got {x.dtype}")
+    _axis(attrs, x.rank)
+    return [x]
+
+
+def _axis_kernel(fn: Callable[[Arr, int], Arr]):
+    def kernel(xs: list[Any], attrs: Attrs) -> list[Arr]:
+        x = xs[0]
+        if x.ndim == 0:
+            return [np.asarray(fn(x.reshape(1), 0).reshape(()), dtype=x.dtype)]
+        return [np.asarray(fn(x, _axis(attrs, x.ndim))).astype(x.dtype)]
+
+    return kernel
+
+
+defop(
+    "Softmax",
+    infer=_softmax_infer,
+    work=_row_work(5, 1),
+    kernel=_axis_kernel(_softmax),
+    grad=lambda gb, node, dys: [gb.op("SoftmaxGrad", [dys[0], node.outputs[0]], **node.attrs)],
+    doc="attrs: axis=-1 (opset 13: normalise along one axis).",
+)
+
+defop(
+    "LogSoftmax",
+    infer=_softmax_infer,
+    work=_row_work(5, 1, 2, 1),
+    kernel=_axis_kernel(_log_softmax),
+    grad=lambda gb, node, dys: [gb.op("LogSoftmaxGrad", [dys[0], node.outputs[0]], **node.attrs)],
+    doc="attrs: axis=-1.",
+)
+
+
+def _hardmax(x: Arr, axis: int) -> Arr:
+    idx = np.argmax(x, axis=axis, keepdims=True)
+    out = np.zeros_like(x)
+    np.put_along_axis(out, idx, 1, axis=axis)
+    return out
+
+
+defop(
+    "Hardmax",
+    infer=_softmax_infer,
+    work=_row_work(1, 0),
+    kernel=_axis_kernel(_hardmax),
+    grad=lambda gb, node, dys: [None],
+    doc="attrs: axis=-1; one-hot of the first maximum. Piecewise constant: zero gradient.",
+)
+
+
+def _softmax_grad(xs: list[Any], attrs: Attrs) -> list[Arr]:
+    dy, y = xs
+    axis = _axis(attrs, y.ndim) if y.ndim else None
+    dot = np.sum(dy * y, axis=axis, keepdims=True)
+    return [np.asarray(y * (dy - dot)).astype(dy.dtype)]
+
+
+def _log_softmax_grad(xs: list[Any], attrs: Attrs) -> list[Arr]:
+    dy, y = xs
+    axis = _axis(attrs, y.ndim) if y.ndim else None
+    return [np.asarray(dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)).astype(dy.dtype)]
+
+
+defop(
+    "SoftmaxGrad",
+    infer=lambda specs, attrs: [need(specs, 2, "SoftmaxGrad")[0]],
+    work=_row_work(4, 0),
+    kernel=_softmax_grad,
+    no_grad="backward op",
+    doc="(dy, y) -> y * (dy - sum(dy * y, axis)); attrs: axis.",
+)
+
+defop(
+    "LogSoftmaxGrad",
+    infer=lambda specs, attrs: [need(specs, 2, "LogSoftmaxGrad")[0]],
+    work=_row_work(4, 1),
+    kernel=_log_softmax_grad,
+    no_grad="backward op",
+    doc="(dy, y) -> dy - exp(y) * sum(dy, axis); attrs: axis.",
+)
+
+# --------------------------------------------------------------------------- CumSum
+
+
+def _cumsum_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]:
+    (x,) = need(specs, 1, "CumSum")
+    norm_axis(int(attrs.get("axis", 0)), x.rank)
+    return [x]
+
+
+def _cumsum(xs: list[Any], attrs: Attrs) -> list[Arr]:
+    x = xs[0]
+    if x.ndim == 0:
+        return [np.zeros_like(x) if int(attrs.get("exclusive", 0)) else np.array(x)]
+    axis = norm_axis(int(attrs.get("axis", 0)), x.ndim)
+    rev = bool(int(attrs.get("reverse", 0)))
+    v = np.flip(x, axis) if rev else x
+    c = np.cumsum(v, axis=axis, dtype=x.dtype)
+    if int(attrs.get("exclusive", 0)):
+        c = c - v
+    return [np.ascontiguousarray(np.flip(c, axis) if rev else c)]
+
+
+def _cumsum_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    attrs = dict(node.attrs)
+    attrs["reverse"] = 0 if int(attrs.get("reverse", 0)) else 1
+    return [gb.op("CumSum", [dys[0]], **attrs)]
+
+
+defop(
+    "CumSum",
+    infer=_cumsum_infer,
     work=_reduce_work(1),
-    kernel=_reducer(np.sum),
-    grad=_reduce_sum_grad,
-    doc="attrs: axes (default all), keepdims=1, noop_with_empty_axes=0.",
+    kernel=_cumsum,
+    grad=_cumsum_grad,
+    doc="attrs: axis=0 (an input in ONNX), exclusive=0, reverse=0.",
 )
