@@ -20,6 +20,8 @@ def test_sgd():
     np.testing.assert_allclose(p, P - 0.1 * G, rtol=1e-12)
     (p,) = run_op("SGDUpdate", [P, G], {"lr": 0.1, "weight_decay": 0.01})
     np.testing.assert_allclose(p, P - 0.1 * (G + 0.01 * P), rtol=1e-12)
+    (p,) = run_op("SGDUpdate", [P, G * 1024], {"lr": 0.1, "grad_scale": 1 / 1024})
+    np.testing.assert_allclose(p, P - 0.1 * G, rtol=1e-12)
 
 
 @pytest.mark.parametrize("nesterov", [0, 1])
@@ -70,6 +72,8 @@ def test_work_counts():
     assert w.flops == 2 * n and w.bytes_read == 2 * n * 4 and w.bytes_written == n * 4
     w = one_op_graph("MomentumUpdate", f32[:3], {"weight_decay": 0.1}).work("node")
     assert w.flops == 6 * n and w.bytes_written == 2 * n * 4
+    w = one_op_graph("AdamUpdate", [*f32, step], {"grad_scale": 0.5}).work("node")
+    assert w.flops == 15 * n  # one more multiply to unscale the gradient
 
 
 def test_no_grad_and_shape_checks():

@@ -24,6 +24,10 @@ work such as ``1 - b1^t`` is negligible and not counted):
   (1) + subtract (1); + 2 with weight decay.
 * AdamW: 14 + 2 for the decoupled decay (multiply, subtract) when ``weight_decay`` != 0.
 
+Every op also takes ``grad_scale`` (default 1): the gradient is multiplied by it first (the
+mixed-precision pass uses ``1 / loss_scale`` to unscale fp16 gradients); 1 more FLOP per
+element when it is not 1.
+
 Bytes: param, grad and every state read once; new param and new states written once.
 """
 
@@ -82,11 +86,17 @@ def _infer(op: str):
 def flops_per_element(op: str, attrs: dict[str, Any]) -> tuple[float, float]:
     """(FLOPs, transcendentals) per parameter element of one update (see the module doc)."""
     wd = _attr(op, attrs, "weight_decay") != 0.0
+    unscale = float(attrs.get("grad_scale", 1.0)) != 1.0
     if op == "SGDUpdate":
-        return 2 + 2 * wd, 0
+        return 2 + 2 * wd + unscale, 0
     if op == "MomentumUpdate":
-        return 4 + 2 * bool(attrs.get("nesterov", 0)) + 2 * wd, 0
-    return 14 + 2 * wd, 1  # Adam (L2 on the gradient) and AdamW (decoupled): same count
+        return 4 + 2 * bool(attrs.get("nesterov", 0)) + 2 * wd + unscale, 0
+    return 14 + 2 * wd + unscale, 1  # Adam (L2 on the gradient) and AdamW (decoupled): same count
+
+
+def _grad(xs: list[Any], attrs: dict[str, Any]) -> Any:
+    scale = float(attrs.get("grad_scale", 1.0))
+    return xs[1] * np.asarray(scale, xs[1].dtype) if scale != 1.0 else xs[1]
 
 
 def _work(op: str):
@@ -102,7 +112,7 @@ def _work(op: str):
 
 
 def _sgd(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
-    p, g = xs[0], xs[1]
+    p, g = xs[0], _grad(xs, attrs)
     wd = _attr("SGDUpdate", attrs, "weight_decay")
     if wd:
         g = g + wd * p
@@ -110,7 +120,7 @@ def _sgd(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
 
 
 def _momentum(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
-    p, g, v = xs[0], xs[1], xs[2]
+    p, g, v = xs[0], _grad(xs, attrs), xs[2]
     op = "MomentumUpdate"
     wd, mu, lr = _attr(op, attrs, "weight_decay"), _attr(op, attrs, "momentum"), _attr(op, attrs, "lr")
     if wd:
@@ -140,12 +150,14 @@ def _adam_core(op: str, p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarr
 
 
 def _adam(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
-    p, g, m, v, t = xs[:5]
+    p, _, m, v, t = xs[:5]
+    g = _grad(xs, attrs)
     return _adam_core("AdamUpdate", p, g, m, v, t, attrs, _attr("AdamUpdate", attrs, "weight_decay"))
 
 
 def _adamw(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
-    p, g, m, v, t = xs[:5]
+    p, _, m, v, t = xs[:5]
+    g = _grad(xs, attrs)
     op = "AdamWUpdate"
     p = p * (1.0 - _attr(op, attrs, "lr") * _attr(op, attrs, "weight_decay"))
     return _adam_core(op, p, g, m, v, t, attrs, 0.0)

@@ -1,0 +1,258 @@
+"""Training pass: forward graph -> one training step (loss, backward, optimizer update).
+
+``training_graph`` appends a loss on the forward graph's first output (with ``labels`` as a
+new graph input), differentiates it with ``sim.passes.autodiff.gradients`` (gradient nodes are
+named after the forward nodes: ``fc1.grad``, ``fc1.grad_1`` ...), then adds one update node
+per trainable parameter (``<param>.update``). Optimizer states are non-trainable parameters
+with ``param_info.options["role"] == "optimizer_state"`` (``<param>.m``, ``<param>.v``,
+``<param>.velocity``) and the step counter is ``optimizer.step`` (int64, number of completed
+steps). The graph outputs are the loss followed by every updated parameter and state;
+``graph.meta["updates"]`` maps each of those outputs to the parameter it replaces, which is
+how ``sim.passes.trainer.Trainer`` carries values from one step to the next. Update nodes
+carry ``meta["inplace"] = {out_index: in_index}`` so the engine allocates nothing for them.
+
+Activation checkpointing (``checkpoint=True``) splits the forward nodes into segments of
+``segment`` nodes (default: about sqrt(number of forward nodes)). Only tensors that cross a
+segment boundary stay alive until the backward pass; every other activation the backward
+pass reads is recomputed from them just before its first backward use, by copies of the
+forward nodes named ``<node>.recompute`` (outputs ``<tensor>.recompute``). The last segment is
+not recomputed (its activations are used at once). Memory peak drops, FLOPs rise by about
+one forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from sim.dtypes import is_float
+from sim.errors import GraphError
+from sim.graph import Graph, ParamInfo, TensorSpec
+from sim.ops.optim import DEFAULTS
+from sim.passes.autodiff import gradients
+
+LOSSES = {"cross_entropy": "SoftmaxCrossEntropyLoss", "mse": "MSELoss"}
+OPTIMIZERS = {"sgd": "SGDUpdate", "momentum": "MomentumUpdate", "adam": "AdamUpdate",
+              "adamw": "AdamWUpdate"}
+STATE_NAMES = {"SGDUpdate": (), "MomentumUpdate": ("velocity",), "AdamUpdate": ("m", "v"),
+               "AdamWUpdate": ("m", "v")}
+STEP = "optimizer.step"
+ALIASES = {"eps": "epsilon", "beta": "momentum", "wd": "weight_decay"}
+
+
+def trainable_params(graph: Graph) -> list[str]:
+    """Floating parameters with ``trainable=True``, in declaration order."""
+    return [n for n, s in graph.params.items() if graph.param_info[n].trainable and is_float(s.dtype)]
+
+
+def _optimizer_attrs(op: str, hyper: dict[str, Any]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for key, value in hyper.items():
+        if key == "betas":
+            attrs["beta1"], attrs["beta2"] = (float(b) for b in value)
+            continue
+        key = ALIASES.get(key, key)
+        if key not in DEFAULTS[op]:
+            known = ", ".join(sorted(DEFAULTS[op]))
+            raise GraphError(f"unknown hyperparameter {key!r} for {op} (known: {known})",
+                             where="training_graph")
+        attrs[key] = value
+    return {k: attrs.get(k, v) for k, v in DEFAULTS[op].items()}
+
+
+def _add_loss(g: Graph, loss: str, labels: str) -> str:
+    if loss not in LOSSES:
+        raise GraphError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})", where="training_graph")
+    if not g.outputs:
+        raise GraphError("graph has no outputs to put a loss on", where=g.source)
+    y = g.outputs[0]
+    spec = g.tensors[y]
+    if not is_float(spec.dtype):
+        raise GraphError(f"output {y!r} is {spec.dtype}, not floating", where=g.source)
+    if loss == "cross_entropy":
+        if spec.rank < 2:
+            raise GraphError(f"cross_entropy needs scores [N, C, ...], output {y!r} is {spec.shape}",
+                             where=g.source)
+        g.add_input(labels, TensorSpec((spec.shape[0], *spec.shape[2:]), "int64"))
+    else:
+        g.add_input(labels, spec)
+    (out,) = g.add_node(LOSSES[loss], [y, labels], ["loss"], {"reduction": "mean"}, name="loss",
+                        meta={"role": "loss"})
+    return out
+
+
+def training_graph(
+    graph: Graph,
+    loss: str = "cross_entropy",
+    optimizer: str = "sgd",
+    checkpoint: bool = False,
+    *,
+    segment: int | None = None,
+    labels: str = "labels",
+    **hyper: Any,
+) -> Graph:
+    """One training step of ``graph``: loss, gradients, optimizer update.
+
+    ``hyper`` are the optimizer's attributes (``lr``, ``weight_decay``, ``momentum``,
+    ``nesterov``, ``beta1``/``beta2`` or ``betas``, ``epsilon``/``eps``). A forward graph made
+    by ``sim.passes.precision.amp`` carries ``meta["loss_scale"]``: the backward pass is
+    seeded with that scale and the updates unscale the gradients (``grad_scale``).
+
+    >>> from sim.graph import Graph, TensorSpec
+    >>> g = Graph("lin"); _ = g.add_input("x", TensorSpec((8, 4)))
+    >>> _ = g.add_param("w", TensorSpec((4, 3))); _ = g.add_node("MatMul", ["x", "w"], ["y"])
+    >>> g.set_outputs(["y"])
+    >>> t = training_graph(g, optimizer="adam", lr=1e-3)
+    >>> t.outputs
+    ['loss', 'w.new', 'w.m.new', 'w.v.new', 'optimizer.step.new']
+    >>> sorted(t.meta["updates"].items())[:2]
+    [('optimizer.step.new', 'optimizer.step'), ('w.m.new', 'w.m')]
+    """
+    if optimizer not in OPTIMIZERS:
+        raise GraphError(f"unknown optimizer {optimizer!r} (choose from {', '.join(OPTIMIZERS)})",
+                         where="training_graph")
+    op = OPTIMIZERS[optimizer]
+    attrs = _optimizer_attrs(op, hyper)
+    forward_nodes = [n.name for n in graph.topo_order()]
+    g = graph.copy(f"{graph.name}.train")
+    loss_t = _add_loss(g, loss, labels)
+    params = trainable_params(graph)
+    if not params:
+        raise GraphError("graph has no trainable parameters", where=graph.source)
+    scale = float(graph.meta.get("loss_scale", 1.0))
+    seed = None
+    if scale != 1.0:
+        seed = g.add_param("loss.scale", TensorSpec((), g.tensors[loss_t].dtype), "constant",
+                           trainable=False, value=np.array(scale))
+        attrs["grad_scale"] = 1.0 / scale
+    g, grads = gradients(g, loss_t, params, [seed] if seed else None)
+
+    g.add_param(STEP, TensorSpec((), "int64"), "zeros", trainable=False, value=np.array(0, np.int64),
+                role="optimizer_state")
+    one = g.add_param("optimizer.one", TensorSpec((), "int64"), "constant", trainable=False,
+                      value=np.array(1, np.int64))
+    (step_new,) = g.add_node("Add", [STEP, one], [f"{STEP}.new"], name="optimizer.step_inc",
+                             meta={"role": "optimizer"})
+    updates: dict[str, str] = {}
+    outputs = [loss_t]
+    for p in params:
+        spec = g.params[p]
+        states = []
+        for s in STATE_NAMES[op]:
+            states.append(g.add_param(f"{p}.{s}", spec, "zeros", trainable=False,
+                                      role="optimizer_state", of=p))
+        outs = [f"{p}.new"] + [f"{s}.new" for s in states]
+        inplace = {0: 0, **{i + 1: i + 2 for i in range(len(states))}}
+        g.add_node(op, [p, grads[p], *states, step_new], outs, dict(attrs), name=f"{p}.update",
+                   meta={"role": "optimizer", "inplace": inplace, "param": p})
+        for o, target in zip(outs, [p, *states]):
+            updates[o] = target
+            outputs.append(o)
+    outputs.append(step_new)
+    updates[step_new] = STEP
+    g.set_outputs(outputs)
+    g.meta.update({
+        "updates": updates, "loss": loss_t, "labels": labels, "logits": graph.outputs[0],
+        "optimizer": optimizer, "optimizer_attrs": attrs, "loss_kind": loss, "grads": dict(grads),
+    })
+    plan = _checkpoint_plan(graph, forward_nodes, segment) if checkpoint else None
+    out = _rebuild(g, set(forward_nodes) | {"loss"}, plan, keep_params=set(graph.params))
+    out.meta["checkpoint"] = bool(checkpoint)
+    return out.verify()
+
+
+# ----------------------------------------------------------------- checkpointing
+def _checkpoint_plan(graph: Graph, order: list[str], segment: int | None) -> set[str]:
+    """Forward tensors to recompute in the backward pass (not stored)."""
+    n = len(order)
+    if n == 0:
+        return set()
+    k = segment or max(1, math.isqrt(n))
+    if k < 1:
+        raise GraphError(f"checkpoint segment must be >= 1, got {k}", where="training_graph")
+    seg = {name: i // k for i, name in enumerate(order)}
+    last = (n - 1) // k
+    keep = set(graph.outputs)
+    dropped = set()
+    for name in order:
+        node = graph.nodes[name]
+        if seg[name] == last:
+            continue
+        for t in node.outputs:
+            if not t or t in keep:
+                continue
+            later = any(seg[c.name] > seg[name] for c in graph.consumers(t))
+            if not later:
+                dropped.add(t)
+    return dropped
+
+
+# ----------------------------------------------------------------- rebuilding
+def _live_nodes(g: Graph) -> set[str]:
+    """Nodes some graph output depends on (dead-code elimination)."""
+    live: set[str] = set()
+    stack = [g.producer(t) for t in g.outputs]
+    while stack:
+        node = stack.pop()
+        if node is None or node.name in live:
+            continue
+        live.add(node.name)
+        stack.extend(g.producer(t) for t in node.inputs if t)
+    return live
+
+
+def _rebuild(g: Graph, forward: set[str], recompute: set[str] | None, keep_params: Iterable[str]) -> Graph:
+    """Copy ``g`` without dead nodes (and unused constants); with ``recompute``, backward
+    nodes read recomputed copies of those forward tensors, emitted just before first use."""
+    live = _live_nodes(g)
+    order = [n for n in g.topo_order() if n.name in live]
+    used = {t for n in order for t in n.inputs if t} | set(g.outputs)
+    keep = set(keep_params)
+    out = Graph(g.name, g.source)
+    out.meta = dict(g.meta)
+    for name, spec in g.inputs.items():
+        out.add_input(name, spec)
+    for name, spec in g.params.items():
+        if name in used or name in keep:
+            info = g.param_info[name]
+            out.add_param(name, spec, info.init, trainable=info.trainable)
+            out.param_info[name] = ParamInfo(info.init, info.trainable, dict(info.options))
+            if name in g.initializers:
+                out.initializers[name] = g.initializers[name]
+    recomputed: dict[str, str] = {}
+
+    def materialise(t: str) -> str:
+        """Name of the recomputed copy of forward tensor ``t`` (emitting it if needed)."""
+        if t in recomputed:
+            return recomputed[t]
+        src = g.producer(t)
+        assert src is not None
+        ins = [materialise(i) if i in recompute_set else i for i in src.inputs]
+        outs = [f"{o}.recompute" if o else "" for o in src.outputs]
+        meta = dict(src.meta)
+        meta.update({"recompute": src.name, "forward": src.name})
+        out.add_node(src.op, ins, outs, dict(src.attrs), name=out.unique_name(f"{src.name}.recompute"),
+                     meta=meta)
+        for o, r in zip(src.outputs, outs):
+            if o:
+                recomputed[o] = r
+        return recomputed[t]
+
+    recompute_set = recompute or set()
+    for node in order:
+        ins = list(node.inputs)
+        if recompute_set and node.name not in forward:
+            ins = [materialise(t) if t in recompute_set else t for t in ins]
+        out.add_node(node.op, ins, node.outputs, dict(node.attrs), name=node.name, meta=dict(node.meta))
+    out.set_outputs(g.outputs)
+    return out
+
+
+def forward_node_names(graph: Graph) -> list[str]:
+    """Names of a training graph's forward nodes (not gradient, loss, update or recompute)."""
+    return [n.name for n in graph.topo_order()
+            if "forward" not in n.meta and n.meta.get("role") not in ("loss", "optimizer")
+            and not n.name.startswith("grad")]
