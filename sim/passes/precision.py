@@ -71,35 +71,66 @@ def _retype_attrs(node: Node, storage: str) -> dict[str, Any]:
     return attrs
 
 
-def _add_wrapped(src: Graph, g: Graph, node: Node, attrs: dict[str, Any], want: str) -> None:
-    """Add ``node`` computing in its original dtypes, with casts in and out of ``want``."""
+def _add_wrapped(src: Graph, g: Graph, node: Node, ins_g: tuple[str, ...], outs_g: tuple[str, ...],
+                 want: str) -> None:
+    """Add ``node`` computing in its original dtypes, with casts in and out of ``want``.
+
+    ``ins_g``/``outs_g`` are the names ``node``'s inputs and outputs have in ``g``."""
     if not has_op("Cast"):
         raise GraphError(f"op {node.op} has no {want} form and no Cast op is defined",
                          where=f"node {node.name!r} ({node.op})")
     ins: list[str] = []
-    for i, t in enumerate(node.inputs):
-        if t and g.tensors[t].dtype != src.tensors[t].dtype:
-            (c,) = g.add_node("Cast", [t], [g.unique_name(f"{t}.{src.tensors[t].dtype}")],
-                              {"to": src.tensors[t].dtype}, name=g.unique_name(f"{node.name}.cast_in{i}"),
+    for i, (t, tg) in enumerate(zip(node.inputs, ins_g)):
+        orig = src.tensors[t].dtype if t else ""
+        if tg and g.tensors[tg].dtype != orig:
+            (c,) = g.add_node("Cast", [tg], [g.unique_name(f"{t}.{orig}")], {"to": orig},
+                              name=g.unique_name(f"{node.name}.cast_in{i}"),
                               meta={"cast": "in", "forward": node.name})
             ins.append(c)
         else:
-            ins.append(t)
+            ins.append(tg)
     outs: list[str] = []
     recast: list[tuple[int, str, str]] = []
-    for i, t in enumerate(node.outputs):
+    for i, (t, tg) in enumerate(zip(node.outputs, outs_g)):
         if t and is_float(src.tensors[t].dtype) and src.tensors[t].dtype != want:
             inner = g.unique_name(f"{t}.{src.tensors[t].dtype}")
             outs.append(inner)
-            recast.append((i, inner, t))
+            recast.append((i, inner, tg))
         else:
-            outs.append(t)
-    g.add_node(node.op, ins, outs, attrs, name=node.name, meta=dict(node.meta))
-    for i, inner, t in recast:
-        if g.tensors[inner].dtype == want:
-            raise GraphError(f"cannot retype output {t!r}", where=f"node {node.name!r}")
-        g.add_node("Cast", [inner], [t], {"to": want}, name=g.unique_name(f"{node.name}.cast_out{i}"),
+            outs.append(tg)
+    g.add_node(node.op, ins, outs, dict(node.attrs), name=node.name, meta=dict(node.meta))
+    for i, inner, tg in recast:
+        g.add_node("Cast", [inner], [tg], {"to": want}, name=g.unique_name(f"{node.name}.cast_out{i}"),
                    meta={"cast": "out", "forward": node.name})
+
+
+def _rebuild_nodes(src: Graph, g: Graph, storage: str, dtype: str, rename: dict[str, str],
+                   before: Any = None) -> None:
+    """Add ``src``'s nodes to ``g`` with floats in ``storage``; ``rename`` maps source tensor
+    names to the names to read in ``g`` (and is extended with wrapped outputs)."""
+    for node in src.topo_order():
+        if before is not None:
+            before(node)
+        attrs = _retype_attrs(node, storage)
+        opdef = get_op(node.op, where=f"node {node.name!r} ({node.op})")
+        ins = tuple(rename.get(t, t) for t in node.inputs)
+        outs_named = tuple(rename.get(t, t) for t in node.outputs)
+        in_specs = [g.tensors[t] if t else None for t in ins]
+        try:
+            outs = opdef.infer(in_specs, attrs)
+            ok = all(
+                o.dtype == (storage if is_float(src.tensors[t].dtype) else src.tensors[t].dtype)
+                for t, o in zip(node.outputs, outs) if t
+            )
+        except _INFER_ERRORS:
+            ok = False
+        if ok:
+            g.add_node(node.op, ins, outs_named, attrs, name=node.name, meta=dict(node.meta))
+        else:
+            _add_wrapped(src, g, node, ins, outs_named, storage)
+        new = g.nodes[node.name]
+        if dtype in ("tf32", "int8") and is_matmul_like(g, new):
+            new.meta["compute_dtype"] = dtype
 
 
 def cast_graph(graph: Graph, dtype: str) -> Graph:
@@ -131,24 +162,59 @@ def cast_graph(graph: Graph, dtype: str) -> Graph:
     g.meta = dict(graph.meta)
     g.meta["dtype"] = dtype
     _copy_decls(graph, g, spec_of)
-    for node in graph.topo_order():
-        attrs = _retype_attrs(node, storage)
-        opdef = get_op(node.op, where=f"node {node.name!r} ({node.op})")
-        in_specs = [g.tensors[t] if t else None for t in node.inputs]
-        try:
-            outs = opdef.infer(in_specs, attrs)
-            ok = all(
-                o.dtype == (storage if is_float(graph.tensors[t].dtype) else graph.tensors[t].dtype)
-                for t, o in zip(node.outputs, outs) if t
-            )
-        except _INFER_ERRORS:
-            ok = False
-        if ok:
-            g.add_node(node.op, node.inputs, node.outputs, attrs, name=node.name, meta=dict(node.meta))
-        else:
-            _add_wrapped(graph, g, node, dict(node.attrs), storage)
-        new = g.nodes[node.name]
-        if dtype in ("tf32", "int8") and is_matmul_like(g, new):
-            new.meta["compute_dtype"] = dtype
+    _rebuild_nodes(graph, g, storage, dtype, {})
+    g.set_outputs(graph.outputs)
+    return g.verify()
+
+
+AMP_DTYPES = ("bf16", "fp16")
+DEFAULT_LOSS_SCALE = {"bf16": 1.0, "fp16": 1024.0}
+
+
+def amp(graph: Graph, dtype: str = "bf16", loss_scale: float | None = None) -> Graph:
+    """Automatic mixed precision: fp32 master weights, ``dtype`` compute, fp32 outputs.
+
+    Every floating graph input and parameter keeps its fp32 spec and name; a ``Cast`` node
+    (``<name>.to_<dtype>``, output ``<name>.<dtype>``) makes its low-precision copy just before
+    its first use, and every node then computes in ``dtype`` (ops without a low-precision form
+    are wrapped in casts, as in ``cast_graph``). Graph outputs are cast back to fp32 under
+    their original names, so a loss appended by ``training_graph`` is computed in fp32.
+    The gradient of each parameter cast is cast back to fp32, so optimizer updates and
+    states stay in fp32 (master weights).
+
+    ``loss_scale`` (default 1024 for fp16, 1 for bf16, whose exponent range equals fp32's)
+    is stored in ``meta["loss_scale"]``: ``training_graph`` seeds the backward pass with it and
+    the optimizer update divides it out. The scale is static (no overflow skipping).
+    """
+    dtype = canonical(dtype, where="amp dtype")
+    if dtype not in AMP_DTYPES:
+        raise GraphError(f"amp dtype must be one of {AMP_DTYPES}, got {dtype!r}", where="amp dtype")
+    if not has_op("Cast"):
+        raise GraphError("amp needs the Cast op", where="amp")
+    scale = DEFAULT_LOSS_SCALE[dtype] if loss_scale is None else float(loss_scale)
+    if scale <= 0:
+        raise GraphError(f"loss_scale must be > 0, got {scale}", where="amp")
+    g = Graph(graph.name, graph.source)
+    g.meta = dict(graph.meta)
+    g.meta.update({"amp": dtype, "loss_scale": scale})
+    _copy_decls(graph, g, lambda name, spec: spec)
+    rename: dict[str, str] = {}
+    leaves = {t for t, s in [*graph.inputs.items(), *graph.params.items()] if is_float(s.dtype)}
+    for t in graph.outputs:
+        if is_float(graph.tensors[t].dtype) and t not in leaves:
+            rename[t] = g.unique_name(f"{t}.{dtype}")
+
+    def cast_leaves(node: Node) -> None:
+        for t in node.inputs:
+            if t in leaves and t not in rename and graph.tensors[t].dtype != dtype:
+                (c,) = g.add_node("Cast", [t], [g.unique_name(f"{t}.{dtype}")], {"to": dtype},
+                                  name=g.unique_name(f"{t}.to_{dtype}"), meta={"cast": "amp"})
+                rename[t] = c
+
+    _rebuild_nodes(graph, g, dtype, dtype, rename, before=cast_leaves)
+    for t in graph.outputs:
+        if t in rename and t not in leaves:
+            g.add_node("Cast", [rename[t]], [t], {"to": graph.tensors[t].dtype},
+                       name=g.unique_name(f"{t}.to_{graph.tensors[t].dtype}"), meta={"cast": "amp"})
     g.set_outputs(graph.outputs)
     return g.verify()
