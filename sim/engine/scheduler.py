@@ -1,0 +1,399 @@
+"""The SimPy model: ops on device streams, transfers on links, memory by tensor lifetimes.
+
+Model (see docs/engine.md):
+
+* each device has ``streams`` compute streams (a ``simpy.Resource``; one by default, as a GPU
+  stream runs kernels one after another). An op starts when its inputs are ready on its device
+  and a stream is free; it holds the stream for the time ``sim.cost.op_cost`` gives.
+* with more than one stream, ops that run at once share the device's memory bandwidth
+  (``SharedBandwidth``).
+* transfers run on links, each direction of each link its own resource (a copy/DMA engine),
+  separate from the compute streams, so copies overlap compute; transfers on one link queue.
+* graph inputs start on the host and are copied over the host link (``host_inputs=True``);
+  parameters are resident on every device that uses them from time 0.
+* memory: outputs are allocated when an op starts, a tensor is freed when its last consumer on
+  that device (or the last copy out of it) finishes; graph outputs stay; in-place updates and
+  views allocate nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+from simpy.core import StopSimulation
+
+from sim.dtypes import is_float
+from sim.errors import OutOfMemoryError, SimError
+from sim.graph import Graph, Node
+from sim.hw.spec import DeviceSpec, LinkSpec, SystemSpec
+from sim.ops.work import Work
+from sim.report.result import Result, build_result
+
+from .bandwidth import SharedBandwidth
+from .memory import DeviceMemory
+from .topology import HOST, Hop, Router, as_system, place
+
+
+@dataclass(frozen=True)
+class FixedCost:
+    """An op cost given directly (what a ``cost_fn`` may return instead of ``sim.cost.OpCost``)."""
+
+    time_s: float
+    unit: str = "compute"
+    bound: str = "compute"
+    compute_s: float = 0.0
+    memory_s: float = 0.0
+    flops: float = 0.0
+    bytes: float = 0.0
+    energy_j: float = 0.0
+
+
+CostFn = Callable[[Node, Work, DeviceSpec, str], Any]
+
+
+def compute_dtype(graph: Graph, node: Node) -> str:
+    """``meta["compute_dtype"]``, else the first float output (then input) dtype, else fp32."""
+    cd = node.meta.get("compute_dtype")
+    if cd:
+        return str(cd)
+    for names in (node.outputs, node.inputs):
+        for t in names:
+            if t and is_float(graph.tensors[t].dtype):
+                return graph.tensors[t].dtype
+    return "fp32"
+
+
+def _hashable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return tuple(sorted((str(k), _hashable(v)) for k, v in x.items()))
+    if isinstance(x, (list, tuple)):
+        return tuple(_hashable(v) for v in x)
+    return x
+
+
+def _default_transfer_time(link: LinkSpec, nbytes: float) -> float:
+    try:
+        from sim.cost import transfer_time
+    except ImportError:
+        return link.latency_s + nbytes / link.bandwidth_Bps
+    return float(transfer_time(link, nbytes))
+
+
+class _Engine:
+    def __init__(
+        self,
+        graph: Graph,
+        system: SystemSpec,
+        devs: list[str],
+        costs: list[Any],
+        *,
+        host_inputs: bool,
+        streams: int,
+        transfer_fn: Callable[[LinkSpec, float], float],
+    ) -> None:
+        self.graph = graph
+        self.system = system
+        self.nodes = graph.topo_order()
+        self.devs = devs
+        self.costs = costs
+        self.streams = streams
+        self.transfer_fn = transfer_fn
+        self.env = simpy.Environment()
+        env = self.env
+        self.router = Router(system)
+        self.stream = {d: simpy.Resource(env, capacity=streams) for d in system.devices}
+        self.bus = {d: SharedBandwidth(env) for d in system.devices} if streams > 1 else {}
+        self.links: dict[tuple[str, ...], simpy.Resource] = {}
+        self.mem = {
+            d: DeviceMemory(d, spec.main_memory.capacity_bytes if spec.memory else None)
+            for d, spec in system.devices.items()
+        }
+        self.records: list[dict[str, Any]] = []
+        self.error: SimError | None = None
+        self.keep = set(graph.outputs)
+        self.host_src = system.host if system.host in system.devices else HOST
+        self._plan(host_inputs)
+
+    # ------------------------------------------------------------------ planning
+    def _plan(self, host_inputs: bool) -> None:
+        """Where each tensor lives, who waits for what, and which copies are needed."""
+        g = self.graph
+        env = self.env
+        home: dict[str, str] = {}  # tensor -> device (or HOST) it is first on
+        for t in g.inputs:
+            home[t] = self.host_src if host_inputs else ""
+        for node, dev in zip(self.nodes, self.devs):
+            for t in node.outputs:
+                if t:
+                    home[t] = dev
+        # (tensor, device) -> remaining users there (ops, and copies out of it)
+        self.left: dict[tuple[str, str], int] = {}
+        self.ready: dict[tuple[str, str], simpy.Event] = {}
+        self.waits: list[list[simpy.Event]] = []
+        copies: dict[tuple[str, str], str] = {}  # (tensor, dst) -> src
+        resident: dict[str, set[str]] = {}  # device -> tensors resident from time 0
+        for node, dev in zip(self.nodes, self.devs):
+            waits = []
+            for t in dict.fromkeys(t for t in node.inputs if t):
+                src = home.get(t)
+                if t in g.params or src == "" or (src == HOST and self._no_host_link(dev)):
+                    resident.setdefault(dev, set()).add(t)
+                    self.left[(t, dev)] = self.left.get((t, dev), 0) + 1
+                    continue
+                assert src is not None
+                if src != dev and (t, dev) not in copies:
+                    copies[(t, dev)] = src
+                    self.left[(t, src)] = self.left.get((t, src), 0) + 1
+                    if t not in g.inputs and (t, src) not in self.ready:
+                        self.ready[(t, src)] = env.event()
+                ev = self.ready.get((t, dev))
+                if ev is None:
+                    ev = self.ready[(t, dev)] = env.event()
+                waits.append(ev)
+                self.left[(t, dev)] = self.left.get((t, dev), 0) + 1
+            self.waits.append(waits)
+        # graph inputs already on a modelled host are ready at time 0 and held there
+        for t in g.inputs:
+            if home[t] not in ("", HOST):
+                resident.setdefault(home[t], set()).add(t)
+                ev = self.ready.get((t, home[t]))
+                if ev is not None:
+                    ev.succeed()
+        self.copies = copies
+        self.resident = resident
+        self.home = home
+
+    def _no_host_link(self, dev: str) -> bool:
+        return self.system.devices[dev].host_link is None
+
+    # ------------------------------------------------------------------ running
+    def _fail(self, err: SimError) -> None:
+        if self.error is None:
+            self.error = err
+            stop = self.env.event()
+            stop.callbacks.append(StopSimulation.callback)
+            stop.succeed()
+
+    def _done_with(self, t: str, dev: str, now: float) -> None:
+        key = (t, dev)
+        n = self.left[key] - 1
+        self.left[key] = n
+        if n == 0 and t not in self.keep and dev in self.mem:
+            self.mem[dev].release(t, now)
+
+    def run(self) -> None:
+        g = self.graph
+        # parameters (and inputs not copied from the host) are resident from time 0
+        for dev in self.system.devices:
+            for t in sorted(self.resident.get(dev, ()), key=lambda t: (t not in g.params, t)):
+                what = f"parameter {t}" if t in g.params else f"input {t}"
+                self.mem[dev].alloc(t, g.tensors[t].nbytes, 0.0, what, pinned=t in g.params)
+        env = self.env
+        for (t, dst), src in self.copies.items():
+            env.process(self._copy(t, src, dst))
+        for i in range(len(self.nodes)):
+            env.process(self._op(i))
+        env.run()
+        if self.error is not None:
+            raise self.error
+        unfinished = [k for k, ev in self.ready.items() if not ev.triggered]
+        if unfinished:
+            raise SimError(f"tensors never became ready: {unfinished[:5]}", where=g.name)
+
+    def _op(self, i: int) -> Any:
+        node = self.nodes[i]
+        dev = self.devs[i]
+        cost = self.costs[i]
+        env = self.env
+        for ev in self.waits[i]:
+            if not ev.processed:
+                yield ev
+        stream = self.stream[dev]
+        req = stream.request()
+        yield req
+        start = float(env.now)
+        mem = self.mem[dev]
+        inplace = node.meta.get("inplace") or {}
+        try:
+            for j, t in enumerate(node.outputs):
+                if not t:
+                    continue
+                src_idx = inplace.get(j, inplace.get(str(j)))
+                if src_idx is None and j == 0 and cost.view:
+                    src_idx = 0
+                if src_idx is not None and mem.has(node.inputs[int(src_idx)]):
+                    mem.alias(t, node.inputs[int(src_idx)])
+                else:
+                    mem.alloc(t, self.graph.tensors[t].nbytes, start, node.name)
+        except OutOfMemoryError as err:
+            self._fail(err)
+            return
+        c = cost.cost
+        if self.bus:
+            served = self.bus[dev].serve(c.memory_s)
+            if c.time_s > 0:
+                yield env.timeout(c.time_s)
+            if not served.processed:
+                yield served
+        elif c.time_s > 0:
+            yield env.timeout(c.time_s)
+        end = float(env.now)
+        self.records.append({
+            "name": node.name, "op": node.op, "layer": node.meta.get("layer") or "",
+            "device": dev, "unit": c.unit, "start_s": start, "end_s": end,
+            "flops": float(c.flops), "bytes": float(c.bytes), "bound": c.bound,
+            "energy_j": float(c.energy_j), "dtype": cost.dtype,
+            "compute_s": float(c.compute_s), "memory_s": float(c.memory_s),
+        })
+        for t in dict.fromkeys(t for t in node.inputs if t):
+            self._done_with(t, dev, end)
+        for t in node.outputs:
+            if t:
+                if (t, dev) not in self.left and t not in self.keep:
+                    mem.release(t, end)  # produced and never used
+                done = self.ready.get((t, dev))
+                if done is not None:
+                    done.succeed()
+        stream.release(req)
+
+    def _hop_ends(self, key: tuple[str, ...], link: LinkSpec, src: str,
+                  dst: str) -> tuple[str, str, str, str]:
+        """(from, to, device whose copy engine runs it, unit name) of one hop."""
+        kind = key[0]
+        if kind == "h2d":
+            return self.host_src, key[1], key[1], f"copy:{link.name} in"
+        if kind == "d2h":
+            return key[1], self.host_src, key[1], f"copy:{link.name} out"
+        if kind == "switch":
+            return src, dst, src, f"copy:{link.name} out"
+        return key[1], key[2], key[1], f"copy:{link.name}->{key[2]}"
+
+    def _copy(self, t: str, src: str, dst: str) -> Any:
+        env = self.env
+        nbytes = self.graph.tensors[t].nbytes
+        ready = self.ready.get((t, src))
+        if ready is not None and not ready.processed:
+            yield ready
+        hops: list[Hop] = self.router.route(src, dst)
+        first = True
+        producer = self.graph.producer(t)
+        layer = (producer.meta.get("layer") or "") if producer is not None else ""
+        for key, link in hops:
+            res = self.links.get(key)
+            if res is None:
+                res = self.links[key] = simpy.Resource(env, capacity=1)
+            req = res.request()
+            yield req
+            start = float(env.now)
+            if first:
+                first = False
+                try:
+                    self.mem[dst].alloc(t, nbytes, start, f"copy of {t}")
+                except OutOfMemoryError as err:
+                    self._fail(err)
+                    return
+            dur = self.transfer_fn(link, nbytes)
+            if dur > 0:
+                yield env.timeout(dur)
+            end = float(env.now)
+            a, b, owner, unit = self._hop_ends(key, link, src, dst)
+            self.records.append({
+                "name": f"{t}->{dst}", "op": "Transfer", "layer": layer,
+                "device": owner, "unit": unit,
+                "start_s": start, "end_s": end, "flops": 0.0, "bytes": float(nbytes),
+                "bound": "comm", "energy_j": float(nbytes * link.energy_per_byte_j),
+                "dtype": self.graph.tensors[t].dtype, "compute_s": 0.0, "memory_s": 0.0,
+                "src": a, "dst": b, "tensor": t,
+            })
+            res.release(req)
+        if src in self.mem:
+            self._done_with(t, src, env.now)
+        self.ready[(t, dst)].succeed()
+
+
+@dataclass(frozen=True)
+class _NodeCost:
+    cost: Any
+    dtype: str
+    view: bool
+
+
+def _is_view(graph: Graph, node: Node, work: Work) -> bool:
+    """A zero-work op with one input of the output's size (Reshape, Squeeze...) is a view."""
+    if work.flops or work.bytes or len([t for t in node.inputs if t]) != 1:
+        return False
+    outs = [t for t in node.outputs if t]
+    return len(outs) == 1 and node.inputs[0] != "" and (
+        graph.tensors[outs[0]].nbytes == graph.tensors[node.inputs[0]].nbytes)
+
+
+def _costs(graph: Graph, nodes: list[Node], devs: list[str], system: SystemSpec,
+           cost_fn: CostFn | None) -> list[_NodeCost]:
+    cache: dict[Any, Any] = {}
+    op_cost = None
+    if cost_fn is None:
+        from sim.cost import op_cost
+    out = []
+    for node, dev in zip(nodes, devs):
+        spec = system.devices[dev]
+        work = graph.work(node)
+        dtype = compute_dtype(graph, node)
+        if cost_fn is not None:
+            c = cost_fn(node, work, spec, dtype)
+        else:
+            sparsity = node.meta.get("sparsity")
+            key = (dev, work, dtype, _hashable(sparsity))
+            c = cache.get(key)
+            if c is None:
+                assert op_cost is not None
+                c = cache[key] = op_cost(work, spec, dtype, sparsity=sparsity)
+        if isinstance(c, (int, float)):
+            c = FixedCost(float(c), flops=work.flops, bytes=work.bytes)
+        out.append(_NodeCost(c, dtype, _is_view(graph, node, work)))
+    return out
+
+
+def simulate(
+    graph: Graph,
+    hw: Any,
+    dtype: str | None = None,
+    *,
+    placement: Mapping[str, str] | None = None,
+    cost_fn: CostFn | None = None,
+    host_inputs: bool = True,
+    streams: int = 1,
+    transfer_fn: Callable[[LinkSpec, float], float] | None = None,
+) -> Result:
+    """Schedule ``graph`` on ``hw`` and return a ``Result``.
+
+    ``hw``: a ``DeviceSpec``, a ``SystemSpec``, or a name/path for ``sim.hw.load_hardware``.
+    ``dtype``: cast every floating tensor first (``sim.passes.precision.cast_graph``).
+    ``placement``: op name / layer name / fnmatch pattern -> device instance (``"cpu0"``).
+    ``cost_fn(node, work, device_spec, dtype)`` replaces ``sim.cost.op_cost`` (it may return a
+    number of seconds or an object with OpCost's fields). ``host_inputs``: graph inputs start on
+    the host and are copied over the host link. ``streams``: concurrent compute streams per
+    device (more than one shares memory bandwidth). ``transfer_fn(link, nbytes)`` replaces
+    ``sim.cost.transfer_time``.
+    """
+    system = as_system(hw)
+    if streams < 1:
+        raise SimError(f"streams must be >= 1, got {streams}", where="simulate")
+    if dtype:
+        from sim.passes.precision import cast_graph
+
+        graph = cast_graph(graph, dtype)
+    nodes = graph.topo_order()
+    devs = place(nodes, system, placement)
+    costs = _costs(graph, nodes, devs, system, cost_fn)
+    eng = _Engine(graph, system, devs, costs, host_inputs=host_inputs, streams=streams,
+                  transfer_fn=transfer_fn or _default_transfer_time)
+    eng.run()
+    return build_result(
+        graph, system, eng.records,
+        {d: m.timeline for d, m in eng.mem.items()},
+        {d: m.peak for d, m in eng.mem.items()},
+        dtype=dtype,
+    )

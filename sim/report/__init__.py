@@ -1,0 +1,5 @@
+"""Reports: the ``Result`` record set, JSON, Chrome traces, text summaries and plots."""
+
+from sim.report.result import Result, build_result
+
+__all__ = ["Result", "build_result"]

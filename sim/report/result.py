@@ -1,0 +1,234 @@
+"""``Result``: what a simulation produced, as plain records and totals.
+
+Every op (and every transfer, ``op == "Transfer"``) is a plain dict, so
+``pandas.DataFrame(result.ops)`` works without help. Totals are derived once, when the result
+is built; nothing here re-simulates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sim.graph import Graph
+    from sim.hw.spec import SystemSpec
+
+RECORD_FIELDS = ("name", "op", "layer", "device", "unit", "start_s", "end_s", "flops", "bytes",
+                 "bound", "energy_j")
+
+
+@dataclass
+class Result:
+    """The outcome of ``sim.simulate``.
+
+    ``ops``: records (name, op, layer, device, unit, start_s, end_s, flops, bytes, bound,
+    energy_j, plus dtype, compute_s, memory_s; transfers add src, dst, tensor), by start time.
+    ``memory_timeline``: device -> [(time_s, bytes in use)] steps.
+    ``utilisation``: device -> unit -> busy_s, busy (fraction of the makespan), flops,
+    achieved_flops_per_s, peak_flops_per_s, flops_utilisation.
+    ``devices``: device instance -> spec name, kind, capacity_bytes, bandwidth_Bps, idle_w,
+    peak_flops (unit -> dtype -> FLOP/s), for reports and plots.
+    """
+
+    graph: str
+    hardware: str
+    dtype: str | None
+    makespan_s: float
+    ops: list[dict[str, Any]]
+    memory_timeline: dict[str, list[tuple[float, float]]]
+    peak_memory_by_device: dict[str, float]
+    energy_j: float
+    dynamic_energy_j: float
+    idle_energy_j: float
+    utilisation: dict[str, dict[str, dict[str, Any]]]
+    devices: dict[str, dict[str, Any]]
+    batch: int | None = None
+    flops: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ totals
+    @property
+    def peak_memory_bytes(self) -> float:
+        """The sum over devices of each device's peak."""
+        return float(sum(self.peak_memory_by_device.values()))
+
+    @property
+    def throughput(self) -> float | None:
+        """Samples per second (batch / makespan) when the batch is known."""
+        if self.batch is None or self.makespan_s <= 0:
+            return None
+        return self.batch / self.makespan_s
+
+    def by_op_type(self) -> dict[str, dict[str, Any]]:
+        """Op type -> count, time_s, flops, bytes, energy_j, bound (the most common), by time."""
+        agg: dict[str, dict[str, Any]] = {}
+        bounds: dict[str, dict[str, float]] = {}
+        for r in self.ops:
+            a = agg.setdefault(r["op"], {"count": 0, "time_s": 0.0, "flops": 0.0, "bytes": 0.0,
+                                         "energy_j": 0.0})
+            dur = r["end_s"] - r["start_s"]
+            a["count"] += 1
+            a["time_s"] += dur
+            a["flops"] += r["flops"]
+            a["bytes"] += r["bytes"]
+            a["energy_j"] += r["energy_j"]
+            b = bounds.setdefault(r["op"], {})
+            b[r["bound"]] = b.get(r["bound"], 0.0) + dur
+        for op, a in agg.items():
+            a["bound"] = max(sorted(bounds[op]), key=lambda k: bounds[op][k])
+        return dict(sorted(agg.items(), key=lambda kv: (-kv[1]["time_s"], kv[0])))
+
+    # ------------------------------------------------------------------ output
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "graph": self.graph,
+            "hardware": self.hardware,
+            "dtype": self.dtype,
+            "makespan_s": self.makespan_s,
+            "batch": self.batch,
+            "throughput_per_s": self.throughput,
+            "flops": self.flops,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_memory_by_device": self.peak_memory_by_device,
+            "energy_j": self.energy_j,
+            "dynamic_energy_j": self.dynamic_energy_j,
+            "idle_energy_j": self.idle_energy_j,
+            "utilisation": self.utilisation,
+            "devices": self.devices,
+            "by_op_type": self.by_op_type(),
+            "memory_timeline": {d: [list(p) for p in tl] for d, tl in self.memory_timeline.items()},
+            "ops": self.ops,
+            "meta": self.meta,
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        """The result as JSON (deterministic: same simulation -> same bytes)."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        _write(path, self.to_json(indent=1))
+
+    def write_trace(self, path: str | os.PathLike[str]) -> None:
+        """A Chrome trace (opens in Perfetto / chrome://tracing)."""
+        from sim.report.trace import trace_json
+
+        _write(path, trace_json(self))
+
+    def summary(self, top: int = 10) -> str:
+        """A text summary: makespan, throughput, top ops and their bound, memory, energy."""
+        from sim.report.summary import summary_text
+
+        return summary_text(self, top=top)
+
+    def plot(self, path: str | os.PathLike[str]) -> None:
+        """Write a figure with a timeline, a roofline and memory over time."""
+        from sim.report.plots import plot_result
+
+        plot_result(self, path)
+
+    def __repr__(self) -> str:
+        return (f"<Result {self.graph} on {self.hardware}: {self.makespan_s * 1e3:.3f} ms, "
+                f"peak {self.peak_memory_bytes / 2**30:.2f} GiB, {self.energy_j:.3g} J>")
+
+
+def _write(path: str | os.PathLike[str], text: str) -> None:
+    d = os.path.dirname(os.fspath(path))
+    if d:
+        os.makedirs(d, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _busy(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of intervals (sorted by start)."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in intervals:
+        if cur_e is None or s > cur_e:
+            if cur_e is not None and cur_s is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        elif e > cur_e:
+            cur_e = e
+    if cur_e is not None and cur_s is not None:
+        total += cur_e - cur_s
+    return total
+
+
+def infer_batch(graph: Graph) -> int | None:
+    """``graph.meta["batch"]`` (or ``meta["params"]["batch"]``), else the leading dimension the
+    graph inputs share, else None."""
+    for src in (graph.meta, graph.meta.get("params") or {}):
+        b = src.get("batch") if isinstance(src, dict) else None
+        if isinstance(b, int) and b > 0:
+            return b
+    lead = {s.shape[0] for s in graph.inputs.values() if s.rank >= 1}
+    return lead.pop() if len(lead) == 1 else None
+
+
+def build_result(
+    graph: Graph,
+    system: SystemSpec,
+    records: list[dict[str, Any]],
+    timelines: dict[str, list[tuple[float, float]]],
+    peaks: dict[str, float],
+    *,
+    dtype: str | None = None,
+) -> Result:
+    """Totals, energy and utilisation from the engine's records."""
+    ops = sorted(records, key=lambda r: (r["start_s"], r["end_s"]))
+    makespan = max((r["end_s"] for r in ops), default=0.0)
+    devices: dict[str, dict[str, Any]] = {}
+    idle = 0.0
+    for d, spec in system.devices.items():
+        main = spec.main_memory if spec.memory else None
+        devices[d] = {
+            "spec": spec.name,
+            "kind": spec.kind,
+            "capacity_bytes": main.capacity_bytes if main else None,
+            "bandwidth_Bps": main.bandwidth_Bps if main else None,
+            "idle_w": spec.power.idle_w,
+            "peak_flops": {u.name: dict(sorted(u.peak_flops.items())) for u in spec.units},
+        }
+        idle += spec.power.idle_w * makespan
+    dynamic = float(sum(r["energy_j"] for r in ops))
+    per_unit: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in ops:
+        per_unit.setdefault((r["device"], r["unit"]), []).append(r)
+    util: dict[str, dict[str, dict[str, Any]]] = {d: {} for d in system.devices}
+    for (d, unit), rs in sorted(per_unit.items()):
+        busy = _busy([(r["start_s"], r["end_s"]) for r in rs])
+        flops = float(sum(r["flops"] for r in rs))
+        by_dtype: dict[str, float] = {}
+        for r in rs:
+            by_dtype[r.get("dtype", "")] = by_dtype.get(r.get("dtype", ""), 0.0) + r["flops"]
+        main_dtype = max(sorted(by_dtype), key=lambda k: by_dtype[k]) if by_dtype else ""
+        peak = devices.get(d, {}).get("peak_flops", {}).get(unit, {}).get(main_dtype)
+        achieved = flops / makespan if makespan > 0 else 0.0
+        util.setdefault(d, {})[unit] = {
+            "busy_s": busy,
+            "busy": busy / makespan if makespan > 0 else 0.0,
+            "flops": flops,
+            "dtype": main_dtype,
+            "achieved_flops_per_s": achieved,
+            "peak_flops_per_s": peak,
+            "flops_utilisation": achieved / peak if peak else None,
+        }
+    return Result(
+        graph=graph.name,
+        hardware=system.name,
+        dtype=dtype,
+        makespan_s=makespan,
+        ops=ops,
+        memory_timeline={d: list(tl) for d, tl in timelines.items()},
+        peak_memory_by_device=dict(peaks),
+        energy_j=dynamic + idle,
+        dynamic_energy_j=dynamic,
+        idle_energy_j=idle,
+        utilisation=util,
+        devices=devices,
+        batch=infer_batch(graph),
+        flops=float(sum(r["flops"] for r in ops if r["op"] != "Transfer")),
+    )

@@ -1,0 +1,63 @@
+"""Text summary of a ``Result``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sim.report.result import Result
+
+
+def fmt_time(t: float) -> str:
+    """Seconds in a readable unit: ``fmt_time(0.0012) == '1.200 ms'``."""
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if abs(t) >= scale:
+            return f"{t / scale:.3f} {unit}"
+    return f"{t / 1e-9:.1f} ns"
+
+
+def fmt_bytes(b: float) -> str:
+    for scale, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(b) >= scale:
+            return f"{b / scale:.2f} {unit}"
+    return f"{b:.0f} B"
+
+
+def summary_text(result: Result, top: int = 10) -> str:
+    """Makespan, throughput, energy, memory, utilisation, the top ops by time, time by op type."""
+    r = result
+    lines = [f"{r.graph} on {r.hardware}" + (f" ({r.dtype})" if r.dtype else "")]
+    lines.append(f"  makespan     {fmt_time(r.makespan_s)}")
+    if r.throughput is not None:
+        lines.append(f"  throughput   {r.throughput:,.1f} samples/s (batch {r.batch})")
+    if r.makespan_s > 0 and r.flops:
+        lines.append(f"  compute      {r.flops / 1e9:,.2f} GFLOP, {r.flops / r.makespan_s / 1e12:,.2f}"
+                     " TFLOP/s achieved")
+    lines.append(f"  energy       {r.energy_j:.4g} J (dynamic {r.dynamic_energy_j:.4g} J, idle "
+                 f"{r.idle_energy_j:.4g} J)")
+    for d, peak in r.peak_memory_by_device.items():
+        cap = r.devices.get(d, {}).get("capacity_bytes")
+        of = f" of {fmt_bytes(cap)} ({100 * peak / cap:.1f}%)" if cap else ""
+        lines.append(f"  memory peak  {d}: {fmt_bytes(peak)}{of}")
+    lines.append("  utilisation")
+    for d, units in r.utilisation.items():
+        for u, s in units.items():
+            fl = s["flops_utilisation"]
+            extra = f", {100 * fl:.1f}% of {s['dtype']} peak FLOP/s" if fl is not None else ""
+            lines.append(f"    {d}/{u}: busy {100 * s['busy']:.1f}%{extra}")
+    ops = sorted(r.ops, key=lambda o: (-(o["end_s"] - o["start_s"]), o["start_s"], o["name"]))
+    total = sum(o["end_s"] - o["start_s"] for o in r.ops) or 1.0
+    if top > 0 and ops:
+        lines.append(f"  top {min(top, len(ops))} ops by time")
+        w = max(len(o["name"]) for o in ops[:top])
+        for o in ops[:top]:
+            dur = o["end_s"] - o["start_s"]
+            lines.append(f"    {o['name']:<{w}}  {o['op']:<18} {o['device']:<6} {fmt_time(dur):>12} "
+                         f"{100 * dur / total:5.1f}%  {o['bound']}")
+    agg = r.by_op_type()
+    if agg:
+        lines.append("  time by op type")
+        for op, a in list(agg.items())[: max(top, 1)]:
+            lines.append(f"    {op:<22} x{a['count']:<5} {fmt_time(a['time_s']):>12} "
+                         f"{100 * a['time_s'] / total:5.1f}%  {a['bound']}")
+    return "\n".join(lines)
