@@ -155,6 +155,7 @@ def _dims(kind: str, specs: list[TensorSpec | None], attrs: dict[str, Any]) -> d
     hs = attrs.get("hidden_size")
     if hs is not None and int(hs) != H:
         raise GraphError(f"{kind} hidden_size {hs} differs from R's last dimension {H}")
+    _acts(kind, attrs, D)  # validates activation names and counts
     if GH != G * H or w.shape != (D, G * H, I):
         raise GraphError(f"{kind} W {w.shape} / R {r.shape} should be "
                          f"[{D}, {G * H}, {I}] / [{D}, {G * H}, {H}]")

@@ -1,0 +1,235 @@
+"""LSTM, GRU, RNN: values against onnx.reference and hand NumPy cells, work against hand
+counts, BPTT gradients by finite differences (float64, seq 3, batch 2, input 3, hidden 4)."""
+
+import numpy as np
+import pytest
+from helpers import check_grad, one_op_graph, onnx_ref, run_op
+
+from sim.errors import GraphError
+from sim.ops.work import GemmShape
+
+T, BATCH, IN, HID = 3, 2, 3, 4
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+DIRS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+
+
+def make_inputs(kind, direction="forward", dtype=np.float64, seed=0, full=True, layout=0):
+    rng = np.random.default_rng(seed)
+    D, G = DIRS[direction], GATES[kind]
+    x = rng.standard_normal((T, BATCH, IN) if layout == 0 else (BATCH, T, IN))
+    st = (D, BATCH, HID) if layout == 0 else (BATCH, D, HID)
+    ins = [x, rng.standard_normal((D, G * HID, IN)) * 0.6, rng.standard_normal((D, G * HID, HID)) * 0.6]
+    if full:
+        ins += [rng.standard_normal((D, 2 * G * HID)) * 0.5, None, rng.standard_normal(st)]
+        if kind == "LSTM":
+            ins += [rng.standard_normal(st), rng.standard_normal((D, 3 * HID)) * 0.5]
+    return [None if a is None else a.astype(dtype) for a in ins]
+
+
+def n_outputs(kind):
+    return 3 if kind == "LSTM" else 2
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_matches_onnx_reference(kind, direction):
+    ins = make_inputs(kind, direction, np.float32)
+    attrs = {"hidden_size": HID, "direction": direction}
+    outs = run_op(kind, ins, attrs)
+    refs = onnx_ref(kind, ins, attrs, n_out=n_outputs(kind), opset=14)
+    assert len(outs) == n_outputs(kind)
+    for a, b in zip(outs, refs):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_layout1_and_no_optional_inputs_match_onnx(kind):
+    for ins, attrs in [
+        (make_inputs(kind, "bidirectional", np.float32, layout=1), {"layout": 1}),
+        (make_inputs(kind, "forward", np.float32, full=False), {}),
+    ]:
+        attrs = {"hidden_size": HID, "direction": "bidirectional" if attrs else "forward", **attrs}
+        outs = run_op(kind, ins, attrs)
+        refs = onnx_ref(kind, ins, attrs, n_out=n_outputs(kind), opset=14)
+        for a, b in zip(outs, refs):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gru_linear_before_reset_matches_onnx():
+    ins = make_inputs("GRU", "bidirectional", np.float32)
+    attrs = {"hidden_size": HID, "direction": "bidirectional", "linear_before_reset": 1}
+    for a, b in zip(run_op("GRU", ins, attrs), onnx_ref("GRU", ins, attrs, n_out=2, opset=14)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ hand NumPy references
+
+
+def sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def hand_lstm(x, w, r, b, lens, h0, c0, p, clip=None, input_forget=False, reverse=False,
+              f=sig, g=np.tanh, h=np.tanh):
+    """One direction of an ONNX LSTM, written step by step (ORT semantics for sequence_lens)."""
+    cl = (lambda z: np.clip(z, -clip, clip)) if clip else (lambda z: z)
+    y = np.zeros((T, BATCH, HID))
+    hh, cc = h0.copy(), c0.copy()
+    for bi in range(BATCH):
+        steps = range(lens[bi] - 1, -1, -1) if reverse else range(lens[bi])
+        ht, ct = h0[bi].copy(), c0[bi].copy()
+        for t in steps:
+            a = w @ x[t, bi] + r @ ht + b[:4 * HID] + b[4 * HID:]
+            ai, ao, af, ac = np.split(a, 4)
+            i = f(cl(ai + p[:HID] * ct))
+            fg = 1 - i if input_forget else f(cl(af + p[2 * HID:] * ct))
+            ct = fg * ct + i * g(cl(ac))
+            o = f(cl(ao + p[HID:2 * HID] * ct))
+            ht = o * h(ct)
+            y[t, bi] = ht
+        hh[bi], cc[bi] = ht, ct
+    return y, hh, cc
+
+
+def test_lstm_sequence_lens_clip_input_forget_activations_vs_hand():
+    rng = np.random.default_rng(3)
+    ins = make_inputs("LSTM", "bidirectional", np.float64, seed=3)
+    lens = np.array([2, 3], np.int32)
+    ins[4] = lens
+    x, w, r, b, _, h0, c0, p = ins
+    attrs = {"hidden_size": HID, "direction": "bidirectional", "clip": 1.2, "input_forget": 1,
+             "activations": ["HardSigmoid", "LeakyRelu", "Softsign", "Sigmoid", "Tanh", "ScaledTanh"],
+             "activation_alpha": [0.3, 0.1, 0.8], "activation_beta": [0.4, 1.5]}
+    y, yh, yc = run_op("LSTM", ins, attrs)
+    acts = [
+        (lambda z: np.clip(0.3 * z + 0.4, 0, 1), lambda z: np.where(z >= 0, z, 0.1 * z),
+         lambda z: z / (1 + np.abs(z))),
+        (sig, np.tanh, lambda z: 0.8 * np.tanh(1.5 * z)),
+    ]
+    for d in range(2):
+        fa, ga, ha = acts[d]
+        ry, rh, rc = hand_lstm(x, w[d], r[d], b[d], lens, h0[d], c0[d], p[d], clip=1.2,
+                               input_forget=True, reverse=d == 1, f=fa, g=ga, h=ha)
+        np.testing.assert_allclose(y[:, d], ry, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(yh[d], rh, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(yc[d], rc, rtol=1e-10, atol=1e-12)
+    assert np.all(y[2, :, 0] == 0)  # batch entry 0 has length 2
+    del rng
+
+
+def test_gru_and_rnn_sequence_lens_vs_hand():
+    lens = np.array([3, 1], np.int64)
+    ins = make_inputs("GRU", "reverse", seed=5)
+    ins[4] = lens
+    x, w, r, b, _, h0 = ins
+    y, yh = run_op("GRU", ins, {"hidden_size": HID, "direction": "reverse", "clip": 0.9})
+    cl = lambda z: np.clip(z, -0.9, 0.9)  # noqa: E731
+    for bi in range(BATCH):
+        ht = h0[0, bi]
+        for t in range(lens[bi] - 1, -1, -1):
+            wz, wr, wh = np.split(w[0], 3)
+            rz, rr, rh = np.split(r[0], 3)
+            bz, br, bh, cz, cr, ch = np.split(b[0], 6)
+            z = sig(cl(wz @ x[t, bi] + rz @ ht + bz + cz))
+            rg = sig(cl(wr @ x[t, bi] + rr @ ht + br + cr))
+            hc = np.tanh(cl(wh @ x[t, bi] + rh @ (rg * ht) + ch + bh))
+            ht = (1 - z) * hc + z * ht
+            np.testing.assert_allclose(y[t, 0, bi], ht, rtol=1e-10)
+        np.testing.assert_allclose(yh[0, bi], ht, rtol=1e-10)
+    assert np.all(y[1:, 0, 1] == 0)
+
+    ins = make_inputs("RNN", "forward", seed=6)
+    ins[4] = lens
+    x, w, r, b, _, h0 = ins
+    y, yh = run_op("RNN", ins, {"hidden_size": HID, "activations": ["Relu"]})
+    for bi in range(BATCH):
+        ht = h0[0, bi]
+        for t in range(lens[bi]):
+            ht = np.maximum(w[0] @ x[t, bi] + r[0] @ ht + b[0, :HID] + b[0, HID:], 0)
+        np.testing.assert_allclose(yh[0, bi], ht, rtol=1e-10)
+
+
+def test_errors_are_typed():
+    ins = make_inputs("LSTM", "forward")
+    with pytest.raises(GraphError, match="bidirectional needs 2"):
+        one_op_graph("LSTM", ins, {"direction": "bidirectional"})
+    with pytest.raises(GraphError, match="hidden_size 5"):
+        one_op_graph("LSTM", ins, {"hidden_size": 5})
+    with pytest.raises(GraphError, match="unknown LSTM activation 'Gelu'"):
+        one_op_graph("LSTM", ins, {"activations": ["Gelu", "Tanh", "Tanh"]})
+
+
+# ------------------------------------------------------------------ work
+
+
+def test_lstm_work_hand_counts():
+    ins = make_inputs("LSTM", "forward", np.float32)[:4]  # X, W, R, B
+    w = one_op_graph("LSTM", ins).work("node")
+    # input projection: m = seq*batch = 6, n = 4H = 16, k = 3; recurrent: 3 serial (2 x 16 x 4)
+    assert w.gemms == (GemmShape(6, 16, 3, 1), GemmShape(2, 16, 4, 3))
+    assert w.matmul_flops == 2 * 6 * 16 * 3 + 3 * 2 * 2 * 16 * 4  # 576 + 768
+    units = T * BATCH * HID  # 24
+    assert w.transcendentals == 5 * units  # 3 sigmoid + 2 tanh per unit and step
+    assert w.flops == w.matmul_flops + 26 * units
+    nbytes = 4 * (18 + 48 + 64 + 32)
+    assert w.bytes_read == nbytes
+    assert w.bytes_written == 4 * (T * BATCH * HID + 2 * BATCH * HID)
+    wb = one_op_graph("LSTM", make_inputs("LSTM", "bidirectional", np.float32)[:4],
+                      {"direction": "bidirectional"}).work("node")
+    assert wb.matmul_flops == 2 * w.matmul_flops and wb.transcendentals == 2 * w.transcendentals
+
+
+def test_gru_rnn_work_hand_counts():
+    wg = one_op_graph("GRU", make_inputs("GRU", "forward", np.float32)[:4]).work("node")
+    units = T * BATCH * HID
+    assert wg.matmul_flops == 2 * 6 * 12 * 3 + 3 * 2 * 2 * 12 * 4
+    assert wg.transcendentals == 3 * units and wg.flops == wg.matmul_flops + 20 * units
+    wr = one_op_graph("RNN", make_inputs("RNN", "forward", np.float32)[:4]).work("node")
+    assert wr.matmul_flops == 2 * 6 * 4 * 3 + 3 * 2 * 2 * 4 * 4
+    assert wr.transcendentals == units and wr.flops == wr.matmul_flops + 3 * units
+
+
+def test_lstm_grad_work_is_3x_forward_gemms():
+    ins = make_inputs("LSTM", "bidirectional", np.float32)
+    fwd = one_op_graph("LSTM", ins, {"direction": "bidirectional"}).work("node")
+    rng = np.random.default_rng(0)
+    dys = [rng.standard_normal(s).astype(np.float32) for s in [(T, 2, BATCH, HID), (2, BATCH, HID)]]
+    bwd = one_op_graph("LSTMGrad", [*ins, *dys], {"direction": "bidirectional"}).work("node")
+    assert bwd.matmul_flops == 3 * fwd.matmul_flops  # recompute + 2x backward GEMMs
+    assert bwd.transcendentals == fwd.transcendentals
+
+
+# ------------------------------------------------------------------ gradients
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_lstm_grad(direction):
+    check_grad("LSTM", make_inputs("LSTM", direction), {"hidden_size": HID, "direction": direction},
+               n_out=None)
+
+
+def test_lstm_grad_lens_clip_input_forget_layout1():
+    ins = make_inputs("LSTM", "bidirectional", layout=1, seed=2)
+    ins[4] = np.array([3, 2], np.int64)
+    attrs = {"direction": "bidirectional", "layout": 1, "clip": 2.5, "input_forget": 1,
+             "activations": ["Sigmoid", "Softsign", "Elu"] * 2}
+    check_grad("LSTM", ins, attrs, n_out=None)
+
+
+def test_lstm_grad_without_optional_inputs():
+    check_grad("LSTM", make_inputs("LSTM", "reverse", full=False), {"direction": "reverse"},
+               n_out=None)
+
+
+@pytest.mark.parametrize("lbr", [0, 1])
+def test_gru_grad(lbr):
+    ins = make_inputs("GRU", "bidirectional")
+    ins[4] = np.array([2, 3], np.int32)
+    check_grad("GRU", ins, {"direction": "bidirectional", "linear_before_reset": lbr}, n_out=None)
+
+
+def test_rnn_grad():
+    check_grad("RNN", make_inputs("RNN", "bidirectional", layout=1),
+               {"direction": "bidirectional", "layout": 1, "activations": ["Tanh", "Softplus"]},
+               n_out=None)
