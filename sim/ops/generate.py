@@ -106,6 +106,8 @@ def _range_parts(attrs: dict[str, Any]) -> tuple[Any, Any, Any, str]:
         raise GraphError(f"Range needs the attribute {err.args[0]}") from None
     if "dtype" in attrs:
         dtype = canonical(attrs["dtype"])
+    elif all(v.dtype == vals[0].dtype for v in vals) and vals[0].dtype != np.float64:
+        dtype = from_numpy(vals[0].dtype)
     elif all(np.issubdtype(v.dtype, np.integer) for v in vals):
         dtype = from_numpy(np.result_type(*vals))
     else:

@@ -1,0 +1,524 @@
+"""ONNX models -> Graph.
+
+``load_onnx("model.onnx", batch=32)`` reads a model (opsets 11-21; older and newer opsets are
+mapped where their forms differ), binds symbolic input dims from keyword arguments, turns
+initializers into parameters and shape operands that arrive as inputs into attributes, folds
+constant shape subgraphs (``Shape -> Gather -> Concat -> Reshape`` chains) with the op
+library's own kernels, and returns a verified graph.
+
+Rules:
+
+* Initializers become parameters (``graph.add_param(name, spec, value=array)``); BatchNorm
+  running statistics and non-float tensors are not trainable. Initializers used only as
+  shape operands become attributes and never appear as parameters.
+* Graph inputs that are weights (float, fully static, consumed only in weight slots such as
+  Conv/Gemm/MatMul B, norm scales, embedding tables, 1-D biases) of a model exported without
+  its weights become parameters with a deterministic initialisation (``weights_as_inputs``).
+* Constant values (initializers, ``Constant`` nodes, folded results) used as data by a node
+  that is kept become parameters (initializers) or ``Constant`` nodes (everything else).
+* External data is read only from the model's folder; a path leaving it is a ``GraphError``.
+* An op the library lacks is an ``UnsupportedOpError`` naming the op and the node.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from sim.dtypes import from_numpy, is_float, to_numpy
+from sim.errors import GraphError, UnsupportedOpError
+from sim.graph import Graph, TensorSpec
+
+# ONNX TensorProto.DataType -> our dtype names.
+ONNX_DTYPES: dict[int, str] = {
+    1: "fp32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+    10: "fp16", 11: "fp64", 16: "bf16", 17: "fp8", 19: "fp8e5m2",
+}
+_ONNX_DTYPE_NAMES = {
+    0: "UNDEFINED", 4: "UINT16", 8: "STRING", 12: "UINT32", 13: "UINT64", 14: "COMPLEX64",
+    15: "COMPLEX128", 18: "FLOAT8E4M3FNUZ", 20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4",
+    23: "FLOAT4E2M1",
+}
+
+
+def onnx_dtype(code: int, *, where: str | None = None) -> str:
+    """Our dtype name for an ONNX ``TensorProto.DataType`` code.
+
+    >>> onnx_dtype(1), onnx_dtype(16), onnx_dtype(7)
+    ('fp32', 'bf16', 'int64')
+    """
+    try:
+        return ONNX_DTYPES[int(code)]
+    except KeyError:
+        name = _ONNX_DTYPE_NAMES.get(int(code), str(code))
+        raise GraphError(f"unsupported ONNX element type {name}", where=where) from None
+
+
+# Shape operands: (input index, attribute name, first opset where it is an input).
+SHAPE_OPERANDS: dict[str, list[tuple[int, str, int]]] = {
+    "Reshape": [(1, "shape", 5)],
+    "Expand": [(1, "shape", 8)],
+    "Tile": [(1, "repeats", 6)],
+    "Slice": [(1, "starts", 10), (2, "ends", 10), (3, "axes", 10), (4, "steps", 10)],
+    "Squeeze": [(1, "axes", 13)],
+    "Unsqueeze": [(1, "axes", 13)],
+    "ReduceSum": [(1, "axes", 13)],
+    "Split": [(1, "split", 13)],
+    "Pad": [(1, "pads", 11), (2, "constant_value", 11), (3, "axes", 18)],
+    "Clip": [(1, "min", 11), (2, "max", 11)],
+    "Resize": [(1, "roi", 10), (2, "scales", 10), (3, "sizes", 11)],
+    "Upsample": [(1, "scales", 9)],
+    "TopK": [(1, "k", 10)],
+    "ConstantOfShape": [(0, "shape", 9)],
+    "Range": [(0, "start", 11), (1, "limit", 11), (2, "delta", 11)],
+    "OneHot": [(1, "depth", 9)],
+    "Trilu": [(1, "k", 14)],
+    "CenterCropPad": [(1, "shape", 18)],
+    "Dropout": [(1, "ratio", 12), (2, "training_mode", 12)],
+    "CumSum": [(1, "axis", 11)],
+}
+for _r in ("ReduceMax", "ReduceMin", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2",
+           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"):
+    SHAPE_OPERANDS[_r] = [(1, "axes", 18)]
+# attributes whose values stay 0-d arrays (their dtype matters)
+_KEEP_ARRAY = {("Range", "start"), ("Range", "limit"), ("Range", "delta")}
+# legacy attributes with no meaning in our ops
+_DROP_ATTRS = {"consumed_inputs", "is_test", "spatial", "broadcast"}
+
+# Ops evaluated at import time when all their inputs are known constants.
+FOLD_OPS = frozenset({
+    "Shape", "Size", "Gather", "Concat", "Unsqueeze", "Squeeze", "ConstantOfShape", "Cast",
+    "Slice", "Reshape", "Range", "Identity", "Add", "Sub", "Mul", "Div", "Equal", "Where",
+    "ReduceProd", "Expand", "Less", "Greater", "Not", "Neg", "Abs", "Max", "Min", "Floor",
+    "Ceil", "Sqrt", "Mod", "Tile", "Transpose", "Flatten", "CastLike",
+})
+FOLD_MAX_ELEMS = 1 << 16
+
+# (op, input index) slots that hold weights, for models exported with weights as inputs.
+WEIGHT_SLOTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
+    "BatchNormalization": (1, 2, 3, 4), "LayerNormalization": (1, 2),
+    "InstanceNormalization": (1, 2), "GroupNormalization": (1, 2),
+    "SimplifiedLayerNormalization": (1,), "RMSNormalization": (1,), "Gather": (0,),
+    "Add": (0, 1), "Mul": (0, 1), "PRelu": (1,), "LSTM": (1, 2, 3), "GRU": (1, 2, 3),
+    "RNN": (1, 2, 3),
+}
+_ELEMENTWISE_WEIGHT_MAX_RANK = 1  # Add/Mul operands count as weights only when 1-D (biases)
+
+
+def _attr_value(attr: Any, where: str) -> Any:
+    from onnx import AttributeProto, helper, numpy_helper
+
+    if attr.type == AttributeProto.TENSOR:
+        return numpy_helper.to_array(attr.t)
+    if attr.type == AttributeProto.TENSORS:
+        return [numpy_helper.to_array(t) for t in attr.tensors]
+    if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+        raise UnsupportedOpError(f"attribute {attr.name!r} holds a subgraph (control flow)",
+                                 where=where)
+    v = helper.get_attribute_value(attr)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return [b.decode("utf-8", "replace") for b in v]
+    return v
+
+
+def _operand_attr(op: str, name: str, arr: np.ndarray) -> Any:
+    """The attribute value for a constant shape operand."""
+    if (op, name) in _KEEP_ARRAY:
+        return np.asarray(arr).reshape(())
+    arr = np.asarray(arr)
+    if arr.ndim == 0:
+        return arr.item()
+    if np.issubdtype(arr.dtype, np.integer):
+        return [int(v) for v in arr.reshape(-1)]
+    return [float(v) for v in arr.reshape(-1)]
+
+
+class _Importer:
+    def __init__(self, model: Any, source: str | None, dims: Mapping[str, int], fold: bool,
+                 base_dir: str | None, weights_as_inputs: bool | Iterable[str] | str,
+                 input_values: Mapping[str, np.ndarray] | None) -> None:
+        self.model = model
+        self.source = source
+        self.dims = {k: int(v) for k, v in dims.items()}
+        self.fold = fold
+        self.base_dir = base_dir
+        self.weights_as_inputs = weights_as_inputs
+        self.input_values = dict(input_values or {})
+        self.opset = 21
+        for imp in model.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                self.opset = int(imp.version)
+        name = model.graph.name or (os.path.basename(source) if source else "onnx")
+        self.g = Graph(name, source=source)
+        self.consts: dict[str, np.ndarray] = {}
+        self.init_names: set[str] = set()
+        self.frozen: set[str] = set()  # initializers that are not trained (BN stats, ints)
+        self.used: set[str] = set()
+
+    def where(self, what: str) -> str:
+        return f"{self.source}: {what}" if self.source else what
+
+    # ------------------------------------------------------------------ tensors
+    def _tensor_array(self, t: Any) -> np.ndarray:
+        from onnx import numpy_helper
+
+        where = self.where(f"initializer {t.name!r}")
+        onnx_dtype(t.data_type, where=where)
+        if t.data_location == 1:  # EXTERNAL
+            self._load_external(t)
+        try:
+            return np.asarray(numpy_helper.to_array(t))
+        except Exception as err:  # noqa: BLE001 - malformed tensor payload
+            raise GraphError(f"cannot read tensor data: {err}", where=where) from None
+
+    def _load_external(self, t: Any) -> None:
+        from onnx.external_data_helper import load_external_data_for_tensor
+
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        where = self.where(f"initializer {t.name!r}")
+        if self.base_dir is None:
+            raise GraphError(f"external data {loc!r} but the model has no folder", where=where)
+        base = os.path.realpath(self.base_dir)
+        path = os.path.realpath(os.path.join(base, loc))
+        if os.path.isabs(loc) or os.path.commonpath([base, path]) != base:
+            raise GraphError(f"external data file {loc!r} lies outside the model's folder",
+                             where=where)
+        if not os.path.isfile(path):
+            raise GraphError(f"external data file {loc!r} not found", where=where)
+        try:
+            load_external_data_for_tensor(t, base)
+        except Exception as err:  # noqa: BLE001 - truncated or unreadable data file
+            raise GraphError(f"cannot read external data {loc!r}: {err}", where=where) from None
+
+    def _input_spec(self, vi: Any, unbound: list[str]) -> TensorSpec | None:
+        where = self.where(f"input {vi.name!r}")
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise GraphError("only tensor inputs are supported", where=where)
+        dtype = onnx_dtype(tt.elem_type, where=where)
+        shape = []
+        for i, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value"):
+                shape.append(int(d.dim_value))
+            elif d.dim_param and d.dim_param in self.dims:
+                shape.append(self.dims[d.dim_param])
+            else:
+                unbound.append(d.dim_param or f"{vi.name}[{i}]")
+                shape.append(1)
+        return TensorSpec(tuple(shape), dtype)
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> Graph:
+        graph = self.model.graph
+        for n in graph.node:
+            self.used.update(i for i in n.input if i)
+            if n.op_type == "BatchNormalization":
+                self.frozen.update(i for i in list(n.input)[3:5] if i)
+        self.used.update(o.name for o in graph.output)
+        inits = {t.name: t for t in graph.initializer}
+        for name, t in inits.items():
+            arr = self._tensor_array(t)
+            self.consts[name] = arr
+            self.init_names.add(name)
+            if arr.dtype.kind not in "fc":
+                self.frozen.add(name)
+        unbound: list[str] = []
+        weights = self._weight_inputs(graph, inits)
+        for vi in graph.input:
+            if vi.name in inits:
+                continue
+            spec = self._input_spec(vi, unbound)
+            if vi.name in self.input_values:
+                self.consts[vi.name] = np.asarray(self.input_values[vi.name])
+                continue
+            if spec is None:
+                continue
+            if vi.name in weights:
+                self.g.add_param(vi.name, spec, **self._weight_init(vi.name, spec, graph))
+                continue
+            self.g.add_input(vi.name, spec)
+        if unbound:
+            names = ", ".join(dict.fromkeys(unbound))
+            raise GraphError(f"unbound symbolic dims: {names} (bind them, e.g. --set "
+                             f"{unbound[0].split('[')[0]}=1)", where=self.source)
+        for i, node in enumerate(graph.node):
+            self._node(node, i)
+        outs = []
+        for o in graph.output:
+            if o.name not in self.g.tensors:
+                self._materialize(o.name)
+            outs.append(o.name)
+        self.g.set_outputs(outs)
+        self.g.meta.update({"format": "onnx", "opset": self.opset,
+                            "producer": self.model.producer_name})
+        return self.g.verify()
+
+    # ------------------------------------------------------------------ weights as inputs
+    def _weight_inputs(self, graph: Any, inits: dict[str, Any]) -> set[str]:
+        wai = self.weights_as_inputs
+        cands = [vi for vi in graph.input if vi.name not in inits]
+        if wai is False or wai is None:
+            return set()
+        if not isinstance(wai, (str, bool)):
+            return set(wai)
+        if wai == "auto" and len(graph.node) < 2:
+            return set()  # a one-node model tests its op: its inputs are data
+        uses: dict[str, list[tuple[str, int]]] = {}
+        for n in graph.node:
+            for j, t in enumerate(n.input):
+                uses.setdefault(t, []).append((n.op_type, j))
+        out = set()
+        for vi in cands:
+            tt = vi.type.tensor_type
+            if tt.elem_type not in (1, 10, 11, 16):
+                continue
+            dims = list(tt.shape.dim)
+            if not dims and not uses.get(vi.name):
+                continue
+            if any(not d.HasField("dim_value") for d in dims):
+                continue
+            u = uses.get(vi.name, [])
+            if not u:
+                continue
+            ok = True
+            for op, j in u:
+                if j not in WEIGHT_SLOTS.get(op, ()):
+                    ok = False
+                elif op in ("Add", "Mul") and len(dims) > _ELEMENTWISE_WEIGHT_MAX_RANK:
+                    ok = False
+                elif op == "MatMul" and len(dims) != 2:
+                    ok = False
+            if ok:
+                out.add(vi.name)
+        return out
+
+    def _weight_init(self, name: str, spec: TensorSpec, graph: Any) -> dict[str, Any]:
+        for n in graph.node:
+            ins = list(n.input)
+            if name in ins:
+                j = ins.index(name)
+                if n.op_type == "BatchNormalization":
+                    return {"init": "ones" if j in (1, 4) else "zeros", "trainable": j in (1, 2)}
+                if n.op_type.endswith("Normalization") and j == 1:
+                    return {"init": "ones"}
+                if spec.rank <= 1:
+                    return {"init": "zeros"}
+                if n.op_type in ("Conv", "ConvTranspose"):
+                    return {"init": "he"}
+                break
+        return {"init": "normal", "std": 0.02}
+
+    # ------------------------------------------------------------------ nodes
+    def _materialize(self, name: str) -> None:
+        """Give a constant value a tensor in the graph: a parameter or a Constant node."""
+        if name in self.g.tensors:
+            return
+        if name not in self.consts:
+            raise GraphError(f"tensor {name!r} is used but never defined", where=self.source)
+        arr = self.consts[name]
+        dtype = from_numpy(arr.dtype)
+        if name in self.init_names:
+            self.g.add_param(name, TensorSpec(arr.shape, dtype), "constant",
+                             trainable=name not in self.frozen and is_float(dtype), value=arr)
+        else:
+            self.g.add_node("Constant", [], [name], {"value": arr},
+                            name=self.g.unique_name(f"{name}.const"))
+
+    def _node(self, node: Any, index: int) -> None:
+        op = node.op_type
+        name = node.name or f"{op.lower()}_{index}"
+        where = self.where(f"node {name!r} ({op})")
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(f"unsupported op {node.domain}.{op}", where=where)
+        attrs: dict[str, Any] = {}
+        for a in node.attribute:
+            if a.name in _DROP_ATTRS:
+                continue
+            attrs[a.name] = _attr_value(a, where)
+        inputs = list(node.input)
+        outputs = list(node.output)
+        op, inputs, attrs = self._translate(op, inputs, attrs, where)
+        if op == "Split" and "split" not in attrs and "num_outputs" not in attrs:
+            attrs["num_outputs"] = len(outputs)  # opset < 18: equal parts, one per output
+        if op == "Constant":
+            from sim.ops.generate import constant_value
+
+            self.consts[outputs[0]] = constant_value(attrs)
+            return
+        if op == "Identity" and inputs[0] in self.consts and outputs[0] not in self.g.tensors:
+            self.consts[outputs[0]] = self.consts[inputs[0]]
+            return
+        if self.fold and self._try_fold(op, inputs, outputs, attrs, where):
+            return
+        from sim.ops.registry import has_op
+
+        if not has_op(op):
+            raise UnsupportedOpError(f"unsupported ONNX op {op!r}", where=where)
+        for t in inputs:
+            if t and t not in self.g.tensors:
+                self._materialize(t)
+        # drop trailing outputs nothing uses (Dropout's mask, BatchNorm training outputs)
+        while len(outputs) > 1 and (not outputs[-1] or outputs[-1] not in self.used):
+            outputs.pop()
+        outputs = [o if (o in self.used or k == 0) else "" for k, o in enumerate(outputs)]
+        try:
+            self.g.add_node(op, inputs, outputs, attrs, name=self.g.unique_name(name),
+                            meta={"onnx_op": node.op_type})
+        except GraphError as err:
+            if isinstance(err, UnsupportedOpError):
+                raise
+            raise type(err)(err.message, where=err.where or where) from None
+
+    def _translate(self, op: str, inputs: list[str], attrs: dict[str, Any],
+                   where: str) -> tuple[str, list[str], dict[str, Any]]:
+        """Older-opset forms and input operands -> our op and attributes."""
+        if op == "Cast" and "to" in attrs:
+            attrs["to"] = onnx_dtype(attrs["to"], where=where)
+        for key in ("dtype",):
+            if key in attrs and isinstance(attrs[key], int):
+                attrs[key] = onnx_dtype(attrs[key], where=where)
+        if op == "Pad" and "value" in attrs:
+            attrs["constant_value"] = attrs.pop("value")
+        if op == "Pad" and "paddings" in attrs:
+            attrs["pads"] = attrs.pop("paddings")
+        if op == "Upsample":
+            op = "Resize"
+            if attrs.get("mode") == "linear":
+                attrs["mode"] = "linear"
+        if op in ("Softmax", "LogSoftmax", "Hardmax") and self.opset < 13:
+            attrs.setdefault("axis", 1)
+            attrs["_legacy_2d"] = True
+        for j, aname, _since in SHAPE_OPERANDS.get(op, ()):
+            if j >= len(inputs) or not inputs[j]:
+                continue
+            t = inputs[j]
+            if t not in self.consts:
+                raise GraphError(
+                    f"operand {j} ({aname}) is not a constant (dynamic shapes are not supported)",
+                    where=where,
+                )
+            arr = self.consts[t]
+            if op == "Resize" and (aname == "roi" or arr.size == 0):
+                inputs[j] = ""
+                continue
+            attrs[aname] = _operand_attr(op, aname, arr)
+            inputs[j] = ""
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        if op == "ConstantOfShape" and "value" not in attrs:
+            attrs["value"] = np.zeros(1, np.float32)
+        if attrs.pop("_legacy_2d", False):
+            op, inputs, attrs = self._legacy_softmax(op, inputs, attrs, where)
+        return op, inputs, attrs
+
+    def _legacy_softmax(self, op: str, inputs: list[str], attrs: dict[str, Any],
+                        where: str) -> tuple[str, list[str], dict[str, Any]]:
+        """Opset < 13 Softmax coerces the input to 2-D at ``axis``: same as axis=-1 when
+        ``axis`` is the last dim; otherwise emit Flatten -> op(axis=-1) -> Reshape."""
+        spec = self.g.tensors.get(inputs[0])
+        if spec is None:
+            return op, inputs, {"axis": -1}
+        ax = int(attrs["axis"]) % max(spec.rank, 1)
+        if ax == spec.rank - 1:
+            return op, inputs, {"axis": -1}
+        (flat,) = self.g.add_node("Flatten", inputs[:1], None, {"axis": ax},
+                                  name=self.g.unique_name(f"{inputs[0]}.flatten"))
+        (sm,) = self.g.add_node(op, [flat], None, {"axis": -1},
+                                name=self.g.unique_name(f"{inputs[0]}.{op.lower()}2d"))
+        return "Reshape", [sm], {"shape": list(spec.shape)}
+
+    def _try_fold(self, op: str, inputs: list[str], outputs: list[str], attrs: dict[str, Any],
+                  where: str) -> bool:
+        from sim.ops.registry import get_op, has_op
+
+        if op in ("Shape", "Size") and inputs and inputs[0] in self.g.tensors:
+            shape = self.g.tensors[inputs[0]].shape
+            if op == "Size":
+                self.consts[outputs[0]] = np.array(int(np.prod(shape)), np.int64)
+            else:
+                start = int(attrs.get("start", 0))
+                end = attrs.get("end")
+                self.consts[outputs[0]] = np.array(shape[start:None if end is None else int(end)],
+                                                   np.int64)
+            return True
+        if op not in FOLD_OPS or not has_op(op):
+            return False
+        present = [t for t in inputs if t]
+        if not all(t in self.consts for t in present):
+            return False
+        # weights stay weights: never fold float initializers into new constants
+        if any(t in self.init_names and is_float(from_numpy(self.consts[t].dtype)) for t in present):
+            return False
+        opdef = get_op(op, where=where)
+        args = [self.consts[t] if t else None for t in inputs]
+        specs = [TensorSpec(a.shape, from_numpy(a.dtype)) if a is not None else None for a in args]
+        try:
+            out_specs = opdef.infer(specs, attrs)
+        except (GraphError, ValueError, IndexError, KeyError, TypeError):
+            return False
+        if any(s.numel > FOLD_MAX_ELEMS for s in out_specs):
+            return False
+        try:
+            vals = opdef.kernel(args, attrs)
+        except Exception as err:  # noqa: BLE001 - reported with the node
+            raise GraphError(f"constant folding failed: {type(err).__name__}: {err}",
+                             where=where) from None
+        for o, v, s in zip(outputs, vals, out_specs):
+            if o:
+                self.consts[o] = np.asarray(v).astype(to_numpy(s.dtype))
+        return True
+
+
+def import_model(
+    model: Any,
+    *,
+    source: str | None = None,
+    base_dir: str | None = None,
+    fold: bool = True,
+    weights_as_inputs: bool | Iterable[str] | str = "auto",
+    input_values: Mapping[str, np.ndarray] | None = None,
+    dims: Mapping[str, int] | None = None,
+) -> Graph:
+    """Build a graph from an in-memory ``onnx.ModelProto``.
+
+    ``input_values`` binds graph inputs to constant values (so that shape operands fed as
+    inputs can become attributes). ``fold=False`` keeps every node (no import-time
+    evaluation); shape operands must then be constants already.
+    """
+    if not model.HasField("graph"):
+        raise GraphError("model has no graph", where=source)
+    return _Importer(model, source, dims or {}, fold, base_dir, weights_as_inputs, input_values).run()
+
+
+def load_onnx(
+    path: str | os.PathLike[str],
+    *,
+    fold: bool = True,
+    weights_as_inputs: bool | Iterable[str] | str = "auto",
+    **dims: int,
+) -> Graph:
+    """Load an ``.onnx`` file as a verified graph; keyword arguments bind symbolic dims.
+
+    >>> g = load_onnx("resnet50.onnx", batch=32)    # doctest: +SKIP
+    """
+    import onnx
+
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise GraphError("file not found", where=p)
+    try:
+        model = onnx.load(p, load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises several kinds
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise GraphError(f"not a readable ONNX model ({msg})", where=p) from None
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise GraphError("not a readable ONNX model (no graph; truncated or not ONNX?)", where=p)
+    return import_model(model, source=p, base_dir=os.path.dirname(os.path.abspath(p)), fold=fold,
+                        weights_as_inputs=weights_as_inputs, dims=dims)
