@@ -86,7 +86,7 @@ def hand_lstm(x, w, r, b, lens, h0, c0, p, clip=None, input_forget=False, revers
             fg = 1 - i if input_forget else f(cl(af + p[2 * HID:] * ct))
             ct = fg * ct + i * g(cl(ac))
             o = f(cl(ao + p[HID:2 * HID] * ct))
-            ht = o * h(ct)
+            ht = o * h(cl(ct))  # onnxruntime clips the cell state entering h()
             y[t, bi] = ht
         hh[bi], cc[bi] = ht, ct
     return y, hh, cc
@@ -148,6 +148,14 @@ def test_gru_and_rnn_sequence_lens_vs_hand():
         for t in range(lens[bi]):
             ht = np.maximum(w[0] @ x[t, bi] + r[0] @ ht + b[0, :HID] + b[0, HID:], 0)
         np.testing.assert_allclose(yh[0, bi], ht, rtol=1e-10)
+
+
+def test_zero_length_sequence_gives_zero_state():
+    ins = make_inputs("LSTM", "bidirectional", np.float32)
+    ins[4] = np.array([0, 3], np.int32)
+    y, yh, yc = run_op("LSTM", ins, {"direction": "bidirectional"})
+    assert np.all(y[:, :, 0] == 0) and np.all(yh[:, 0] == 0) and np.all(yc[:, 0] == 0)
+    assert np.all(yh[:, 1] != 0)
 
 
 def test_errors_are_typed():

@@ -11,10 +11,12 @@ Attributes: ``hidden_size``, ``direction`` (forward / reverse / bidirectional), 
 ``activations`` with ``activation_alpha`` / ``activation_beta`` (any ONNX RNN activation:
 Sigmoid Tanh Relu Affine LeakyRelu ThresholdedRelu ScaledTanh HardSigmoid Elu Softsign
 Softplus; alphas and betas are taken in order by the activations that use them), ``clip``
-(applied to every gate's pre-activation, after biases and peepholes; the cell state itself is
-not clipped), LSTM ``input_forget`` (f = 1 - i), GRU ``linear_before_reset``.
+(applied to every gate's pre-activation, after biases and peepholes, and for LSTM to the
+cell state where it enters h(); the carried cell state is not clipped), LSTM ``input_forget``
+(f = 1 - i), GRU ``linear_before_reset``.
 ``sequence_lens``: batch entry b runs steps 0..len_b-1 (the reverse direction starts at
-len_b - 1); Y is zero past len_b and Y_h / Y_c hold the state after the last valid step.
+len_b - 1); Y is zero past len_b and Y_h / Y_c hold the state after the last valid step
+(zero for len_b = 0), as onnxruntime does.
 
 Backward ops ``LSTMGrad``, ``GRUGrad``, ``RNNGrad`` run backpropagation through time. They
 recompute the forward pass (no reserve space is kept between forward and backward), so their
@@ -237,8 +239,9 @@ def _elementwise_counts(kind: str, specs: list[TensorSpec | None], attrs: dict[s
     else:
         bwd += 1
     if clip:
-        flops += 2 * G
-        bwd += G
+        clipped = G + 1 if kind == "LSTM" else G  # LSTM also clips the cell state entering h()
+        flops += 2 * clipped
+        bwd += clipped
     bwd += G  # bias gradient sums
     return flops + af, at, bwd + ag
 
@@ -276,7 +279,7 @@ the recurrent product h_{t-1} R^T as GemmShape(m = batch, n = G*H, k = H, batch 
 the seq small GEMMs of one direction depend on each other and run one after another (only
 the directions may overlap). Vector FLOPs per (step, batch, hidden unit, direction), default
 activations: LSTM 8 (adding the two projections and the bias for 4 gates) + 3 sigmoids x 4 +
-2 tanh x 1 + 4 (cell and output products) = 26, +6 with peepholes, +8 with clip; GRU 3 + 4
+2 tanh x 1 + 4 (cell and output products) = 26, +6 with peepholes, +10 with clip; GRU 3 + 4
 (biases) + 1 (reset product) + 3 (update) + 2 sigmoids x 4 + tanh 1 = 20; RNN 2 + tanh 1 = 3.
 Transcendentals: one per activation evaluation (LSTM 3 sigmoid + 2 tanh, GRU 2 + 1, RNN 1;
 input_forget drops the forget gate's). Bytes: every input read once, every output written
@@ -287,7 +290,7 @@ dgates R (batch, H, G*H; serial over seq), dR = dgates^T H_prev and dW = dgates^
 (G*H, H or input, seq*batch), dX = dgates W (seq*batch, input, G*H): backward GEMM FLOPs are
 2x the forward's, 3x with the recompute. Backward vector FLOPs: 3 per sigmoid/tanh derivative
 (as SigmoidGrad/TanhGrad), plus the chain rule (LSTM 14, +12 with peepholes; GRU 10; RNN 1),
-the bias sums (G) and G more with clip.
+the bias sums (G) and one per clipped value with clip.
 """
 
 
@@ -311,6 +314,7 @@ class _Dir:
         self.H = r.shape[1]
         self.wb, self.rb = b[: G * self.H], b[G * self.H:]
         self.mask, self.acts, self.clip = mask, acts, clip
+        self.alive = mask.max(axis=0) if mask.shape[0] else mask.sum(axis=0)  # [B, 1]: len_b > 0
         T = x.shape[0]
         self.order = list(range(T - 1, -1, -1) if reverse else range(T))
         self.input_forget = bool(int(attrs.get("input_forget", 0)))
@@ -332,7 +336,7 @@ class _Dir:
             h = m * hn + (1 - m) * h
             if c is not None:
                 c = m * cn + (1 - m) * c
-        return y, h, c
+        return y, h * self.alive, None if c is None else c * self.alive
 
     def _lstm(self, gx, h, c, tp):
         f, g, hact = self.acts
@@ -352,9 +356,10 @@ class _Dir:
         cn = fg * c + i * gg
         zo, ko = _clip(ao + po * cn, self.clip)
         o = f(zo)
-        hc = hact(cn)
+        zh, kh = _clip(cn, self.clip)
+        hc = hact(zh)
         tp.update(zi=zi, ki=ki, i=i, zf=zf, kf=kf, f=fg, zc=zc, kc=kc, g=gg, cn=cn, zo=zo, ko=ko,
-                  o=o, hc=hc)
+                  o=o, zh=zh, kh=kh, hc=hc)
         return o * hc, cn
 
     def _gru(self, gx, h, c, tp):
@@ -392,6 +397,8 @@ class _Dir:
         drec = np.zeros((T, Bt, GH), dtype=x.dtype)  # gradient of the recurrent pre-activation
         dr = np.zeros_like(r)
         dp = None if self.p is None else np.zeros_like(self.p)
+        dh = dh * self.alive
+        dc = None if dc is None else dc * self.alive
         step = {"LSTM": self._lstm_back, "GRU": self._gru_back, "RNN": self._rnn_back}[self.kind]
         for t, tp in zip(reversed(self.order), reversed(self.tape)):
             m = tp["m"]
@@ -413,7 +420,7 @@ class _Dir:
         c = tp["c"]
         pi, po, pf = (0.0, 0.0, 0.0) if p is None else (p[:H], p[H:2 * H], p[2 * H:])
         do = dhn * tp["hc"]
-        dcn = dcn + dhn * tp["o"] * hact.deriv(tp["cn"], tp["hc"])
+        dcn = dcn + dhn * tp["o"] * hact.deriv(tp["zh"], tp["hc"]) * tp["kh"]
         dzo = do * f.deriv(tp["zo"], tp["o"]) * tp["ko"]
         dcn = dcn + dzo * po
         di = dcn * tp["g"]
