@@ -333,9 +333,11 @@ def _is_view(graph: Graph, node: Node, work: Work) -> bool:
 def _costs(graph: Graph, nodes: list[Node], devs: list[str], system: SystemSpec,
            cost_fn: CostFn | None) -> list[_NodeCost]:
     cache: dict[Any, Any] = {}
-    op_cost = None
+    op_cost: Callable[..., Any] | None = None
     if cost_fn is None:
-        from sim.cost import op_cost
+        from sim.cost import op_cost as default_cost
+
+        op_cost = default_cost
     out = []
     for node, dev in zip(nodes, devs):
         spec = system.devices[dev]

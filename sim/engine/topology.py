@@ -54,10 +54,10 @@ def place(nodes: list[Node], system: SystemSpec, placement: Mapping[str, str] | 
     the default device.
     """
     rules = list((placement or {}).items())
-    for _, dev in rules:
-        if dev not in system.devices:
+    for _, target in rules:
+        if target not in system.devices:
             raise SpecError(
-                f"unknown device {dev!r} (devices: {', '.join(system.devices)})", where="placement"
+                f"unknown device {target!r} (devices: {', '.join(system.devices)})", where="placement"
             )
     default = default_device(system)
     out = []

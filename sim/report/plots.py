@@ -1,0 +1,120 @@
+"""Matplotlib plots of a ``Result`` (Agg backend, files only): timeline, roofline, memory.
+
+>>> import sim
+>>> r = sim.simulate(sim.load("workloads/mlp-mnist.yaml"), "h100")  # doctest: +SKIP
+>>> r.plot("out/mlp.png")                                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from sim.report.result import Result
+
+BOUND_COLORS = {"compute": "tab:blue", "memory": "tab:orange", "launch": "tab:gray",
+                "comm": "tab:green"}
+
+
+def _color(bound: str) -> str:
+    return BOUND_COLORS.get(bound, "tab:purple")
+
+
+def plot_timeline(result: Result, ax: Any) -> None:
+    """A Gantt chart: one row per device unit, bars coloured by what bound each op."""
+    tracks: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
+    for r in result.ops:
+        key = (r["device"], r["unit"])
+        tracks.setdefault(key, {}).setdefault(r["bound"], []).append(
+            (r["start_s"] * 1e3, (r["end_s"] - r["start_s"]) * 1e3))
+    keys = sorted(tracks, key=lambda k: (k[0], k[1].startswith("copy:"), k[1]))
+    for i, key in enumerate(keys):
+        for bound, bars in sorted(tracks[key].items()):
+            ax.broken_barh(bars, (i - 0.4, 0.8), facecolors=_color(bound), linewidth=0)
+    ax.set_yticks(range(len(keys)))
+    ax.set_yticklabels([f"{d}/{u}" for d, u in keys], fontsize=7)
+    ax.set_xlabel("time (ms)")
+    ax.set_xlim(0, max(result.makespan_s * 1e3, 1e-9))
+    ax.set_title("timeline")
+    seen = sorted({r["bound"] for r in result.ops})
+    for b in seen:
+        ax.bar(0, 0, color=_color(b), label=b)
+    if seen:
+        ax.legend(fontsize=7, loc="upper right")
+
+
+def plot_roofline(result: Result, ax: Any, device: str | None = None) -> None:
+    """Ops as points (FLOP/byte, achieved FLOP/s) under the device's compute and memory roofs."""
+    ops = [r for r in result.ops if r["op"] != "Transfer"]
+    if device is None:
+        device = ops[0]["device"] if ops else next(iter(result.devices), None)
+    pts = [r for r in ops if r["device"] == device and r["flops"] > 0 and r["bytes"] > 0
+           and r["end_s"] > r["start_s"]]
+    info = result.devices.get(device or "", {})
+    for bound in sorted({r["bound"] for r in pts}):
+        sel = [r for r in pts if r["bound"] == bound]
+        ax.scatter([r["flops"] / r["bytes"] for r in sel],
+                   [r["flops"] / (r["end_s"] - r["start_s"]) for r in sel],
+                   s=8, color=_color(bound), label=bound, alpha=0.7)
+    bw = info.get("bandwidth_Bps")
+    dtypes: dict[str, float] = {}
+    for r in pts:
+        dtypes[r.get("dtype", "")] = dtypes.get(r.get("dtype", ""), 0.0) + r["flops"]
+    dtype = max(sorted(dtypes), key=lambda k: dtypes[k]) if dtypes else ""
+    peak = max((rates.get(dtype, 0.0) for rates in info.get("peak_flops", {}).values()), default=0.0)
+    if bw and peak:
+        lo = min([1e-2] + [r["flops"] / r["bytes"] for r in pts])
+        hi = max([1e4] + [r["flops"] / r["bytes"] for r in pts])
+        ridge = peak / bw
+        xs = [lo, ridge, hi]
+        ax.plot(xs, [min(peak, x * bw) for x in xs], color="black", linewidth=1,
+                label=f"roof ({dtype}, {peak / 1e12:.0f} TFLOP/s, {bw / 1e12:.2f} TB/s)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("achieved FLOP/s")
+    ax.set_title(f"roofline: {device}")
+    if pts or (bw and peak):
+        ax.legend(fontsize=7, loc="lower right")
+
+
+def plot_memory(result: Result, ax: Any) -> None:
+    """Bytes in use over time per device (steps), with capacity when the peak comes near it."""
+    end = result.makespan_s * 1e3
+    for d, tl in result.memory_timeline.items():
+        if not tl:
+            continue
+        xs = [t * 1e3 for t, _ in tl] + [end]
+        ys = [b / 2**30 for _, b in tl] + [tl[-1][1] / 2**30]
+        ax.step(xs, ys, where="post", label=d)
+        cap = result.devices.get(d, {}).get("capacity_bytes")
+        if cap and result.peak_memory_by_device.get(d, 0.0) > 0.25 * cap:
+            ax.axhline(cap / 2**30, linestyle="--", linewidth=0.8, color="gray")
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("memory in use (GiB)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("memory")
+    if result.memory_timeline:
+        ax.legend(fontsize=7)
+
+
+def plot_result(result: Result, path: str | os.PathLike[str]) -> None:
+    """Write one figure with the timeline, roofline and memory panels to ``path``."""
+    fig = plt.figure(figsize=(12, 9))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1, 1])
+    plot_timeline(result, fig.add_subplot(grid[0, :]))
+    plot_roofline(result, fig.add_subplot(grid[1, 0]))
+    plot_memory(result, fig.add_subplot(grid[1, 1]))
+    fig.suptitle(f"{result.graph} on {result.hardware}: {result.makespan_s * 1e3:.3f} ms")
+    fig.tight_layout()
+    d = os.path.dirname(os.fspath(path))
+    if d:
+        os.makedirs(d, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,73 @@
+"""``sim run``: load a workload, optionally make it a training step or fuse it, simulate it on
+hardware, print the summary and write JSON / trace / plot files."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sim.errors import SimError
+
+
+def parse_place(items: list[str] | None) -> dict[str, str]:
+    """``["embed*=cpu0"]`` -> ``{"embed*": "cpu0"}`` (order kept: first match wins)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SimError(f"--place expects PATTERN=DEVICE, got {item!r}", where="--place")
+        pat, dev = item.rsplit("=", 1)
+        if not pat.strip() or not dev.strip():
+            raise SimError(f"--place expects PATTERN=DEVICE, got {item!r}", where="--place")
+        out[pat.strip()] = dev.strip()
+    return out
+
+
+def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
+    """``["memory.hbm.bandwidth=6.7 TB/s"]`` -> ``{"memory.hbm.bandwidth": "6.7 TB/s"}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SimError(f"--hw-set expects FIELD=VALUE, got {item!r}", where="--hw-set")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def build(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The graph (loaded, trained, fused as asked) and the hardware spec for ``args``."""
+    import sim
+    from sim.cli import parse_sets
+    from sim.hw import load_hardware
+
+    graph = sim.load(args.workload, **parse_sets(getattr(args, "set", None)))
+    if getattr(args, "train", False):
+        graph = sim.training_graph(graph, loss=args.loss, optimizer=args.optimizer,
+                                   checkpoint=bool(getattr(args, "checkpoint", False)))
+    if getattr(args, "fuse", False):
+        from sim.passes.fusion import fuse
+
+        graph = fuse(graph)
+    hw = load_hardware(args.hw, **parse_hw_sets(getattr(args, "hw_set", None)))
+    return graph, hw
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``sim run`` with parsed ``args``; returns the exit code (errors raise SimError)."""
+    from sim.engine import simulate
+
+    graph, hw = build(args)
+    result = simulate(graph, hw, args.dtype, placement=parse_place(getattr(args, "place", None)))
+    print(result.summary(top=getattr(args, "top", 10)))
+    outputs = []
+    if getattr(args, "json", None):
+        result.write_json(args.json)
+        outputs.append(("json", args.json))
+    if getattr(args, "trace", None):
+        result.write_trace(args.trace)
+        outputs.append(("trace", args.trace))
+    if getattr(args, "plot", None):
+        result.plot(args.plot)
+        outputs.append(("plot", args.plot))
+    for kind, path in outputs:
+        print(f"wrote {kind} {path}")
+    return 0
