@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from sim.report.result import Result
 
 
+ARG_FIELDS = ("layer", "flops", "bytes", "bound", "energy_j", "dtype")
+
+
 def _us(t: float) -> float:
     return round(t * 1e6, 6)
 
@@ -45,7 +48,7 @@ def trace_events(result: Result) -> list[dict[str, Any]]:
             events.append({"ph": "M", "name": "thread_sort_index", "pid": pid[d], "tid": i + 1,
                            "ts": 0, "args": {"sort_index": i + 1}})
     for r in result.ops:
-        args: dict[str, Any] = {k: r[k] for k in ("layer", "flops", "bytes", "bound", "energy_j", "dtype") if k in r}
+        args: dict[str, Any] = {k: r[k] for k in ARG_FIELDS if k in r}
         if r["op"] == "Transfer":
             args.update({k: r[k] for k in ("src", "dst", "tensor") if k in r})
         events.append({
