@@ -8,6 +8,10 @@ The engine relies on these fields only: ``DeviceSpec.name, kind, memory, launch_
 device_link, power, units``; ``SystemSpec.devices, host, links``. Kind-specific detail
 (SM count and tile sizes, systolic array dimensions, DSP counts, SIMD widths...) lives in
 ``DeviceSpec.arch`` and is read only by ``sim.cost``.
+
+Bandwidths (``MemoryLevel.bandwidth_Bps``, ``LinkSpec.bandwidth_Bps``) are the datasheet peaks;
+``efficiency`` is the fitted achievable fraction and ``achievable_Bps`` their product, which is
+what ``sim.cost`` uses for time (and what a bandwidth-sharing model should share).
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ class MemoryLevel:
     bandwidth_Bps: float
     latency_s: float = 0.0
     energy_per_byte_j: float = 0.0
+    efficiency: float = 1.0  # achievable fraction of ``bandwidth_Bps`` on streaming work
+
+    @property
+    def achievable_Bps(self) -> float:
+        """Bandwidth a streaming kernel reaches: peak x efficiency."""
+        return self.bandwidth_Bps * self.efficiency
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,12 @@ class LinkSpec:
     bandwidth_Bps: float
     latency_s: float = 0.0
     energy_per_byte_j: float = 0.0
+    efficiency: float = 1.0  # achievable fraction of ``bandwidth_Bps`` for large transfers
+
+    @property
+    def achievable_Bps(self) -> float:
+        """Bandwidth a large transfer reaches: peak x efficiency."""
+        return self.bandwidth_Bps * self.efficiency
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,8 @@ class ComputeUnit:
     on large, well-shaped work (fitted from measurements where we have them).
     ``matrix`` says whether the unit runs matmul-like work (tensor cores, MXUs, DSP arrays).
     ``sparse_2_4`` says whether it doubles math on 2:4 structured-sparse weights.
+    ``sparse_density`` is the density at or below which the unit skips the zeros of
+    unstructured-sparse weights (0: never; it then runs them dense).
     """
 
     name: str  # "tensor", "vector", "mxu", "simd", "dsp"
@@ -55,6 +73,7 @@ class ComputeUnit:
     peak_flops: dict[str, float]
     efficiency: dict[str, float] = field(default_factory=dict)
     sparse_2_4: bool = False
+    sparse_density: float = 0.0
 
     def rate(self, dtype: str) -> float:
         """Achievable FLOP/s for ``dtype`` (0 when the unit has no rate for it)."""
@@ -82,6 +101,8 @@ class DeviceSpec:
     power: PowerSpec = field(default_factory=PowerSpec)
     arch: dict[str, Any] = field(default_factory=dict)  # kind-specific detail for sim.cost
     source: str = ""  # file it was loaded from
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the YAML, for overrides
 
     @property
     def main_memory(self) -> MemoryLevel:
@@ -105,6 +126,8 @@ class SystemSpec:
     links: tuple[tuple[str, str, LinkSpec], ...] = ()  # (a, b, link), both directions
     switch: LinkSpec | None = None  # a non-blocking switch (NVSwitch): every pair at this rate
     source: str = ""
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the YAML, for overrides
 
     @property
     def accelerators(self) -> list[str]:

@@ -1,0 +1,73 @@
+"""GPU matmul timing: output tiles over SMs, wave quantization, split-K for small grids.
+
+A GEMM library runs C = A @ B as a grid of (tm x tn) output tiles, one per SM at a time; the
+grid runs in ``ceil(tiles / SMs)`` waves, so a grid of 133 tiles on 132 SMs takes two waves.
+When the grid is smaller than the SM count, K is split across otherwise idle SMs. Each tile
+takes the longer of its math at the per-SM rate (peak x efficiency / SMs) and loading its
+operands into the SM (``(tm + tn) x k x bytes`` at ``sm_load_bytes_per_cycle x clock``); the
+pipeline pays main-memory latency twice, once to fill (first operands) and once to drain
+(last output tile), since a persistent kernel overlaps everything in between. The
+library's choice among the spec's tile shapes is modelled as the fastest one. A 1x768x768
+GEMM is thus a single partial wave of operand-load-bound tiles: microseconds, not the
+nanoseconds 2*768*768 FLOP would take at peak.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from sim.hw.spec import ComputeUnit, DeviceSpec
+from sim.ops.work import GemmShape
+
+DEFAULT_TILES = ((128, 128),)
+
+
+def gemm_time(g: GemmShape, *, rate_per_sm: float, sms: int, tiles: Sequence[tuple[int, int]],
+              load_Bps: float, elem_bytes: int, split_k_min: int, latency_s: float = 0.0) -> float:
+    """Seconds for one (batched) GEMM on ``sms`` SMs: best tile shape, whole waves."""
+    if g.m <= 0 or g.n <= 0 or g.k <= 0 or g.batch <= 0:
+        return 0.0
+    best = math.inf
+    for tm, tn in tiles:
+        grid = math.ceil(g.m / tm) * math.ceil(g.n / tn) * g.batch
+        split = 1
+        if grid < sms:
+            split = max(1, min(sms // grid, g.k // max(split_k_min, 1)))
+        k_per = math.ceil(g.k / split)
+        math_s = 2.0 * tm * tn * k_per / rate_per_sm
+        load_s = (min(tm, g.m) + min(tn, g.n)) * k_per * elem_bytes / load_Bps
+        waves = math.ceil(grid * split / sms)
+        best = min(best, waves * max(math_s, load_s))
+    return best + 2.0 * latency_s
+
+
+def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceSpec,
+                unit: ComputeUnit, rate: float, elem_bytes: int) -> float:
+    """Seconds of matrix work on ``unit`` at achievable device rate ``rate`` (FLOP/s)."""
+    if rate <= 0:
+        return math.inf
+    arch = device.arch
+    sms = int(arch.get("sms", 1))
+    clock = float(arch.get("clock", 1e9))
+    load_Bps = float(arch.get("sm_load_bytes_per_cycle", 64)) * clock
+    tiles = arch.get("tiles", {}).get(unit.name, DEFAULT_TILES)
+    split_k_min = int(arch.get("split_k_min", 256))
+    total = 0.0
+    shaped = 0.0
+    for g in gemms:
+        total += gemm_time(g, rate_per_sm=rate / sms, sms=sms, tiles=tiles, load_Bps=load_Bps,
+                           elem_bytes=elem_bytes, split_k_min=split_k_min,
+                           latency_s=device.main_memory.latency_s)
+        shaped += g.flops
+    rest = matmul_flops - shaped
+    if rest > 1e-6 * max(matmul_flops, 1.0):
+        total += rest / rate  # matrix FLOPs an op did not describe as GEMM shapes
+    return total
+
+
+def sfu_rate(device: DeviceSpec) -> float:
+    """Transcendentals per second (special-function units), 0 if the spec does not say."""
+    arch = device.arch
+    per = float(arch.get("sfu_per_sm_per_cycle", 0.0))
+    return per * int(arch.get("sms", 0)) * float(arch.get("clock", 0.0))

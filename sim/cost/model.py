@@ -1,0 +1,168 @@
+"""``op_cost``: one op's time, bound and dynamic energy on one device.
+
+Dispatch by device kind for the matrix part (GPU tiles and waves, systolic padding and
+fill/drain, FPGA DSP array, CPU SIMD/AMX), then the shared roofline: vector FLOPs on the
+vector unit, transcendentals on special-function units where the spec has them, bytes through
+main memory (CPU: the cache level that holds the working set), and
+``time = launch + max(compute, memory)`` (see ``sim.cost.roofline``).
+
+>>> from sim.hw import load_hardware
+>>> from sim.ops.work import Work, GemmShape
+>>> h100 = load_hardware("h100")
+>>> c = op_cost(Work(flops=1e8, bytes_read=8e8, bytes_written=4e8), h100, "fp32")
+>>> c.bound
+'memory'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sim.cost import cpu, fpga, gpu, systolic
+from sim.cost.roofline import (
+    achievable,
+    combine,
+    flops_time,
+    matrix_unit,
+    rate_key,
+    storage_bytes,
+    stream_time,
+    vector_unit,
+)
+from sim.dtypes import canonical
+from sim.errors import SpecError
+from sim.hw.spec import ComputeUnit, DeviceSpec, LinkSpec
+from sim.ops.work import Work
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """What one op costs on one device (seconds, FLOP, bytes, joules)."""
+
+    time_s: float
+    unit: str  # ComputeUnit used, or "memory" for pure data movement
+    bound: str  # "compute" | "memory" | "launch"
+    compute_s: float
+    memory_s: float
+    flops: float
+    bytes: float
+    energy_j: float  # dynamic energy only (idle power over time is the engine's)
+    launch_s: float = 0.0
+    matmul_s: float = 0.0
+    vector_s: float = 0.0
+    memory_level: str = ""
+
+    @property
+    def achieved_flops(self) -> float:
+        """FLOP/s over the op's whole time."""
+        return self.flops / self.time_s if self.time_s > 0 else 0.0
+
+
+def _sparsity_scale(unit: ComputeUnit, sparsity: dict[str, Any] | None) -> float:
+    """Factor by which ``unit`` speeds up matrix math on sparse weights (1: no help)."""
+    if not sparsity:
+        return 1.0
+    kind = str(sparsity.get("kind", ""))
+    if kind == "2:4":
+        return 2.0 if unit.sparse_2_4 else 1.0
+    if kind == "unstructured":
+        density = float(sparsity.get("density", 1.0))
+        if 0 < density <= unit.sparse_density:
+            return 1.0 / density
+        return 1.0
+    return 1.0
+
+
+def _matmul(work: Work, device: DeviceSpec, dtype: str, sparsity: dict[str, Any] | None
+            ) -> tuple[float, ComputeUnit | None, float]:
+    """(seconds, unit, FLOPs executed) of the matrix part of ``work``."""
+    if work.matmul_flops <= 0:
+        return 0.0, None, 0.0
+    unit = matrix_unit(device, dtype)
+    on_matrix = unit is not None
+    if unit is None:
+        unit = vector_unit(device, dtype)
+    scale = _sparsity_scale(unit, sparsity)
+    rate = achievable(unit, dtype) * scale
+    executed = work.matmul_flops / scale
+    if rate <= 0:
+        return math.inf, unit, executed
+    kind = device.kind
+    if kind == "gpu":
+        t = gpu.matmul_time(work.gemms, work.matmul_flops, device, unit, rate, storage_bytes(dtype))
+    elif kind in ("tpu", "asic") and on_matrix:
+        key = rate_key(unit, dtype) or dtype
+        peak = unit.peak_flops[key] * scale
+        t = systolic.matmul_time(work.gemms, work.matmul_flops, device, unit, rate, peak)
+    elif kind == "fpga":
+        t = fpga.matmul_time(work.matmul_flops, rate)
+    else:
+        t = flops_time(work.matmul_flops, rate)
+    return t, unit, executed
+
+
+def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
+            sparsity: dict[str, Any] | None = None) -> OpCost:
+    """Time, bound and dynamic energy of ``work`` on ``device`` computing in ``dtype``.
+
+    ``dtype`` is the compute dtype ("tf32": fp32 storage with TF32 matrix math).
+    ``sparsity`` is ``node.meta["sparsity"]``: ``{"kind": "2:4"}`` doubles matrix math on units
+    with ``sparse_2_4``; ``{"kind": "unstructured", "density": d}`` scales it by ``d`` on units
+    whose ``sparse_density`` is >= d.
+    """
+    dt = "tf32" if dtype == "tf32" else canonical(dtype)
+    mm_s, mm_unit, mm_flops = _matmul(work, device, dt, sparsity)
+
+    vec_flops = max(work.flops - work.matmul_flops, 0.0)
+    vec_s = 0.0
+    vec_unit = None
+    if vec_flops > 0 or work.transcendentals > 0:
+        vec_dt = "fp32" if dt == "tf32" else dt
+        vec_unit = vector_unit(device, vec_dt)
+        vec_s = flops_time(vec_flops, achievable(vec_unit, vec_dt))
+        sfu = gpu.sfu_rate(device) if device.kind == "gpu" else 0.0
+        if sfu > 0:
+            vec_s = max(vec_s, work.transcendentals / sfu)
+    compute_s = mm_s + vec_s
+
+    if device.kind == "cpu":
+        level = cpu.streaming_level(device, work.bytes)
+    else:
+        level = device.main_memory
+    memory_s = stream_time(work.bytes, level)
+
+    if work.flops <= 0 and work.bytes <= 0:
+        return OpCost(0.0, "memory", "launch", 0.0, 0.0, 0.0, 0.0, 0.0, memory_level=level.name)
+    time_s, bound = combine(compute_s, memory_s, device.launch_s)
+    if mm_unit is not None and mm_s >= vec_s:
+        unit_name = mm_unit.name
+    elif vec_unit is not None:
+        unit_name = vec_unit.name
+    else:
+        unit_name = "memory"
+
+    e_flop = device.power.energy_per_flop_j
+    def per_flop(d: str) -> float:
+        return e_flop.get(d, e_flop.get("fp32", 0.0))
+    energy = (mm_flops * per_flop(dt) + vec_flops * per_flop("fp32" if dt == "tf32" else dt)
+              + work.bytes * level.energy_per_byte_j)
+    return OpCost(
+        time_s=time_s, unit=unit_name, bound=bound, compute_s=compute_s, memory_s=memory_s,
+        flops=work.flops, bytes=work.bytes, energy_j=energy, launch_s=device.launch_s,
+        matmul_s=mm_s, vector_s=vec_s, memory_level=level.name,
+    )
+
+
+def transfer_time(link: LinkSpec, nbytes: float) -> float:
+    """Seconds to move ``nbytes`` over ``link``: latency + bytes / (bandwidth x efficiency).
+
+    >>> transfer_time(LinkSpec("pcie", 64e9, latency_s=1e-6), 64e9)
+    1.000001
+    """
+    if nbytes < 0:
+        raise SpecError(f"negative transfer size {nbytes}", where=link.name)
+    if nbytes == 0:
+        return 0.0
+    return link.latency_s + nbytes / link.achievable_Bps
