@@ -241,3 +241,39 @@ def test_rnn_grad():
     check_grad("RNN", make_inputs("RNN", "bidirectional", layout=1),
                {"direction": "bidirectional", "layout": 1, "activations": ["Tanh", "Softplus"]},
                n_out=None)
+
+
+def test_lstm_values_and_grads_match_torch():
+    torch = pytest.importorskip("torch")
+    from test_ops_attention import backward_values
+
+    rng = np.random.default_rng(11)
+    lstm = torch.nn.LSTM(IN, HID, bidirectional=True, dtype=torch.float64)
+    x = rng.standard_normal((T, BATCH, IN))
+    h0, c0 = rng.standard_normal((2, BATCH, HID)), rng.standard_normal((2, BATCH, HID))
+
+    def iofc(wt):  # torch gate order i, f, g, o -> ONNX i, o, f, c
+        i, f, g, o = np.split(wt, 4, axis=0)
+        return np.concatenate([i, o, f, g], axis=0)
+
+    params = {n: p.detach().numpy() for n, p in lstm.named_parameters()}
+    sfx = ["_l0", "_l0_reverse"]
+    W = np.stack([iofc(params["weight_ih" + s]) for s in sfx])
+    R = np.stack([iofc(params["weight_hh" + s]) for s in sfx])
+    B = np.stack([np.concatenate([iofc(params["bias_ih" + s]), iofc(params["bias_hh" + s])]) for s in sfx])
+    dys = [rng.standard_normal((T, 2, BATCH, HID)), rng.standard_normal((2, BATCH, HID)),
+           rng.standard_normal((2, BATCH, HID))]
+    (y, yh, yc), (dx, dw, *_rest) = backward_values(
+        "LSTM", [x, W, R, B, None, h0, c0], {"direction": "bidirectional"}, dys)
+
+    tx = torch.tensor(x, requires_grad=True)
+    ty, (th, tc) = lstm(tx, (torch.tensor(h0), torch.tensor(c0)))
+    np.testing.assert_allclose(y, ty.detach().numpy().reshape(T, BATCH, 2, HID).transpose(0, 2, 1, 3),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(yh, th.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(yc, tc.detach().numpy(), rtol=1e-10, atol=1e-12)
+    dy_t = torch.tensor(dys[0].transpose(0, 2, 1, 3).reshape(T, BATCH, 2 * HID))
+    torch.autograd.backward([ty, th, tc], [dy_t, torch.tensor(dys[1]), torch.tensor(dys[2])])
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+    tw = np.stack([iofc(dict(lstm.named_parameters())["weight_ih" + s].grad.numpy()) for s in sfx])
+    np.testing.assert_allclose(dw, tw, rtol=1e-9, atol=1e-12)
