@@ -149,6 +149,19 @@ def test_attention_grad_4d_gqa_float_mask():
     check_grad("Attention", [f64(1, 4, 3, 4), f64(1, 2, 5, 4), f64(1, 2, 5, 3), f64(1, 1, 3, 5)])
 
 
+def test_attention_grad_short_float_mask_rank2():
+    # the mask covers 4 of 5 keys (the last one is masked out) and broadcasts over batch and heads
+    check_grad("Attention", [f64(2, 2, 3, 4), f64(2, 2, 5, 4), f64(2, 2, 5, 4), f64(3, 4)])
+
+
+def test_attention_fp16_runs_in_fp32_and_rounds():
+    q, k, v = rnd(1, 2, 4, 8), rnd(1, 2, 4, 8), rnd(1, 2, 4, 8)
+    (y16,) = run_op("Attention", [q.astype(np.float16), k.astype(np.float16), v.astype(np.float16)])
+    assert y16.dtype == np.float16
+    ref = hand_attention(q.astype(np.float16), k.astype(np.float16), v.astype(np.float16))
+    np.testing.assert_allclose(y16.astype(np.float64), ref, rtol=2e-3, atol=2e-3)
+
+
 def test_attention_grad_causal_bool_mask():
     mask = RNG.random((4, 4)) > 0.5
     mask[:, 0] = True

@@ -5,7 +5,10 @@ optional ``attn_mask``, ``past_key``, ``past_value``; attributes ``is_causal``, 
 ``softcap``, ``q_num_heads`` / ``kv_num_heads`` (3-D inputs), grouped-query attention when
 K/V have fewer heads than Q. Outputs ``Y`` and, when a KV cache is given, ``present_key`` and
 ``present_value`` (the cache with the new keys/values appended). ``qk_matmul_output`` (the
-fourth ONNX output) is not produced.
+fourth ONNX output, with ``qk_matmul_output_mode``) is not produced; ``softmax_precision`` is
+accepted and ignored (the softmax always runs in fp32 or wider, as kernels compute low-precision
+inputs in fp32). Causal masking is offset by the cache length (query i sees key j iff
+j <= i + past), as onnx.reference does.
 
 ``RotaryEmbedding`` follows the ONNX opset-23 operator of that name.
 
