@@ -133,11 +133,14 @@ class _Engine:
         self.left: dict[tuple[str, str], int] = {}
         self.ready: dict[tuple[str, str], simpy.Event] = {}
         self.waits: list[list[simpy.Event]] = []
+        self.uses: list[tuple[str, ...]] = []  # distinct input tensors of each node
         copies: dict[tuple[str, str], str] = {}  # (tensor, dst) -> src
         resident: dict[str, set[str]] = {}  # device -> tensors resident from time 0
         for node, dev in zip(self.nodes, self.devs):
             waits = []
-            for t in dict.fromkeys(t for t in node.inputs if t):
+            uses = tuple(dict.fromkeys(t for t in node.inputs if t))
+            self.uses.append(uses)
+            for t in uses:
                 src = home.get(t)
                 if t in g.params or src == "" or (src == HOST and self._no_host_link(dev)):
                     resident.setdefault(dev, set()).add(t)
@@ -248,7 +251,7 @@ class _Engine:
             "energy_j": float(c.energy_j), "dtype": cost.dtype,
             "compute_s": float(c.compute_s), "memory_s": float(c.memory_s),
         })
-        for t in dict.fromkeys(t for t in node.inputs if t):
+        for t in self.uses[i]:
             self._done_with(t, dev, end)
         for t in node.outputs:
             if t:
