@@ -134,6 +134,11 @@ def _acts(kind: str, attrs: dict[str, Any], dirs: int) -> list[list[BoundAct]]:
 # ---------------------------------------------------------------------------- shapes
 
 
+def _direction(attrs: dict[str, Any]) -> str:
+    d = attrs.get("direction", "forward")
+    return d.decode() if isinstance(d, bytes) else str(d)
+
+
 def _dims(kind: str, specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[str, int]:
     G, _, _, names = _KINDS[kind]
     specs = list(specs) + [None] * (len(names) - len(specs))
@@ -148,7 +153,7 @@ def _dims(kind: str, specs: list[TensorSpec | None], attrs: dict[str, Any]) -> d
     T, Bt = (x.shape[0], x.shape[1]) if layout == 0 else (x.shape[1], x.shape[0])
     I = x.shape[2]
     D, GH, H = r.shape
-    direction = str(attrs.get("direction", "forward"))
+    direction = _direction(attrs)
     want_d = {"forward": 1, "reverse": 1, "bidirectional": 2}.get(direction)
     if want_d is None:
         raise GraphError(f"{kind} direction must be forward, reverse or bidirectional, got {direction!r}")
@@ -510,7 +515,7 @@ def _setup(kind: str, xs: list[Any], attrs: dict[str, Any]):
     acts = _acts(kind, attrs, D)
     clip = attrs.get("clip")
     clip = None if clip is None else float(clip)
-    reverse = [str(attrs.get("direction", "forward")) == "reverse", True][:D]
+    reverse = [_direction(attrs) == "reverse", True][:D]
     p = v.get("P")
     dirs = [_Dir(kind, x, w[d], r[d], b[d], None if p is None else p[d], mask, reverse[d], acts[d],
                  clip, attrs) for d in range(D)]
