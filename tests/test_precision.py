@@ -6,7 +6,7 @@ import pytest
 from sim.errors import GraphError
 from sim.exec import execute
 from sim.graph import Graph, TensorSpec
-from sim.passes.precision import cast_graph
+from sim.passes.precision import amp, cast_graph
 
 
 def _mlp() -> Graph:
@@ -61,3 +61,67 @@ def test_cast_graph_bf16_values_are_rounded_fp32_values():
 def test_cast_graph_rejects_unknown_dtype():
     with pytest.raises(GraphError, match="cannot cast a graph to 'int32'"):
         cast_graph(_mlp(), "int32")
+
+
+# ----------------------------------------------------------------- wrapping ops without a low form
+def test_cast_graph_wraps_ops_without_an_int8_form():
+    g = _mlp()
+    g2 = g.copy()
+    g2.add_input("labels", TensorSpec((4,), "int64"))
+    g2.add_node("SoftmaxCrossEntropyLoss", ["y", "labels"], ["loss"], name="loss")
+    g2.set_outputs(["loss"])
+    h = cast_graph(g2, "int8")
+    # the loss has no int8 form: it computes in fp32 between a dequantise and a requantise cast
+    assert h.nodes["loss"].op == "SoftmaxCrossEntropyLoss"
+    assert h.tensors[h.nodes["loss"].inputs[0]].dtype == "fp32"
+    assert h.nodes["loss.cast_in0"].op == "Cast" and h.nodes["loss.cast_out0"].attrs["to"] == "int8"
+    assert h.tensors["loss"].dtype == "int8" and h.outputs == ["loss"]
+
+
+# ----------------------------------------------------------------- amp
+def test_amp_structure_master_weights_and_fp32_outputs():
+    g = _mlp()
+    h = amp(g, "bf16")
+    assert h.meta["loss_scale"] == 1.0 and h.meta["amp"] == "bf16"
+    assert h.params["w1"].dtype == "fp32" and h.inputs["x"].dtype == "fp32"  # master copies
+    assert h.nodes["w1.to_bf16"].op == "Cast" and h.nodes["w1.to_bf16"].attrs["to"] == "bf16"
+    assert h.tensors[h.nodes["fc1"].outputs[0]].dtype == "bf16"  # compute in bf16
+    assert h.nodes["fc1"].inputs == ("x.bf16", "w1.bf16")
+    assert h.outputs == ["y"] and h.tensors["y"].dtype == "fp32"
+    assert amp(g, "fp16").meta["loss_scale"] == 1024.0
+    with pytest.raises(GraphError, match="amp dtype"):
+        amp(g, "fp8")
+
+
+def test_amp_forward_close_to_fp32():
+    g = _mlp()
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((4, 8)).astype(np.float32), "idx": np.zeros(4, np.int64)}
+    ref = execute(g, feeds)["y"]
+    for dt in ("bf16", "fp16"):
+        out = execute(amp(g, dt), feeds)["y"]
+        assert out.dtype == np.float32
+        tol = 2e-2 if dt == "bf16" else 2e-3  # 8- vs 11-bit significands
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+
+
+def test_amp_training_step_keeps_fp32_grads_and_unscales_fp16():
+    from sim.exec import Executor
+    from sim.passes.training import training_graph
+
+    g = _mlp()
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal((4, 8)).astype(np.float32), "idx": np.zeros(4, np.int64),
+             "labels": rng.integers(0, 16, 4).astype(np.int64)}
+    ref = Executor(training_graph(g, optimizer="sgd", lr=0.5), seed=0).run(feeds).values
+    for dt in ("bf16", "fp16"):
+        t = training_graph(amp(g, dt), optimizer="sgd", lr=0.5)
+        upd = t.nodes["w1.update"]
+        assert t.tensors[upd.inputs[1]].dtype == "fp32"  # gradient of the master weight
+        assert upd.attrs.get("grad_scale", 1.0) == (1 / 1024 if dt == "fp16" else 1.0)
+        out = Executor(t, seed=0).run(feeds).values
+        assert out["w1.new"].dtype == np.float32
+        # loss scaling is undone: the fp16 step moves the weights as the fp32 step does
+        step_ref = ref["w1.new"] - Executor(g, seed=0).params["w1"]
+        step = out["w1.new"] - Executor(g, seed=0).params["w1"]
+        assert np.linalg.norm(step - step_ref) < 0.05 * np.linalg.norm(step_ref)
