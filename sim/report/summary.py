@@ -23,6 +23,14 @@ def fmt_bytes(b: float) -> str:
     return f"{b:.0f} B"
 
 
+def fmt_si(x: float, unit: str) -> str:
+    """A number with an SI prefix: ``fmt_si(2.5e12, "FLOP/s") == '2.50 TFLOP/s'``."""
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {prefix}{unit}"
+    return f"{x:.2f} {unit}"
+
+
 def summary_text(result: Result, top: int = 10) -> str:
     """Makespan, throughput, energy, memory, utilisation, the top ops by time, time by op type."""
     r = result
@@ -31,8 +39,8 @@ def summary_text(result: Result, top: int = 10) -> str:
     if r.throughput is not None:
         lines.append(f"  throughput   {r.throughput:,.1f} samples/s (batch {r.batch})")
     if r.makespan_s > 0 and r.flops:
-        lines.append(f"  compute      {r.flops / 1e9:,.2f} GFLOP, {r.flops / r.makespan_s / 1e12:,.2f}"
-                     " TFLOP/s achieved")
+        lines.append(f"  compute      {fmt_si(r.flops, 'FLOP')}, "
+                     f"{fmt_si(r.flops / r.makespan_s, 'FLOP/s')} achieved")
     lines.append(f"  energy       {r.energy_j:.4g} J (dynamic {r.dynamic_energy_j:.4g} J, idle "
                  f"{r.idle_energy_j:.4g} J)")
     for d, peak in r.peak_memory_by_device.items():

@@ -1,0 +1,62 @@
+"""``sim run`` end to end on a tiny ONNX model: summary, JSON, trace, plot, typed errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from sim.cli import main  # noqa: E402
+
+
+@pytest.fixture
+def model(tmp_path):
+    w = numpy_helper.from_array(np.ones((16, 8), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+         helper.make_node("Relu", ["h"], ["y"], name="relu")],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], [w])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_run_prints_summary_and_writes_files(model, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["run", str(model), "--hw", "h100", "--set", "batch=4", "--dtype", "bf16",
+               "--json", str(out / "r.json"), "--trace", str(out / "t.json"),
+               "--plot", str(out / "p.png"), "--top", "2"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "tiny on h100 (bf16)" in text and "makespan" in text and "top 2 ops" in text
+    doc = json.loads((out / "r.json").read_text())
+    assert doc["batch"] == 4 and doc["dtype"] == "bf16" and doc["makespan_s"] > 0
+    assert {o["op"] for o in doc["ops"]} == {"MatMul", "Relu", "Transfer"}
+    trace = json.loads((out / "t.json").read_text())
+    assert any(e["ph"] == "X" for e in trace["traceEvents"])
+    assert (out / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hw_set_override_changes_the_result(model, tmp_path, capsys):
+    base, slow = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["run", str(model), "--set", "batch=4096", "--json", str(base)]) == 0
+    assert main(["run", str(model), "--set", "batch=4096", "--json", str(slow),
+                 "--hw-set", "host_link.bandwidth=1 GB/s"]) == 0
+    a, b = (json.loads(p.read_text()) for p in (base, slow))
+    assert b["makespan_s"] > a["makespan_s"]
+
+
+def test_bad_placement_and_oom_exit_2(model, capsys):
+    assert main(["run", str(model), "--set", "batch=4", "--place", "mm=gpu9"]) == 2
+    assert "gpu9" in capsys.readouterr().err
+    assert main(["run", str(model), "--set", "batch=4", "--place", "oops"]) == 2
+    capsys.readouterr()
+    assert main(["run", str(model), "--set", "batch=4096",
+                 "--hw-set", "memory.hbm.capacity=1 KB"]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory on gpu0" in err and len(err.strip().splitlines()) == 1
