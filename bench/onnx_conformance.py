@@ -147,13 +147,25 @@ def run_case(case: Any) -> CaseResult:
     return CaseResult(case.name, op, "pass")
 
 
-def collect(ops: set[str] | None = None) -> tuple[list[Any], set[str]]:
-    """(cases to run, ONNX op types seen): node cases whose op types all exist in dlsim."""
-    from onnx.backend.test.case.node import collect_testcases
+def collect(ops: set[str] | None = None,
+            modules: list[str] | None = None) -> tuple[list[Any], set[str]]:
+    """(cases to run, ONNX op types seen): node cases whose op types all exist in dlsim.
+
+    ``modules`` (names under ``onnx.backend.test.case.node``, e.g. ``["gather"]``) imports
+    only those case modules: a quick subset instead of the whole suite.
+    """
+    import importlib
+
+    import onnx.backend.test.case.node as node_cases
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        cases = collect_testcases("")
+        if modules is None:
+            cases = node_cases.collect_testcases("")
+        else:
+            for mod in modules:
+                importlib.import_module(f"onnx.backend.test.case.node.{mod}")
+            cases = list(node_cases._NodeTestCases)
     seen: set[str] = set()
     keep = []
     for c in cases:
@@ -168,8 +180,8 @@ def collect(ops: set[str] | None = None) -> tuple[list[Any], set[str]]:
     return keep, seen
 
 
-def run_all(ops: set[str] | None = None) -> list[CaseResult]:
-    cases, _ = collect(ops)
+def run_all(ops: set[str] | None = None, modules: list[str] | None = None) -> list[CaseResult]:
+    cases, _ = collect(ops, modules)
     return [run_case(c) for c in cases]
 
 

@@ -222,6 +222,11 @@ class _Importer:
             if n.op_type == "BatchNormalization":
                 self.frozen.update(i for i in list(n.input)[3:5] if i)
         self.used.update(o.name for o in graph.output)
+        self.weight_use: dict[str, bool] = {}
+        for n in graph.node:
+            for j, t in enumerate(n.input):
+                slot = j in WEIGHT_SLOTS.get(n.op_type, ()) and n.op_type not in ("Add", "Mul")
+                self.weight_use[t] = self.weight_use.get(t, True) and slot
         inits = {t.name: t for t in graph.initializer}
         for name, t in inits.items():
             arr = self._tensor_array(t)
@@ -463,8 +468,18 @@ class _Importer:
             out_specs = opdef.infer(specs, attrs)
         except (GraphError, ValueError, IndexError, KeyError, TypeError):
             return False
-        if any(s.numel > FOLD_MAX_ELEMS for s in out_specs):
+        big = any(s.numel > FOLD_MAX_ELEMS for s in out_specs)
+        if big and op != "ConstantOfShape":
             return False
+        if op == "ConstantOfShape" and (big or self.weight_use.get(outputs[0])):
+            # a large constant fill (synthetic weights): a zero-stride view, kept as a parameter
+            from sim.ops.generate import fill_value
+
+            self.consts[outputs[0]] = np.broadcast_to(fill_value(attrs), out_specs[0].shape)
+            self.init_names.add(outputs[0])
+            if not self.weight_use.get(outputs[0]):
+                self.frozen.add(outputs[0])
+            return True
         try:
             vals = opdef.kernel(args, attrs)
         except Exception as err:  # noqa: BLE001 - reported with the node

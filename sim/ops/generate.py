@@ -67,7 +67,7 @@ defop(
 
 
 # ---------------------------------------------------------------------------- ConstantOfShape
-def _cos_value(attrs: dict[str, Any]) -> np.ndarray:
+def fill_value(attrs: dict[str, Any]) -> np.ndarray:
     v = attrs.get("value", np.zeros(1, np.float32))
     arr = np.asarray(v)
     if arr.dtype == np.float64 and not isinstance(v, np.ndarray):
@@ -90,9 +90,9 @@ def _cos_shape(attrs: dict[str, Any]) -> tuple[int, ...]:
 
 defop(
     "ConstantOfShape",
-    infer=lambda specs, attrs: [TensorSpec(_cos_shape(attrs), from_numpy(_cos_value(attrs).dtype))],
+    infer=lambda specs, attrs: [TensorSpec(_cos_shape(attrs), from_numpy(fill_value(attrs).dtype))],
     work=_write_work,
-    kernel=lambda xs, attrs: [np.full(_cos_shape(attrs), _cos_value(attrs))],
+    kernel=lambda xs, attrs: [np.full(_cos_shape(attrs), fill_value(attrs))],
     no_grad="no float inputs",
     doc="A tensor of shape `shape` filled with `value` (one element; default fp32 0).",
 )
