@@ -86,13 +86,6 @@ def _binary_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list
     return [TensorSpec(broadcast_shapes(a.shape, b.shape), a.dtype)]
 
 
-def _float_only(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
-    (x,) = need(specs, 1, "op")
-    if not is_float(x.dtype):
-        raise GraphError(f"needs a float input, got {x.dtype}")
-    return [x]
-
-
 def _grad_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
     dy, t = need(specs, 2, "backward op")
     return [dy.with_shape(broadcast_shapes(dy.shape, t.shape))]
@@ -185,8 +178,6 @@ def _pow_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]
 
 
 def _pow(a: Arr, b: Arr) -> Arr:
-    if np.issubdtype(a.dtype, np.integer):
-        return np.power(a, b.astype(a.dtype)).astype(a.dtype)
     return np.power(a, b.astype(a.dtype)).astype(a.dtype)
 
 
@@ -234,13 +225,9 @@ defop(
 
 def _mod(xs: list[Any], attrs: Attrs) -> list[Arr]:
     a, b = xs
-    if int(attrs.get("fmod", 0)) or is_float_arr(a):
+    if int(attrs.get("fmod", 0)) or np.issubdtype(a.dtype, np.floating):
         return [np.fmod(a, b)]
     return [np.mod(a, b)]
-
-
-def is_float_arr(a: Arr) -> bool:
-    return bool(np.issubdtype(a.dtype, np.floating))
 
 
 def _mod_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]:

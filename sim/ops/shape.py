@@ -262,11 +262,13 @@ def _dropout_kernel(xs: list[Any], attrs: Attrs) -> list[np.ndarray]:
 
 
 def _dropout_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: Attrs) -> Work:
+    """Training: a compare and a scale per element, y and the mask written. Inference: free
+    (the identity; a requested mask is a constant)."""
     if int(attrs.get("training_mode", 0)) or len([s for s in ins if s is not None]) > 1:
         n = outs[0].numel
         r, w = io_bytes(ins, outs)
-        return Work(flops=2 * n, bytes_read=r, bytes_written=w)  # compare and scale
-    return movement_work(ins, outs[1:], attrs) if len(outs) > 1 else free_work(ins, outs, attrs)
+        return Work(flops=2 * n, bytes_read=r, bytes_written=w)
+    return free_work(ins, outs, attrs)
 
 
 def _dropout_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
@@ -552,7 +554,7 @@ def _pad_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]
 def _pad_kernel(xs: list[Any], attrs: Attrs) -> list[np.ndarray]:
     y = xs[0]
     mode = str(attrs.get("mode", "constant"))
-    value = float(attrs.get("constant_value", 0))
+    value = float(np.asarray(attrs.get("constant_value", 0)).reshape(-1)[0])
     for a, b, e in _pad_plan(y.shape, attrs):
         idx = pad_index(y.shape[a], b, e, mode)
         taken = np.take(y, np.maximum(idx, 0), axis=a) if y.shape[a] else np.zeros(
