@@ -68,7 +68,8 @@ def work_of(p: dict[str, Any]) -> tuple[Work, str] | None:
         n = p["numel"]
         b = ITEMSIZE[p["dtype"]]
         ins, fl, tr = ELEMENTWISE[p["op"]]
-        return Work(flops=fl * n, transcendentals=tr * n, bytes_read=ins * n * b, bytes_written=n * b), p["dtype"]
+        w = Work(flops=fl * n, transcendentals=tr * n, bytes_read=ins * n * b, bytes_written=n * b)
+        return w, p["dtype"]
     if kind == "reduce_sum":
         n = p["numel"]
         b = ITEMSIZE[p["dtype"]]
@@ -156,8 +157,9 @@ def fit(points: list[dict[str, Any]], dev: DeviceSpec) -> dict[str, Any]:
     for dt, unit in (("tf32", "tensor"), ("bf16", "tensor"), ("fp16", "tensor"), ("fp32", "vector")):
         pts = [p for p in points if p["kind"] == "gemm" and p["dtype"] == dt]
 
-        def loss_dt(eff: float, dt: str = dt, unit: str = unit, pts: list = pts) -> float:
-            d = override(dev, {f"units.{unit}.efficiency.{dt}": eff})
+        def loss_dt(eff: float, dt: str = dt, unit: str = unit, pts: list = pts,
+                    base: DeviceSpec = dev) -> float:
+            d = override(base, {f"units.{unit}.efficiency.{dt}": eff})
             assert isinstance(d, DeviceSpec)
             return _loss(errors(pts, d))
         eff = round(_golden(loss_dt, 0.3, 1.0), 3)

@@ -60,14 +60,23 @@ def achievable(unit: ComputeUnit, dtype: str) -> float:
     return peak * eff
 
 
+# Matrix units take a dtype natively or through these same-storage substitutions only.
+_MATRIX_SUBSTITUTE = {"fp8e5m2": "fp8", "uint8": "int8", "tf32": "fp32"}
+
+
 def matrix_unit(device: DeviceSpec, dtype: str) -> ComputeUnit | None:
-    """The matrix unit that runs ``dtype`` natively (no fallback), else None."""
+    """The fastest matrix unit that runs ``dtype`` (or its same-storage substitute), else None."""
     best = None
-    for u in device.units:
-        if u.matrix and rate_key(u, dtype, follow=dtype in ("fp8e5m2", "uint8")) is not None:
-            if best is None or achievable(u, dtype) > achievable(best, dtype):
-                best = u
-    return best
+    for d in (dtype, _MATRIX_SUBSTITUTE.get(dtype)):
+        if d is None:
+            continue
+        for u in device.units:
+            if u.matrix and u.peak_flops.get(d, 0.0) > 0:
+                if best is None or achievable(u, dtype) > achievable(best, dtype):
+                    best = u
+        if best is not None:
+            return best
+    return None
 
 
 def vector_unit(device: DeviceSpec, dtype: str) -> ComputeUnit:

@@ -244,7 +244,8 @@ def _check_version(raw: Mapping[str, Any], ctx: _Ctx) -> None:
     if "version" not in raw:
         raise ctx.at("version").error(f"missing version (supported: {SUPPORTED_VERSIONS})")
     if raw["version"] not in SUPPORTED_VERSIONS:
-        raise ctx.at("version").error(f"unsupported version {raw['version']!r} (supported: {SUPPORTED_VERSIONS})")
+        raise ctx.at("version").error(
+            f"unsupported version {raw['version']!r} (supported: {SUPPORTED_VERSIONS})")
 
 
 def build_device(raw: dict[str, Any], file: str, default_name: str = "") -> DeviceSpec:
@@ -316,7 +317,11 @@ def _group_spec(g: Mapping[str, Any], ctx: _Ctx) -> DeviceSpec:
     spec = load_hardware(_str(g["spec"], ctx.at("spec")))
     if not isinstance(spec, DeviceSpec):
         raise ctx.at("spec").error(f"{g['spec']!r} is a system, expected a device")
-    return override(spec, overrides) if overrides else spec
+    if overrides:
+        changed = override(spec, overrides)
+        assert isinstance(changed, DeviceSpec)
+        return changed
+    return spec
 
 
 def build_system(raw: dict[str, Any], file: str, default_name: str = "") -> SystemSpec:
@@ -389,7 +394,8 @@ def _topology(v: Any, ctx: _Ctx, groups: dict[str, list[str]],
         raise ctx.at("group").error(f"unknown device group {gname!r}")
     insts = groups[gname]
     if math.prod(dims) != len(insts):
-        raise ctx.at("shape").error(f"shape {dims} holds {math.prod(dims)} devices, group {gname!r} has {len(insts)}")
+        raise ctx.at("shape").error(
+            f"shape {dims} holds {math.prod(dims)} devices, group {gname!r} has {len(insts)}")
     if t.get("link") is not None:
         link = read_link(t["link"], ctx.at("link"))
     else:
@@ -557,11 +563,9 @@ def describe(name_or_spec: str | Spec) -> str:
             kinds.setdefault(d.name, []).append(inst)
         for dname, insts in kinds.items():
             lines.append(f"  {dname}: {', '.join(insts)}")
-        if spec.host:
-            lines.append(f"  host: {spec.host}")
         if spec.switch:
-            lines.append(f"  switch {spec.switch.name}: {format_quantity(spec.switch.bandwidth_Bps, 'bandwidth')}"
-                         " per device per direction")
+            bw = format_quantity(spec.switch.bandwidth_Bps, "bandwidth")
+            lines.append(f"  switch {spec.switch.name}: {bw} per device per direction")
         names = sorted({lk.name for _, _, lk in spec.links})
         for n in names:
             sel = [(a, b, lk) for a, b, lk in spec.links if lk.name == n]
