@@ -106,7 +106,8 @@ def _ref_convtranspose(x, w, b, group=1, **attrs):
 @pytest.mark.parametrize(
     "xshape, wshape, bias, attrs",
     [
-        ((2, 4, 3, 5), (4, 3, 3, 2), False, dict(group=2, strides=[2, 3], pads=[1, 0, 0, 1], output_padding=[1, 2])),
+        ((2, 4, 3, 5), (4, 3, 3, 2), False,
+         dict(group=2, strides=[2, 3], pads=[1, 0, 0, 1], output_padding=[1, 2])),
         ((2, 4, 3, 5), (4, 3, 3, 2), True, dict(group=2, strides=[2, 1], dilations=[2, 2])),
         ((2, 4, 3, 5), (4, 3, 3, 2), False, dict(group=2, strides=[2, 3], output_shape=[6, 14],
                                                  auto_pad="SAME_UPPER")),
@@ -149,7 +150,8 @@ CONV_GRAD_CASES = [
     ((1, 4, 7, 6), (6, 2, 3, 2), False, dict(group=2, strides=[2, 3], auto_pad="SAME_LOWER")),
     ((1, 3, 6, 5), (3, 1, 3, 3), True, dict(group=3, strides=[2, 2], auto_pad="SAME_UPPER")),  # depthwise
     ((2, 3, 9), (4, 3, 3), True, dict(strides=[2], pads=[2, 1], dilations=[2])),  # 1-D
-    ((1, 2, 4, 3, 5), (2, 1, 2, 2, 3), True, dict(group=2, strides=[2, 1, 2], pads=[1, 0, 1, 0, 1, 1])),  # 3-D
+    ((1, 2, 4, 3, 5), (2, 1, 2, 2, 3), True,
+     dict(group=2, strides=[2, 1, 2], pads=[1, 0, 1, 0, 1, 1])),  # 3-D
 ]
 
 
@@ -161,8 +163,10 @@ def test_conv_gradients(xshape, wshape, bias, attrs):
 
 
 CT_GRAD_CASES = [
-    ((2, 4, 3, 5), (4, 3, 3, 2), True, dict(group=2, strides=[2, 3], pads=[1, 0, 0, 1], output_padding=[1, 2])),
-    ((1, 4, 3, 4), (4, 3, 3, 2), False, dict(group=2, strides=[2, 3], dilations=[2, 1], auto_pad="SAME_UPPER")),
+    ((2, 4, 3, 5), (4, 3, 3, 2), True,
+     dict(group=2, strides=[2, 3], pads=[1, 0, 0, 1], output_padding=[1, 2])),
+    ((1, 4, 3, 4), (4, 3, 3, 2), False,
+     dict(group=2, strides=[2, 3], dilations=[2, 1], auto_pad="SAME_UPPER")),
     ((1, 2, 4), (2, 3, 3), True, dict(strides=[3], dilations=[2], pads=[1, 2])),  # 1-D
     ((1, 2, 2, 3, 2), (2, 2, 2, 2, 3), False, dict(strides=[2, 1, 2], output_padding=[1, 0, 1])),  # 3-D
 ]

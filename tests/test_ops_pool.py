@@ -161,7 +161,8 @@ def test_maxpool_work():
 
 def test_resnet50_maxpool_work():
     # ResNet-50's 3x3/2 pool, pads 1: 1x64x112x112 -> 1x64x56x56, 9 compares per output
-    w, (y,) = _work("MaxPool", (1, 64, 112, 112), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    w, (y,) = _work("MaxPool", (1, 64, 112, 112), attrs)
     assert y.shape == (1, 64, 56, 56)
     assert w.flops == 64 * 56 * 56 * 9 == 1_806_336
 
