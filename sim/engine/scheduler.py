@@ -18,6 +18,7 @@ Model (see docs/engine.md):
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,7 @@ class _Engine:
         self.router = Router(system)
         self.stream = {d: simpy.Resource(env, capacity=streams) for d in system.devices}
         self.bus = {d: SharedBandwidth(env) for d in system.devices} if streams > 1 else {}
+        self.slots = {d: list(range(streams)) for d in system.devices}  # free stream numbers
         self.links: dict[tuple[str, ...], simpy.Resource] = {}
         self.mem = {
             d: DeviceMemory(d, spec.main_memory.capacity_bytes if spec.memory else None)
@@ -218,6 +220,7 @@ class _Engine:
         req = stream.request()
         yield req
         start = float(env.now)
+        slot = heapq.heappop(self.slots[dev])
         mem = self.mem[dev]
         inplace = node.meta.get("inplace") or {}
         try:
@@ -249,7 +252,7 @@ class _Engine:
             "device": dev, "unit": c.unit, "start_s": start, "end_s": end,
             "flops": float(c.flops), "bytes": float(c.bytes), "bound": c.bound,
             "energy_j": float(c.energy_j), "dtype": cost.dtype,
-            "compute_s": float(c.compute_s), "memory_s": float(c.memory_s),
+            "compute_s": float(c.compute_s), "memory_s": float(c.memory_s), "stream": slot,
         })
         for t in self.uses[i]:
             self._done_with(t, dev, end)
@@ -260,6 +263,7 @@ class _Engine:
                 done = self.ready.get((t, dev))
                 if done is not None:
                     done.succeed()
+        heapq.heappush(self.slots[dev], slot)
         stream.release(req)
 
     def _hop_ends(self, key: tuple[str, ...], link: LinkSpec, src: str,

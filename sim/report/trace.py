@@ -1,8 +1,9 @@
 """Chrome trace JSON (opens in Perfetto and chrome://tracing).
 
 One process (``pid``) per device, one thread (``tid``) per unit of that device (compute units,
-then copy engines), complete events (``"ph": "X"``) with times in microseconds, and a
-``memory`` counter (``"ph": "C"``) per device with the bytes in use.
+then copy engines; ``unit #k`` for stream k > 0 when a device runs several streams), complete
+events (``"ph": "X"``) with times in microseconds, and a ``memory`` counter (``"ph": "C"``)
+per device with the bytes in use.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ if TYPE_CHECKING:
 
 
 ARG_FIELDS = ("layer", "flops", "bytes", "bound", "energy_j", "dtype")
+
+
+def _track(r: dict[str, Any]) -> str:
+    """The track of a record: its unit, and the stream number when there are several."""
+    k = r.get("stream", 0)
+    return f"{r['unit']} #{k}" if k else str(r["unit"])
 
 
 def _us(t: float) -> float:
@@ -30,8 +37,8 @@ def trace_events(result: Result) -> list[dict[str, Any]]:
     pid = {d: i + 1 for i, d in enumerate(devices)}
     units: dict[str, list[str]] = {d: [] for d in devices}
     for r in result.ops:
-        if r["unit"] not in units[r["device"]]:
-            units[r["device"]].append(r["unit"])
+        if _track(r) not in units[r["device"]]:
+            units[r["device"]].append(_track(r))
     tid: dict[tuple[str, str], int] = {}
     events: list[dict[str, Any]] = []
     for d in devices:
@@ -53,7 +60,7 @@ def trace_events(result: Result) -> list[dict[str, Any]]:
             args.update({k: r[k] for k in ("src", "dst", "tensor") if k in r})
         events.append({
             "ph": "X", "name": r["name"], "cat": r["op"], "pid": pid[r["device"]],
-            "tid": tid[(r["device"], r["unit"])], "ts": _us(r["start_s"]),
+            "tid": tid[(r["device"], _track(r))], "ts": _us(r["start_s"]),
             "dur": _us(r["end_s"] - r["start_s"]), "args": args,
         })
     for d, tl in result.memory_timeline.items():
