@@ -227,7 +227,11 @@ def _stash(attrs: dict[str, Any]) -> str:
 def _check_affine(x: TensorSpec, axis: int, t: TensorSpec | None, name: str, op: str) -> None:
     if t is None:
         return
-    if t.rank > x.rank - axis or broadcast_shapes(x.shape[axis:], t.shape) != x.shape[axis:]:
+    try:
+        ok = t.rank <= x.rank - axis and broadcast_shapes(x.shape[axis:], t.shape) == x.shape[axis:]
+    except GraphError:
+        ok = False
+    if not ok:
         raise GraphError(f"{op} {name} shape {t.shape} does not broadcast to {x.shape[axis:]}")
 
 
