@@ -198,13 +198,12 @@ def test_pow_with_integer_exponent_and_integer_base():
     np.testing.assert_array_equal(run_op("Pow", [ai, e])[0], onnx_ref("Pow", [ai, e])[0])
 
 
-def test_mod_fmod_on_floats():
-    a = np.array([5.5, -5.5, 7.0], dtype=np.float32)
-    b = np.array([2.0, 2.0, -3.0], dtype=np.float32)
-    np.testing.assert_allclose(run_op("Mod", [a, b], {"fmod": 1})[0],
-                               onnx_ref("Mod", [a, b], {"fmod": 1})[0])
-    with pytest.raises(GraphError, match="fmod=1"):
-        one_op_graph("Mod", [a, b])
+@pytest.mark.parametrize("fmod", [0, 1])
+def test_mod_on_floats(fmod):
+    a = np.array([5.5, -5.5, 7.0, -7.0], dtype=np.float32)
+    b = np.array([2.0, 2.0, -3.0, -3.0], dtype=np.float32)
+    np.testing.assert_allclose(run_op("Mod", [a, b], {"fmod": fmod})[0],
+                               onnx_ref("Mod", [a, b], {"fmod": fmod})[0])
 
 
 @pytest.mark.parametrize("direction", ["LEFT", "RIGHT"])
@@ -254,6 +253,7 @@ GRADS = [
     ("Pow", [A, np.array([2, 3, 1])], {}, [0]),
     ("Mod", [A * 3, B], {"fmod": 1}, None),
     ("Mod", [-A * 3, B], {"fmod": 1}, None),
+    ("Mod", [-A * 3, B], {}, None),
     ("PRelu", [BASE.reshape(2, 3, 1), np.array([[0.1], [0.2], [0.3]])], {}, None),
     ("Clip", [BASE, np.array(-1.0), np.array(0.5)], {}, [0]),
     ("Clip", [BASE], {"min": -2.0}, None),

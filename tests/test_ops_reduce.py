@@ -50,6 +50,13 @@ def test_reduce_rank0_and_size1(op):
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("op", REDUCE_OPS)
+def test_reduce_over_an_empty_axis(op):
+    x = np.zeros((2, 0, 3), np.float32)
+    (y,) = run_op(op, [x], {"axes": [1]})
+    np.testing.assert_array_equal(y, _onnx_reduce(op, x, {"axes": [1]}))
+
+
 def test_reduce_integers():
     x = np.array([[3, -1, 4], [1, 5, -9]], np.int64)
     for op in ("ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd"):

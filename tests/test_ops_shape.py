@@ -59,6 +59,7 @@ CASES = [
     ("DepthToSpace", X4, {"blocksize": 2}, [], {"blocksize": 2}, 1),
     ("DepthToSpace", X4, {"blocksize": 2, "mode": "CRD"}, [], {"blocksize": 2, "mode": "CRD"}, 1),
     ("SpaceToDepth", X5, {"blocksize": 2}, [], {"blocksize": 2}, 1),
+    ("SpaceToDepth", X5, {"blocksize": 2, "mode": "CRD"}, [], {"blocksize": 2, "mode": "CRD"}, 1),
     ("Identity", X, {}, [], {}, 1),
 ]
 IDS = [f"{c[0]}{i}" for i, c in enumerate(CASES)]

@@ -225,35 +225,29 @@ defop(
 
 def _mod(xs: list[Any], attrs: Attrs) -> list[Arr]:
     a, b = xs
-    if int(attrs.get("fmod", 0)) or np.issubdtype(a.dtype, np.floating):
-        return [np.fmod(a, b)]
-    return [np.mod(a, b)]
-
-
-def _mod_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]:
-    (out,) = _binary_infer(specs, attrs)
-    if is_float(out.dtype) and not int(attrs.get("fmod", 0)):
-        raise GraphError("Mod of floats needs fmod=1 (ONNX)")
-    return [out]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return [np.fmod(a, b) if int(attrs.get("fmod", 0)) else np.mod(a, b)]
 
 
 def _mod_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
     (dy,) = dys
     a, b = node.inputs
     q = gb.op("Div", [a, b])
-    # fmod truncates the quotient toward zero: sign(q) * floor(|q|)
-    q = gb.op("Mul", [gb.op("Sign", [q]), gb.op("Floor", [gb.op("Abs", [q])])])
+    if int(node.attrs.get("fmod", 0)):  # C fmod truncates the quotient: sign(q) * floor(|q|)
+        q = gb.op("Mul", [gb.op("Sign", [q]), gb.op("Floor", [gb.op("Abs", [q])])])
+    else:  # Python-style mod floors it
+        q = gb.op("Floor", [q])
     db = gb.op("Neg", [gb.op("Mul", [dy, q])])
     return [gb.unbroadcast(dy, gb.spec(a).shape), gb.unbroadcast(db, gb.spec(b).shape)]
 
 
 defop(
     "Mod",
-    infer=_mod_infer,
+    infer=_binary_infer,
     work=elementwise_work(1),
     kernel=_mod,
     grad=_mod_grad,
-    doc="fmod=0: result has the divisor's sign (integers); fmod=1: C fmod (dividend's sign).",
+    doc="fmod=0: the result has the divisor's sign (Python %); fmod=1: C fmod (the dividend's sign).",
 )
 
 

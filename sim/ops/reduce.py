@@ -189,18 +189,33 @@ def _log_sum_exp_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | N
 def _logsumexp(x: Arr, axes: tuple[int, ...], keep: bool) -> Arr:
     if not axes:
         return x
-    m = np.max(x, axis=axes, keepdims=True)
+    m = np.max(x, axis=axes, keepdims=True, initial=-np.inf)
     m = np.where(np.isfinite(m), m, 0)
     out = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
     return out if keep else np.squeeze(out, axis=axes)
+
+
+def _lowest(dt: np.dtype) -> Any:
+    """The identity of max: what ReduceMax gives over an empty set (ONNX)."""
+    if dt == np.bool_:
+        return False
+    return -np.inf if np.issubdtype(dt, np.floating) else np.iinfo(dt).min
+
+
+def _highest(dt: np.dtype) -> Any:
+    if dt == np.bool_:
+        return True
+    return np.inf if np.issubdtype(dt, np.floating) else np.iinfo(dt).max
 
 
 _REDUCE: tuple[tuple[str, Callable[..., Any], Any, Any, str | None], ...] = (
     ("ReduceSum", lambda x, ax, k: np.sum(x, axis=ax, keepdims=k), _reduce_work(1), _sum_grad, None),
     ("ReduceMean", lambda x, ax, k: np.mean(x, axis=ax, keepdims=k) if ax else x,
      _reduce_work(1, 1), _mean_grad, None),
-    ("ReduceMax", lambda x, ax, k: np.max(x, axis=ax, keepdims=k), _reduce_work(1), _extremum_grad, None),
-    ("ReduceMin", lambda x, ax, k: np.min(x, axis=ax, keepdims=k), _reduce_work(1), _extremum_grad, None),
+    ("ReduceMax", lambda x, ax, k: np.max(x, axis=ax, keepdims=k, initial=_lowest(x.dtype)), _reduce_work(1),
+     _extremum_grad, None),
+    ("ReduceMin", lambda x, ax, k: np.min(x, axis=ax, keepdims=k, initial=_highest(x.dtype)), _reduce_work(1),
+     _extremum_grad, None),
     ("ReduceProd", lambda x, ax, k: np.prod(x, axis=ax, keepdims=k), _reduce_work(1), _prod_grad,
      "gradient assumes nonzero inputs"),
     ("ReduceL1", lambda x, ax, k: np.sum(np.abs(x), axis=ax, keepdims=k), _reduce_work(2), _l1_grad, None),

@@ -643,8 +643,11 @@ def _space_plan(shape: tuple[int, ...], attrs: Attrs, op: str):
         return six, perm, (n, c // (b * b), h * b, w * b)
     if h % b or w % b:
         raise GraphError(f"SpaceToDepth: spatial {h}x{w} not divisible by blocksize {b}")
-    six, perm = (n, c, h // b, b, w // b, b), (0, 3, 5, 1, 2, 4)
-    return six, perm, (n, c * b * b, h // b, w // b)
+    mode = str(attrs.get("mode", "DCR"))
+    if mode not in ("DCR", "CRD"):
+        raise GraphError(f"SpaceToDepth mode must be DCR or CRD, got {mode!r}")
+    perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+    return (n, c, h // b, b, w // b, b), perm, (n, c * b * b, h // b, w // b)
 
 
 def _space_op(op: str) -> None:
@@ -663,7 +666,7 @@ def _space_op(op: str) -> None:
         t = gb.op("Transpose", [t], perm=[int(i) for i in np.argsort(perm)])
         return [gb.op("Reshape", [t], shape=list(shape))]
 
-    doc = "attrs: blocksize" + (", mode (DCR | CRD)." if op == "DepthToSpace" else ".")
+    doc = "attrs: blocksize, mode (DCR | CRD; SpaceToDepth inverts DepthToSpace of the same mode)."
     defop(op, infer=infer, work=movement_work, kernel=kernel, grad=grad, doc=doc)
 
 
