@@ -115,3 +115,13 @@ def test_against_torch_optim(opt):
         outs = run_op(op, [ours, grad, *states, np.array(t, np.int64)], attrs)
         ours, states = outs[0], outs[1:]
         np.testing.assert_allclose(ours, p0.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_depend_passes_its_first_input_through():
+    from helpers import check_grad
+
+    x, after = rng.standard_normal((2, 3)), rng.standard_normal((4,))
+    (y,) = run_op("Depend", [x, after])
+    np.testing.assert_array_equal(y, x)
+    assert one_op_graph("Depend", [x, after]).work("node").bytes == 0
+    check_grad("Depend", [x, after], wrt=[0])

@@ -176,3 +176,27 @@ _DOCS = {
 for _op in N_STATES:
     defop(_op, infer=_infer(_op), work=_work(_op), kernel=_KERNELS[_op],
           no_grad="optimizer update", doc=_DOCS[_op])
+
+
+# ----------------------------------------------------------------- scheduling support
+def _depend_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+    if not specs or specs[0] is None:
+        raise GraphError("Depend needs the tensor to pass through as its first input")
+    return [specs[0]]
+
+
+def _depend_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    return [dys[0]] + [None] * (len(node.inputs) - 1)
+
+
+defop(
+    "Depend",
+    infer=_depend_infer,
+    work=lambda ins, outs, attrs: Work(),
+    kernel=lambda xs, attrs: [xs[0]],
+    grad=_depend_grad,
+    doc="Depend(x, after...) = x, not computed before the tensors `after` exist (a control "
+        "dependency, like XLA's optimization barrier). The training pass uses it to hold "
+        "recomputation back until the backward pass needs it; it is marked in place, so it "
+        "costs no memory and no work.",
+)

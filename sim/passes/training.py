@@ -15,8 +15,10 @@ Activation checkpointing (``checkpoint=True``) splits the forward nodes into seg
 ``segment`` nodes (default: about sqrt(number of forward nodes)). Only tensors that cross a
 segment boundary stay alive until the backward pass; every other activation the backward
 pass reads is recomputed from them just before its first backward use, by copies of the
-forward nodes named ``<node>.recompute`` (outputs ``<tensor>.recompute``). The last segment is
-not recomputed (its activations are used at once). Memory peak drops, FLOPs rise by about
+forward nodes named ``<node>.recompute`` (outputs ``<tensor>.recompute``). Each recompute chain
+starts from a ``Depend`` node (``<node>.recompute_after``) tying it to the backward node emitted
+just before, so a dataflow scheduler cannot run the recomputation early. The last segment is
+not recomputed (its activations are used at once). Memory peak drops, FLOPs rise by at most
 one forward pass.
 """
 
@@ -223,6 +225,7 @@ def _rebuild(g: Graph, forward: set[str], recompute: set[str] | None, keep_param
             if name in g.initializers:
                 out.initializers[name] = g.initializers[name]
     recomputed: dict[str, str] = {}
+    last_backward: list[str] = []  # output of the backward node emitted last
 
     def materialise(t: str) -> str:
         """Name of the recomputed copy of forward tensor ``t`` (emitting it if needed)."""
@@ -231,6 +234,14 @@ def _rebuild(g: Graph, forward: set[str], recompute: set[str] | None, keep_param
         src = g.producer(t)
         assert src is not None
         ins = [materialise(i) if i in recompute_set else i for i in src.inputs]
+        if last_backward and not any(i in recompute_set for i in src.inputs):
+            # a chain start: hold it back until the backward pass gets here (the engine
+            # starts any op whose inputs are ready)
+            first = next(k for k, i in enumerate(ins) if i)
+            (ins[first],) = out.add_node(
+                "Depend", [ins[first], last_backward[-1]], [out.unique_name(f"{ins[first]}.after")],
+                name=out.unique_name(f"{src.name}.recompute_after"),
+                meta={"inplace": {0: 0}, "recompute": src.name})
         outs = [f"{o}.recompute" if o else "" for o in src.outputs]
         meta = dict(src.meta)
         meta.update({"recompute": src.name, "forward": src.name})
@@ -244,9 +255,12 @@ def _rebuild(g: Graph, forward: set[str], recompute: set[str] | None, keep_param
     recompute_set = recompute or set()
     for node in order:
         ins = list(node.inputs)
-        if recompute_set and node.name not in forward:
+        backward = node.name not in forward
+        if recompute_set and backward:
             ins = [materialise(t) if t in recompute_set else t for t in ins]
         out.add_node(node.op, ins, node.outputs, dict(node.attrs), name=node.name, meta=dict(node.meta))
+        if backward and node.outputs and node.outputs[0]:
+            last_backward.append(node.outputs[0])
     out.set_outputs(g.outputs)
     return out
 
