@@ -115,7 +115,11 @@ def _gemm_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[T
     m, n, _ = _gemm_dims(specs, attrs)
     c = specs[2] if len(specs) > 2 else None
     if c is not None:
-        if c.rank > 2 or broadcast_shapes(c.shape, (m, n)) != (m, n):
+        try:
+            ok = c.rank <= 2 and broadcast_shapes(c.shape, (m, n)) == (m, n)
+        except GraphError:
+            ok = False
+        if not ok:
             raise GraphError(f"Gemm C shape {c.shape} does not broadcast to ({m}, {n})")
         if c.dtype != a.dtype:
             raise GraphError(f"Gemm C dtype {c.dtype} differs from {a.dtype}")
@@ -210,7 +214,7 @@ def _parse_einsum(eq: str, shapes: list[tuple[int, ...]]) -> tuple[list[str], st
         if "..." in t:
             n_ell = len(s) - (len(t) - 3)
             t = t.replace("...", ell[ell_rank - n_ell:])
-        if len(t) != len(s) or not t.isalpha():
+        if len(t) != len(s) or (t and not t.isalpha()):
             raise GraphError(f"Einsum term {t!r} does not fit operand shape {s}")
         for ch, d in zip(t, s):
             known = sizes.get(ch, d)
