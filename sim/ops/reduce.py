@@ -210,7 +210,7 @@ def _highest(dt: np.dtype) -> Any:
 
 _REDUCE: tuple[tuple[str, Callable[..., Any], Any, Any, str | None], ...] = (
     ("ReduceSum", lambda x, ax, k: np.sum(x, axis=ax, keepdims=k), _reduce_work(1), _sum_grad, None),
-    ("ReduceMean", lambda x, ax, k: np.mean(x, axis=ax, keepdims=k) if ax else x,
+    ("ReduceMean", lambda x, ax, k: np.sum(x, axis=ax, keepdims=k) / math.prod(x.shape[a] for a in ax),
      _reduce_work(1, 1), _mean_grad, None),
     ("ReduceMax", lambda x, ax, k: np.max(x, axis=ax, keepdims=k, initial=_lowest(x.dtype)), _reduce_work(1),
      _extremum_grad, None),
