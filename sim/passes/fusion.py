@@ -1,0 +1,216 @@
+"""Operator fusion: elementwise chains join their producer; shape-only ops become aliases.
+
+``fuse(graph)`` returns a new graph in which
+
+* every elementwise op (activations, arithmetic with a bias or a residual, inference-mode
+  BatchNormalization, Cast, inference Dropout) and every shape-only op (Reshape, Squeeze,
+  Unsqueeze, Flatten, Identity) that directly consumes a tensor made inside a group joins
+  that group, so ``MatMul + Add + Gelu`` or ``Conv + BatchNormalization + Add + Relu`` become
+  one ``Fused`` node. Its work is the sum of the members' FLOPs (GEMM shapes kept) but its
+  bytes are only those of the group's external inputs and outputs: intermediates stay on
+  chip. ``meta["fused"]`` lists the original node names;
+* shape-only ops left alone are marked ``meta["alias_of"] = <input tensor>``: they cost
+  nothing and their output shares the input's storage.
+
+A node joins a group only if every other input it reads is made before the group's first
+node, so the fused graph stays acyclic. The ``Fused`` op executes: its kernel runs the
+members' kernels in order (attributes hold the sub-graph), rounding each intermediate to
+its storage dtype as the unfused graph would.
+
+>>> from sim.graph import Graph, TensorSpec
+>>> g = Graph(); _ = g.add_input("x", TensorSpec((4, 8))); _ = g.add_param("w", TensorSpec((8, 8)))
+>>> _ = g.add_node("MatMul", ["x", "w"], ["h"]); _ = g.add_node("Relu", ["h"], ["y"])
+>>> g.set_outputs(["y"])
+>>> f = fuse(g)
+>>> [n.op for n in f], f.flops == g.flops
+(['Fused'], True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.dtypes import compute_numpy, is_float, to_numpy
+from sim.errors import GraphError
+from sim.graph import Graph, Node, TensorSpec
+from sim.ops.registry import defop, get_op
+from sim.ops.work import Work
+
+SHAPE_ONLY = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+ELEMENTWISE = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Neg", "Abs", "Reciprocal",
+    "Sqrt", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "PRelu", "Elu",
+    "Selu", "Celu", "Gelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Mish", "Clip",
+    "ThresholdedRelu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Cast",
+})
+
+
+def _joinable(node: Node) -> bool:
+    if node.op in SHAPE_ONLY or node.op in ELEMENTWISE:
+        return True
+    if node.op == "BatchNormalization":
+        return not int(node.attrs.get("training_mode", 0)) and len([o for o in node.outputs if o]) == 1
+    if node.op == "Dropout":
+        return not int(node.attrs.get("training_mode", 0)) and len([o for o in node.outputs if o]) == 1
+    return False
+
+
+# ------------------------------------------------------------------------------ the Fused op
+def _sub_nodes(attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(attrs["nodes"])
+
+
+def _sub_specs(in_specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[str, TensorSpec]:
+    """Specs of every tensor of the sub-graph, re-derived from the inputs' specs."""
+    specs: dict[str, TensorSpec] = {}
+    for name, s in zip(attrs["inputs"], in_specs):
+        if s is None:
+            raise GraphError(f"Fused input {name!r} is missing")
+        specs[name] = s
+    for sub in _sub_nodes(attrs):
+        opdef = get_op(sub["op"])
+        outs = opdef.infer([specs[t] if t else None for t in sub["inputs"]], sub["attrs"])
+        for t, s in zip(sub["outputs"], outs):
+            if t:
+                specs[t] = s
+    return specs
+
+
+def _fused_infer(in_specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+    specs = _sub_specs(in_specs, attrs)
+    return [specs[t] for t in attrs["outputs"]]
+
+
+def _fused_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    specs = _sub_specs(ins, attrs)
+    total = Work()
+    for sub in _sub_nodes(attrs):
+        opdef = get_op(sub["op"])
+        w = opdef.work([specs[t] if t else None for t in sub["inputs"]],
+                       [specs[t] for t in sub["outputs"] if t], sub["attrs"])
+        total = total + Work(w.flops, w.matmul_flops, w.transcendentals, gemms=w.gemms)
+    read = sum(s.nbytes for s in ins if s is not None)
+    return total + Work(bytes_read=read, bytes_written=sum(o.nbytes for o in outs))
+
+
+def _fused_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+    env: dict[str, Any] = dict(zip(attrs["inputs"], xs))
+    dtypes: dict[str, str] = attrs["dtypes"]
+    for sub in _sub_nodes(attrs):
+        opdef = get_op(sub["op"])
+        outs = opdef.kernel([env[t] if t else None for t in sub["inputs"]], sub["attrs"])
+        for t, v in zip(sub["outputs"], outs):
+            if t:
+                dt = dtypes[t]
+                v = np.asarray(v).astype(to_numpy(dt), copy=False)
+                env[t] = v.astype(compute_numpy(dt), copy=False) if is_float(dt) else v
+    return [env[t] for t in attrs["outputs"]]
+
+
+defop(
+    "Fused",
+    infer=_fused_infer,
+    work=_fused_work,
+    kernel=_fused_kernel,
+    no_grad="fusion runs after autodiff (fuse the training graph instead)",
+    doc="A fused group: attrs inputs, outputs, nodes (op, inputs, outputs, attrs per member), "
+        "dtypes (storage dtype per tensor). Work: summed FLOPs, external bytes only.",
+)
+
+
+# ------------------------------------------------------------------------------ the pass
+def fuse(graph: Graph) -> Graph:
+    """A new graph with elementwise chains fused into their producers (see module doc)."""
+    order = graph.topo_order()
+    pos = {n.name: i for i, n in enumerate(order)}
+    groups: list[list[Node]] = []
+    first: list[int] = []  # topological position of each group's first node
+    made_in: dict[str, int] = {}  # tensor -> group id of its producer
+    # Constant nodes read nothing: one with a single consumer joins that consumer's group,
+    # the others are emitted first
+    pending_const: dict[str, Node] = {}
+    shared_const: list[Node] = []
+    for node in order:
+        if node.op == "Constant" and not node.inputs:
+            users = [c for t in node.outputs if t for c in graph.consumers(t)]
+            if len(users) == 1 and not set(node.outputs) & set(graph.outputs):
+                pending_const[users[0].name] = node
+            else:
+                shared_const.append(node)
+            pos[node.name] = -1
+    for node in order:
+        if node.op == "Constant" and not node.inputs:
+            continue
+        target = None
+        if _joinable(node):
+            cands = {made_in[t] for t in node.inputs if t and t in made_in}
+            for gid in sorted(cands, key=lambda g: -first[g]):
+                others = [t for t in node.inputs if t and made_in.get(t) != gid]
+                ok = True
+                for t in others:
+                    p = graph.producer(t)
+                    if p is not None and pos[p.name] >= first[gid] and p.op != "Constant":
+                        ok = False
+                        break
+                if ok:
+                    target = gid
+                    break
+        if target is None:
+            target = len(groups)
+            groups.append([])
+            first.append(pos[node.name])
+        const = pending_const.get(node.name)
+        if const is not None:
+            groups[target].append(const)
+        groups[target].append(node)
+        for t in node.outputs:
+            if t:
+                made_in[t] = target
+
+    out = Graph(graph.name, graph.source)
+    for name, spec in graph.inputs.items():
+        out.add_input(name, spec)
+    for name, spec in graph.params.items():
+        info = graph.param_info[name]
+        out.add_param(name, spec, info.init, trainable=info.trainable,
+                      value=graph.initializers.get(name), **info.options)
+    outputs = set(graph.outputs)
+    # emit groups in the order of their first member: every external input of a group is
+    # made before that member, hence by a group emitted earlier
+    for members in [[c] for c in shared_const] + groups:
+        if len(members) == 1:
+            n = members[0]
+            meta = dict(n.meta)
+            if n.op in SHAPE_ONLY and n.inputs:
+                meta["alias_of"] = n.inputs[0]
+            out.add_node(n.op, list(n.inputs), list(n.outputs), dict(n.attrs), name=n.name, meta=meta)
+            continue
+        _emit_group(graph, out, members, outputs)
+    out.set_outputs(graph.outputs)
+    out.meta = dict(graph.meta)
+    out.meta["fused"] = True
+    return out.verify()
+
+
+def _emit_group(graph: Graph, out: Graph, members: list[Node], graph_outputs: set[str]) -> None:
+    names = {n.name for n in members}
+    made = {t for n in members for t in n.outputs if t}
+    ext_in: list[str] = []
+    for n in members:
+        for t in n.inputs:
+            if t and t not in made and t not in ext_in:
+                ext_in.append(t)
+    ext_out = [t for n in members for t in n.outputs if t and (
+        t in graph_outputs or any(c.name not in names for c in graph.consumers(t)))]
+    sub = [{"op": n.op, "inputs": list(n.inputs), "outputs": list(n.outputs), "attrs": dict(n.attrs)}
+           for n in members]
+    dtypes = {t: graph.tensors[t].dtype for t in made}
+    head = members[0]
+    meta = dict(head.meta)
+    meta["fused"] = [n.name for n in members]
+    meta["fused_ops"] = [n.op for n in members]
+    attrs = {"inputs": ext_in, "outputs": ext_out, "nodes": sub, "dtypes": dtypes}
+    out.add_node("Fused", ext_in, ext_out, attrs, name=out.unique_name(f"{head.name}.fused"),
+                 meta=meta)

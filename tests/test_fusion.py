@@ -1,0 +1,98 @@
+"""Fusion pass: numerics unchanged, FLOPs unchanged, fewer nodes and fewer bytes."""
+
+import numpy as np
+from onnx.reference import ReferenceEvaluator
+from onnx_nets import bert_layers, conv_bn_relu_block
+
+from sim.exec import execute
+from sim.frontends.onnx_import import import_model
+from sim.graph import Graph, TensorSpec
+from sim.passes.fusion import fuse
+
+RNG = np.random.default_rng(0)
+
+
+def _bytes(g):
+    return sum(g.work(n).bytes for n in g)
+
+
+def test_bert_layer_fuses():
+    m = bert_layers(batch=2, seq=8, hidden=32, heads=4, ffn=64)
+    g = import_model(m)
+    f = fuse(g)
+    x = RNG.standard_normal((2, 8, 32)).astype(np.float32)
+    (ref,) = ReferenceEvaluator(m).run(None, {"x": x})
+    a = execute(g, {"x": x})[g.outputs[0]]
+    b = execute(f, {"x": x})[f.outputs[0]]
+    np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    assert len(f) <= len(g) // 2, (len(g), len(f))
+    assert f.flops == g.flops
+    assert _bytes(f) < 0.75 * _bytes(g)
+    fused = [n for n in f if n.op == "Fused"]
+    # MatMul + bias Add chains and the exporter's 5-op GELU end up in one node
+    assert any(n.meta["fused_ops"][:2] == ["MatMul", "Add"] and "Erf" in n.meta["fused_ops"]
+               for n in fused)
+    names = [name for n in fused for name in n.meta["fused"]]
+    assert len(names) == len(set(names)) and set(names) <= set(g.nodes)
+
+
+def test_conv_bn_relu_residual_fuses():
+    m = conv_bn_relu_block()
+    g = import_model(m)
+    f = fuse(g)
+    assert [n.meta["fused_ops"] for n in f] == [
+        ["Conv", "BatchNormalization", "Relu"],
+        ["Conv", "BatchNormalization", "Add", "Relu"],
+    ]
+    x = RNG.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    (ref,) = ReferenceEvaluator(m).run(None, {"x": x})
+    np.testing.assert_allclose(execute(f, {"x": x})[f.outputs[0]], ref, rtol=1e-4, atol=1e-5)
+    assert f.flops == g.flops
+
+
+def test_work_of_fused_node_by_hand():
+    # x[4,8] @ w[8,8] + b[8] -> relu: FLOPs 2*4*8*8 + 32 + 32; bytes: x, w, b in, y out only
+    g = Graph("mlp")
+    g.add_input("x", TensorSpec((4, 8)))
+    g.add_param("w", TensorSpec((8, 8)))
+    g.add_param("b", TensorSpec((8,)))
+    g.add_node("MatMul", ["x", "w"], ["h"])
+    g.add_node("Add", ["h", "b"], ["h2"])
+    g.add_node("Relu", ["h2"], ["y"])
+    g.set_outputs(["y"])
+    f = fuse(g)
+    (n,) = list(f)
+    w = f.work(n)
+    assert w.flops == 512 + 32 + 32 and w.matmul_flops == 512
+    assert w.bytes_read == (32 + 64 + 8) * 4 and w.bytes_written == 32 * 4
+    assert len(w.gemms) == 1 and (w.gemms[0].m, w.gemms[0].n, w.gemms[0].k) == (4, 8, 8)
+    assert n.meta["fused"] == ["matmul", "add", "relu"]
+
+
+def test_intermediate_used_elsewhere_becomes_output_and_aliases():
+    g = Graph("branch")
+    g.add_input("x", TensorSpec((3, 4)))
+    g.add_node("Reshape", ["x"], ["xr"], {"shape": [4, 3]}, name="alone")
+    g.add_node("Relu", ["x"], ["r"])
+    g.add_node("Neg", ["r"], ["n"])
+    g.add_node("Transpose", ["r"], ["t"], {"perm": [1, 0]})  # not elementwise: reads r
+    g.add_node("Reshape", ["t"], ["rt"], {"shape": [12]})
+    g.set_outputs(["n", "rt", "xr"])
+    f = fuse(g)
+    assert [n.meta.get("fused_ops") for n in f] == [None, ["Relu", "Neg"], ["Transpose", "Reshape"]]
+    assert f.nodes["alone"].meta["alias_of"] == "x" and f.work("alone").bytes == 0
+    (fz,) = [n for n in f if n.meta.get("fused_ops") == ["Relu", "Neg"]]
+    assert set(fz.outputs) == {"r", "n"}  # r is also read outside the group
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    out = execute(f, {"x": x})
+    np.testing.assert_array_equal(out["n"], -np.maximum(x, 0))
+    np.testing.assert_array_equal(out["rt"], np.maximum(x, 0).T.reshape(12))
+
+
+def test_input_graph_untouched():
+    m = conv_bn_relu_block()
+    g = import_model(m)
+    before = [(n.name, n.op) for n in g]
+    fuse(g)
+    assert [(n.name, n.op) for n in g] == before
