@@ -60,3 +60,16 @@ def test_bad_placement_and_oom_exit_2(model, capsys):
                  "--hw-set", "memory.hbm.capacity=1 KB"]) == 2
     err = capsys.readouterr().err
     assert "out of memory on gpu0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_and_fuse_change_the_graph(model, tmp_path, capsys):
+    paths = {k: tmp_path / f"{k}.json" for k in ("fwd", "train", "fused")}
+    assert main(["run", str(model), "--set", "batch=4", "--json", str(paths["fwd"])]) == 0
+    assert main(["run", str(model), "--set", "batch=4", "--train", "--optimizer", "sgd",
+                 "--json", str(paths["train"])]) == 0
+    assert main(["run", str(model), "--set", "batch=4", "--fuse", "--json", str(paths["fused"])]) == 0
+    docs = {k: json.loads(p.read_text()) for k, p in paths.items()}
+    ops = {k: [o["op"] for o in d["ops"] if o["op"] != "Transfer"] for k, d in docs.items()}
+    assert sorted(ops["fwd"]) == ["MatMul", "Relu"]
+    assert "SGDUpdate" in ops["train"] and docs["train"]["graph"].endswith(".train")
+    assert len(ops["fused"]) == 1
