@@ -7,9 +7,10 @@ takes the longer of its math at the per-SM rate (peak x efficiency / SMs) and lo
 operands into the SM (``(tm + tn) x k x bytes`` at ``sm_load_bytes_per_cycle x clock``); the
 pipeline pays main-memory latency twice, once to fill (first operands) and once to drain
 (last output tile), since a persistent kernel overlaps everything in between. The
-library's choice among the spec's tile shapes is modelled as the fastest one. A 1x768x768
-GEMM is thus a single partial wave of operand-load-bound tiles: microseconds, not the
-nanoseconds 2*768*768 FLOP would take at peak.
+library's choice among the spec's tile shapes is modelled as the fastest one. Matrix-vector
+shapes (``min(m, n) <= GEMV_MAX``) may instead run as a GEMV kernel on the vector unit: no
+padding, the long operand streamed once through all SMs. Either way a 1x768x768 GEMM costs
+microseconds of latency and launch, not the nanoseconds 2*768*768 FLOP would take at peak.
 """
 
 from __future__ import annotations
@@ -17,18 +18,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from sim.cost.roofline import achievable, vector_unit
 from sim.hw.spec import ComputeUnit, DeviceSpec
 from sim.ops.work import GemmShape
 
 DEFAULT_TILES = ((128, 128),)
+GEMV_MAX = 8  # widest skinny side that a GEMM library dispatches to a matrix-vector kernel
 
 
 def gemm_time(g: GemmShape, *, rate_per_sm: float, sms: int, tiles: Sequence[tuple[int, int]],
-              load_Bps: float, elem_bytes: int, split_k_min: int, latency_s: float = 0.0) -> float:
-    """Seconds for one (batched) GEMM on ``sms`` SMs: best tile shape, whole waves."""
+              load_Bps: float, elem_bytes: int, split_k_min: int, latency_s: float = 0.0,
+              gemv_rate: float = 0.0) -> float:
+    """Seconds for one (batched) GEMM on ``sms`` SMs: best tile shape, whole waves (or a GEMV
+    kernel at ``gemv_rate`` FLOP/s for matrix-vector shapes)."""
     if g.m <= 0 or g.n <= 0 or g.k <= 0 or g.batch <= 0:
         return 0.0
     best = math.inf
+    if gemv_rate > 0 and min(g.m, g.n) <= GEMV_MAX:
+        operand_bytes = (g.m * g.k + g.k * g.n) * g.batch * elem_bytes
+        best = max(g.flops / gemv_rate, operand_bytes / (load_Bps * sms))
     for tm, tn in tiles:
         grid = math.ceil(g.m / tm) * math.ceil(g.n / tn) * g.batch
         split = 1
@@ -43,7 +51,7 @@ def gemm_time(g: GemmShape, *, rate_per_sm: float, sms: int, tiles: Sequence[tup
 
 
 def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceSpec,
-                unit: ComputeUnit, rate: float, elem_bytes: int) -> float:
+                unit: ComputeUnit, rate: float, elem_bytes: int, dtype: str = "") -> float:
     """Seconds of matrix work on ``unit`` at achievable device rate ``rate`` (FLOP/s)."""
     if rate <= 0:
         return math.inf
@@ -53,12 +61,14 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     load_Bps = float(arch.get("sm_load_bytes_per_cycle", 64)) * clock
     tiles = arch.get("tiles", {}).get(unit.name, DEFAULT_TILES)
     split_k_min = int(arch.get("split_k_min", 256))
+    vec_dt = "fp32" if dtype in ("tf32", "") else dtype
+    gemv_rate = achievable(vector_unit(device, vec_dt), vec_dt)
     total = 0.0
     shaped = 0.0
     for g in gemms:
         total += gemm_time(g, rate_per_sm=rate / sms, sms=sms, tiles=tiles, load_Bps=load_Bps,
                            elem_bytes=elem_bytes, split_k_min=split_k_min,
-                           latency_s=device.main_memory.latency_s)
+                           latency_s=device.main_memory.latency_s, gemv_rate=gemv_rate)
         shaped += g.flops
     rest = matmul_flops - shaped
     if rest > 1e-6 * max(matmul_flops, 1.0):

@@ -91,7 +91,7 @@ def _matmul(work: Work, device: DeviceSpec, dtype: str, sparsity: dict[str, Any]
         return math.inf, unit, executed
     kind = device.kind
     if kind == "gpu":
-        t = gpu.matmul_time(work.gemms, work.matmul_flops, device, unit, rate, storage_bytes(dtype))
+        t = gpu.matmul_time(work.gemms, work.matmul_flops, device, unit, rate, storage_bytes(dtype), dtype)
     elif kind in ("tpu", "asic") and on_matrix:
         key = rate_key(unit, dtype) or dtype
         peak = unit.peak_flops[key] * scale

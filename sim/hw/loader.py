@@ -500,7 +500,7 @@ def _set_path(raw: Any, path: str, value: Any, file: str) -> None:
                 if last:
                     raise SpecError("cannot replace a whole entry; name one of its fields", where=where)
                 continue
-            if parts[i - 1] == "memory" and node and isinstance(node[0], dict):
+            if parts[i - 1] == "memory" and part in _MEMORY and node and isinstance(node[0], dict):
                 node = node[0]  # "memory.bandwidth": the outermost level
             else:
                 names = [str(x.get("name")) for x in node if isinstance(x, dict)]
