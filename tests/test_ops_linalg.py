@@ -143,3 +143,22 @@ def test_einsum_bad():
         run_op("Einsum", [_r(3, 4), _r(5, 6)], dict(equation="ij,jk->ik"))
     with pytest.raises(GraphError, match="operands"):
         run_op("Einsum", [_r(3, 4)], dict(equation="ij,jk->ik"))
+
+
+# ----------------------------------------------------------------------------- MatMul
+MATMUL_CASES = [
+    ((3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 2)), ((4,), (2, 4, 3)), ((2, 3, 4), (4,)), ((4,), (4,)),
+]
+
+
+@pytest.mark.parametrize("sa, sb", MATMUL_CASES)
+def test_matmul_matches_onnx_and_grads(sa, sb):
+    _both("MatMul", [_r(*sa), _r(*sb)], {})
+    check_grad("MatMul", [_r(*sa, dtype=F64), _r(*sb, dtype=F64)])
+
+
+def test_matmul_batched_work():
+    # (2,1,3,4) @ (5,4,2): batch broadcast to 2x5 = 10 GEMMs of 3x2 over 4: 2*10*3*2*4 = 480 FLOP
+    w, y = _work("MatMul", [TensorSpec((2, 1, 3, 4)), TensorSpec((5, 4, 2))], {})
+    assert y.shape == (2, 5, 3, 2)
+    assert w.flops == w.matmul_flops == 480 and w.gemms == (GemmShape(3, 2, 4, 10),)

@@ -173,3 +173,29 @@ def test_groupnorm_work():
     w, _ = _work("GroupNormalization", [TensorSpec((2, 6, 3, 2)), TensorSpec((6,)), TensorSpec((6,))],
                  dict(num_groups=3))
     assert w.flops == 7 * 72 + 3 * 6 and w.transcendentals == 6
+
+
+@pytest.mark.parametrize("op, specs, attrs, bwd", [
+    ("BatchNormalization", [(2, 3, 4)] + [(3,)] * 4, dict(training_mode=1), "BatchNormGrad"),
+    ("BatchNormalization", [(2, 3, 4)] + [(3,)] * 4, {}, "BatchNormGrad"),
+    ("LayerNormalization", [(2, 3, 4), (4,), (4,)], {}, "LayerNormGrad"),
+    ("RMSNormalization", [(2, 3, 4), (4,)], {}, "RMSNormGrad"),
+    ("GroupNormalization", [(2, 3, 4), (3,), (3,)], dict(num_groups=3), "GroupNormGrad"),
+    ("InstanceNormalization", [(2, 3, 4), (3,), (3,)], {}, "GroupNormGrad"),
+])
+def test_backward_op_emitted_and_work(op, specs, attrs, bwd):
+    from sim.passes.autodiff import gradients
+
+    g = Graph("n")
+    names = [g.add_input(f"x{i}", TensorSpec(s)) for i, s in enumerate(specs)]
+    (y,) = g.add_node(op, names, ["y"], attrs, name="norm")
+    g.add_input("dy", TensorSpec((2, 3, 4)))
+    gg, grads = gradients(g, [y], names[:3], ["dy"])
+    (node,) = [n for n in gg.nodes.values() if n.meta.get("forward") == "norm" and n.op.endswith("Grad")]
+    assert node.op == bwd
+    w = gg.work(node)
+    # 24 elements at 15 FLOP (RMSNormGrad 10) plus a few per normalized group
+    per = 10 if bwd == "RMSNormGrad" else 15
+    groups = {"BatchNormGrad": 3, "LayerNormGrad": 6, "RMSNormGrad": 6, "GroupNormGrad": 6}[bwd]
+    per_group = 10 if bwd == "BatchNormGrad" else 3
+    assert w.flops == per * 24 + per_group * groups and w.transcendentals == groups

@@ -183,3 +183,36 @@ def test_pool_bad_attrs():
         run_op("MaxPool", [_r(1, 1, 4, 4)], {})
     with pytest.raises(GraphError, match="strides"):
         run_op("AveragePool", [_r(1, 1, 4, 4)], dict(kernel_shape=[2, 2], strides=[2]))
+
+
+def test_backward_ops_emitted_and_work():
+    from sim.passes.autodiff import gradients
+
+    g = Graph("p")
+    g.add_input("x", TensorSpec((1, 1, 4, 4)))
+    names = {}
+    for op, attrs in [("MaxPool", dict(kernel_shape=[2, 2], strides=[2, 2])),
+                      ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2])),
+                      ("LpPool", dict(kernel_shape=[2, 2], strides=[2, 2])),
+                      ("GlobalAveragePool", {}), ("GlobalMaxPool", {})]:
+        (names[op],) = g.add_node(op, ["x"], [op.lower()], attrs, name=op.lower())
+    g.add_input("d", TensorSpec((1, 1, 2, 2)))
+    g.add_input("d1", TensorSpec((1, 1, 1, 1)))
+    dys = ["d", "d", "d", "d1", "d1"]
+    gg, _ = gradients(g, list(names.values()), ["x"], dys)
+    emitted = {gg.nodes[n].meta["forward"]: gg.nodes[n] for n in gg.nodes if n.startswith(tuple(
+        f"{k.lower()}.grad" for k in names)) and gg.nodes[n].op.endswith("Grad")}
+    assert {k: v.op for k, v in emitted.items()} == {
+        "maxpool": "MaxPoolGrad", "averagepool": "AveragePoolGrad", "lppool": "LpPoolGrad",
+        "globalaveragepool": "AveragePoolGrad", "globalmaxpool": "MaxPoolGrad",
+    }
+    # MaxPoolGrad: 4 windows of dY, 4 compares each + 1 scatter-add = 20 FLOP;
+    # reads dY (4) and X (16), writes dX (16), fp32
+    w = gg.work(emitted["maxpool"])
+    assert w.flops == 20 and (w.bytes_read, w.bytes_written) == (20 * 4, 16 * 4)
+    # AveragePoolGrad: 4 windows, 4 adds + 1 divide each; reads only dY
+    w = gg.work(emitted["averagepool"])
+    assert w.flops == 20 and (w.bytes_read, w.bytes_written) == (4 * 4, 16 * 4)
+    # global average backward: one 4x4 window
+    w = gg.work(emitted["globalaveragepool"])
+    assert w.flops == 16 + 1

@@ -55,17 +55,20 @@ def _lowest(dtype: np.dtype) -> float:
 
 
 def _pool_work(per_window: float = 1.0, per_output: float = 0.0, trans_per_output: float = 0.0,
-               out_index: int = 0):
-    """Work of a windowed op: ``per_window`` FLOP per window element, plus per-output FLOP."""
+               backward: bool = False):
+    """Work of a windowed op: ``per_window`` FLOP per window element, plus ``per_output`` FLOP
+    (and ``trans_per_output`` transcendentals) per window. Windows are the pooled output's
+    elements, or for a backward op those of its first input, dY."""
 
     def work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
-        y = outs[out_index] if out_index < len(outs) else outs[0]
+        y = ins[0] if backward else outs[0]
+        assert y is not None
         if "kernel_shape" in attrs:
             k = math.prod(as_tuple(attrs["kernel_shape"]))
         else:  # global pools: the window is the whole spatial extent of the first input
             first = ins[0]
             assert first is not None
-            k = math.prod(first.shape[2:])
+            k = math.prod(first.shape[2:])  # (a global pool's backward names kernel_shape)
         r, w = io_bytes(ins, outs)
         return Work(
             flops=per_window * y.numel * k + per_output * y.numel,
@@ -169,7 +172,7 @@ def _maxgrad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
 defop(
     "MaxPoolGrad",
     infer=_maxgrad_infer,
-    work=_pool_work(1.0, 1.0),
+    work=_pool_work(1.0, 1.0, backward=True),
     kernel=_maxgrad_kernel,
     no_grad="backward op",
     doc="dX of MaxPool: inputs (dY, X); the pool's attrs with explicit pads.",
@@ -247,7 +250,7 @@ def _avggrad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
 defop(
     "AveragePoolGrad",
     infer=_avggrad_infer,
-    work=_pool_work(1.0, 1.0),
+    work=_pool_work(1.0, 1.0, backward=True),
     kernel=_avggrad_kernel,
     no_grad="backward op",
     doc="dX of AveragePool: input dY; attrs input_shape, count_include_pad and the pool's "
@@ -314,7 +317,7 @@ def _lpgrad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
 defop(
     "LpPoolGrad",
     infer=_lpgrad_infer,
-    work=_pool_work(4.0, 1.0),
+    work=_pool_work(4.0, 1.0, backward=True),
     kernel=_lpgrad_kernel,
     no_grad="backward op",
     doc="dX of LpPool: inputs (dY, X, Y); dx = dy * sign(x)|x|^(p-1) / y^(p-1) per window.",
