@@ -1,12 +1,14 @@
 """Elementwise ops: values against onnx.reference, FLOP/byte hand counts, gradients."""
 
 import math
+import re
 
 import numpy as np
 import pytest
 from helpers import check_grad, one_op_graph, onnx_ref, run_op
 
 from sim.errors import GraphError
+from sim.ops import elementwise
 
 # inputs kept away from kinks (0, +-1, +-2.5, +-3) and domain edges
 BASE = np.array([[-2.7, -1.3, -0.6], [0.35, 0.9, 1.7]])
@@ -317,6 +319,34 @@ def test_flop_and_byte_hand_counts():
     assert (w.flops, w.bytes_read, w.bytes_written) == (15, 40, 20)
     w = work_of("GeluGrad", [(5,), (5,)])
     assert (w.flops, w.transcendentals) == (55, 10)
+
+
+def _flop_table():
+    """Rows (op, attrs, FLOP, transcendentals) of the table in sim.ops.elementwise's docstring."""
+    lines = elementwise.__doc__.splitlines()
+    rulers = [i for i, line in enumerate(lines) if line.startswith("====")]
+    rows = []
+    for line in lines[rulers[1] + 1:rulers[2]]:
+        cols = re.split(r"\s{2,}", line.strip())
+        for name in cols[0].split():
+            m = re.fullmatch(r"(\w+)(?:\((\w+)=(\w+)\))?", name)
+            attrs = {m.group(2): m.group(3)} if m.group(2) else {}
+            rows.append((m.group(1), attrs, float(cols[1]), float(cols[2])))
+    return rows
+
+
+N_INPUTS = {"PowGrad": 3, "PReluGrad": 3}
+BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "BitShift", "PRelu"}
+
+
+@pytest.mark.parametrize(("op", "attrs", "flops", "trans"), _flop_table())
+def test_docstring_flop_table_matches_work(op, attrs, flops, trans):
+    n = N_INPUTS.get(op, 2 if op in BINARY or op.endswith("Grad") else 1)
+    dtype = np.uint8 if op == "BitShift" else np.float32
+    attrs = {**attrs, "direction": "LEFT"} if op == "BitShift" else attrs
+    w = work_of(op, [(7,)] * n, attrs, dtype)
+    assert (w.flops, w.transcendentals) == (7 * flops, 7 * trans)
+    assert w.bytes_read == 7 * n * np.dtype(dtype).itemsize
 
 
 def test_errors():

@@ -5,48 +5,48 @@ op ``X`` has a backward op ``XGrad`` taking ``(dy, t)`` where ``t`` is the forwa
 the forward output for ops whose derivative is cheapest from it (Exp, Sqrt, Sigmoid, Tanh,
 Tan, Reciprocal, Relu); it computes ``dy * f'(t)`` in one pass, as fused backward kernels do.
 
-FLOP conventions, per output element (transcendentals are also counted in FLOPs):
+FLOP conventions, per output element (a transcendental also counts 1 FLOP). ``work`` uses
+these numbers and ``tests/test_ops_elementwise.py`` checks every row against it; with ``k``
+inputs, Max/Min/Sum cost ``k-1`` and Mean ``k`` FLOPs, and MaxMinGrad ``k+1``.
 
-=======================================  =====  =====  ====================================
-op                                       FLOP   trans  counted as
-=======================================  =====  =====  ====================================
-Add Sub Mul Div Neg Abs Relu Sign        1      0      one arithmetic op / compare / select
-Floor Ceil Round BitShift Mod            1      0
-Max Min Sum (k inputs)                   k-1    0      pairwise
-Mean (k inputs)                          k      0      k-1 adds and a scale
-Sqrt Reciprocal Exp Log Erf Tanh Pow     1      1      one transcendental
-Sin Cos Tan Asin Acos Atan               1      1
-Sinh Cosh Asinh Acosh Atanh              1      1
-LeakyRelu PRelu ThresholdedRelu Clip     2      0      compare and select/scale (min, max)
-Sigmoid                                  4      1      neg, exp, add, divide
-Softsign                                 3      0      abs, add, divide
-Softplus                                 3      2      exp, add, log
-HardSigmoid                              4      0      mul, add, min, max
-HardSwish                                5      0      HardSigmoid and a multiply
-Elu                                      4      1      exp, sub, mul, select
-Selu                                     5      1      Elu and a scale
-Celu                                     7      1      div, exp, sub, mul, min, max, add
-Mish                                     5      3      exp, add, log, tanh, mul
-Gelu (approximate="none")                5      1      scale, erf, add, mul, mul
-Gelu (approximate="tanh")                9      1      cube (2), fma (2), scale, tanh, add, mul, mul
-ReluGrad ThresholdedReluGrad             1      0      select
-LeakyReluGrad ExpGrad LogGrad            2      0      select/divide and the multiply by dy
-AbsGrad SqrtGrad                         2      0
-SigmoidGrad TanhGrad ReciprocalGrad      3      0      y(1-y) / 1-y^2 / -y^2 and the multiply
-TanGrad                                  3      0
-Asin/Acos/Asinh/Acosh/Atanh/AtanGrad     4/5    0/1    square, sub, sqrt, divide (and sign)
-Sin/Cos/Sinh/CoshGrad                    2      1      the derivative's transcendental
-SoftsignGrad                             5      0
-SoftplusGrad                             5      1      sigmoid and the multiply
-HardSigmoidGrad HardSwishGrad            5      0
-EluGrad CeluGrad                         4      1
-SeluGrad                                 5      1
-ErfGrad                                  5      1      square, neg, exp, scale, multiply
-MishGrad                                 10     3
-GeluGrad (none / tanh)                   11/17  2/1
-PowGrad PReluGrad                        6/4    2/0    (both operand gradients)
-ClipGrad MaxMinGrad                      2/k+1  0      compare(s) and select
-=======================================  =====  =====  ====================================
+============================================  ====  =====  ======================================
+op                                            FLOP  trans  counted as
+============================================  ====  =====  ======================================
+Add Sub Mul Div Neg Abs Relu Sign             1     0      one arithmetic op, compare or select
+Floor Ceil Round BitShift Mod                 1     0
+Sqrt Reciprocal Exp Log Erf Tanh Pow          1     1      one transcendental
+Sin Cos Tan Asin Acos Atan                    1     1
+Sinh Cosh Asinh Acosh Atanh                   1     1
+LeakyRelu PRelu ThresholdedRelu Clip          2     0      compare and select/scale (or min, max)
+Sigmoid                                       4     1      neg, exp, add, divide
+Softsign                                      3     0      abs, add, divide
+Softplus                                      3     2      exp, add, log
+HardSigmoid                                   4     0      mul, add, min, max
+HardSwish                                     5     0      HardSigmoid and a multiply
+Elu                                           4     1      exp, sub, mul, select
+Selu                                          5     1      Elu and a scale
+Celu                                          7     1      div, exp, sub, mul, min, max, add
+Mish                                          5     3      exp, add, log, tanh, mul
+Gelu                                          5     1      scale, erf, add, mul, mul
+Gelu(approximate=tanh)                        9     1      cube (2), fma (2), scale, tanh, +, *, *
+ReluGrad ThresholdedReluGrad ExpGrad          1     0      select, or the multiply by dy
+LeakyReluGrad LogGrad AbsGrad SqrtGrad        2     0      derivative and the multiply by dy
+SigmoidGrad TanhGrad ReciprocalGrad           3     0      y(1-y), 1-y^2, -y^2 and the multiply
+TanGrad                                       3     0      1+y^2 and the multiply
+AtanGrad AtanhGrad                            4     0      square, add/sub, divide, multiply
+AsinGrad AcosGrad AsinhGrad AcoshGrad         5     1      square, sub, sqrt, divide, multiply
+SinGrad CosGrad SinhGrad CoshGrad             2     1      the derivative's transcendental
+SoftsignGrad HardSigmoidGrad HardSwishGrad    5     0
+SoftplusGrad                                  5     1      sigmoid and the multiply
+EluGrad CeluGrad                              4     1
+SeluGrad ErfGrad                              5     1      (Erf: square, neg, exp, scale, mul)
+MishGrad                                      10    3
+GeluGrad                                      11    2      cdf (erf) + x * pdf (exp)
+GeluGrad(approximate=tanh)                    17    1
+PowGrad                                       6     2      both operand gradients
+PReluGrad                                     4     0      both operand gradients
+ClipGrad                                      2     0      two compares and a select
+============================================  ====  =====  ======================================
 """
 
 from __future__ import annotations
