@@ -105,3 +105,23 @@ def test_gpt3_175b_workload_does_not_fit_one_h100():
 def test_real_costs_are_deterministic(tmp_path):
     a, b = (sim.simulate(conv_block(batch=2, ch=16, hw=8), "h100") for _ in range(2))
     assert a.to_json() == b.to_json()
+
+
+def test_placement_on_a_dgx_moves_tensors_over_nvswitch_and_pcie():
+    from sim.cost import transfer_time
+
+    dgx = sim.hardware("dgx-h100")
+    g = conv_block(batch=8, ch=64, hw=28)
+    r = sim.simulate(g, dgx, "bf16", placement={"conv2": "gpu1", "pool": dgx.host})
+    ops = by_name(r)
+    assert ops["conv1"]["device"] == "gpu0" and ops["conv2"]["device"] == "gpu1"
+    assert ops["pool"]["device"] == dgx.host
+    hop = ops["r1->gpu1"]
+    assert (hop["src"], hop["dst"], hop["bound"]) == ("gpu0", "gpu1", "comm")
+    nbytes = 8 * 64 * 28 * 28 * 2  # bf16 activations
+    assert hop["bytes"] == nbytes
+    assert hop["end_s"] - hop["start_s"] == pytest.approx(transfer_time(dgx.switch, nbytes))
+    assert hop["start_s"] == ops["relu1"]["end_s"] and ops["conv2"]["start_s"] == hop["end_s"]
+    assert ops["r2->" + dgx.host]["dst"] == dgx.host
+    assert r.peak_memory_by_device["gpu1"] > 0 and r.peak_memory_by_device["gpu2"] == 0
+    assert "gpu2" not in r.summary()

@@ -44,6 +44,8 @@ def summary_text(result: Result, top: int = 10) -> str:
     lines.append(f"  energy       {r.energy_j:.4g} J (dynamic {r.dynamic_energy_j:.4g} J, idle "
                  f"{r.idle_energy_j:.4g} J)")
     for d, peak in r.peak_memory_by_device.items():
+        if not peak:
+            continue  # an unused device of a larger system
         cap = r.devices.get(d, {}).get("capacity_bytes")
         of = f" of {fmt_bytes(cap)} ({100 * peak / cap:.1f}%)" if cap else ""
         lines.append(f"  memory peak  {d}: {fmt_bytes(peak)}{of}")
