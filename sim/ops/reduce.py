@@ -5,25 +5,26 @@ opset 13 for Softmax/LogSoftmax/Hardmax: one ``axis``, default -1).
 
 FLOP conventions (per *input* element unless stated):
 
-=================  =====  ===============  =============================================
-op                 FLOP   transcendentals  counted as
-=================  =====  ===============  =============================================
-ReduceSum/Max/Min  1      0                one accumulate per input element
-ReduceProd         1      0                one multiply per input element
-ReduceMean         1      0                + 1 per output element (the divide)
-ReduceL1           2      0                abs, accumulate
-ReduceSumSquare    2      0                square, accumulate
-ReduceL2           2      0                + 2 per output (sqrt, 1 transcendental)
-ReduceLogSum       1      0                + 2 per output (log, 1 transcendental)
-ReduceLogSumExp    4      1                max, sub, exp, accumulate; + 2 per output (log)
-ArgMax/ArgMin      1      0                one compare per input element
-Softmax            5      1                max, sub, exp, sum, divide
-LogSoftmax         5      1                max, sub, exp, sum, sub; + 2 per row (log)
-Hardmax            1      0                one compare per input element
-CumSum             1      0                one add per element
-SoftmaxGrad        4      0                dy*y, row sum, sub, mul
-LogSoftmaxGrad     4      1                exp(y), row sum of dy, mul, sub
-=================  =====  ===============  =============================================
+==================  =====  ===============  =============================================
+op                  FLOP   transcendentals  counted as
+==================  =====  ===============  =============================================
+ReduceSum/Max/Min   1      0                one accumulate per input element
+ReduceProd          1      0                one multiply per input element
+ReduceMean          1      0                + 1 per output element (the divide)
+ReduceL1            2      0                abs, accumulate
+ReduceSumSquare     2      0                square, accumulate
+ReduceL2            2      0                + 1 per output (sqrt, a transcendental)
+ReduceLogSum        1      0                + 1 per output (log, a transcendental)
+ReduceLogSumExp     4      1                max, sub, exp, accumulate; + 2 per output (log, +max)
+ArgMax/ArgMin       1      0                one compare per input element
+Softmax             5      1                max, sub, exp, sum, divide
+LogSoftmax          5      1                max, sub, exp, sum, sub; + 1 per row (log)
+Hardmax             1      0                one compare per input element
+CumSum              1      0                one add per element
+SoftmaxGrad         4      0                dy*y, row sum, sub, mul
+LogSoftmaxGrad      4      1                exp(y), row sum of dy, mul, sub
+ReduceExtremumGrad  3      0                compare, count ties, select
+==================  =====  ===============  =============================================
 """
 
 from __future__ import annotations
@@ -220,10 +221,10 @@ _REDUCE: tuple[tuple[str, Callable[..., Any], Any, Any, str | None], ...] = (
      "gradient assumes nonzero inputs"),
     ("ReduceL1", lambda x, ax, k: np.sum(np.abs(x), axis=ax, keepdims=k), _reduce_work(2), _l1_grad, None),
     ("ReduceL2", lambda x, ax, k: np.sqrt(np.sum(np.square(x), axis=ax, keepdims=k)),
-     _reduce_work(2, 2, 0, 1), _l2_grad, None),
+     _reduce_work(2, 1, 0, 1), _l2_grad, None),
     ("ReduceSumSquare", lambda x, ax, k: np.sum(np.square(x), axis=ax, keepdims=k), _reduce_work(2),
      _sum_square_grad, None),
-    ("ReduceLogSum", lambda x, ax, k: np.log(np.sum(x, axis=ax, keepdims=k)), _reduce_work(1, 2, 0, 1),
+    ("ReduceLogSum", lambda x, ax, k: np.log(np.sum(x, axis=ax, keepdims=k)), _reduce_work(1, 1, 0, 1),
      _log_sum_grad, None),
     ("ReduceLogSumExp", _logsumexp, _reduce_work(4, 2, 1, 1), _log_sum_exp_grad, None),
 )
@@ -353,7 +354,7 @@ defop(
 defop(
     "LogSoftmax",
     infer=_softmax_infer,
-    work=_row_work(5, 1, 2, 1),
+    work=_row_work(5, 1, 1, 1),
     kernel=_axis_kernel(_log_softmax),
     grad=lambda gb, node, dys: [gb.op("LogSoftmaxGrad", [dys[0], node.outputs[0]], **node.attrs)],
     doc="attrs: axis=-1.",
