@@ -284,3 +284,44 @@ def test_dtype_casts_the_graph_first():
     assert seen == [("A", "bf16", 4000.0), ("B", "bf16", 4000.0)]
     # bf16: x 2000 B resident + a 2000 B, then a + b
     assert r.dtype == "bf16" and r.peak_memory_bytes == 4000.0
+
+
+def test_bandwidth_sharing_with_staggered_starts():
+    g = Graph("stagger")
+    g.add_input("x", TensorSpec((10,)))
+    g.add_node("Relu", ["x"], ["p"], name="P")        # 1 s of pure compute on stream 0 ...
+    g.add_node("Relu", ["x"], ["a"], name="A")        # ... while A streams 2 s of memory
+    g.add_node("Relu", ["p"], ["b"], name="B")        # B (1 s of memory) starts when P ends
+    g.set_outputs(["a", "b"])
+
+    def fn(node, work, dev, dtype):
+        return {"P": FixedCost(1.0), "A": FixedCost(2.0, memory_s=2.0, bound="memory"),
+                "B": FixedCost(1.0, memory_s=1.0, bound="memory")}[node.name]
+
+    r = simulate(g, device(), cost_fn=fn, host_inputs=False, streams=2)
+    # 0-1: A alone (1 s served, 1 s left). 1-3: A and B share: each gets 1 s over 2 s.
+    assert spans(r) == [("P", 0.0, 1.0), ("A", 0.0, 3.0), ("B", 1.0, 3.0)]
+
+
+def test_route_through_the_host_when_devices_have_no_direct_link():
+    sysm = SystemSpec("two-pcie", {"gpu0": device("a", host_bw=1000.0),
+                                   "gpu1": device("b", host_bw=500.0)})
+    g = Graph("hop")
+    g.add_input("x", TensorSpec((250,)))
+    g.add_node("Relu", ["x"], ["a"], name="A")
+    g.add_node("Relu", ["a"], ["b"], name="B")
+    g.set_outputs(["b"])
+    r = simulate(g, sysm, cost_fn=table({"A": 1.0, "B": 1.0}), placement={"B": "gpu1"},
+                 host_inputs=False, transfer_fn=lambda link, n: n / link.bandwidth_Bps)
+    # 1000 B: gpu0 -> host at 1000 B/s (1 s), host -> gpu1 at 500 B/s (2 s)
+    assert [(o["name"], o["src"] if "src" in o else o["device"], o["start_s"], o["end_s"])
+            for o in r.ops] == [("A", "gpu0", 0.0, 1.0), ("a->gpu1", "gpu0", 1.0, 2.0),
+                                ("a->gpu1", "host", 2.0, 4.0), ("B", "gpu1", 4.0, 5.0)]
+
+
+def test_no_route_is_a_spec_error():
+    sysm = SystemSpec("islands", {"gpu0": device("a"), "gpu1": device("b")})
+    g = chain()
+    with pytest.raises(SpecError, match="no link from gpu0 to gpu1"):
+        simulate(g, sysm, cost_fn=table({"A": 1.0, "B": 1.0}), placement={"B": "gpu1"},
+                 host_inputs=False)
