@@ -300,3 +300,12 @@ def test_registry_entries_complete():
     for name in ("Conv", "ConvTranspose", "ConvGradData", "ConvGradFilter"):
         op = get_op(name)
         assert op.family == "conv" and (op.grad is not None or op.no_grad)
+
+
+def test_conv_fp16_storage():
+    # fp16 tensors compute in fp32 and are rounded back: close to the fp32 reference
+    x, w = _r(1, 4, 6, 6).astype(np.float16), _r(2, 4, 3, 3).astype(np.float16)
+    (y,) = run_op("Conv", [x, w], dict(pads=[1, 1, 1, 1]))
+    (ref,) = onnx_ref("Conv", [x.astype(F32), w.astype(F32)], dict(pads=[1, 1, 1, 1]))
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(y.astype(F32), ref, rtol=1e-2, atol=2e-2)

@@ -216,3 +216,12 @@ def test_backward_ops_emitted_and_work():
     # global average backward: one 4x4 window
     w = gg.work(emitted["globalaveragepool"])
     assert w.flops == 16 + 1
+
+
+def test_maxpool_int8():
+    x = RNG.integers(-100, 100, (1, 2, 5, 5)).astype(np.int8)
+    _both("MaxPool", x, dict(kernel_shape=[2, 2], strides=[2, 2]), n_out=2)
+    # padding never wins, even against the most negative int8
+    low = np.full((1, 1, 2, 2), -128, np.int8)
+    (y,) = run_op("MaxPool", [low], dict(kernel_shape=[2, 2], pads=[1, 1, 1, 1]), n_out=1)
+    assert y.dtype == np.int8 and (y == -128).all()

@@ -153,11 +153,12 @@ defop(
 )
 
 
-def _maxgrad_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
-    dy, x = need(specs, 2, "MaxPoolGrad")
-    g = _geometry(x.shape, attrs, "MaxPoolGrad")
+def _maxgrad_infer(specs: list[TensorSpec | None], attrs: dict[str, Any],
+                   op: str = "MaxPoolGrad") -> list[TensorSpec]:
+    dy, x = need(specs, 2, op)
+    g = _geometry(x.shape, attrs, op)
     if dy.shape != (*x.shape[:2], *g.out):
-        raise GraphError(f"MaxPoolGrad: dY shape {dy.shape} does not match the pool of {x.shape}")
+        raise GraphError(f"{op}: dY shape {dy.shape} does not match the pool of {x.shape}")
     return [x.with_dtype(dy.dtype)]
 
 
@@ -298,7 +299,7 @@ def _lpgrad_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list
     dy, x, y = need(specs, 3, "LpPoolGrad")
     if y.shape != dy.shape:
         raise GraphError(f"LpPoolGrad: Y {y.shape} and dY {dy.shape} differ")
-    return _maxgrad_infer([dy, x], attrs)
+    return _maxgrad_infer([dy, x], attrs, "LpPoolGrad")
 
 
 def _lpgrad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
