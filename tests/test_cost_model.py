@@ -1,0 +1,271 @@
+"""Cost models against hand numbers: roofline, GPU waves, systolic padding, FPGA DSPs, CPU caches."""
+
+import math
+
+import pytest
+
+from sim.cost import OpCost, op_cost, transfer_time
+from sim.hw import DeviceSpec, LinkSpec, load_hardware, override
+from sim.ops.work import GemmShape, Work
+
+
+def dev(name: str, **changes) -> DeviceSpec:
+    d = load_hardware(name, **changes)
+    assert isinstance(d, DeviceSpec)
+    return d
+
+
+def gemm(m: int, n: int, k: int, elem_bytes: int = 2, batch: int = 1) -> Work:
+    fl = 2.0 * m * n * k * batch
+    return Work(flops=fl, matmul_flops=fl, bytes_read=(m * k + k * n) * elem_bytes * batch,
+                bytes_written=m * n * elem_bytes * batch, gemms=(GemmShape(m, n, k, batch),))
+
+
+def test_big_bf16_gemm_is_compute_bound_near_peak_times_efficiency():
+    h = dev("h100")
+    c = op_cost(gemm(8192, 8192, 8192), h, "bf16")
+    assert isinstance(c, OpCost)
+    assert c.bound == "compute" and c.unit == "tensor"
+    tensor = h.unit("tensor")
+    ideal = 2 * 8192**3 / (tensor.peak_flops["bf16"] * tensor.efficiency["bf16"])
+    assert c.time_s == pytest.approx(ideal, rel=0.04)  # wave quantization + launch: a few %
+    assert c.time_s >= ideal
+    assert c.flops == 2 * 8192**3
+    assert c.energy_j > 0
+
+
+def test_big_fp32_add_is_memory_bound_at_achievable_bandwidth():
+    h = dev("h100")
+    n = 1e8
+    c = op_cost(Work(flops=n, bytes_read=8 * n, bytes_written=4 * n), h, "fp32")
+    assert c.bound == "memory"
+    hbm = h.main_memory
+    expected = 1.2e9 / (hbm.bandwidth_Bps * hbm.efficiency)
+    assert c.memory_s == pytest.approx(expected, rel=1e-9)
+    assert c.time_s == pytest.approx(expected + h.launch_s, rel=1e-9)
+    assert c.time_s == pytest.approx(1.2e9 / 3.0e12, rel=0.03)  # ~3.0 TB/s achievable on H100
+
+
+def test_tiny_op_is_launch_bound():
+    h = dev("h100")
+    c = op_cost(Work(flops=16, bytes_read=128, bytes_written=64), h, "fp32")
+    assert c.bound == "launch"
+    assert c.time_s == pytest.approx(h.launch_s, rel=1e-3)
+
+
+def test_empty_work_costs_nothing():
+    c = op_cost(Work(), dev("h100"), "fp32")
+    assert c.time_s == 0 and c.energy_j == 0
+
+
+def test_skinny_gemm_is_not_predicted_at_peak():
+    h = dev("h100")
+    c = op_cost(gemm(1, 768, 768), h, "bf16")
+    peak = h.unit("tensor").peak_flops["bf16"]
+    assert c.bound in ("memory", "launch")
+    assert c.achieved_flops < 0.01 * peak
+    # at least the launch floor plus streaming the 768x768 weight once
+    assert c.time_s > h.launch_s + 768 * 768 * 2 / h.main_memory.bandwidth_Bps
+
+
+def test_wave_quantization_one_more_tile_costs_a_wave():
+    h = dev("h100", **{"arch.tiles.tensor": [[128, 128]], "launch": "0 us", "memory.hbm.latency": "0 us"})
+    sms = h.arch["sms"]
+    # a K-deep GEMM with exactly one full wave of 128x128 tiles ...
+    full = op_cost(gemm(128 * sms, 128, 8192), h, "bf16").compute_s
+    # ... and one with a single extra tile: two waves, twice the time
+    extra = op_cost(gemm(128 * sms + 1, 128, 8192), h, "bf16").compute_s
+    assert extra == pytest.approx(2 * full, rel=1e-9)
+    # a partial wave costs as much as a full one (K too shallow to split across idle SMs)
+    k = h.arch["split_k_min"]
+    full_k = op_cost(gemm(128 * sms, 128, k), h, "bf16").compute_s
+    half = op_cost(gemm(128 * (sms // 2), 128, k), h, "bf16").compute_s
+    assert half == pytest.approx(full_k, rel=1e-9)
+    # ... unless K is deep enough to split across the idle SMs
+    split = op_cost(gemm(128 * (sms // 2), 128, 8192), h, "bf16").compute_s
+    assert split == pytest.approx(full / 2, rel=1e-9)
+
+
+def test_gemm_time_grows_smoothly_over_the_measured_range():
+    h = dev("h100")
+    times = [op_cost(gemm(s, s, s), h, "bf16").time_s for s in (128, 256, 512, 1024, 2048, 4096, 8192)]
+    assert times == sorted(times)
+
+
+def test_tf32_uses_tensor_cores_fp32_uses_cuda_cores():
+    h = dev("h100")
+    w = gemm(4096, 4096, 4096, elem_bytes=4)
+    tf32 = op_cost(w, h, "tf32")
+    fp32 = op_cost(w, h, "fp32")
+    assert tf32.unit == "tensor" and fp32.unit == "vector"
+    assert fp32.time_s / tf32.time_s == pytest.approx(494.7 * 0.791 / (66.9 * 0.766), rel=0.1)
+
+
+def test_gpu_generations_ordered_for_big_fp16_gemm():
+    w = gemm(8192, 8192, 8192)
+    t = {n: op_cost(w, dev(n), "fp16").time_s for n in ("h100", "a100", "v100")}
+    assert t["h100"] < t["a100"] < t["v100"]
+    # bf16 too (V100 has no bf16 tensor cores: it falls back to the CUDA cores)
+    tb = {n: op_cost(w, dev(n), "bf16").time_s for n in ("h100", "a100", "v100")}
+    assert tb["h100"] < tb["a100"] < tb["v100"]
+    assert op_cost(w, dev("v100"), "bf16").unit == "vector"
+
+
+def test_h200_faster_than_h100_only_when_memory_bound():
+    big_gemm = gemm(8192, 8192, 8192)
+    assert op_cost(big_gemm, dev("h200"), "bf16").time_s == pytest.approx(
+        op_cost(big_gemm, dev("h100"), "bf16").time_s, rel=1e-6)
+    stream = Work(flops=1e9, bytes_read=8e9, bytes_written=4e9)
+    ratio = op_cost(stream, dev("h100"), "fp32").time_s / op_cost(stream, dev("h200"), "fp32").time_s
+    assert ratio == pytest.approx(4.8 / 3.35, rel=0.02)
+
+
+def test_override_changes_cost():
+    stream = Work(flops=1e9, bytes_read=8e9, bytes_written=4e9)
+    base = op_cost(stream, dev("h100"), "fp32").memory_s
+    faster = op_cost(stream, dev("h100", **{"memory.hbm.bandwidth": "6.7 TB/s"}), "fp32").memory_s
+    assert faster == pytest.approx(base / 2, rel=1e-9)
+
+
+def test_two_four_sparsity_doubles_tensor_math_only():
+    h = dev("h100", **{"launch": "0 us"})
+    w = gemm(8192, 8192, 8192)
+    dense = op_cost(w, h, "bf16")
+    sparse = op_cost(w, h, "bf16", sparsity={"kind": "2:4"})
+    # math halves; operand loads into the SMs do not, so the largest tile is load-bound
+    assert 0.45 * dense.matmul_s < sparse.matmul_s < 0.65 * dense.matmul_s
+    assert sparse.energy_j < dense.energy_j
+    # V100 tensor cores have no sparse support; unstructured sparsity does not help a GPU
+    v = dev("v100")
+    assert op_cost(w, v, "fp16", sparsity={"kind": "2:4"}).time_s == op_cost(w, v, "fp16").time_s
+    un = op_cost(w, h, "bf16", sparsity={"kind": "unstructured", "density": 0.1})
+    assert un.time_s == dense.time_s
+
+
+def test_tpu_pads_to_the_mxu():
+    t = dev("tpu-v4", **{"launch": "0 us"})
+    m = 2**20  # long enough that fill/drain is negligible
+    c128 = op_cost(gemm(m, 128, 128), t, "bf16").compute_s
+    c129 = op_cost(gemm(m, 129, 128), t, "bf16").compute_s
+    c256 = op_cost(gemm(m, 256, 128), t, "bf16").compute_s
+    assert c129 == pytest.approx(c256, rel=1e-12)
+    assert c129 > 1.9 * c128
+    # padding along K too
+    assert op_cost(gemm(m, 128, 129), t, "bf16").compute_s == pytest.approx(
+        op_cost(gemm(m, 128, 256), t, "bf16").compute_s, rel=1e-12)
+
+
+def test_tpu_fill_and_drain_and_peak():
+    t = dev("tpu-v4")
+    mxu = t.unit("mxu")
+    arrays, rows, cols, clock = 8, 128, 128, 1.05e9
+    eff = mxu.efficiency["default"]
+    # one 128x128 weight block, m rows streamed: m + rows + cols cycles on one MXU
+    c = op_cost(gemm(64, 128, 128), t, "bf16")
+    # 1 block < 8 MXUs: M is split 8 ways -> 8 rows each
+    # (the datasheet peak, 275 TFLOPS, is 8 x 128 x 128 x 2 x 1.05 GHz rounded: 0.1%)
+    assert c.compute_s == pytest.approx((8 + rows + cols) / clock / eff, rel=2e-3)
+    # a big GEMM approaches peak x efficiency
+    big = op_cost(gemm(16384, 16384, 16384), t, "bf16")
+    ideal = 2 * 16384**3 / (arrays * rows * cols * 2 * clock * eff)
+    assert big.compute_s == pytest.approx(ideal, rel=0.03)
+    assert big.bound == "compute"
+    # int8 on v5e runs twice as fast as bf16 (393 vs 197 TOPS)
+    v5e = dev("tpu-v5e")
+    w = gemm(8192, 8192, 8192, elem_bytes=1)
+    assert op_cost(w, v5e, "bf16").compute_s / op_cost(w, v5e, "int8").compute_s == pytest.approx(
+        393 / 197, rel=0.01)
+
+
+def test_asic_systolic_override_array_size():
+    a = dev("systolic-asic")
+    small = dev("systolic-asic", **{"arch.rows": 64, "arch.cols": 64})
+    w = gemm(4096, 4096, 4096)
+    assert op_cost(w, small, "bf16").compute_s > 3.5 * op_cost(w, a, "bf16").compute_s
+
+
+def test_fpga_dsp_bound_rate():
+    u = dev("alveo-u250")
+    dsps, macs, clock, util = 12288, 2, 300e6, 0.7
+    w = gemm(4096, 4096, 4096, elem_bytes=1)
+    c = op_cost(w, u, "int8")
+    assert c.unit == "dsp"
+    assert c.matmul_s == pytest.approx(w.matmul_flops / (dsps * macs * 2 * clock * util), rel=1e-12)
+    # fp32 uses ~5 DSPs per MAC: 10x slower than int8
+    assert op_cost(w, u, "fp32").matmul_s == pytest.approx(10 * c.matmul_s, rel=1e-9)
+
+
+def test_fpga_unstructured_sparsity_only_below_threshold():
+    u = dev("alveo-u250")
+    w = gemm(4096, 4096, 4096, elem_bytes=1)
+    dense = op_cost(w, u, "int8").matmul_s
+    assert op_cost(w, u, "int8", sparsity={"kind": "unstructured", "density": 0.2}).matmul_s == \
+        pytest.approx(0.2 * dense, rel=1e-12)
+    assert op_cost(w, u, "int8", sparsity={"kind": "unstructured", "density": 0.6}).matmul_s == dense
+
+
+def test_cpu_peak_and_cache_aware_bandwidth():
+    x = dev("xeon-8480", **{"launch": "0 us"})
+    # fp32 GEMM on AVX-512: cores x 16 lanes x 2 FMA x 2 x clock x efficiency
+    w = gemm(4096, 4096, 4096, elem_bytes=4)
+    c = op_cost(w, x, "fp32")
+    assert c.unit == "simd"
+    assert c.matmul_s == pytest.approx(w.matmul_flops / (56 * 64 * 2.0e9 * 0.7), rel=1e-12)
+    # bf16 goes to AMX
+    assert op_cost(w, x, "bf16").unit == "amx"
+    # a 1 MB stream stays in cache; a 4 GB one comes from DRAM
+    small = op_cost(Work(flops=1e5, bytes_read=8e5, bytes_written=4e5), x, "fp32")
+    big = op_cost(Work(flops=1e8, bytes_read=3.2e9, bytes_written=1.6e9), x, "fp32")
+    assert small.memory_level != "dram" and big.memory_level == "dram"
+    assert big.memory_s == pytest.approx(4.8e9 / (307.2e9 * 0.75), rel=1e-9)
+    assert small.memory_s < 1.2e6 / (307.2e9 * 0.75)
+
+
+def test_transcendentals_can_bind_on_sfu():
+    h = dev("h100", **{"launch": "0 us"})
+    n = 1e9
+    # 1e9 exps on few bytes (a pathological case): bound by 16 SFU/clk/SM
+    c = op_cost(Work(flops=n, transcendentals=n, bytes_read=4e3, bytes_written=4e3), h, "fp32")
+    assert c.compute_s == pytest.approx(n / (16 * 132 * 1.98e9), rel=1e-9)
+
+
+def test_energy_counts_flops_and_bytes():
+    h = dev("h100")
+    w = Work(flops=1e9, bytes_read=1e9, bytes_written=0)
+    c = op_cost(w, h, "fp32")
+    expected = 1e9 * h.power.energy_per_flop_j["fp32"] + 1e9 * h.main_memory.energy_per_byte_j
+    assert c.energy_j == pytest.approx(expected)
+
+
+def test_transfer_time():
+    link = LinkSpec("pcie", 64e9, latency_s=1e-5)
+    assert transfer_time(link, 64e9) == pytest.approx(1 + 1e-5)
+    assert transfer_time(link, 0) == 0
+    h = dev("h100")
+    assert h.host_link is not None
+    t = transfer_time(h.host_link, 512 * 2**20)
+    assert t == pytest.approx(9.75e-3, rel=0.02)  # measured: 9.73-9.77 ms pinned copy
+
+
+def test_all_devices_give_finite_costs_for_common_dtypes():
+    from sim.hw import list_hardware
+    from sim.hw.spec import SystemSpec
+
+    w = gemm(512, 512, 512)
+    for name in list_hardware():
+        spec = load_hardware(name)
+        devices = spec.devices.values() if isinstance(spec, SystemSpec) else [spec]
+        for d in devices:
+            for dt in ("fp32", "bf16", "fp16", "int8", "tf32", "fp8", "int64"):
+                c = op_cost(w, d, dt)
+                assert math.isfinite(c.time_s) and c.time_s > 0, (name, dt)
+                e = op_cost(Work(flops=1e6, bytes_read=4e6, bytes_written=4e6), d, dt)
+                assert math.isfinite(e.time_s), (name, dt)
+
+
+def test_specs_are_data():
+    h = dev("h100")
+    h2 = override(h, {"units.tensor.efficiency.bf16": 0.5})
+    assert isinstance(h2, DeviceSpec)
+    w = gemm(8192, 8192, 8192)
+    assert op_cost(w, h2, "bf16").compute_s > 1.6 * op_cost(w, h, "bf16").compute_s
