@@ -148,7 +148,8 @@ def _div(a: Arr, b: Arr) -> Arr:
     if np.issubdtype(a.dtype, np.integer):  # C-style: truncate toward zero
         q = np.floor_divide(a, b)
         return q + ((np.remainder(a, b) != 0) & ((a < 0) ^ (b < 0))).astype(q.dtype)
-    return np.divide(a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):  # x/0 -> inf, 0/0 -> nan (IEEE)
+        return np.divide(a, b)
 
 
 def _div_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
@@ -178,7 +179,8 @@ def _pow_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSpec]
 
 
 def _pow(a: Arr, b: Arr) -> Arr:
-    return np.power(a, b.astype(a.dtype)).astype(a.dtype)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.power(a, b.astype(a.dtype)).astype(a.dtype)
 
 
 def _pow_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
@@ -207,9 +209,10 @@ def _pow_grad_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[Tensor
 def _pow_grad_kernel(xs: list[Any], attrs: Attrs) -> list[Arr]:
     dy, a, b = xs
     b = b.astype(a.dtype)
-    da = dy * b * np.power(a, b - 1)
-    safe = np.where(a > 0, a, 1)
-    db = np.where(a > 0, dy * np.power(a, b) * np.log(safe), 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        da = dy * b * np.power(a, b - 1)
+        safe = np.where(a > 0, a, 1)
+        db = np.where(a > 0, dy * np.power(a, b) * np.log(safe), 0)
     return [_like(da, dy), _like(db, dy)]
 
 
