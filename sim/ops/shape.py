@@ -144,7 +144,7 @@ defop(
 )
 
 
-def _flatten_shape(shape: tuple[int, ...], attrs: Attrs) -> tuple[int, int]:
+def _flatten_shape(shape: tuple[int, ...], attrs: Attrs) -> tuple[int, ...]:
     rank = len(shape)
     axis = int(attrs.get("axis", 1))
     if not -rank <= axis <= rank:
@@ -152,16 +152,6 @@ def _flatten_shape(shape: tuple[int, ...], attrs: Attrs) -> tuple[int, int]:
     axis = axis + rank if axis < 0 else axis
     return math.prod(shape[:axis]), math.prod(shape[axis:])
 
-
-defop(
-    "Flatten",
-    infer=lambda specs, attrs: [need(specs, 1, "Flatten")[0].with_shape(
-        _flatten_shape(need(specs, 1, "Flatten")[0].shape, attrs))],
-    work=free_work,
-    kernel=lambda xs, attrs: [np.reshape(xs[0], _flatten_shape(xs[0].shape, attrs))],
-    grad=_to_input_shape,
-    doc="attrs: axis=1 (in [-rank, rank]); output is 2-D.",
-)
 
 # --------------------------------------------------------------------------- Squeeze, Unsqueeze
 
@@ -200,6 +190,7 @@ def _metadata_op(name: str, fn: Callable[[tuple[int, ...], Attrs], tuple[int, ..
     defop(name, infer=infer, work=free_work, kernel=kernel, grad=_to_input_shape, doc=doc)
 
 
+_metadata_op("Flatten", _flatten_shape, "attrs: axis=1 (in [-rank, rank]); the output is 2-D.")
 _metadata_op("Squeeze", _squeeze_shape, "attrs: axes (default: every size-1 axis).")
 _metadata_op("Unsqueeze", _unsqueeze_shape, "attrs: axes (positions in the output).")
 
