@@ -309,3 +309,49 @@ def test_conv_fp16_storage():
     (ref,) = onnx_ref("Conv", [x.astype(F32), w.astype(F32)], dict(pads=[1, 1, 1, 1]))
     assert y.dtype == np.float16
     np.testing.assert_allclose(y.astype(F32), ref, rtol=1e-2, atol=2e-2)
+
+
+def test_small_cnn_gradient_end_to_end():
+    """Conv -> BatchNormalization (training) -> Relu -> MaxPool -> GlobalAveragePool -> Gemm,
+    differentiated by autodiff and checked against central differences in float64."""
+    from sim.exec import Executor
+    from sim.passes.autodiff import gradients
+
+    g = Graph("cnn")
+    g.add_input("x", TensorSpec((2, 3, 8, 8), "fp64"))
+    for name, shape in [("w", (4, 3, 3, 3)), ("b", (4,)), ("scale", (4,)), ("shift", (4,)),
+                        ("w2", (4, 5)), ("r", (2, 5))]:
+        g.add_input(name, TensorSpec(shape, "fp64"))
+    g.add_param("mean", TensorSpec((4,), "fp64"), "zeros", trainable=False)
+    g.add_param("var", TensorSpec((4,), "fp64"), "ones", trainable=False)
+    (c,) = g.add_node("Conv", ["x", "w", "b"], ["c"], dict(strides=[2, 2], auto_pad="SAME_UPPER"))
+    bn = g.add_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["bn", "", ""],
+                    dict(training_mode=1))
+    (a,) = g.add_node("Relu", [bn[0]], ["a"])
+    (p,) = g.add_node("MaxPool", [a], ["p"], dict(kernel_shape=[2, 2], strides=[2, 2]))
+    (gp,) = g.add_node("GlobalAveragePool", [p], ["gp"])
+    (f,) = g.add_node("Reshape", [gp], ["f"], dict(shape=[2, 4]))
+    (y,) = g.add_node("Gemm", [f, "w2"], ["y"])
+    (m,) = g.add_node("Mul", [y, "r"], ["m"])
+    (loss,) = g.add_node("ReduceSum", [m], ["loss"], dict(keepdims=0))
+    g.set_outputs([loss])
+    wrt = ["x", "w", "b", "scale", "shift", "w2"]
+    gg, gmap = gradients(g, loss, wrt)
+    gg.set_outputs([gmap[t] for t in wrt])
+    feeds = {t: _r(*g.tensors[t].shape, dtype=np.float64) for t in [*wrt, "r"]}
+    ana = Executor(gg).run(feeds).values
+    fwd = Executor(g)
+    eps = 1e-6
+    for t in wrt:
+        num = np.zeros(feeds[t].size)
+        for j in range(feeds[t].size):
+            hi, lo = feeds[t].copy().reshape(-1), feeds[t].copy().reshape(-1)
+            hi[j] += eps
+            lo[j] -= eps
+            fp = fwd.run({**feeds, t: hi.reshape(feeds[t].shape)}).values[loss]
+            fm = fwd.run({**feeds, t: lo.reshape(feeds[t].shape)}).values[loss]
+            num[j] = (float(fp) - float(fm)) / (2 * eps)
+        got = ana[gmap[t]].reshape(-1)
+        # the conv bias gradient is zero in exact arithmetic (training-mode BN removes it)
+        assert np.linalg.norm(got - num) <= 1e-5 * max(np.linalg.norm(num), 1e-4), t
+    assert np.abs(ana[gmap["b"]]).max() < 1e-12

@@ -96,7 +96,14 @@ def spatial_attr(attrs: dict[str, Any], name: str, n: int, default: int) -> tupl
 def window_geometry(
     inp: tuple[int, ...], kernel: tuple[int, ...], attrs: dict[str, Any], ceil_mode: bool = False
 ) -> Geometry:
-    """Output size and padding of a sliding window op (Conv, pools), ONNX rules."""
+    """Output size and padding of a sliding window op (Conv, pools), ONNX rules.
+
+    >>> g = window_geometry((224, 224), (7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]})
+    >>> g.out, g.extent
+    ((112, 112), (229, 229))
+    >>> window_geometry((8,), (3,), {"strides": [2], "auto_pad": "SAME_LOWER"}).pads
+    [1, 0]
+    """
     n = len(inp)
     if len(kernel) != n:
         raise GraphError(f"kernel has {len(kernel)} axes for {n} spatial axes")
@@ -302,7 +309,11 @@ def _conv_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[T
 
 def conv_gemm(n: int, out_sp: tuple[int, ...], cin: int, cout: int, kernel: tuple[int, ...],
               group: int) -> GemmShape:
-    """Implicit GEMM of a forward conv."""
+    """Implicit GEMM of a forward conv.
+
+    >>> conv_gemm(1, (112, 112), 3, 64, (7, 7), 1).flops  # ResNet-50 stem
+    236027904.0
+    """
     return GemmShape(n * math.prod(out_sp), cout // group, cin // group * math.prod(kernel), group)
 
 
