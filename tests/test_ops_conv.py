@@ -355,3 +355,8 @@ def test_small_cnn_gradient_end_to_end():
         # the conv bias gradient is zero in exact arithmetic (training-mode BN removes it)
         assert np.linalg.norm(got - num) <= 1e-5 * max(np.linalg.norm(num), 1e-4), t
     assert np.abs(ana[gmap["b"]]).max() < 1e-12
+
+
+def test_convtranspose_bad_output_padding():
+    with pytest.raises(GraphError, match="output_padding"):
+        run_op("ConvTranspose", [_r(1, 2, 3, 3), _r(2, 1, 3, 3)], dict(strides=[2, 2], output_padding=[2, 0]))

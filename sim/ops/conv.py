@@ -484,6 +484,8 @@ def convtranspose_geometry(x: TensorSpec | tuple[int, ...], w: tuple[int, ...],
     opad = as_tuple(attrs.get("output_padding")) or (0,) * n
     if len(opad) != n:
         raise GraphError(f"output_padding has {len(opad)} values for {n} spatial axes")
+    if any(not 0 <= op < max(s, d) for op, s, d in zip(opad, strides, dil)):
+        raise GraphError(f"output_padding {list(opad)} must be >= 0 and below the stride or dilation")
     eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
     natural = [s * (i - 1) + op + e for s, i, op, e in zip(strides, inp, opad, eff)]
     mode = auto_pad(attrs)
