@@ -53,6 +53,17 @@ def test_tiny_op_is_launch_bound():
     assert c.time_s == pytest.approx(h.launch_s, rel=1e-3)
 
 
+def test_full_reduction_pays_a_second_pass():
+    h = dev("h100")
+    n = 16 * 2**20
+    total = op_cost(Work(flops=n, bytes_read=4 * n, bytes_written=4), h, "fp32")
+    assert total.launch_s == pytest.approx(2 * h.launch_s)
+    assert total.time_s == pytest.approx(2 * h.launch_s + 4 * n / h.main_memory.achievable_Bps)
+    # a row-wise reduction with an output per SM and more is one pass
+    rows = op_cost(Work(flops=n, bytes_read=4 * n, bytes_written=4 * 4096), h, "fp32")
+    assert rows.launch_s == h.launch_s
+
+
 def test_empty_work_costs_nothing():
     c = op_cost(Work(), dev("h100"), "fp32")
     assert c.time_s == 0 and c.energy_j == 0

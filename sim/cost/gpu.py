@@ -76,6 +76,26 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     return total
 
 
+REDUCTION_TILE = 4096  # elements one thread block reduces on its own (CUB's single-tile path)
+
+
+def cross_sm_passes(work_bytes_read: float, work_bytes_written: float, elem_bytes: int,
+                    sms: int, has_gemms: bool) -> int:
+    """Extra kernel passes a reduction needs to combine per-SM partial results.
+
+    An op whose output has fewer elements than there are SMs, but whose input spans more than
+    one block's tile, cannot keep each output in one SM: blocks write partial results and a
+    second kernel combines them (CUB's two-pass DeviceReduce; torch's sum over a whole tensor).
+    """
+    if has_gemms or work_bytes_written <= 0 or elem_bytes <= 0:
+        return 0
+    outputs = work_bytes_written / elem_bytes
+    inputs = work_bytes_read / elem_bytes
+    if outputs < sms and inputs > REDUCTION_TILE * max(outputs, 1.0):
+        return 1
+    return 0
+
+
 def sfu_rate(device: DeviceSpec) -> float:
     """Transcendentals per second (special-function units), 0 if the spec does not say."""
     arch = device.arch

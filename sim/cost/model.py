@@ -135,7 +135,12 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
 
     if work.flops <= 0 and work.bytes <= 0:
         return OpCost(0.0, "memory", "launch", 0.0, 0.0, 0.0, 0.0, 0.0, memory_level=level.name)
-    time_s, bound = combine(compute_s, memory_s, device.launch_s)
+    launch_s = device.launch_s
+    if device.kind == "gpu" and work.flops > 0:
+        passes = gpu.cross_sm_passes(work.bytes_read, work.bytes_written, storage_bytes(dt),
+                                     int(device.arch.get("sms", 1)), bool(work.gemms))
+        launch_s *= 1 + passes
+    time_s, bound = combine(compute_s, memory_s, launch_s)
     if mm_unit is not None and mm_s >= vec_s:
         unit_name = mm_unit.name
     elif vec_unit is not None:
@@ -150,7 +155,7 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
               + work.bytes * level.energy_per_byte_j)
     return OpCost(
         time_s=time_s, unit=unit_name, bound=bound, compute_s=compute_s, memory_s=memory_s,
-        flops=work.flops, bytes=work.bytes, energy_j=energy, launch_s=device.launch_s,
+        flops=work.flops, bytes=work.bytes, energy_j=energy, launch_s=launch_s,
         matmul_s=mm_s, vector_s=vec_s, memory_level=level.name,
     )
 
