@@ -9,7 +9,7 @@ with their input/output bytes and FLOPs; reduce_sum), predicts it with ``sim.cos
 efficiency per dtype, host-link latency and efficiency) and reports the errors with them; the
 fitted values are what ``hwspecs/h100.yaml`` holds.
 
-    python bench/calibrate_h100.py [path.jsonl] [--fit] [--quiet]
+    python bench/calibrate_h100.py [path.jsonl] [--fit | --holdout] [--quiet]
 """
 
 from __future__ import annotations
@@ -178,11 +178,32 @@ def fit(points: list[dict[str, Any]], dev: DeviceSpec) -> dict[str, Any]:
     return changes
 
 
+def _size(p: dict[str, Any]) -> float:
+    return float(p.get("M") or p.get("numel") or p.get("bytes") or 0)
+
+
+def split_alternate(points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, test): within each kind/dtype/op series, sizes alternate between the two."""
+    series: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for p in points:
+        if p["kind"] == "device":
+            continue
+        series.setdefault((p["kind"], str(p.get("dtype")), str(p.get("op"))), []).append(p)
+    train: list[dict[str, Any]] = []
+    test: list[dict[str, Any]] = []
+    for pts in series.values():
+        for i, p in enumerate(sorted(pts, key=_size)):
+            (train if i % 2 == 0 else test).append(p)
+    return train, test
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("path", nargs="?", default=str(DEFAULT), help="measurements (.jsonl)")
     ap.add_argument("--fit", action="store_true", help="fit the parameters first and report with them")
     ap.add_argument("--quiet", action="store_true", help="summary only")
+    ap.add_argument("--holdout", action="store_true",
+                    help="fit on every other size of each kind, report errors on the sizes left out")
     args = ap.parse_args(argv)
     path = Path(args.path)
     if not path.exists():
@@ -191,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     points = load_points(path)
     dev = load_hardware("h100")
     assert isinstance(dev, DeviceSpec)
-    if args.fit:
+    if args.holdout:
+        train, test = split_alternate(points)
+        changes = fit(train, dev)
+        dev = override(dev, changes)  # type: ignore[assignment]
+        print(f"fitted on {len(train)} points; errors on the {len(test)} held-out points:")
+        points = test
+    elif args.fit:
         changes = fit(points, dev)
         print("fitted values (put these in hwspecs/h100.yaml):")
         for k, v in changes.items():
