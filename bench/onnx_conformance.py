@@ -31,7 +31,7 @@ import numpy as np
 
 from sim.errors import GraphError, UnsupportedOpError
 from sim.exec import execute
-from sim.frontends.onnx_import import ONNX_DTYPES, SHAPE_OPERANDS, import_model
+from sim.frontends.onnx_import import EXPANSIONS, ONNX_DTYPES, SHAPE_OPERANDS, import_model
 from sim.ops.registry import has_op
 
 # ONNX op types the importer maps onto a differently named op of ours.
@@ -48,7 +48,7 @@ class CaseResult:
 
 
 def _op_supported(op: str) -> bool:
-    return has_op(MAPPED.get(op, op))
+    return has_op(MAPPED.get(op, op)) or op in EXPANSIONS
 
 
 def _types_in_scope(model: Any) -> str:

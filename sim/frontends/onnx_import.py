@@ -107,6 +107,7 @@ WEIGHT_SLOTS: dict[str, tuple[int, ...]] = {
     "RNN": (1, 2, 3),
 }
 _ELEMENTWISE_WEIGHT_MAX_RANK = 1  # Add/Mul operands count as weights only when 1-D (biases)
+_PASS_THROUGH = frozenset({"Identity", "Transpose", "Cast", "Reshape", "Unsqueeze"})
 
 
 def _attr_value(attr: Any, where: str) -> Any:
@@ -275,32 +276,37 @@ class _Importer:
             return set(wai)
         if wai == "auto" and len(graph.node) < 2:
             return set()  # a one-node model tests its op: its inputs are data
-        uses: dict[str, list[tuple[str, int]]] = {}
+        uses: dict[str, list[Any]] = {}
         for n in graph.node:
             for j, t in enumerate(n.input):
-                uses.setdefault(t, []).append((n.op_type, j))
+                uses.setdefault(t, []).append((n, j))
+
+        def weight_like(t: str, rank: int, depth: int = 0) -> bool:
+            u = uses.get(t, [])
+            if not u or depth > 4:
+                return False
+            for n, j in u:
+                op = n.op_type
+                if op in _PASS_THROUGH and j == 0:
+                    if not all(weight_like(o, rank, depth + 1) for o in n.output if o):
+                        return False
+                elif j not in WEIGHT_SLOTS.get(op, ()):
+                    return False
+                elif op in ("Add", "Mul") and rank > _ELEMENTWISE_WEIGHT_MAX_RANK:
+                    return False
+                elif op == "MatMul" and rank != 2:
+                    return False
+            return True
+
         out = set()
         for vi in cands:
             tt = vi.type.tensor_type
             if tt.elem_type not in (1, 10, 11, 16):
                 continue
             dims = list(tt.shape.dim)
-            if not dims and not uses.get(vi.name):
-                continue
             if any(not d.HasField("dim_value") for d in dims):
                 continue
-            u = uses.get(vi.name, [])
-            if not u:
-                continue
-            ok = True
-            for op, j in u:
-                if j not in WEIGHT_SLOTS.get(op, ()):
-                    ok = False
-                elif op in ("Add", "Mul") and len(dims) > _ELEMENTWISE_WEIGHT_MAX_RANK:
-                    ok = False
-                elif op == "MatMul" and len(dims) != 2:
-                    ok = False
-            if ok:
+            if weight_like(vi.name, len(dims)):
                 out.add(vi.name)
         return out
 
@@ -364,6 +370,12 @@ class _Importer:
             return
         from sim.ops.registry import has_op
 
+        if op in EXPANSIONS and not has_op(op):
+            for t in inputs:
+                if t and t not in self.g.tensors:
+                    self._materialize(t)
+            EXPANSIONS[op](self, name, inputs, outputs, attrs)
+            return
         if not has_op(op):
             raise UnsupportedOpError(f"unsupported ONNX op {op!r}", where=where)
         for t in inputs:
@@ -489,6 +501,42 @@ class _Importer:
             if o:
                 self.consts[o] = np.asarray(v).astype(to_numpy(s.dtype))
         return True
+
+
+def _expand_lrn(imp: _Importer, name: str, inputs: list[str], outputs: list[str],
+                attrs: dict[str, Any]) -> None:
+    """LRN as primitive ops: y = x / (bias + alpha / size * window_sum(x^2)) ** beta, the
+    channel-window sum taken by a 3-D AveragePool (count_include_pad) over [N, 1, C, H, W]."""
+    g = imp.g
+    x = inputs[0]
+    spec = g.tensors[x]
+    size = int(attrs["size"])
+    alpha, beta, bias = (float(attrs.get(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75),
+                                                              ("bias", 1.0)))
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    rank = spec.rank
+    n = g.unique_name
+
+    def node(op: str, ins: list[str], out: str | None = None, **kw: Any) -> str:
+        nm = n(f"{name}.{op.lower()}")
+        return g.add_node(op, ins, [out or nm], kw, name=nm, meta={"onnx_op": "LRN"})[0]
+
+    def const(v: float) -> str:
+        nm = n(f"{name}.const")
+        return g.add_node("Constant", [], [nm], {"value": np.array(v, to_numpy(spec.dtype))},
+                          name=nm)[0]
+
+    sq = node("Mul", [x, x])
+    u = node("Unsqueeze", [sq], axes=[1])
+    k = [size] + [1] * (rank - 2)
+    pads = [lo] + [0] * (rank - 2) + [hi] + [0] * (rank - 2)
+    avg = node("AveragePool", [u], kernel_shape=k, pads=pads, count_include_pad=1)
+    s = node("Squeeze", [avg], axes=[1])
+    d = node("Pow", [node("Add", [node("Mul", [s, const(alpha)]), const(bias)]), const(beta)])
+    node("Div", [x, d], out=outputs[0])
+
+
+EXPANSIONS: dict[str, Any] = {"LRN": _expand_lrn}
 
 
 def import_model(
