@@ -202,3 +202,28 @@ def test_unknown_name_and_bad_yaml(tmp_path):
     with pytest.raises(SpecError) as e2:
         load_hardware(str(p))
     assert str(p) in str(e2.value)
+
+
+@pytest.mark.parametrize("name", ["xeon-8480", "epyc-9654"])
+def test_cpu_simd_peak_matches_width_fma_and_clock(name):
+    c = load_hardware(name)
+    assert isinstance(c, DeviceSpec)
+    a = c.arch
+    lanes = a["simd_bits"] // 32
+    per_core = lanes * a["fma_units"] * 2  # FMA = 2 FLOP
+    if name == "epyc-9654":
+        per_core //= 2  # Zen 4 runs 512-bit ops on 256-bit pipes: half the 512-bit lanes per cycle
+    assert c.unit("simd").peak_flops["fp32"] == pytest.approx(a["cores"] * per_core * a["clock"])
+
+
+@pytest.mark.parametrize("name", ["tpu-v4", "tpu-v5e", "systolic-asic"])
+def test_systolic_peak_matches_array_geometry(name):
+    d = load_hardware(name)
+    assert isinstance(d, DeviceSpec)
+    a = d.arch
+    if d.kind == "tpu":
+        arrays, rows, cols = a["mxus"], a["mxu_rows"], a["mxu_cols"]
+    else:
+        arrays, rows, cols = a["arrays"], a["rows"], a["cols"]
+    matrix = next(u for u in d.units if u.matrix)
+    assert matrix.peak_flops["bf16"] == pytest.approx(arrays * rows * cols * 2 * a["clock"], rel=0.01)
