@@ -65,7 +65,7 @@ def _optimizer_attrs(op: str, hyper: dict[str, Any]) -> dict[str, Any]:
     return {k: attrs.get(k, v) for k, v in DEFAULTS[op].items()}
 
 
-def _add_loss(g: Graph, loss: str, labels: str) -> str:
+def _add_loss(g: Graph, loss: str, labels: str, class_axis: int | None) -> str:
     if loss not in LOSSES:
         raise GraphError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})", where="training_graph")
     if not g.outputs:
@@ -74,15 +74,33 @@ def _add_loss(g: Graph, loss: str, labels: str) -> str:
     spec = g.tensors[y]
     if not is_float(spec.dtype):
         raise GraphError(f"output {y!r} is {spec.dtype}, not floating", where=g.source)
-    if loss == "cross_entropy":
-        if spec.rank < 2:
-            raise GraphError(f"cross_entropy needs scores [N, C, ...], output {y!r} is {spec.shape}",
-                             where=g.source)
-        g.add_input(labels, TensorSpec((spec.shape[0], *spec.shape[2:]), "int64"))
-    else:
+    if loss == "mse":
         g.add_input(labels, spec)
-    (out,) = g.add_node(LOSSES[loss], [y, labels], ["loss"], {"reduction": "mean"}, name="loss",
-                        meta={"role": "loss"})
+        (out,) = g.add_node("MSELoss", [y, labels], ["loss"], {"reduction": "mean"}, name="loss",
+                            meta={"role": "loss"})
+        return out
+    if spec.rank < 2:
+        raise GraphError(f"cross_entropy needs scores [N, C, ...], output {y!r} is {spec.shape}",
+                         where=g.source)
+    axis = (-1 if spec.rank == 3 else 1) if class_axis is None else class_axis
+    axis = axis % spec.rank
+    scores = y
+    if axis == 1:
+        g.add_input(labels, TensorSpec((spec.shape[0], *spec.shape[2:]), "int64"))
+        target = labels
+    elif axis == spec.rank - 1:
+        # [N, ..., C] (a sequence model's [batch, seq, vocab]): flatten to rows of classes
+        lead = spec.shape[:-1]
+        g.add_input(labels, TensorSpec(lead, "int64"))
+        rows = int(np.prod(lead))
+        (scores,) = g.add_node("Reshape", [y], [g.unique_name(f"{y}.rows")],
+                               {"shape": [rows, spec.shape[-1]]}, name=g.unique_name("loss.scores"), meta={"role": "loss"})
+        (target,) = g.add_node("Reshape", [labels], [g.unique_name(f"{labels}.rows")], {"shape": [rows]},
+                               name=g.unique_name("loss.labels"), meta={"role": "loss"})
+    else:
+        raise GraphError(f"class_axis must be 1 or the last axis, got {class_axis}", where="training_graph")
+    (out,) = g.add_node("SoftmaxCrossEntropyLoss", [scores, target], ["loss"], {"reduction": "mean"},
+                        name="loss", meta={"role": "loss"})
     return out
 
 
@@ -94,10 +112,14 @@ def training_graph(
     *,
     segment: int | None = None,
     labels: str = "labels",
+    class_axis: int | None = None,
     **hyper: Any,
 ) -> Graph:
     """One training step of ``graph``: loss, gradients, optimizer update.
 
+    Cross-entropy scores the first output along ``class_axis``: by default axis 1 (``[N, C]``,
+    ``[N, C, H, W]``) except for rank-3 outputs, taken as a sequence model's
+    ``[batch, seq, vocab]`` (classes last; ``labels`` is ``[batch, seq]``).
     ``hyper`` are the optimizer's attributes (``lr``, ``weight_decay``, ``momentum``,
     ``nesterov``, ``beta1``/``beta2`` or ``betas``, ``epsilon``/``eps``). A forward graph made
     by ``sim.passes.precision.amp`` carries ``meta["loss_scale"]``: the backward pass is
@@ -120,7 +142,7 @@ def training_graph(
     attrs = _optimizer_attrs(op, hyper)
     forward_nodes = [n.name for n in graph.topo_order()]
     g = graph.copy(f"{graph.name}.train")
-    loss_t = _add_loss(g, loss, labels)
+    loss_t = _add_loss(g, loss, labels, class_axis)
     params = trainable_params(graph)
     if not params:
         raise GraphError("graph has no trainable parameters", where=graph.source)
@@ -161,7 +183,8 @@ def training_graph(
         "optimizer": optimizer, "optimizer_attrs": attrs, "loss_kind": loss, "grads": dict(grads),
     })
     plan = _checkpoint_plan(graph, forward_nodes, segment) if checkpoint else None
-    out = _rebuild(g, set(forward_nodes) | {"loss"}, plan, keep_params=set(graph.params))
+    loss_nodes = {n.name for n in g.nodes.values() if n.meta.get("role") == "loss"}
+    out = _rebuild(g, set(forward_nodes) | loss_nodes, plan, keep_params=set(graph.params))
     out.meta["checkpoint"] = bool(checkpoint)
     return out.verify()
 
