@@ -166,6 +166,14 @@ def test_tpu_pads_to_the_mxu():
         op_cost(gemm(m, 128, 256), t, "bf16").compute_s, rel=1e-12)
 
 
+def test_tpu_pads_streamed_rows_to_sublanes():
+    t = dev("tpu-v4", **{"launch": "0 us"})
+    # one weight block: M splits over the 8 MXUs, each chunk padded to 8 rows
+    assert op_cost(gemm(57, 128, 128), t, "bf16").compute_s == pytest.approx(
+        op_cost(gemm(64, 128, 128), t, "bf16").compute_s, rel=1e-12)
+    assert op_cost(gemm(65, 128, 128), t, "bf16").compute_s > op_cost(gemm(64, 128, 128), t, "bf16").compute_s
+
+
 def test_tpu_fill_and_drain_and_peak():
     t = dev("tpu-v4")
     mxu = t.unit("mxu")

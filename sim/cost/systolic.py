@@ -5,7 +5,8 @@ while the m rows of A stream through, so K pads to a multiple of ``rows`` and N 
 of ``cols`` (a 129-wide matmul on a 128x128 array costs as much as a 256-wide one). Each block
 takes ``m + rows + cols`` cycles: one per streamed row, plus filling and draining the skewed
 pipeline. Blocks are spread over the arrays; when there are fewer blocks than arrays, M is
-split across them. Other dtypes run at ``peak[dtype] / peak-per-MAC`` MACs per PE per cycle.
+split across them (M itself pads only to ``arch.row_granule``, 8 sublanes on a TPU). Other
+dtypes run at ``peak[dtype] / peak-per-MAC`` MACs per PE per cycle.
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ def array_geometry(device: DeviceSpec) -> tuple[int, int, int, float]:
     return int(a["arrays"]), int(a["rows"]), int(a["cols"]), float(a["clock"])
 
 
-def gemm_cycles(g: GemmShape, arrays: int, rows: int, cols: int) -> float:
-    """Array cycles for one (batched) GEMM at one MAC per PE per cycle."""
+def gemm_cycles(g: GemmShape, arrays: int, rows: int, cols: int, granule: int = 1) -> float:
+    """Array cycles for one (batched) GEMM at one MAC per PE per cycle.
+
+    ``granule``: streamed rows come in groups of this many (a TPU vector register holds 8
+    sublanes x 128 lanes, so M pads to a multiple of 8).
+    """
     if g.m <= 0 or g.n <= 0 or g.k <= 0 or g.batch <= 0:
         return 0.0
     blocks = math.ceil(g.k / rows) * math.ceil(g.n / cols) * g.batch
     chunks = 1
     if blocks < arrays:
         chunks = max(1, min(arrays // blocks, g.m))
-    rows_per_chunk = math.ceil(g.m / chunks)
+    rows_per_chunk = math.ceil(math.ceil(g.m / chunks) / granule) * granule
     waves = math.ceil(blocks * chunks / arrays)
     return waves * (rows_per_chunk + rows + cols)
 
@@ -44,13 +49,14 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     if rate <= 0:
         return math.inf
     arrays, rows, cols, clock = array_geometry(device)
+    granule = int(device.arch.get("row_granule", 1))
     dense_peak = arrays * rows * cols * 2.0 * clock  # one MAC per PE per cycle
     macs_per_cycle = peak / dense_peak  # 1 for bf16, 2 for int8 on v5e, 1/6 for 6-pass fp32
     eff = rate / peak
     total = 0.0
     shaped = 0.0
     for g in gemms:
-        total += gemm_cycles(g, arrays, rows, cols) / (clock * macs_per_cycle * eff)
+        total += gemm_cycles(g, arrays, rows, cols, granule) / (clock * macs_per_cycle * eff)
         shaped += g.flops
     rest = matmul_flops - shaped
     if rest > 1e-6 * max(matmul_flops, 1.0):
