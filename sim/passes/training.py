@@ -94,7 +94,8 @@ def _add_loss(g: Graph, loss: str, labels: str, class_axis: int | None) -> str:
         g.add_input(labels, TensorSpec(lead, "int64"))
         rows = int(np.prod(lead))
         (scores,) = g.add_node("Reshape", [y], [g.unique_name(f"{y}.rows")],
-                               {"shape": [rows, spec.shape[-1]]}, name=g.unique_name("loss.scores"), meta={"role": "loss"})
+                               {"shape": [rows, spec.shape[-1]]}, name=g.unique_name("loss.scores"),
+                               meta={"role": "loss"})
         (target,) = g.add_node("Reshape", [labels], [g.unique_name(f"{labels}.rows")], {"shape": [rows]},
                                name=g.unique_name("loss.labels"), meta={"role": "loss"})
     else:
