@@ -169,3 +169,23 @@ def test_checkpointing_trades_time_for_memory_on_h100():
     # the recompute chains wait for the backward pass (Depend nodes, in place: no memory)
     gates = [n for n in ckpt.nodes.values() if n.op == "Depend"]
     assert gates and all(n.meta["inplace"] == {0: 0} for n in gates)
+
+
+def test_sequence_output_scores_classes_on_the_last_axis():
+    g = Graph("seq")
+    g.add_input("x", TensorSpec((2, 3, 4)))
+    g.add_param("w", TensorSpec((4, 5)), "he")
+    g.add_node("MatMul", ["x", "w"], ["logits"], name="head")
+    g.set_outputs(["logits"])
+    t = training_graph(g, optimizer="sgd", lr=0.1)
+    assert t.inputs["labels"] == TensorSpec((2, 3), "int64")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    y = rng.integers(0, 5, (2, 3))
+    ex = Executor(t, seed=0)
+    z = (x @ ex.params["w"]).reshape(6, 5).astype(np.float64)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    want = -logp[np.arange(6), y.reshape(-1)].mean()
+    assert abs(float(ex.run({"x": x, "labels": y}).values["loss"]) - want) < 1e-5
+    # an explicit class axis 1 treats the output as [N, C, d]
+    assert training_graph(g, class_axis=1).inputs["labels"].shape == (2, 4)
