@@ -79,8 +79,11 @@ def test_resnet50_h100_beats_a100_beats_v100():
     t = {hw: sim.simulate(g, hw, "fp16").makespan_s for hw in ("h100", "a100", "v100")}
     assert t["h100"] < t["a100"] < t["v100"]
     r = sim.simulate(g, "h100", "bf16")
-    bounds = {o["op"]: o["bound"] for o in r.ops if o["op"] in ("Conv", "Relu")}
-    assert bounds.get("Conv") == "compute"
+    convs = [o for o in r.ops if o["op"] == "Conv"]
+    assert len(convs) == 53 and sum(o["bound"] == "compute" for o in convs) >= 10
+    eltwise = [o for o in r.ops if o["op"] in ("Relu", "Add", "BatchNormalization")]
+    assert eltwise and all(o["bound"] in ("memory", "launch") for o in eltwise)
+    assert r.throughput is not None and r.batch == 32
 
 
 def test_gpt3_175b_does_not_fit_one_h100():
