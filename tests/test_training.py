@@ -188,4 +188,4 @@ def test_sequence_output_scores_classes_on_the_last_axis():
     want = -logp[np.arange(6), y.reshape(-1)].mean()
     assert abs(float(ex.run({"x": x, "labels": y}).values["loss"]) - want) < 1e-5
     # an explicit class axis 1 treats the output as [N, C, d]
-    assert training_graph(g, class_axis=1).inputs["labels"].shape == (2, 4)
+    assert training_graph(g, class_axis=1).inputs["labels"].shape == (2, 5)
