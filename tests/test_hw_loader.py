@@ -227,3 +227,24 @@ def test_systolic_peak_matches_array_geometry(name):
         arrays, rows, cols = a["arrays"], a["rows"], a["cols"]
     matrix = next(u for u in d.units if u.matrix)
     assert matrix.peak_flops["bf16"] == pytest.approx(arrays * rows * cols * 2 * a["clock"], rel=0.01)
+
+
+def test_user_system_with_device_file_beside_it(tmp_path):
+    dev_data = _base()
+    dev_data["name"] = "my-gpu"
+    dev_data["memory"][0]["bandwidth"] = "5 TB/s"
+    _write(tmp_path, "my-gpu", dev_data)
+    sys_path = _write(tmp_path, "pair", {
+        "version": 1, "kind": "system", "name": "pair",
+        "devices": {"gpu": {"spec": "my-gpu.yaml", "count": 2}},
+        "links": [{"a": "gpu0", "b": "gpu1", "link": {"name": "nvlink", "bandwidth": "450 GB/s"}}],
+    })
+    s = load_hardware(str(sys_path))
+    assert isinstance(s, SystemSpec)
+    assert s.devices["gpu1"].main_memory.bandwidth_Bps == 5e12
+    assert len(s.links) == 1
+    bad = _write(tmp_path, "bad-sys", {"version": 1, "kind": "system",
+                                       "devices": {"gpu": {"spec": "no-such-gpu", "count": 2}}})
+    with pytest.raises(SpecError) as e:
+        load_hardware(str(bad))
+    assert e.value.where == f"{bad}: devices.gpu.spec"

@@ -314,7 +314,18 @@ _TOPOLOGY_KEYS = ("kind", "shape", "link", "group")
 
 def _group_spec(g: Mapping[str, Any], ctx: _Ctx) -> DeviceSpec:
     overrides = _mapping(g.get("set") or {}, ctx.at("set"))
-    spec = load_hardware(_str(g["spec"], ctx.at("spec")))
+    name = _str(g["spec"], ctx.at("spec"))
+    if name.endswith((".yaml", ".yml")) and not Path(name).is_absolute():
+        for base in (Path(ctx.file).parent, SPEC_DIR.parent / Path(ctx.file).parent):
+            if (base / name).exists():  # a device file beside the system file
+                name = str(base / name)
+                break
+    try:
+        spec = load_hardware(name)
+    except SpecError as e:
+        if e.where == name:  # not found: say which system field named it
+            raise ctx.at("spec").error(e.message) from None
+        raise
     if not isinstance(spec, DeviceSpec):
         raise ctx.at("spec").error(f"{g['spec']!r} is a system, expected a device")
     if overrides:
