@@ -123,3 +123,38 @@ def conv_bn_relu_block(channels: int = 4, size: int = 6, seed: int = 0):
     h = b.op("Relu", [conv_bn("x", "l1")])
     y = b.op("Relu", [b.op("Add", [conv_bn(h, "l2"), "x"])])
     return b.model([x_in], [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)])
+
+
+def resnet50(batch: int = 1, image: int = 224, classes: int = 1000, weights_as_inputs: bool = True,
+             seed: int = 0):
+    """ResNet-50 v1.5 (stride on the 3x3 conv) with BatchNorm kept, as an exporter in
+    training-preserving mode writes it."""
+    b = _Builder(seed, weights_as_inputs)
+    x_in = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, image, image])
+
+    def conv_bn(x, cin, cout, k, stride, name, relu=True):
+        w = b.weight(f"{name}.weight", (cout, cin, k, k), 0.05)
+        y = b.op("Conv", [x, w], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4)
+        bn = [b.weight(f"{name}.bn.{p}", (cout,), value=v) for p, v in (
+            ("weight", np.ones(cout)), ("bias", np.zeros(cout)), ("running_mean", np.zeros(cout)),
+            ("running_var", np.ones(cout)))]
+        y = b.op("BatchNormalization", [y, *bn], epsilon=1e-5)
+        return b.op("Relu", [y]) if relu else y
+
+    h = conv_bn("input", 3, 64, 7, 2, "stem")
+    h = b.op("MaxPool", [h], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = 64
+    for li, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))):
+        for bi in range(blocks):
+            s = stride if bi == 0 else 1
+            p = f"layer{li + 1}.{bi}"
+            y = conv_bn(h, cin, width, 1, 1, f"{p}.conv1")
+            y = conv_bn(y, width, width, 3, s, f"{p}.conv2")
+            y = conv_bn(y, width, width * 4, 1, 1, f"{p}.conv3", relu=False)
+            sc = conv_bn(h, cin, width * 4, 1, s, f"{p}.downsample", relu=False) if bi == 0 else h
+            h = b.op("Relu", [b.op("Add", [y, sc])])
+            cin = width * 4
+    h = b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1)
+    y = b.op("Gemm", [h, b.weight("fc.weight", (classes, 2048)), b.weight("fc.bias", (classes,))],
+             transB=1)
+    return b.model([x_in], [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)])
