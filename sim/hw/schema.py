@@ -1,0 +1,282 @@
+"""The device-spec schema: field readers with units, checked keys, and ``build_device``.
+
+Every reader takes the value and a ``Ctx`` (file + dotted field path) and raises a one-line
+``SpecError`` whose ``where`` is ``"<file>: <field.path>"``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sim.dtypes import ITEMSIZE
+from sim.errors import SpecError
+from sim.hw.spec import DEVICE_KINDS, ComputeUnit, DeviceSpec, LinkSpec, MemoryLevel, PowerSpec
+from sim.hw.units import parse_number, parse_quantity
+
+SUPPORTED_VERSIONS = (1,)
+DTYPES = tuple(d for d in ITEMSIZE if d != "bool")
+
+
+class Ctx:
+    """Where we are: file name and dotted field path, for error messages."""
+
+    def __init__(self, file: str, path: str = "") -> None:
+        self.file = file
+        self.path = path
+
+    def at(self, key: object) -> Ctx:
+        return Ctx(self.file, f"{self.path}.{key}" if self.path else str(key))
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}: {self.path}" if self.path else self.file
+
+    def error(self, message: str) -> SpecError:
+        return SpecError(message, where=self.where)
+
+
+def mapping(value: Any, ctx: Ctx, allowed: Mapping[str, Any] | None = None,
+             required: tuple[str, ...] = ()) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ctx.error(f"expected a mapping, got {type(value).__name__}")
+    if allowed is not None:
+        for key in value:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise ctx.at(key).error(f"unknown key {key!r} (known: {known})")
+    for key in required:
+        if key not in value or value[key] is None:
+            raise ctx.at(key).error("missing required field")
+    return value
+
+
+def _q(kind: str) -> Callable[[Any, Ctx], float]:
+    return lambda v, c: parse_quantity(v, kind, where=c.where)
+
+
+def _num(v: Any, c: Ctx) -> float:
+    return parse_number(v, where=c.where)
+
+
+def _ratio(v: Any, c: Ctx) -> float:
+    return parse_number(v, where=c.where, maximum=1.0)
+
+
+def read_int(v: Any, c: Ctx) -> int:
+    n = int(parse_number(v, where=c.where, integer=True))
+    if n < 1:
+        raise c.error(f"expected a whole number >= 1, got {v!r}")
+    return n
+
+
+def _bool(v: Any, c: Ctx) -> bool:
+    if not isinstance(v, bool):
+        raise c.error(f"expected true or false, got {v!r}")
+    return v
+
+
+def read_str(v: Any, c: Ctx) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise c.error(f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _dtype_map(reader: Callable[[Any, Ctx], float], extra: tuple[str, ...] = ()):
+    def read(v: Any, c: Ctx) -> dict[str, float]:
+        m = mapping(v, c, {d: None for d in DTYPES + extra})
+        return {k: reader(x, c.at(k)) for k, x in m.items()}
+
+    return read
+
+
+def _tiles(v: Any, c: Ctx) -> dict[str, tuple[tuple[int, int], ...]]:
+    m = mapping(v, c)
+    out: dict[str, tuple[tuple[int, int], ...]] = {}
+    for unit, lst in m.items():
+        cu = c.at(unit)
+        if not isinstance(lst, list) or not lst:
+            raise cu.error("expected a list of [rows, cols] tile shapes")
+        shapes = []
+        for i, t in enumerate(lst):
+            if not isinstance(t, list) or len(t) != 2:
+                raise cu.at(i).error(f"expected [rows, cols], got {t!r}")
+            shapes.append((read_int(t[0], cu.at(i)), read_int(t[1], cu.at(i))))
+        out[str(unit)] = tuple(shapes)
+    return out
+
+
+MEMORY_FIELDS = {"name": read_str, "capacity": _q("size"), "bandwidth": _q("bandwidth"),
+           "efficiency": _ratio, "latency": _q("time"), "energy_per_byte": _q("energy_per_byte")}
+_LINK = {"name": read_str, "bandwidth": _q("bandwidth"), "efficiency": _ratio, "latency": _q("time"),
+         "energy_per_byte": _q("energy_per_byte")}
+_UNIT = {"name": read_str, "matrix": _bool, "peak": _dtype_map(_q("compute")),
+         "per_cycle": _dtype_map(_num), "per": read_str,
+         "efficiency": _dtype_map(_ratio, ("default",)), "sparse_2_4": _bool, "sparse_density": _ratio}
+_POWER = {"idle": _q("power"), "tdp": _q("power"), "energy_per_flop": _dtype_map(_q("energy"))}
+
+_ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
+    "gpu": {"sms": read_int, "clock": _q("frequency"), "tiles": _tiles, "split_k_min": read_int,
+            "sm_load_bytes_per_cycle": _num, "sfu_per_sm_per_cycle": _num,
+            "tensor_cores_per_sm": read_int},
+    "tpu": {"cores": read_int, "mxus": read_int, "mxu_rows": read_int, "mxu_cols": read_int,
+            "clock": _q("frequency"), "ici_links": read_int, "vector_lanes": read_int,
+            "row_granule": read_int},
+    "asic": {"arrays": read_int, "rows": read_int, "cols": read_int, "clock": _q("frequency"),
+             "row_granule": read_int},
+    "cpu": {"sockets": read_int, "cores": read_int, "clock": _q("frequency"), "simd_bits": read_int,
+            "fma_units": read_int, "threads_per_core": read_int},
+    "fpga": {"dsps": read_int, "design_clock": _q("frequency"), "macs_per_dsp": _dtype_map(_num),
+             "utilisation": _ratio, "luts": read_int},
+}
+_ARCH_REQUIRED = {
+    "gpu": ("sms", "clock"),
+    "tpu": ("mxus", "mxu_rows", "mxu_cols", "clock"),
+    "asic": ("arrays", "rows", "cols", "clock"),
+    "cpu": ("cores", "clock"),
+    "fpga": ("dsps", "design_clock", "macs_per_dsp", "utilisation"),
+}
+_DEVICE_KEYS = ("version", "name", "kind", "description", "launch", "memory", "units",
+                "host_link", "device_link", "power", "arch")
+
+
+def read(m: Mapping[str, Any], key: str, reader: Callable[[Any, Ctx], Any], ctx: Ctx,
+          default: Any = None) -> Any:
+    if key not in m or m[key] is None:
+        return default
+    return reader(m[key], ctx.at(key))
+
+
+def _memory(v: Any, ctx: Ctx, scale: float) -> MemoryLevel:
+    m = mapping(v, ctx, MEMORY_FIELDS, ("name", "capacity", "bandwidth"))
+    name = read_str(m["name"], ctx.at("name"))
+    c = ctx
+    bw = read(m, "bandwidth", MEMORY_FIELDS["bandwidth"], c)
+    if bw <= 0:
+        raise c.at("bandwidth").error("bandwidth must be > 0")
+    return MemoryLevel(
+        name=name,
+        capacity_bytes=read(m, "capacity", MEMORY_FIELDS["capacity"], c) * scale,
+        bandwidth_Bps=bw * scale,
+        latency_s=read(m, "latency", MEMORY_FIELDS["latency"], c, 0.0),
+        energy_per_byte_j=read(m, "energy_per_byte", MEMORY_FIELDS["energy_per_byte"], c, 0.0),
+        efficiency=read(m, "efficiency", _ratio, c, 1.0),
+    )
+
+
+def read_link(v: Any, ctx: Ctx) -> LinkSpec:
+    m = mapping(v, ctx, _LINK, ("name", "bandwidth"))
+    bw = read(m, "bandwidth", _LINK["bandwidth"], ctx)
+    if bw <= 0:
+        raise ctx.at("bandwidth").error("bandwidth must be > 0")
+    return LinkSpec(
+        name=read_str(m["name"], ctx.at("name")),
+        bandwidth_Bps=bw,
+        latency_s=read(m, "latency", _LINK["latency"], ctx, 0.0),
+        energy_per_byte_j=read(m, "energy_per_byte", _LINK["energy_per_byte"], ctx, 0.0),
+        efficiency=read(m, "efficiency", _ratio, ctx, 1.0),
+    )
+
+
+def _unit(v: Any, ctx: Ctx, kind: str, arch: dict[str, Any]) -> ComputeUnit:
+    m = mapping(v, ctx, _UNIT, ("name",))
+    name = read_str(m["name"], ctx.at("name"))
+    peak: dict[str, float] = read(m, "peak", _UNIT["peak"], ctx, {})
+    eff: dict[str, float] = dict(read(m, "efficiency", _UNIT["efficiency"], ctx, {}))
+    if "per_cycle" in m:
+        if peak:
+            raise ctx.at("per_cycle").error("give either peak or per_cycle, not both")
+        per_cycle = read(m, "per_cycle", _UNIT["per_cycle"], ctx)
+        count = 1.0
+        for key in str(m.get("per", "")).split("*"):
+            key = key.strip()
+            if not key:
+                continue
+            if key not in arch:
+                raise ctx.at("per").error(f"arch has no {key!r} to multiply by")
+            count *= float(arch[key])
+        clock = arch.get("clock", arch.get("design_clock"))
+        if clock is None:
+            raise ctx.at("per_cycle").error("per_cycle needs arch.clock")
+        peak = {d: n * count * clock for d, n in per_cycle.items()}
+    elif "per" in m:
+        raise ctx.at("per").error("per is only meaningful with per_cycle")
+    if kind == "fpga" and not peak:
+        # DSP-limited: every DSP slice does macs_per_dsp multiply-adds (2 FLOP) per design clock.
+        peak = {d: arch["dsps"] * n * 2.0 * arch["design_clock"] for d, n in arch["macs_per_dsp"].items()}
+        eff.setdefault("default", arch["utilisation"])
+    if not peak:
+        raise ctx.at("peak").error("a compute unit needs peak rates (or per_cycle)")
+    return ComputeUnit(
+        name=name,
+        matrix=read(m, "matrix", _bool, ctx, False),
+        peak_flops=peak,
+        efficiency=eff,
+        sparse_2_4=read(m, "sparse_2_4", _bool, ctx, False),
+        sparse_density=read(m, "sparse_density", _ratio, ctx, 0.0),
+    )
+
+
+def check_version(raw: Mapping[str, Any], ctx: Ctx) -> None:
+    if "version" not in raw:
+        raise ctx.at("version").error(f"missing version (supported: {SUPPORTED_VERSIONS})")
+    if raw["version"] not in SUPPORTED_VERSIONS:
+        raise ctx.at("version").error(
+            f"unsupported version {raw['version']!r} (supported: {SUPPORTED_VERSIONS})")
+
+
+def build_device(raw: dict[str, Any], file: str, default_name: str = "") -> DeviceSpec:
+    """Validate a device mapping (as read from YAML) and build its ``DeviceSpec``."""
+    ctx = Ctx(file)
+    m = mapping(raw, ctx, {k: None for k in _DEVICE_KEYS}, ("kind", "memory", "units"))
+    check_version(m, ctx)
+    kind = m["kind"]
+    if kind not in DEVICE_KINDS:
+        raise ctx.at("kind").error(f"unknown device kind {kind!r} (known: {', '.join(DEVICE_KINDS)})")
+    arch_ctx = ctx.at("arch")
+    arch_raw = mapping(m.get("arch") or {}, arch_ctx, _ARCH[kind], _ARCH_REQUIRED[kind])
+    arch = {k: _ARCH[kind][k](v, arch_ctx.at(k)) for k, v in arch_raw.items()}
+    if kind == "cpu":
+        arch.setdefault("sockets", 1)
+    scale = float(arch.get("sockets", 1)) if kind == "cpu" else 1.0  # CPU memory is per socket
+
+    mem_ctx = ctx.at("memory")
+    if not isinstance(m["memory"], list) or not m["memory"]:
+        raise mem_ctx.error("expected a non-empty list of memory levels, outermost first")
+    memory = []
+    for i, lv in enumerate(m["memory"]):
+        name = lv.get("name", i) if isinstance(lv, dict) else i
+        memory.append(_memory(lv, mem_ctx.at(name), scale))
+    names = [lv.name for lv in memory]
+    if len(set(names)) != len(names):
+        raise mem_ctx.error(f"memory level names repeat: {names}")
+
+    units_ctx = ctx.at("units")
+    if not isinstance(m["units"], list) or not m["units"]:
+        raise units_ctx.error("expected a non-empty list of compute units")
+    units = []
+    for i, u in enumerate(m["units"]):
+        name = u.get("name", i) if isinstance(u, dict) else i
+        units.append(_unit(u, units_ctx.at(name), kind, arch))
+
+    power_raw = mapping(m.get("power") or {}, ctx.at("power"), _POWER)
+    power = PowerSpec(
+        idle_w=read(power_raw, "idle", _POWER["idle"], ctx.at("power"), 0.0),
+        tdp_w=read(power_raw, "tdp", _POWER["tdp"], ctx.at("power"), 0.0),
+        energy_per_flop_j=read(power_raw, "energy_per_flop", _POWER["energy_per_flop"], ctx.at("power"), {}),
+    )
+    return DeviceSpec(
+        name=str(m.get("name") or default_name),
+        kind=kind,
+        units=tuple(units),
+        memory=tuple(memory),
+        launch_s=read(m, "launch", _q("time"), ctx, 0.0),
+        host_link=read(m, "host_link", read_link, ctx),
+        device_link=read(m, "device_link", read_link, ctx),
+        power=power,
+        arch=arch,
+        source=file,
+        description=str(m.get("description") or ""),
+        raw=copy.deepcopy(raw),
+    )
