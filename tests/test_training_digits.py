@@ -4,37 +4,12 @@ import numpy as np
 import pytest
 from test_training import mlp
 
-from sim.graph import Graph, TensorSpec
+import sim
 from sim.passes.precision import amp
 from sim.passes.sparsity import prune
 from sim.passes.trainer import Trainer, load_dataset, resize_bilinear
 
 pytest.importorskip("sklearn", reason="the digits dataset is bundled with scikit-learn")
-
-
-def lenet(batch: int = 32, side: int = 28) -> Graph:
-    """LeNet-5 style: conv5-relu-pool, conv5-relu-pool, three linear layers."""
-    g = Graph("lenet")
-    h = g.add_input("x", TensorSpec((batch, 1, side, side)))
-    for i, (cin, cout, pad) in enumerate([(1, 6, 2), (6, 16, 0)]):
-        g.add_param(f"conv{i}.w", TensorSpec((cout, cin, 5, 5)), "he")
-        g.add_param(f"conv{i}.b", TensorSpec((cout,)), "zeros")
-        (h,) = g.add_node("Conv", [h, f"conv{i}.w", f"conv{i}.b"], name=f"conv{i}",
-                          attrs={"pads": [pad] * 4})
-        (h,) = g.add_node("Relu", [h], name=f"conv{i}.act")
-        (h,) = g.add_node("MaxPool", [h], [f"pool{i}"], name=f"pool{i}",
-                          attrs={"kernel_shape": [2, 2], "strides": [2, 2]})
-    (h,) = g.add_node("Flatten", [h], name="flat")
-    n = g.tensors[h].shape[1]
-    for i, (a, b) in enumerate([(n, 120), (120, 84), (84, 10)]):
-        g.add_param(f"fc{i}.w", TensorSpec((a, b)), "he")
-        g.add_param(f"fc{i}.b", TensorSpec((b,)), "zeros")
-        (h,) = g.add_node("MatMul", [h, f"fc{i}.w"], name=f"fc{i}")
-        (h,) = g.add_node("Add", [h, f"fc{i}.b"], name=f"fc{i}.bias")
-        if i < 2:
-            (h,) = g.add_node("Relu", [h], name=f"fc{i}.act")
-    g.set_outputs([h])
-    return g.verify()
 
 
 def test_dataset_adapts_to_the_input_shape():
@@ -48,8 +23,9 @@ def test_dataset_adapts_to_the_input_shape():
 
 
 @pytest.mark.slow
-def test_mlp_reaches_95_percent():
-    g = mlp(32, (784, 128, 64, 10))
+def test_mlp_mnist_reaches_95_percent():
+    # workloads/mlp-mnist.yaml: 784-128-10, digits resized 8x8 -> 28x28
+    g = sim.load("workloads/mlp-mnist.yaml", batch=32)
     d = load_dataset("digits", g.inputs["x"].shape)
     tr = Trainer(g, optimizer="adam", lr=1e-3)
     hist = tr.fit(d.x_train, d.y_train, 4, d.x_test, d.y_test)
@@ -58,11 +34,12 @@ def test_mlp_reaches_95_percent():
 
 
 @pytest.mark.slow
-def test_lenet_reaches_95_percent():
-    g = lenet(32, 28)
+def test_lenet5_reaches_95_percent():
+    # workloads/lenet5.yaml: tanh LeNet-5 on 32x32 inputs (digits resized 8x8 -> 32x32)
+    g = sim.load("workloads/lenet5.yaml", batch=32)
     d = load_dataset("digits", g.inputs["x"].shape)
     tr = Trainer(g, optimizer="adam", lr=2e-3)
-    hist = tr.fit(d.x_train, d.y_train, 4, d.x_test, d.y_test)
+    hist = tr.fit(d.x_train, d.y_train, 2, d.x_test, d.y_test)
     assert hist.epochs[-1].test_accuracy >= 0.95
 
 
