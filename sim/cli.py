@@ -51,6 +51,10 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--trace", metavar="F", help="write a Chrome/Perfetto trace")
     p.add_argument("--plot", metavar="F", help="write a timeline/roofline/memory plot (PNG)")
     p.add_argument("--top", type=int, default=10, help="how many ops to list")
+    p.add_argument("--streams", type=int, default=1,
+                   help="concurrent compute streams per device (they share memory bandwidth)")
+    p.add_argument("--resident-inputs", action="store_true",
+                   help="graph inputs start on the device (no host copy)")
     p.set_defaults(func=_cmd_run)
 
 

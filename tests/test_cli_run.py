@@ -73,3 +73,11 @@ def test_train_and_fuse_change_the_graph(model, tmp_path, capsys):
     assert sorted(ops["fwd"]) == ["MatMul", "Relu"]
     assert "SGDUpdate" in ops["train"] and docs["train"]["graph"].endswith(".train")
     assert len(ops["fused"]) == 1
+
+
+def test_resident_inputs_and_streams(model, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["run", str(model), "--set", "batch=4", "--resident-inputs", "--streams", "2",
+                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [o["op"] for o in doc["ops"]] == ["MatMul", "Relu"]

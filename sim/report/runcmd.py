@@ -56,7 +56,9 @@ def run_command(args: argparse.Namespace) -> int:
     from sim.engine import simulate
 
     graph, hw = build(args)
-    result = simulate(graph, hw, args.dtype, placement=parse_place(getattr(args, "place", None)))
+    result = simulate(graph, hw, args.dtype, placement=parse_place(getattr(args, "place", None)),
+                      streams=getattr(args, "streams", 1),
+                      host_inputs=not getattr(args, "resident_inputs", False))
     print(result.summary(top=getattr(args, "top", 10)))
     outputs = []
     if getattr(args, "json", None):
