@@ -180,6 +180,8 @@ def _base():
         (lambda d: d.__setitem__("version", 7), "version", "unsupported version"),
         (lambda d: d["power"].__setitem__("tdp", "700 J"), "power.tdp", "is an energy"),
         (lambda d: d["host_link"].pop("bandwidth"), "host_link.bandwidth", "missing"),
+        (lambda d: d["arch"]["tiles"].update(tensr=[[64, 64]]), "arch.tiles.tensr", "no compute unit"),
+        (lambda d: d["units"][1].update(name="tensor"), "units", "names repeat"),
     ],
 )
 def test_bad_spec_names_file_and_field(tmp_path, mutate, field, fragment):

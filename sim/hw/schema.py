@@ -259,6 +259,13 @@ def build_device(raw: dict[str, Any], file: str, default_name: str = "") -> Devi
     for i, u in enumerate(m["units"]):
         name = u.get("name", i) if isinstance(u, dict) else i
         units.append(_unit(u, units_ctx.at(name), kind, arch))
+    unit_names = [u.name for u in units]
+    if len(set(unit_names)) != len(unit_names):
+        raise units_ctx.error(f"compute unit names repeat: {unit_names}")
+    for tiled in arch.get("tiles", {}):
+        if tiled not in unit_names:
+            known = ", ".join(unit_names)
+            raise arch_ctx.at("tiles").at(tiled).error(f"no compute unit {tiled!r} (units: {known})")
 
     power_raw = mapping(m.get("power") or {}, ctx.at("power"), _POWER)
     power = PowerSpec(
