@@ -275,7 +275,7 @@ def test_all_devices_give_finite_costs_for_common_dtypes():
         spec = load_hardware(name)
         devices = spec.devices.values() if isinstance(spec, SystemSpec) else [spec]
         for d in devices:
-            for dt in ("fp32", "bf16", "fp16", "int8", "tf32", "fp8", "int64"):
+            for dt in ("fp64", "fp32", "bf16", "fp16", "int8", "tf32", "fp8", "fp8e5m2", "int64", "bool"):
                 c = op_cost(w, d, dt)
                 assert math.isfinite(c.time_s) and c.time_s > 0, (name, dt)
                 e = op_cost(Work(flops=1e6, bytes_read=4e6, bytes_written=4e6), d, dt)

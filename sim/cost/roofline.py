@@ -28,7 +28,10 @@ _FALLBACK = {
     "fp16": "fp32",
     "bf16": "fp32",
     "tf32": "fp32",
+    "fp64": "fp32",
 }
+# A dtype emulated on a narrower unit runs this much slower (fp64 as double-fp32 arithmetic).
+_EMULATION_COST = {("fp64", "fp32"): 4.0}
 
 
 def storage_bytes(dtype: str) -> int:
@@ -57,7 +60,7 @@ def achievable(unit: ComputeUnit, dtype: str) -> float:
         return 0.0
     peak = unit.peak_flops[key]
     eff = unit.efficiency.get(key, unit.efficiency.get("default", 1.0))
-    return peak * eff
+    return peak * eff / _EMULATION_COST.get((dtype, key), 1.0)
 
 
 # Matrix units take a dtype natively or through these same-storage substitutions only.
