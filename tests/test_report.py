@@ -170,3 +170,21 @@ def test_plot_panels_draw_the_records(result):
     assert points == 3
     assert axes[1].lines and max(axes[1].lines[0].get_ydata()) == 100.0
     plt.close(fig)
+
+
+def test_utilisation_panel_and_sweep(result, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from sim.report.plots import plot_sweep, plot_utilisation
+
+    fig, ax = plt.subplots()
+    plot_utilisation(result, ax)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "gpu0/copy:pcie in", "gpu0/tensor", "gpu0/vector"]
+    assert [round(p.get_width(), 1) for p in ax.patches] == [
+        round(100 * 0.128 / 5.128, 1), round(100 * 4 / 5.128, 1), round(100 * 1 / 5.128, 1)]
+    plt.close(fig)
+    rs = [simulate(mlp(), dev(), cost_fn=lambda *a, k=k: float(k), host_inputs=False)
+          for k in (1, 2)]
+    plot_sweep([1, 2], rs, tmp_path / "sweep.png", xlabel="seconds per op")
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,4 +1,5 @@
-"""Matplotlib plots of a ``Result`` (Agg backend, files only): timeline, roofline, memory.
+"""Matplotlib plots of a ``Result`` (Agg backend, files only): timeline, roofline, memory,
+utilisation, and sweeps over several results.
 
 >>> import sim
 >>> r = sim.simulate(sim.load("workloads/mlp-mnist.yaml"), "h100")  # doctest: +SKIP
@@ -8,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
@@ -104,17 +106,66 @@ def plot_memory(result: Result, ax: Any) -> None:
         ax.legend(fontsize=7)
 
 
-def plot_result(result: Result, path: str | os.PathLike[str]) -> None:
-    """Write one figure with the timeline, roofline and memory panels to ``path``."""
-    fig = plt.figure(figsize=(12, 9))
-    grid = fig.add_gridspec(2, 2, height_ratios=[1, 1])
-    plot_timeline(result, fig.add_subplot(grid[0, :]))
-    plot_roofline(result, fig.add_subplot(grid[1, 0]))
-    plot_memory(result, fig.add_subplot(grid[1, 1]))
-    fig.suptitle(f"{result.graph} on {result.hardware}: {result.makespan_s * 1e3:.3f} ms")
-    fig.tight_layout()
+def plot_utilisation(result: Result, ax: Any) -> None:
+    """Busy fraction of the makespan per device unit (bars), FLOP/s fraction of peak (dots)."""
+    rows = [(f"{d}/{u}", s) for d, units in result.utilisation.items() for u, s in units.items()]
+    ys = range(len(rows))
+    ax.barh(list(ys), [100 * s["busy"] for _, s in rows], color="tab:blue", label="busy")
+    fl = [(i, 100 * s["flops_utilisation"]) for i, (_, s) in enumerate(rows)
+          if s["flops_utilisation"] is not None]
+    if fl:
+        ax.scatter([v for _, v in fl], [i for i, _ in fl], color="tab:red", zorder=3,
+                   label="FLOP/s of peak")
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([name for name, _ in rows], fontsize=7)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of makespan / % of peak")
+    ax.set_title("utilisation")
+    if rows:
+        ax.legend(fontsize=7, loc="lower right")
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
     d = os.path.dirname(os.fspath(path))
     if d:
         os.makedirs(d, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_result(result: Result, path: str | os.PathLike[str]) -> None:
+    """Write one figure with timeline, roofline, memory and utilisation panels to ``path``."""
+    fig = plt.figure(figsize=(13, 10))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1, 1])
+    plot_timeline(result, fig.add_subplot(grid[0, :]))
+    plot_roofline(result, fig.add_subplot(grid[1, 0]))
+    plot_memory(result, fig.add_subplot(grid[1, 1]))
+    plot_utilisation(result, fig.add_subplot(grid[1, 2]))
+    fig.suptitle(f"{result.graph} on {result.hardware}: {result.makespan_s * 1e3:.3f} ms")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_sweep(xs: Sequence[float], results: Sequence[Result], path: str | os.PathLike[str],
+               xlabel: str = "batch") -> None:
+    """Makespan, throughput and peak memory against a swept parameter (one result per x).
+
+    >>> rs = [sim.simulate(sim.load("workloads/resnet50.yaml", batch=b), "h100")
+    ...       for b in (1, 8, 32)]                                          # doctest: +SKIP
+    >>> plot_sweep([1, 8, 32], rs, "out/sweep.png")                         # doctest: +SKIP
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    axes[0].plot(xs, [r.makespan_s * 1e3 for r in results], marker="o")
+    axes[0].set_ylabel("makespan (ms)")
+    tp = [(x, r.throughput) for x, r in zip(xs, results) if r.throughput is not None]
+    axes[1].plot([x for x, _ in tp], [t for _, t in tp], marker="o")
+    axes[1].set_ylabel("throughput (samples/s)")
+    axes[2].plot(xs, [r.peak_memory_bytes / 2**30 for r in results], marker="o")
+    axes[2].set_ylabel("peak memory (GiB)")
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+    if results:
+        fig.suptitle(f"{results[0].graph} on {results[0].hardware}")
+    fig.tight_layout()
+    _save(fig, path)

@@ -124,7 +124,7 @@ class Result:
         return summary_text(self, top=top)
 
     def plot(self, path: str | os.PathLike[str]) -> None:
-        """Write a figure with a timeline, a roofline and memory over time."""
+        """Write a figure with a timeline, a roofline, memory over time and utilisation."""
         from sim.report.plots import plot_result
 
         plot_result(self, path)
