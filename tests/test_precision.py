@@ -125,3 +125,12 @@ def test_amp_training_step_keeps_fp32_grads_and_unscales_fp16():
         step_ref = ref["w1.new"] - Executor(g, seed=0).params["w1"]
         step = out["w1.new"] - Executor(g, seed=0).params["w1"]
         assert np.linalg.norm(step - step_ref) < 0.05 * np.linalg.norm(step_ref)
+
+
+def test_training_graph_of_a_tf32_graph_runs_its_backward_matmuls_in_tf32():
+    from sim.passes.training import training_graph
+
+    t = training_graph(cast_graph(_mlp(), "tf32"), optimizer="sgd", lr=0.1)
+    mms = [n for n in t.nodes.values() if n.op == "MatMul"]
+    assert len(mms) == 2  # fc1's forward and its dW (x needs no gradient)
+    assert all(n.meta["compute_dtype"] == "tf32" for n in mms)

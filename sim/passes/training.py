@@ -187,6 +187,11 @@ def training_graph(
     loss_nodes = {n.name for n in g.nodes.values() if n.meta.get("role") == "loss"}
     out = _rebuild(g, set(forward_nodes) | loss_nodes, plan, keep_params=set(graph.params))
     out.meta["checkpoint"] = bool(checkpoint)
+    if graph.meta.get("dtype") in ("tf32", "int8"):
+        # a graph cast to tf32/int8 computes its matmuls so; the backward ones do too
+        for node in out.nodes.values():
+            if "compute_dtype" not in node.meta and out.work(node).matmul_flops > 0:
+                node.meta["compute_dtype"] = graph.meta["dtype"]
     return out.verify()
 
 
