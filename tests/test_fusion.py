@@ -96,3 +96,24 @@ def test_input_graph_untouched():
     before = [(n.name, n.op) for n in g]
     fuse(g)
     assert [(n.name, n.op) for n in g] == before
+
+
+def test_node_reading_two_constants():
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = [helper.make_node("Constant", [], [f"c{i}"],
+                          value=numpy_helper.from_array(np.array(v, np.float32)))
+         for i, v in enumerate((2.0, 3.0))]
+    nodes = [*c, helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Where", ["m", "c0", "c1"], ["w"]),
+             helper.make_node("Add", ["r", "w"], ["y"])]
+    m = helper.make_model(helper.make_graph(
+        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
+                     helper.make_tensor_value_info("m", TensorProto.BOOL, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    g = import_model(m, fold=False)
+    f = fuse(g)
+    x = np.array([-1.0, 0.5, 2.0], np.float32)
+    mask = np.array([True, False, True])
+    np.testing.assert_array_equal(execute(f, {"x": x, "m": mask})["y"],
+                                  np.maximum(x, 0) + np.where(mask, 2.0, 3.0))

@@ -130,13 +130,13 @@ def fuse(graph: Graph) -> Graph:
     made_in: dict[str, int] = {}  # tensor -> group id of its producer
     # Constant nodes read nothing: one with a single consumer joins that consumer's group,
     # the others are emitted first
-    pending_const: dict[str, Node] = {}
+    pending_const: dict[str, list[Node]] = {}
     shared_const: list[Node] = []
     for node in order:
         if node.op == "Constant" and not node.inputs:
             users = [c for t in node.outputs if t for c in graph.consumers(t)]
             if len(users) == 1 and not set(node.outputs) & set(graph.outputs):
-                pending_const[users[0].name] = node
+                pending_const.setdefault(users[0].name, []).append(node)
             else:
                 shared_const.append(node)
             pos[node.name] = -1
@@ -161,9 +161,7 @@ def fuse(graph: Graph) -> Graph:
             target = len(groups)
             groups.append([])
             first.append(pos[node.name])
-        const = pending_const.get(node.name)
-        if const is not None:
-            groups[target].append(const)
+        groups[target].extend(pending_const.get(node.name, []))
         groups[target].append(node)
         for t in node.outputs:
             if t:
