@@ -251,8 +251,10 @@ def train_command(args: Any) -> int:
     trainer = Trainer(model, optimizer=args.optimizer, seed=args.seed, lr=args.lr)
     json_mode = bool(getattr(args, "json", None))
 
+    total = [args.epochs]
+
     def show(log: EpochLog) -> None:
-        print(f"epoch {log.epoch:3d}/{args.epochs}  loss {log.loss:.4f}  "
+        print(f"epoch {log.epoch:3d}/{total[0]}  loss {log.loss:.4f}  "
               f"test accuracy {log.test_accuracy:.4f}")
 
     print(f"training {forward.name} ({forward.param_count:,} params) on {data.name}: "
@@ -274,6 +276,7 @@ def train_command(args: Any) -> int:
         trainer.set_masks(masks)
         pruned = trainer.accuracy(data.x_test, data.y_test)
         fine_epochs = max(1, args.epochs // 2)
+        total[0] = fine_epochs
         print(f"pruned {spec} ({sparsity.describe(masks)}): test accuracy {before:.4f} -> {pruned:.4f}; "
               f"fine-tuning {fine_epochs} epochs")
         fine = trainer.fit(data.x_train, data.y_train, fine_epochs, data.x_test, data.y_test, on_epoch=show)
