@@ -44,7 +44,9 @@ class Args:
         self.used.add(key)
         if key not in self.raw or self.raw[key] is None:
             if default is _REQUIRED:
-                raise GraphError(f"layer {self.kind} needs argument {key!r}")
+                close = difflib.get_close_matches(key, [k for k in self.raw if k != key], n=1)
+                hint = f" (is {close[0]!r} a typo?)" if close else ""
+                raise GraphError(f"layer {self.kind} needs argument {key!r}{hint}")
             return default
         try:
             return resolve(self.raw[key], self.env, strict)
@@ -525,6 +527,7 @@ def lstm(ctx: LayerContext, inputs: list[str], out: str) -> str:
         w = ctx.param(f"W_l{layer_i}", [1, 4 * hidden, in_f], "lstm", dt, hidden=hidden)
         r = ctx.param(f"R_l{layer_i}", [1, 4 * hidden, hidden], "lstm", dt, hidden=hidden)
         b = ctx.param(f"B_l{layer_i}", [1, 8 * hidden], "lstm", dt, hidden=hidden)
+        in_f = hidden
         # layout 1: X [batch, seq, in] -> Y [batch, seq, 1, hidden]
         y = ctx.op("LSTM", [h, w, r, b], suffix=f"l{layer_i}", hidden_size=hidden, layout=1)
         last = layer_i == n_layers - 1

@@ -92,6 +92,9 @@ def _yaml_error(err: yaml.YAMLError, source: str) -> GraphError:
     context = getattr(err, "context", None)
     where = f"{source}:{mark.line + 1}" if mark is not None else source
     col = f" (column {mark.column + 1})" if mark is not None else ""
+    cmark = getattr(err, "context_mark", None)
+    if context and cmark is not None and mark is not None and cmark.line != mark.line:
+        context = f"{context} (from line {cmark.line + 1})"
     text = f"{context}, {problem}" if context else problem
     return GraphError(f"invalid YAML: {text}{col}", where=where)
 
@@ -121,7 +124,9 @@ def _line_table(text: str) -> dict[Path_, int]:
 
 
 def _suggest(name: str, options: Any) -> str:
-    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
+    opts = [str(o) for o in options]
+    close = [o for o in opts if o.lower() == str(name).lower()]
+    close = close or difflib.get_close_matches(str(name), opts, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -195,10 +200,14 @@ class _Scope:
     env: dict[str, Any]
     prefix: str
     path: Path_  # key path of the entry list in the YAML document (for line numbers)
-    label: str   # how errors name the list: "graph", "blocks.decoder.graph in 'h.3'"
+    label: str   # how errors name the list: "graph", "blocks.decoder.graph"
     parent: _Scope | None = None
     bound: dict[str, str] = field(default_factory=dict)
     rename: dict[str, str] = field(default_factory=dict)  # local outputs given caller names
+    inst: str = ""  # the block instance being expanded, for errors: " in 'h.3'"
+
+    def entry(self, i: int) -> str:
+        return f"{self.label}[{i}]{self.inst}"
 
 
 class _Loader:
@@ -216,13 +225,16 @@ class _Loader:
         loc = f"{self.source}:{line}" if line else self.source
         return f"{loc}: {label}{f' ({desc})' if desc else ''}"
 
-    def wrap(self, err: Exception, where: str) -> GraphError:
+    def wrap(self, err: Exception, where: str, inner_node: bool = True) -> GraphError:
+        """Re-raise ``err`` located at an entry; ``inner_node`` keeps the node it names."""
         if getattr(err, "_located", False):
             return err  # type: ignore[return-value]
         if isinstance(err, GraphError):
             inner = err.where or ""
             if inner.startswith(f"{self.source}: "):
                 inner = inner[len(self.source) + 2:]
+            if not inner_node and inner.startswith("node "):
+                inner = ""
             msg = f"{inner}: {err.message}" if inner and inner != self.source else err.message
             new = type(err)(msg, where=where)
         else:
@@ -297,7 +309,7 @@ class _Loader:
         infos = []
         prev = default_in
         for i, entry in enumerate(entries):
-            where = self.where((*scope.path, i), f"{scope.label}[{i}]")
+            where = self.where((*scope.path, i), scope.entry(i))
             try:
                 if not isinstance(entry, dict):
                     raise GraphError(f"an entry must be a mapping, got {entry!r}")
@@ -317,7 +329,7 @@ class _Loader:
             i, entry, ins, outs, name = infos[k]
             kind = next(t for t in ("op", "layer", "block") if t in entry)
             desc = f"{kind} {entry[kind]} {name!r}" if kind != "op" else f"op {entry['op']} -> {outs[0]}"
-            where = self.where((*scope.path, i), f"{scope.label}[{i}]", desc)
+            where = self.where((*scope.path, i), scope.entry(i), desc)
             try:
                 if kind == "op":
                     self.expand_op(entry, ins, outs, name, scope)
@@ -326,7 +338,7 @@ class _Loader:
                 else:
                     self.expand_block(entry, ins, outs, name, scope)
             except (GraphError, ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as err:
-                raise self.wrap(err, where) from None
+                raise self.wrap(err, where, inner_node=kind != "op") from None
         last_outs = infos[-1][3]
         return self.lookup(scope, last_outs[0]) if last_outs else default_in
 
@@ -339,7 +351,7 @@ class _Loader:
                 if t in producer:
                     j = infos[producer[t]][0]
                     raise GraphError(f"tensor {t!r} is produced by entries {j} and {i}",
-                                     where=self.where((*scope.path, i), f"{scope.label}[{i}]"))
+                                     where=self.where((*scope.path, i), scope.entry(i)))
                 producer[t] = k
         deps = [{producer[t] for t in ins if t in producer and producer[t] != k}
                 for k, (_, _, ins, _, _) in enumerate(infos)]
@@ -372,7 +384,7 @@ class _Loader:
             names = " -> ".join(f"{scope.label}[{infos[c][0]}] ({infos[c][3][0]})" for c in cyc)
             first = infos[cyc[0]][0]
             raise GraphError(f"entries form a cycle: {names} -> {scope.label}[{infos[cyc[0]][0]}]",
-                             where=self.where((*scope.path, first), f"{scope.label}[{first}]"))
+                             where=self.where((*scope.path, first), scope.entry(first)))
         return order
 
     def expand_op(self, entry: dict[str, Any], ins: list[str], outs: list[str], name: str,
@@ -424,7 +436,7 @@ class _Loader:
             def expand(entries: list[Any], x: str, prefix: str, what: str,
                        env: dict[str, Any] = env) -> str:
                 sub = _Scope(env, prefix, (*path, what), f"{scope.label}[{path[-1]}].{what}",
-                             parent=scope)
+                             parent=scope, inst=scope.inst)
                 sub.bound[x] = x
                 out = self.expand_list(entries, sub, x)
                 return x if out is None else out
@@ -472,7 +484,7 @@ class _Loader:
             given = {a: expr.resolve(v, env_call) for a, v in args_raw.items()}
             env = resolve_params(decl, given, base=env_call, what=f"argument of block {bname!r}")
             sub = _Scope({**env_call, **env}, f"{inst}.", ("blocks", bname, "graph"),
-                         f"blocks.{bname}.graph in {inst!r}")
+                         f"blocks.{bname}.graph", inst=f" in {inst!r}")
             for loc, glob in zip(b_ins, cur):
                 sub.bound[loc] = glob
             if k == n - 1:
