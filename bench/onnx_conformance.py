@@ -33,11 +33,17 @@ import numpy as np
 
 from sim.errors import GraphError, UnsupportedOpError
 from sim.exec import execute
-from sim.frontends.onnx_import import EXPANSIONS, ONNX_DTYPES, SHAPE_OPERANDS, import_model
+from sim.frontends.onnx_import import (
+    EXPANSIONS,
+    ONNX_DTYPES,
+    RENAMED,
+    SHAPE_OPERANDS,
+    import_model,
+)
 from sim.ops.registry import has_op
 
 # ONNX op types the importer maps onto a differently named op of ours.
-MAPPED = {"Upsample": "Resize"}
+MAPPED = {**RENAMED, "CastLike": "Cast"}
 _SUPPORTED_ELEM = set(ONNX_DTYPES)
 
 

@@ -246,3 +246,41 @@ def test_graph_verified_and_meta(tmp_path):
     g = load_onnx(p)
     assert g.source == p and g.meta["opset"] == 17 and g.meta["format"] == "onnx"
     assert os.path.basename(p) in repr(g.source)
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("LRN", {"size": 3, "alpha": 0.002, "beta": 0.6, "bias": 1.5}),
+    ("LRN", {"size": 4}),
+    ("Swish", {"alpha": 0.7}),
+    ("Shrink", {"lambd": 0.3, "bias": 0.1}),
+    ("MeanVarianceNormalization", {}),
+])
+def test_expanded_ops_match_reference(op, attrs):
+    m = _model([helper.make_node(op, ["x"], ["y"], **attrs)], [_vi("x", [2, 5, 3, 3])],
+               [_vi("y", None)], opset=22 if op == "Swish" else 17)
+    g = import_model(m)
+    assert op not in {n.op for n in g} and all(n.meta.get("onnx_op") == op for n in g
+                                                   if n.op != "Constant")
+    x = RNG.standard_normal((2, 5, 3, 3)).astype(np.float32)
+    # onnx.reference's LRN loops over the batch instead of the channels: use the spec formula
+    (ref,) = _lrn(x, **attrs) if op == "LRN" else _ref(m, {"x": x})
+    np.testing.assert_allclose(execute(g, {"x": x})["y"], ref, rtol=1e-5, atol=1e-6)
+
+
+def _lrn(x, size, alpha=1e-4, beta=0.75, bias=1.0):
+    """ONNX LRN: square_sum[c] = sum of x^2 over channels c - floor((size-1)/2) ..
+    c + ceil((size-1)/2)."""
+    c = x.shape[1]
+    sq = np.zeros_like(x, dtype=np.float64)
+    for i in range(c):
+        lo, hi = max(0, i - (size - 1) // 2), min(c - 1, i + -(-(size - 1) // 2))
+        sq[:, i] = (x[:, lo:hi + 1].astype(np.float64) ** 2).sum(axis=1)
+    return [x / (bias + alpha / size * sq) ** beta]
+
+
+def test_castlike_and_scatter_renamed():
+    m = _model([helper.make_node("CastLike", ["x", "like"], ["y"])],
+               [_vi("x", [3]), _vi("like", [1], TensorProto.DOUBLE)],
+               [_vi("y", None, TensorProto.DOUBLE)])
+    g = import_model(m, weights_as_inputs=False)
+    assert [n.op for n in g] == ["Cast"] and g.tensors["y"].dtype == "fp64"

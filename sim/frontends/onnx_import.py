@@ -405,10 +405,14 @@ class _Importer:
             attrs["constant_value"] = attrs.pop("value")
         if op == "Pad" and "paddings" in attrs:
             attrs["pads"] = attrs.pop("paddings")
-        if op == "Upsample":
-            op = "Resize"
-            if attrs.get("mode") == "linear":
-                attrs["mode"] = "linear"
+        op = RENAMED.get(op, op)
+        if op == "CastLike" and len(inputs) > 1:
+            t = inputs[1]
+            like = self.g.tensors[t].dtype if t in self.g.tensors else (
+                from_numpy(self.consts[t].dtype) if t in self.consts else None)
+            if like is None:
+                raise GraphError(f"CastLike target {t!r} is not defined", where=where)
+            op, inputs, attrs = "Cast", inputs[:1], {**attrs, "to": like}
         if op in ("Softmax", "LogSoftmax", "Hardmax") and self.opset < 13:
             attrs.setdefault("axis", 1)
             attrs["_legacy_2d"] = True
@@ -503,40 +507,82 @@ class _Importer:
         return True
 
 
+class _Emitter:
+    """Writes one ONNX node as several of our ops (for ops the library spells that way)."""
+
+    def __init__(self, imp: _Importer, name: str, onnx_op: str, dtype: str) -> None:
+        self.g, self.name, self.onnx_op, self.dtype = imp.g, name, onnx_op, dtype
+
+    def __call__(self, op: str, ins: list[str], out: str | None = None, **kw: Any) -> str:
+        nm = self.g.unique_name(f"{self.name}.{op.lower()}")
+        return self.g.add_node(op, ins, [out or nm], kw, name=nm,
+                               meta={"onnx_op": self.onnx_op})[0]
+
+    def const(self, v: float) -> str:
+        nm = self.g.unique_name(f"{self.name}.const")
+        return self.g.add_node("Constant", [], [nm], {"value": np.array(v, to_numpy(self.dtype))},
+                               name=nm)[0]
+
+
 def _expand_lrn(imp: _Importer, name: str, inputs: list[str], outputs: list[str],
                 attrs: dict[str, Any]) -> None:
-    """LRN as primitive ops: y = x / (bias + alpha / size * window_sum(x^2)) ** beta, the
-    channel-window sum taken by a 3-D AveragePool (count_include_pad) over [N, 1, C, H, W]."""
-    g = imp.g
+    """LRN: y = x / (bias + alpha / size * window_sum(x^2)) ** beta, the channel-window sum
+    taken by a 3-D AveragePool (count_include_pad) over [N, 1, C, H, W]."""
     x = inputs[0]
-    spec = g.tensors[x]
+    spec = imp.g.tensors[x]
+    e = _Emitter(imp, name, "LRN", spec.dtype)
     size = int(attrs["size"])
     alpha, beta, bias = (float(attrs.get(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75),
                                                               ("bias", 1.0)))
     lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
     rank = spec.rank
-    n = g.unique_name
-
-    def node(op: str, ins: list[str], out: str | None = None, **kw: Any) -> str:
-        nm = n(f"{name}.{op.lower()}")
-        return g.add_node(op, ins, [out or nm], kw, name=nm, meta={"onnx_op": "LRN"})[0]
-
-    def const(v: float) -> str:
-        nm = n(f"{name}.const")
-        return g.add_node("Constant", [], [nm], {"value": np.array(v, to_numpy(spec.dtype))},
-                          name=nm)[0]
-
-    sq = node("Mul", [x, x])
-    u = node("Unsqueeze", [sq], axes=[1])
-    k = [size] + [1] * (rank - 2)
+    u = e("Unsqueeze", [e("Mul", [x, x])], axes=[1])
     pads = [lo] + [0] * (rank - 2) + [hi] + [0] * (rank - 2)
-    avg = node("AveragePool", [u], kernel_shape=k, pads=pads, count_include_pad=1)
-    s = node("Squeeze", [avg], axes=[1])
-    d = node("Pow", [node("Add", [node("Mul", [s, const(alpha)]), const(bias)]), const(beta)])
-    node("Div", [x, d], out=outputs[0])
+    avg = e("AveragePool", [u], kernel_shape=[size] + [1] * (rank - 2), pads=pads,
+            count_include_pad=1)
+    s = e("Squeeze", [avg], axes=[1])
+    d = e("Pow", [e("Add", [e("Mul", [s, e.const(alpha)]), e.const(bias)]), e.const(beta)])
+    e("Div", [x, d], out=outputs[0])
 
 
-EXPANSIONS: dict[str, Any] = {"LRN": _expand_lrn}
+def _expand_swish(imp: _Importer, name: str, inputs: list[str], outputs: list[str],
+                  attrs: dict[str, Any]) -> None:
+    """Swish: x * sigmoid(alpha * x)."""
+    x = inputs[0]
+    e = _Emitter(imp, name, "Swish", imp.g.tensors[x].dtype)
+    ax = e("Mul", [x, e.const(float(attrs.get("alpha", 1.0)))])
+    e("Mul", [x, e("Sigmoid", [ax])], out=outputs[0])
+
+
+def _expand_shrink(imp: _Importer, name: str, inputs: list[str], outputs: list[str],
+                   attrs: dict[str, Any]) -> None:
+    """Shrink: x + bias where x < -lambd, x - bias where x > lambd, else 0."""
+    x = inputs[0]
+    e = _Emitter(imp, name, "Shrink", imp.g.tensors[x].dtype)
+    lambd, bias = float(attrs.get("lambd", 0.5)), float(attrs.get("bias", 0.0))
+    hi = e("Where", [e("Greater", [x, e.const(lambd)]), e("Sub", [x, e.const(bias)]),
+                     e.const(0.0)])
+    e("Where", [e("Less", [x, e.const(-lambd)]), e("Add", [x, e.const(bias)]), hi],
+      out=outputs[0])
+
+
+def _expand_mvn(imp: _Importer, name: str, inputs: list[str], outputs: list[str],
+                attrs: dict[str, Any]) -> None:
+    """MeanVarianceNormalization: (x - mean) / (sqrt(var) + 1e-9) over ``axes``."""
+    x = inputs[0]
+    e = _Emitter(imp, name, "MeanVarianceNormalization", imp.g.tensors[x].dtype)
+    axes = list(attrs.get("axes", [0, 2, 3]))
+    d = e("Sub", [x, e("ReduceMean", [x], axes=axes, keepdims=1)])
+    var = e("ReduceMean", [e("Mul", [d, d])], axes=axes, keepdims=1)
+    e("Div", [d, e("Add", [e("Sqrt", [var]), e.const(1e-9)])], out=outputs[0])
+
+
+EXPANSIONS: dict[str, Any] = {
+    "LRN": _expand_lrn, "Swish": _expand_swish, "Shrink": _expand_shrink,
+    "MeanVarianceNormalization": _expand_mvn,
+}
+# ONNX op types that are another op of ours under a different name
+RENAMED = {"Upsample": "Resize", "Scatter": "ScatterElements"}
 
 
 def import_model(
