@@ -117,3 +117,26 @@ def test_node_reading_two_constants():
     mask = np.array([True, False, True])
     np.testing.assert_array_equal(execute(f, {"x": x, "m": mask})["y"],
                                   np.maximum(x, 0) + np.where(mask, 2.0, 3.0))
+
+
+def test_training_graph_fuses_backward_chains():
+    from sim.passes.autodiff import gradients
+
+    g = Graph("mlp")
+    g.add_input("x", TensorSpec((4, 8)))
+    g.add_param("w", TensorSpec((8, 8)))
+    g.add_param("b", TensorSpec((8,)))
+    g.add_node("MatMul", ["x", "w"], ["h"])
+    g.add_node("Add", ["h", "b"], ["h2"])
+    g.add_node("Relu", ["h2"], ["y"])
+    g.add_input("dy", TensorSpec((4, 8)))
+    tg, grads = gradients(g, ["y"], ["w", "b"], ["dy"])
+    tg.set_outputs(["y", grads["w"], grads["b"]])
+    f = fuse(tg)
+    assert len(f) < len(tg) and f.flops == tg.flops
+    assert any("ReluGrad" in n.meta.get("fused_ops", []) for n in f)
+    feeds = {"x": RNG.standard_normal((4, 8)).astype(np.float32),
+             "dy": RNG.standard_normal((4, 8)).astype(np.float32)}
+    a, b = execute(tg, feeds), execute(f, feeds)
+    for k in tg.outputs:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-6)

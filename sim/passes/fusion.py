@@ -2,7 +2,8 @@
 
 ``fuse(graph)`` returns a new graph in which
 
-* every elementwise op (activations, arithmetic with a bias or a residual, inference-mode
+* every elementwise op (activations, arithmetic with a bias or a residual, comparisons,
+  single-output elementwise backward ops such as ReluGrad, inference-mode
   BatchNormalization, Cast, inference Dropout) and every shape-only op (Reshape, Squeeze,
   Unsqueeze, Flatten, Identity) that directly consumes a tensor made inside a group joins
   that group, so ``MatMul + Add + Gelu`` or ``Conv + BatchNormalization + Add + Relu`` become
@@ -47,9 +48,14 @@ ELEMENTWISE = frozenset({
 })
 
 
+_ELEMENTWISE_FAMILIES = frozenset({"elementwise", "logical"})
+
+
 def _joinable(node: Node) -> bool:
     if node.op in SHAPE_ONLY or node.op in ELEMENTWISE:
         return True
+    if len([o for o in node.outputs if o]) == 1 and get_op(node.op).family in _ELEMENTWISE_FAMILIES:
+        return True  # also the elementwise backward ops (ReluGrad, GeluGrad, ...)
     if node.op == "BatchNormalization":
         return not int(node.attrs.get("training_mode", 0)) and len([o for o in node.outputs if o]) == 1
     if node.op == "Dropout":
