@@ -106,3 +106,16 @@ def test_mse_work_counts():
     g = one_op_graph("MSELoss", [np.zeros((6, 5), np.float32)] * 2)
     w = g.work("node")
     assert w.flops == 3 * 30 and w.bytes_read == 2 * 30 * 4 and w.bytes_written == 4
+
+
+def test_backward_ops_directly_against_hand_formulas():
+    x = rng.standard_normal((4, 3))
+    labels = np.array([0, 2, 1, 2], np.int64)
+    dloss = np.array(2.0)
+    (dx,) = run_op("SoftmaxCrossEntropyLossGrad", [dloss, None, x, labels], {"reduction": "mean"})
+    p = np.exp(x) / np.exp(x).sum(1, keepdims=True)
+    p[np.arange(4), labels] -= 1  # d/dx of mean cross-entropy: (softmax - onehot) / N
+    np.testing.assert_allclose(dx, 2.0 * p / 4, rtol=1e-12)
+    pred, target = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    (dp,) = run_op("MSELossGrad", [dloss, pred, target], {"reduction": "mean"})
+    np.testing.assert_allclose(dp, 2.0 * 2 * (pred - target) / 6, rtol=1e-12)
