@@ -49,6 +49,7 @@ TOP_KEYS = ("name", "version", "description", "source", "dtype", "params", "inpu
 BLOCK_KEYS = ("params", "inputs", "graph", "outputs", "description")
 ENTRY_KEYS = ("op", "layer", "block", "name", "in", "out", "if")
 REPEAT_KEYS = ("repeat", "as", "start")
+INITS = ("normal", "uniform", "zeros", "ones", "he", "xavier", "lstm", "constant")
 BLOCK_ENTRY_KEYS = (*REPEAT_KEYS, "args")
 
 Path_ = tuple[Any, ...]
@@ -389,6 +390,9 @@ class _Loader:
 
     def expand_op(self, entry: dict[str, Any], ins: list[str], outs: list[str], name: str,
                   scope: _Scope) -> None:
+        for k in REPEAT_KEYS:
+            if k in entry:
+                raise GraphError(f"{k!r} applies to layers and blocks, not to ops")
         attrs = {k: expr.resolve(v, scope.env) for k, v in entry.items() if k not in ENTRY_KEYS}
         g_ins = [self.lookup(scope, t) if t else "" for t in ins]
         g_outs = [self.define(scope, t) for t in outs]
@@ -565,9 +569,13 @@ class _Loader:
             if what == "input":
                 self.graph.add_input(name, spec)
             else:
+                init = str(decl.get("init", "normal"))
+                if init not in INITS:
+                    raise GraphError(f"unknown init {init!r}{_suggest(init, INITS)}; inits: "
+                                     f"{', '.join(INITS)}")
                 opts = {k: expr.resolve(decl[k], env, True) for k in ("std", "scale", "value")
                         if k in decl}
-                self.graph.add_param(name, spec, str(decl.get("init", "normal")),
+                self.graph.add_param(name, spec, init,
                                      trainable=bool(decl.get("trainable", True)), **opts)
             scope.bound[name] = name
         except GraphError as err:
