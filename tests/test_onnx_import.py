@@ -284,3 +284,13 @@ def test_castlike_and_scatter_renamed():
                [_vi("y", None, TensorProto.DOUBLE)])
     g = import_model(m, weights_as_inputs=False)
     assert [n.op for n in g] == ["Cast"] and g.tensors["y"].dtype == "fp64"
+
+
+def test_recorded_shapes_are_checked():
+    m = _model([helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])], [_vi("x", ["n", 3])],
+               [_vi("y", [3, "n"])])
+    assert import_model(m, dims={"n": 2}).tensors["y"].shape == (3, 2)
+    bad = _model([helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])], [_vi("x", [2, 3])],
+                 [_vi("y", [2, 3])])
+    with pytest.raises(GraphError, match=r"'y': the model records shape \[2, 3\], the op rules give"):
+        import_model(bad)

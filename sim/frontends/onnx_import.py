@@ -262,9 +262,33 @@ class _Importer:
                 self._materialize(o.name)
             outs.append(o.name)
         self.g.set_outputs(outs)
+        self._check_value_info(graph)
         self.g.meta.update({"format": "onnx", "opset": self.opset,
                             "producer": self.model.producer_name})
         return self.g.verify()
+
+    def _check_value_info(self, graph: Any) -> None:
+        """Shapes the model records (value_info, outputs) must equal the ones our rules derive;
+        symbolic dims are bound from ``dims`` or skipped."""
+        for vi in list(graph.value_info) + list(graph.output):
+            spec = self.g.tensors.get(vi.name)
+            if spec is None or not vi.type.HasField("tensor_type"):
+                continue
+            tt = vi.type.tensor_type
+            if not tt.HasField("shape"):
+                continue
+            dims = []
+            for d in tt.shape.dim:
+                if d.HasField("dim_value"):
+                    dims.append(int(d.dim_value))
+                elif d.dim_param in self.dims:
+                    dims.append(self.dims[d.dim_param])
+                else:
+                    dims.append(None)
+            if len(dims) != spec.rank or any(a is not None and a != b for a, b in zip(dims, spec.shape)):
+                shown = [d if d is not None else "?" for d in dims]
+                raise GraphError(f"tensor {vi.name!r}: the model records shape {shown}, the op "
+                                 f"rules give {list(spec.shape)}", where=self.source)
 
     # ------------------------------------------------------------------ weights as inputs
     def _weight_inputs(self, graph: Any, inits: dict[str, Any]) -> set[str]:
