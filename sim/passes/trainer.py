@@ -220,8 +220,14 @@ def _load_workload(args: Any) -> Graph:
     from sim.frontends import load
 
     sets = parse_sets(getattr(args, "set", None))
-    sets.setdefault("batch", args.batch)
-    return load(args.workload, **sets)
+    if "batch" in sets:
+        return load(args.workload, **sets)
+    try:
+        return load(args.workload, **sets, batch=args.batch)
+    except GraphError as err:
+        if "'batch'" not in err.message:
+            raise
+        return load(args.workload, **sets)  # no batch param: the workload's own batch
 
 
 def _simulate_step(graph: Graph, hw: str) -> tuple[float, float]:
