@@ -454,6 +454,30 @@ def test_attention_matches_numpy(heads, kv_heads, causal):
     np.testing.assert_allclose(_run(g, {"x": x}, p)["attn"], want, rtol=1e-4, atol=1e-5)
 
 
+def test_attention_mask_input_and_n_kv_heads_alias():
+    g = _load("""
+        name: t
+        inputs: {x: {shape: [2, 4, 8]}, mask: {shape: [4, 4]}}
+        graph:
+          - {layer: attention, name: attn, in: [x, mask], heads: 4, n_kv_heads: 2}
+    """)
+    assert g.params["attn.k.weight"].shape == (8, 4)
+    p = _feeds_params(g)
+    rng = np.random.default_rng(9)
+    x, mask = rng.standard_normal((2, 4, 8)), rng.standard_normal((4, 4))
+    B, S, H, KV, hd = 2, 4, 4, 2, 2
+
+    def lin(t, n):
+        return t @ p[f"attn.{n}.weight"] + p[f"attn.{n}.bias"]
+
+    q = lin(x, "q").reshape(B, S, H, hd).transpose(0, 2, 1, 3)
+    k = np.repeat(lin(x, "k").reshape(B, S, KV, hd).transpose(0, 2, 1, 3), 2, 1)
+    v = np.repeat(lin(x, "v").reshape(B, S, KV, hd).transpose(0, 2, 1, 3), 2, 1)
+    a = _softmax(q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd) + mask)
+    want = lin((a @ v).transpose(0, 2, 1, 3).reshape(B, S, 8), "o")
+    np.testing.assert_allclose(_run(g, {"x": x, "mask": mask}, p)["attn"], want, rtol=1e-4, atol=1e-5)
+
+
 def _rope_ref(t, base=10000.0):
     # t [B, H, S, hd]; rotate halves (non-interleaved), as in Llama / ONNX interleaved=0
     S, hd = t.shape[2], t.shape[3]

@@ -405,6 +405,13 @@ def _rotary_positions(ctx: LayerContext, batch: int, seq: int) -> str:
     return name
 
 
+def _kv_heads(a: Args, heads: int) -> int:
+    """``kv_heads`` (alias ``n_kv_heads``), default ``heads``."""
+    if a.has("kv_heads") and a.has("n_kv_heads"):
+        raise GraphError("give kv_heads or n_kv_heads, not both")
+    return a.integer("n_kv_heads") if a.has("n_kv_heads") else a.integer("kv_heads", heads)
+
+
 @layer("attention")
 def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
     """Multi-head self-attention on ``[batch, seq, dim]``: q/k/v projections, heads split by
@@ -420,7 +427,7 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
         raise GraphError(f"attention expects [batch, seq, dim], got {list(xs.shape)}")
     bsz, seq, dim = xs.shape
     heads = a.integer("heads")
-    kv_heads = a.integer("kv_heads", heads)
+    kv_heads = _kv_heads(a, heads)
     if heads <= 0 or kv_heads <= 0 or heads % kv_heads:
         raise GraphError(f"heads ({heads}) must be a positive multiple of kv_heads ({kv_heads})")
     if not a.has("head_dim") and dim % heads:
@@ -483,7 +490,7 @@ def transformer_block(ctx: LayerContext, inputs: list[str], out: str) -> str:
     eps = a.number("eps", 1e-5)
     prenorm = a.flag("prenorm", True)
     bias = a.flag("bias", True)
-    att: dict[str, Any] = {"heads": a.integer("heads"), "kv_heads": a.integer("kv_heads", a.integer("heads")),
+    att: dict[str, Any] = {"heads": a.integer("heads"), "kv_heads": _kv_heads(a, a.integer("heads")),
                            "causal": a.flag("causal", False), "bias": bias,
                            "rotary": a.flag("rotary", False),
                            "rotary_base": a.number("rotary_base", 10000.0)}
