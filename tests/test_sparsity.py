@@ -8,6 +8,7 @@ from sim.errors import GraphError
 from sim.graph import Graph, TensorSpec
 from sim.passes.precision import amp
 from sim.passes.sparsity import (
+    magnitude_masks,
     nm_mask,
     parse_prune,
     prunable_params,
@@ -101,3 +102,22 @@ def test_2_4_speeds_up_a_gemm_on_h100():
     sparse_t = sim.simulate(sparse, "h100", host_inputs=False).makespan_s
     # 2:4 sparse tensor cores double the math rate: a compute-bound GEMM gets up to 2x faster
     assert 1.3 < dense_t / sparse_t <= 2.0
+
+
+def test_2_4_layout_follows_each_consumer():
+    import sim
+    from sim.passes.sparsity import _k_layout
+
+    lenet = sim.load("workloads/lenet5.yaml", batch=2)
+    assert _k_layout(lenet, "c3.weight") == "flat"  # Conv weight [16, 6, 5, 5]: K = 6*5*5
+    assert _k_layout(lenet, "f5.weight") == "rows"  # MatMul x @ W[K, N]
+    g = Graph("gemm")
+    g.add_input("x", TensorSpec((2, 8)))
+    g.add_param("w", TensorSpec((3, 8)))
+    g.add_node("Gemm", ["x", "w"], ["y"], {"transB": 1}, name="fc")
+    g.set_outputs(["y"])
+    assert _k_layout(g, "w") == "cols"  # Gemm B [N, K] with transB: K is the last axis
+    params = {"c3.weight": rng.standard_normal((16, 6, 5, 5))}
+    masks = magnitude_masks(params, ["c3.weight"], parse_prune("2:4"), lenet)
+    flat = masks["c3.weight"].reshape(16, 150)
+    assert (flat[:, :148].reshape(16, 37, 4).sum(-1) == 2).all() and (flat[:, 148:] == 1).all()
