@@ -97,3 +97,20 @@ def test_unsupported_aten_op_is_named():
 
     with pytest.raises(UnsupportedOpError, match="ATen op"):
         load_module(Odd(), (torch.randn(3, 3),))
+
+
+def test_small_bert_with_arange_and_zeros_like():
+    from torch_nets import Bert
+
+    m = Bert(vocab=100, d=32, layers=2, heads=4, ffn=64, max_pos=16)
+    g = _check(m, torch.randint(0, 100, (2, 8)), rtol=1e-4, atol=1e-5)
+    assert {"Range", "ConstantOfShape", "Gather", "LayerNormalization"} <= {n.op for n in g}
+
+
+@pytest.mark.slow
+def test_resnet50_module():
+    from torch_nets import ResNet50
+
+    m = ResNet50()
+    g = _check(m, torch.randn(1, 3, 64, 64), rtol=1e-4, atol=1e-5)
+    assert g.param_count == 25_557_032  # torchvision's ResNet-50

@@ -486,6 +486,34 @@ def _sdpa(c: _Ctx, a: list[Any], kw: dict[str, Any]) -> Any:
     return c.op("MatMul", [c.op("Softmax", [s], axis=-1), v])
 
 
+def _out_dtype(c: _Ctx) -> str:
+    val = c.node.meta.get("val")
+    return torch_dtype(val.dtype, where=c.where)
+
+
+@_aten("aten.arange.default", "aten.arange.start", "aten.arange.start_step")
+def _arange(c: _Ctx, a: list[Any], kw: dict[str, Any]) -> Any:
+    vals = list(a) + [None] * (3 - len(a))
+    start, end, step = (0, vals[0], 1) if len(a) == 1 else (vals[0], vals[1], vals[2] or 1)
+    from sim.dtypes import to_numpy
+
+    dt = to_numpy(_out_dtype(c))
+    return c.op("Range", [], start=np.array(start, dt), limit=np.array(end, dt),
+                delta=np.array(step, dt))
+
+
+@_aten("aten.zeros_like.default", "aten.ones_like.default", "aten.full_like.default",
+       "aten.zeros.default", "aten.ones.default", "aten.full.default")
+def _fill(c: _Ctx, a: list[Any], kw: dict[str, Any]) -> Any:
+    kind = str(c.node.target).split(".")[1]
+    shape = list(c.node.meta["val"].shape)
+    value = 0 if kind.startswith("zeros") else 1 if kind.startswith("ones") else a[1]
+    from sim.dtypes import to_numpy
+
+    return c.op("ConstantOfShape", [], shape=[int(d) for d in shape],
+                value=np.array([value], to_numpy(_out_dtype(c))))
+
+
 @_aten("aten.dropout.default", "aten.clone.default", "aten.contiguous.default",
        "aten.alias.default", "aten.detach.default", "aten.lift_fresh_copy.default",
        "aten.feature_dropout.default")
