@@ -145,7 +145,7 @@ def test_gpt2_head_is_tied():
 
 
 def test_wavenet_dilations_cycle():
-    g = sim.load("wavenet", samples=64)
+    g = sim.load("wavenet", seq=64)
     dil = [g.nodes[f"layers.{i}.filter"].attrs["dilations"][0] for i in range(30)]
     assert dil == [2 ** (i % 10) for i in range(30)]
     assert g.nodes["layers.9.gate"].attrs["pads"] == [512, 0]
@@ -182,7 +182,7 @@ TINY = {
     "llama2-7b": dict(batch=2, seq=8, vocab=50, d=32, heads=4, kv_heads=2, ffn=48, n_layer=2),
     "bert-base": dict(batch=2, seq=8, max_pos=16, vocab=50, d=32, heads=2, n_layer=1),
     "lstm-lm": dict(batch=2, seq=6, vocab=50, hidden=16),
-    "wavenet": dict(batch=1, samples=32, layers=4, res_ch=8, dil_ch=8, skip_ch=16),
+    "wavenet": dict(batch=1, seq=32, layers=4, res_ch=8, dil_ch=8, skip_ch=16),
     "resnet50": dict(batch=1, image=32, classes=5),
 }
 
