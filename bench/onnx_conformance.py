@@ -43,7 +43,7 @@ from sim.frontends.onnx_import import (
 from sim.ops.registry import has_op
 
 # ONNX op types the importer maps onto a differently named op of ours.
-MAPPED = {**RENAMED, "CastLike": "Cast"}
+MAPPED = {**RENAMED, "CastLike": "Cast", "Compress": "Gather"}
 _SUPPORTED_ELEM = set(ONNX_DTYPES)
 
 
@@ -84,7 +84,8 @@ def _bound_inputs(model: Any) -> set[str]:
     ins = {vi.name for vi in model.graph.input}
     out = set()
     for n in model.graph.node:
-        for j, _, _ in SHAPE_OPERANDS.get(MAPPED.get(n.op_type, n.op_type), ()):
+        operands = SHAPE_OPERANDS.get(n.op_type) or SHAPE_OPERANDS.get(MAPPED.get(n.op_type, ""), [])
+        for j, _, _ in operands:
             if j < len(n.input) and n.input[j] in ins:
                 out.add(n.input[j])
     return out

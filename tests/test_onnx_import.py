@@ -294,3 +294,29 @@ def test_recorded_shapes_are_checked():
                  [_vi("y", [2, 3])])
     with pytest.raises(GraphError, match=r"'y': the model records shape \[2, 3\], the op rules give"):
         import_model(bad)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1, None])
+def test_compress_with_constant_condition(axis):
+    cond = np.array([True, False, True], bool)
+    attrs = {} if axis is None else {"axis": axis}
+    m = _model([helper.make_node("Compress", ["x", "c"], ["y"], **attrs)], [_vi("x", [3, 3])],
+               [_vi("y", None)], [numpy_helper.from_array(cond, "c")])
+    g = import_model(m)
+    assert "Gather" in {n.op for n in g}
+    x = RNG.standard_normal((3, 3)).astype(np.float32)
+    (ref,) = _ref(m, {"x": x})
+    np.testing.assert_array_equal(execute(g, {"x": x})["y"], ref)
+
+
+def test_nonzero_only_of_constants():
+    c = np.array([[1, 0], [0, 3]], np.int64)
+    m = _model([helper.make_node("NonZero", ["c"], ["nz"]),
+                helper.make_node("Cast", ["nz"], ["y"], to=TensorProto.FLOAT)],
+               [], [_vi("y", None)], [numpy_helper.from_array(c, "c")])
+    g = import_model(m)
+    np.testing.assert_array_equal(execute(g)["y"], np.array(np.nonzero(c), np.float32))
+    m2 = _model([helper.make_node("NonZero", ["x"], ["y"], name="nz")], [_vi("x", [3])],
+                [_vi("y", None, TensorProto.INT64)])
+    with pytest.raises(UnsupportedOpError, match=r"node 'nz' \(NonZero\): .*data-dependent"):
+        import_model(m2)

@@ -79,12 +79,14 @@ SHAPE_OPERANDS: dict[str, list[tuple[int, str, int]]] = {
     "CenterCropPad": [(1, "shape", 18)],
     "Dropout": [(1, "ratio", 12), (2, "training_mode", 12)],
     "CumSum": [(1, "axis", 11)],
+    "Compress": [(1, "condition", 9)],
 }
 for _r in ("ReduceMax", "ReduceMin", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2",
            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"):
     SHAPE_OPERANDS[_r] = [(1, "axes", 18)]
 # attributes whose values stay 0-d arrays (their dtype matters)
-_KEEP_ARRAY = {("Range", "start"), ("Range", "limit"), ("Range", "delta")}
+_KEEP_ARRAY = {("Range", "start"), ("Range", "limit"), ("Range", "delta"),
+               ("Compress", "condition")}
 # legacy attributes with no meaning in our ops
 _DROP_ATTRS = {"consumed_inputs", "is_test", "spatial", "broadcast"}
 
@@ -131,7 +133,7 @@ def _attr_value(attr: Any, where: str) -> Any:
 def _operand_attr(op: str, name: str, arr: np.ndarray) -> Any:
     """The attribute value for a constant shape operand."""
     if (op, name) in _KEEP_ARRAY:
-        return np.asarray(arr).reshape(())
+        return np.asarray(arr).reshape(()) if op == "Range" else np.asarray(arr)
     arr = np.asarray(arr)
     if arr.ndim == 0:
         return arr.item()
@@ -277,7 +279,7 @@ class _Importer:
             tt = vi.type.tensor_type
             if not tt.HasField("shape"):
                 continue
-            dims = []
+            dims: list[int | None] = []
             for d in tt.shape.dim:
                 if d.HasField("dim_value"):
                     dims.append(int(d.dim_value))
@@ -380,6 +382,14 @@ class _Importer:
         inputs = list(node.input)
         outputs = list(node.output)
         op, inputs, attrs = self._translate(op, inputs, attrs, where)
+        if op == "NonZero":
+            if inputs[0] not in self.consts:
+                raise UnsupportedOpError("NonZero of a non-constant tensor has a data-dependent "
+                                         "shape", where=where)
+            self.consts[outputs[0]] = np.array(np.nonzero(self.consts[inputs[0]]), np.int64)
+            return
+        if op == "Compress":
+            op, inputs, attrs = self._compress(inputs, attrs, name)
         if op == "Split" and "split" not in attrs and "num_outputs" not in attrs:
             attrs["num_outputs"] = len(outputs)  # opset < 18: equal parts, one per output
         if op == "Constant":
@@ -462,6 +472,27 @@ class _Importer:
         if attrs.pop("_legacy_2d", False):
             op, inputs, attrs = self._legacy_softmax(op, inputs, attrs, where)
         return op, inputs, attrs
+
+    def _compress(self, inputs: list[str], attrs: dict[str, Any],
+                  name: str) -> tuple[str, list[str], dict[str, Any]]:
+        """Compress with a constant condition: a Gather of the kept positions (flattened
+        first when there is no axis). The shape is static because the condition is known."""
+        cond = np.asarray(attrs.pop("condition"), dtype=bool).reshape(-1)
+        x = inputs[0]
+        if x not in self.g.tensors:
+            self._materialize(x)
+        if "axis" not in attrs:
+            n = self.g.tensors[x].numel
+            (x,) = self.g.add_node("Reshape", [x], None, {"shape": [n]},
+                                   name=self.g.unique_name(f"{name}.flatten"))
+            axis = 0
+        else:
+            axis = int(attrs["axis"])
+        size = self.g.tensors[x].shape[axis % self.g.tensors[x].rank]
+        keep = np.nonzero(cond[:size])[0].astype(np.int64)
+        idx = self.g.unique_name(f"{name}.indices")
+        self.g.add_node("Constant", [], [idx], {"value": keep}, name=idx)
+        return "Gather", [x, idx], {"axis": axis}
 
     def _legacy_softmax(self, op: str, inputs: list[str], attrs: dict[str, Any],
                         where: str) -> tuple[str, list[str], dict[str, Any]]:
