@@ -65,3 +65,21 @@ def test_bf16_emulation_rounds_outputs():
     # bf16 has 8 significand bits: 1 + 2^-9 rounds to 1 (round to nearest even)
     assert float(out["z"][0]) == 1.0
     assert out["z"].dtype.name == "bfloat16"
+
+
+def test_init_rules_follow_their_formulas():
+    from sim.exec import init_param
+    from sim.graph import ParamInfo
+
+    # scalar parameters (a step counter) initialise without fans
+    assert init_param("step", TensorSpec((), "fp32"), ParamInfo("zeros")).shape == ()
+    # he: std sqrt(2 / fan_in) with fan_in = in * kh * kw for a conv weight [out, in, kh, kw]
+    w = init_param("w", TensorSpec((256, 64, 3, 3), "fp64"), ParamInfo("he"))
+    assert abs(w.std() - np.sqrt(2 / (64 * 9))) < 0.02 * np.sqrt(2 / (64 * 9))
+    # xavier on a [in, out] matrix: uniform within sqrt(6 / (in + out))
+    x = init_param("x", TensorSpec((300, 100), "fp64"), ParamInfo("xavier"))
+    assert np.abs(x).max() <= np.sqrt(6 / 400) and np.abs(x).max() > 0.95 * np.sqrt(6 / 400)
+    # deterministic per (seed, name), different across names
+    a = init_param("a", TensorSpec((4,)), ParamInfo("normal"), seed=1)
+    np.testing.assert_array_equal(a, init_param("a", TensorSpec((4,)), ParamInfo("normal"), seed=1))
+    assert not np.array_equal(a, init_param("b", TensorSpec((4,)), ParamInfo("normal"), seed=1))

@@ -25,8 +25,15 @@ def init_param(name: str, spec: TensorSpec, info: ParamInfo, seed: int = 0) -> n
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     shape = spec.shape
     opts = info.options
-    fan_in = int(opts.get("fan_in") or (shape[0] if len(shape) <= 2 else np.prod(shape[1:])) or 1)
-    fan_out = int(opts.get("fan_out") or (shape[-1] if len(shape) == 2 else shape[0]) or 1)
+    # Default fans: a [in, out] matrix, a [out, in, *kernel] conv weight, a vector; scalars 1.
+    if not shape:
+        default_in = default_out = 1
+    elif len(shape) <= 2:
+        default_in, default_out = shape[0], shape[-1]
+    else:
+        default_in, default_out = int(np.prod(shape[1:])), shape[0]
+    fan_in = int(opts.get("fan_in") or default_in or 1)
+    fan_out = int(opts.get("fan_out") or default_out or 1)
     kind = info.init
     v: np.ndarray
     if kind == "zeros":
