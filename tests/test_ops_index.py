@@ -165,3 +165,16 @@ def test_trilu_matches_onnx_and_grad(upper, k):
     (ref,) = onnx_ref("Trilu", [x, np.array(k, np.int64)], {"upper": upper})
     np.testing.assert_array_equal(got, ref)
     check_grad("Trilu", [x.astype(np.float64)], {"upper": upper, "k": k})
+
+
+def test_gather_elements_grad_and_gather_nd_grad_by_hand():
+    dy = np.array([[1.0, 2.0], [3.0, 4.0]])
+    ind = np.array([[0, 0], [2, 0]], np.int64)
+    (dx,) = run_op("GatherElementsGrad", [dy, ind], {"axis": 1, "shape": [2, 3]})
+    np.testing.assert_array_equal(dx, [[3.0, 0.0, 0.0], [4.0, 0.0, 3.0]])
+    g = one_op_graph("GatherElementsGrad", [dy, ind], {"axis": 1, "shape": [2, 3]})
+    assert g.work("node").flops == 4  # one add per scattered element
+    dy2 = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    nd = np.array([[1], [1], [0]], np.int64)  # rows of a [2, 2] tensor
+    (dx2,) = run_op("GatherNDGrad", [dy2, nd], {"shape": [2, 2]})
+    np.testing.assert_array_equal(dx2, [[5.0, 6.0], [4.0, 6.0]])
