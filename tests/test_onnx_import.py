@@ -320,3 +320,13 @@ def test_nonzero_only_of_constants():
                 [_vi("y", None, TensorProto.INT64)])
     with pytest.raises(UnsupportedOpError, match=r"node 'nz' \(NonZero\): .*data-dependent"):
         import_model(m2)
+
+
+def test_bf16_initializer_is_a_trainable_float_param():
+    w = helper.make_tensor("w", TensorProto.BFLOAT16, [2, 2], [0.5, 1.0, 1.5, 2.0])
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [1, 2], TensorProto.BFLOAT16)],
+               [_vi("y", None, TensorProto.BFLOAT16)], [w])
+    g = import_model(m)
+    assert g.params["w"].dtype == "bf16" and g.param_info["w"].trainable
+    y = execute(g, {"x": np.array([[1.0, 2.0]], np.float32)})["y"]
+    np.testing.assert_array_equal(y.astype(np.float32), [[3.5, 5.0]])

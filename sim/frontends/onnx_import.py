@@ -163,6 +163,7 @@ class _Importer:
         self.init_names: set[str] = set()
         self.frozen: set[str] = set()  # initializers that are not trained (BN stats, ints)
         self.used: set[str] = set()
+        self.weight_use: dict[str, bool] = {}  # tensor -> every use is a weight slot
 
     def where(self, what: str) -> str:
         return f"{self.source}: {what}" if self.source else what
@@ -200,7 +201,7 @@ class _Importer:
         except Exception as err:  # noqa: BLE001 - truncated or unreadable data file
             raise GraphError(f"cannot read external data {loc!r}: {err}", where=where) from None
 
-    def _input_spec(self, vi: Any, unbound: list[str]) -> TensorSpec | None:
+    def _input_spec(self, vi: Any, unbound: list[str]) -> TensorSpec:
         where = self.where(f"input {vi.name!r}")
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type"):
@@ -225,7 +226,6 @@ class _Importer:
             if n.op_type == "BatchNormalization":
                 self.frozen.update(i for i in list(n.input)[3:5] if i)
         self.used.update(o.name for o in graph.output)
-        self.weight_use: dict[str, bool] = {}
         for n in graph.node:
             for j, t in enumerate(n.input):
                 slot = j in WEIGHT_SLOTS.get(n.op_type, ()) and n.op_type not in ("Add", "Mul")
@@ -235,27 +235,26 @@ class _Importer:
             arr = self._tensor_array(t)
             self.consts[name] = arr
             self.init_names.add(name)
-            if arr.dtype.kind not in "fc":
+            if not is_float(onnx_dtype(t.data_type)):
                 self.frozen.add(name)
         unbound: list[str] = []
         weights = self._weight_inputs(graph, inits)
         for vi in graph.input:
             if vi.name in inits:
                 continue
-            spec = self._input_spec(vi, unbound)
             if vi.name in self.input_values:
                 self.consts[vi.name] = np.asarray(self.input_values[vi.name])
                 continue
-            if spec is None:
-                continue
+            spec = self._input_spec(vi, unbound)
             if vi.name in weights:
                 self.g.add_param(vi.name, spec, **self._weight_init(vi.name, spec, graph))
                 continue
             self.g.add_input(vi.name, spec)
         if unbound:
             names = ", ".join(dict.fromkeys(unbound))
-            raise GraphError(f"unbound symbolic dims: {names} (bind them, e.g. --set "
-                             f"{unbound[0].split('[')[0]}=1)", where=self.source)
+            named = [u for u in unbound if "[" not in u]
+            hint = f" (bind them, e.g. --set {named[0]}=1)" if named else ""
+            raise GraphError(f"unbound symbolic dims: {names}{hint}", where=self.source)
         for i, node in enumerate(graph.node):
             self._node(node, i)
         outs = []
