@@ -2,7 +2,9 @@
 BERT-base exported with their weights as graph inputs, compared with the native workloads.
 
 The light models (onnx/backend/test/data/light) are the ONNX model zoo's networks with
-synthetic weights: every weight tensor is a ``ConstantOfShape`` fill (one value per tensor),
+synthetic weights: every weight tensor larger than a few hundred elements is a
+``ConstantOfShape`` fill (one value per tensor; only some small biases and BatchNorm
+statistics keep trained values),
 and the reference input is ``arange(n) / n`` reshaped to the input shape (as
 ``onnx.backend.test.runner`` generates it). Their bundled output is therefore uniform (all
 logits equal): a weak check of values, so SqueezeNet's logits are also compared with
