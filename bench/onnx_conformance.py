@@ -212,6 +212,55 @@ def run_all(ops: set[str] | None = None, modules: list[str] | None = None) -> li
     return [run_case(c) for c in cases]
 
 
+MODEL_SUITES = ("pytorch-converted", "pytorch-operator", "simple")
+
+
+def run_model_dirs(suites: tuple[str, ...] = MODEL_SUITES) -> list[CaseResult]:
+    """The onnx package's exporter-made model cases (``data/<suite>/<case>/model.onnx`` with
+    ``test_data_set_*``): imported from file and executed, rtol 1e-3 / atol 1e-7."""
+    import glob
+    import os
+
+    import onnx
+    from onnx import numpy_helper
+
+    from sim.frontends.onnx_import import load_onnx
+
+    root = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
+    results = []
+    for suite in suites:
+        for d in sorted(glob.glob(os.path.join(root, suite, "*"))):
+            name = f"{suite}/{os.path.basename(d)}"
+            path = os.path.join(d, "model.onnx")
+            model = onnx.load(path)
+            op = Counter(n.op_type for n in model.graph.node).most_common(1)[0][0]
+            scope = _types_in_scope(model)
+            if scope:
+                results.append(CaseResult(name, op, "out_of_scope", scope))
+                continue
+            try:
+                g = load_onnx(path, weights_as_inputs=False)
+                inits = {t.name for t in model.graph.initializer}
+                names = [vi.name for vi in model.graph.input if vi.name not in inits]
+                status, reason = "pass", ""
+                for ds in sorted(glob.glob(os.path.join(d, "test_data_set_*"))):
+                    ins = [numpy_helper.to_array(onnx.load_tensor(p))
+                           for p in sorted(glob.glob(os.path.join(ds, "input_*.pb")))]
+                    outs = [numpy_helper.to_array(onnx.load_tensor(p))
+                            for p in sorted(glob.glob(os.path.join(ds, "output_*.pb")))]
+                    with warnings.catch_warnings(), np.errstate(all="ignore"):
+                        warnings.simplefilter("ignore")
+                        got = execute(g, dict(zip(names, ins)))
+                    for o, e in zip(g.outputs, outs):
+                        if not np.allclose(got[o].astype(np.float64), e.astype(np.float64),
+                                           rtol=1e-3, atol=1e-7, equal_nan=True):
+                            status, reason = "fail", f"output {o!r} differs"
+            except GraphError as err:
+                status, reason = "fail", str(err)
+            results.append(CaseResult(name, op, status, reason))
+    return results
+
+
 def summarize(results: list[CaseResult]) -> dict[str, Any]:
     per_op: dict[str, Counter[str]] = defaultdict(Counter)
     for r in results:
@@ -253,6 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     if s["failures"]:
         print("\nfailures:")
         for r in s["failures"]:
+            print(f"  {r.name} [{r.op}]: {r.reason[:200]}")
+    models = run_model_dirs()
+    scored = [r for r in models if r.status != "out_of_scope"]
+    print(f"\nexporter model cases ({', '.join(MODEL_SUITES)}): {len(scored)} run, "
+          f"{sum(r.status == 'pass' for r in scored)} passed, "
+          f"{len(models) - len(scored)} out of scope")
+    for r in models:
+        if r.status == "fail":
             print(f"  {r.name} [{r.op}]: {r.reason[:200]}")
     if args.verbose:
         print("\nout of scope:")

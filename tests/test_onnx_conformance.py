@@ -41,3 +41,11 @@ def test_conformance_thresholds():
     assert len(s["ops_covered"]) >= 100, s["ops_covered"]
     failures = [f"{r.name} [{r.op}]" for r in s["failures"]]
     assert s["pass_rate"] >= 0.95, (s["pass_rate"], failures)
+
+
+def test_exporter_model_cases_pass():
+    """The onnx package's PyTorch-exported model cases (opsets 6-9 spellings) all pass."""
+    results = conf.run_model_dirs(("pytorch-converted", "pytorch-operator"))
+    fails = [f"{r.name}: {r.reason}" for r in results if r.status == "fail"]
+    assert not fails, fails
+    assert sum(r.status == "pass" for r in results) >= 110

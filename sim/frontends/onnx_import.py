@@ -389,6 +389,8 @@ class _Importer:
             return
         if op == "Compress":
             op, inputs, attrs = self._compress(inputs, attrs, name)
+        if op == "PRelu" and self.opset < 7:
+            inputs = self._legacy_prelu(inputs, name)
         if op == "Split" and "split" not in attrs and "num_outputs" not in attrs:
             attrs["num_outputs"] = len(outputs)  # opset < 18: equal parts, one per output
         if op == "Constant":
@@ -471,6 +473,20 @@ class _Importer:
         if attrs.pop("_legacy_2d", False):
             op, inputs, attrs = self._legacy_softmax(op, inputs, attrs, where)
         return op, inputs, attrs
+
+    def _legacy_prelu(self, inputs: list[str], name: str) -> list[str]:
+        """Opset < 7 PRelu broadcasts a 1-D slope of length C along axis 1: reshape it to
+        [C, 1, ..., 1] for today's (numpy) broadcasting."""
+        for t in inputs:
+            if t and t not in self.g.tensors:
+                self._materialize(t)
+        x, slope = self.g.tensors[inputs[0]], self.g.tensors[inputs[1]]
+        if slope.rank == 1 and x.rank > 2 and slope.shape[0] == x.shape[1] != x.shape[-1]:
+            (r,) = self.g.add_node("Reshape", [inputs[1]], None,
+                                   {"shape": [slope.shape[0]] + [1] * (x.rank - 2)},
+                                   name=self.g.unique_name(f"{name}.slope"))
+            return [inputs[0], r]
+        return inputs
 
     def _compress(self, inputs: list[str], attrs: dict[str, Any],
                   name: str) -> tuple[str, list[str], dict[str, Any]]:
