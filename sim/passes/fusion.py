@@ -211,7 +211,7 @@ def _emit_group(graph: Graph, out: Graph, members: list[Node], graph_outputs: se
     sub = [{"op": n.op, "inputs": list(n.inputs), "outputs": list(n.outputs), "attrs": dict(n.attrs)}
            for n in members]
     dtypes = {t: graph.tensors[t].dtype for t in made}
-    head = members[0]
+    head = next((n for n in members if n.op != "Constant"), members[0])
     meta = dict(head.meta)
     meta["fused"] = [n.name for n in members]
     meta["fused_ops"] = [n.op for n in members]
