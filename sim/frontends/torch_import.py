@@ -1,7 +1,7 @@
 """PyTorch modules -> Graph, through ``torch.export`` (needs the ``torch`` extra).
 
 ``load_module(module, example_inputs)`` exports the module, maps each core ATen op onto the
-op library (``aten.linear`` -> Transpose + MatMul + Add, ``aten.conv2d`` -> Conv,
+op library (``aten.linear`` -> Gemm(transB=1), ``aten.conv2d`` -> Conv,
 ``aten.batch_norm`` -> BatchNormalization, ...), and takes parameters and buffers from the
 module's state: parameters are trainable, buffers (BatchNorm running statistics) are not.
 Shapes and dtypes come from the exported program (concrete: the example inputs fix them).
@@ -101,10 +101,15 @@ def _axis(d: int, rank: int) -> int:
 # ---------------------------------------------------------------------------- linear algebra
 @_aten("aten.linear.default")
 def _linear(c: _Ctx, a: list[Any], kw: dict[str, Any]) -> Any:
+    """y = x @ W^T + b as Gemm(transB=1) on the flattened leading dims (the reshapes are
+    free), so the weight is read in place, not transposed."""
     x, w = a[0], a[1]
     b = a[2] if len(a) > 2 else kw.get("bias")
-    y = c.op("MatMul", [x, c.op("Transpose", [w], perm=[1, 0])])
-    return c.op("Add", [y, b]) if b is not None else y
+    shape = c.spec(x).shape
+    out_f = c.spec(w).shape[0]
+    x2 = x if len(shape) == 2 else c.op("Reshape", [x], shape=[-1, shape[-1]] if shape else [1, 1])
+    y = c.op("Gemm", [x2, w] + ([b] if b is not None else []), transB=1)
+    return y if len(shape) == 2 else c.op("Reshape", [y], shape=[*shape[:-1], out_f])
 
 
 @_aten("aten.addmm.default")
