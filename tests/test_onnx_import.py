@@ -254,6 +254,8 @@ def test_graph_verified_and_meta(tmp_path):
     ("Swish", {"alpha": 0.7}),
     ("Shrink", {"lambd": 0.3, "bias": 0.1}),
     ("MeanVarianceNormalization", {}),
+    ("LpNormalization", {"axis": 1, "p": 1}),
+    ("LpNormalization", {}),
 ])
 def test_expanded_ops_match_reference(op, attrs):
     m = _model([helper.make_node(op, ["x"], ["y"], **attrs)], [_vi("x", [2, 5, 3, 3])],
@@ -263,7 +265,12 @@ def test_expanded_ops_match_reference(op, attrs):
                                                    if n.op != "Constant")
     x = RNG.standard_normal((2, 5, 3, 3)).astype(np.float32)
     # onnx.reference's LRN loops over the batch instead of the channels: use the spec formula
-    (ref,) = _lrn(x, **attrs) if op == "LRN" else _ref(m, {"x": x})
+    if op == "LRN":
+        (ref,) = _lrn(x, **attrs)
+    elif op == "LpNormalization":  # onnx.reference sums x**p, not |x|**p
+        ref = x / np.linalg.norm(x, ord=attrs.get("p", 2), axis=attrs.get("axis", -1), keepdims=True)
+    else:
+        (ref,) = _ref(m, {"x": x})
     np.testing.assert_allclose(execute(g, {"x": x})["y"], ref, rtol=1e-5, atol=1e-6)
 
 
@@ -330,3 +337,16 @@ def test_bf16_initializer_is_a_trainable_float_param():
     assert g.params["w"].dtype == "bf16" and g.param_info["w"].trainable
     y = execute(g, {"x": np.array([[1.0, 2.0]], np.float32)})["y"]
     np.testing.assert_array_equal(y.astype(np.float32), [[3.5, 5.0]])
+
+
+@pytest.mark.parametrize("shape,axes", [([2, 7, 2, 5], None), ([4, 1], [1, -1]), ([3], [2])])
+def test_center_crop_pad_matches_reference(shape, axes):
+    attrs = {} if axes is None else {"axes": axes}
+    m = _model([helper.make_node("CenterCropPad", ["x", "s"], ["y"], **attrs)], [_vi("x", [2, 5, 3, 3])],
+               [_vi("y", None)], [numpy_helper.from_array(np.array(shape, np.int64), "s")], opset=18)
+    g = import_model(m)
+    x = RNG.standard_normal((2, 5, 3, 3)).astype(np.float32)
+    (ref,) = _ref(m, {"x": x})
+    got = execute(g, {"x": x})["y"]
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)

@@ -647,9 +647,53 @@ def _expand_mvn(imp: _Importer, name: str, inputs: list[str], outputs: list[str]
     e("Div", [d, e("Add", [e("Sqrt", [var]), e.const(1e-9)])], out=outputs[0])
 
 
+def _expand_lp_norm(imp: _Importer, name: str, inputs: list[str], outputs: list[str],
+                    attrs: dict[str, Any]) -> None:
+    """LpNormalization: x / ||x||_p along ``axis`` (0 where the norm is 0)."""
+    x = inputs[0]
+    e = _Emitter(imp, name, "LpNormalization", imp.g.tensors[x].dtype)
+    p = int(attrs.get("p", 2))
+    if p not in (1, 2):
+        raise GraphError(f"LpNormalization p={p} (only 1 and 2 exist)", where=imp.where(name))
+    norm = e("ReduceL2" if p == 2 else "ReduceL1", [x], axes=[int(attrs.get("axis", -1))],
+             keepdims=1)
+    zero = e.const(0.0)
+    e("Where", [e("Equal", [norm, zero]), zero, e("Div", [x, norm])], out=outputs[0])
+
+
+def _expand_center_crop_pad(imp: _Importer, name: str, inputs: list[str], outputs: list[str],
+                            attrs: dict[str, Any]) -> None:
+    """CenterCropPad: a centred Slice where the input is larger (start rounded down), then a
+    zero Pad where it is smaller (the odd pixel after)."""
+    x = inputs[0]
+    spec = imp.g.tensors[x]
+    e = _Emitter(imp, name, "CenterCropPad", spec.dtype)
+    rank = spec.rank
+    axes = [a % rank for a in attrs.get("axes", range(rank))]
+    target = [int(v) for v in attrs["shape"]]
+    starts, ends, cut = [], [], []
+    pads = [0] * (2 * rank)
+    for a, want in zip(axes, target):
+        dim = spec.shape[a]
+        if want < dim:
+            lo = (dim - want) // 2
+            starts.append(lo)
+            ends.append(lo + want)
+            cut.append(a)
+        elif want > dim:
+            pads[a] = (want - dim) // 2
+            pads[rank + a] = want - dim - pads[a]
+    y = e("Slice", [x], starts=starts, ends=ends, axes=cut) if cut else x
+    if any(pads):
+        e("Pad", [y], out=outputs[0], pads=pads, mode="constant", constant_value=0.0)
+    else:
+        e("Identity", [y], out=outputs[0])
+
+
 EXPANSIONS: dict[str, Any] = {
     "LRN": _expand_lrn, "Swish": _expand_swish, "Shrink": _expand_shrink,
-    "MeanVarianceNormalization": _expand_mvn,
+    "MeanVarianceNormalization": _expand_mvn, "LpNormalization": _expand_lp_norm,
+    "CenterCropPad": _expand_center_crop_pad,
 }
 # ONNX op types that are another op of ours under a different name
 RENAMED = {"Upsample": "Resize", "Scatter": "ScatterElements"}
