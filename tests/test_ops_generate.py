@@ -95,3 +95,21 @@ def test_size():
 def test_no_grad_reasons():
     for op in ("Constant", "ConstantOfShape", "Range", "EyeLike", "Shape", "Size"):
         assert get_op(op).no_grad
+
+
+@pytest.mark.parametrize("op", ["HannWindow", "HammingWindow", "BlackmanWindow"])
+@pytest.mark.parametrize("periodic,size", [(1, 10), (0, 10), (1, 1)])
+def test_windows_match_onnx(op, periodic, size):
+    got, g = _run_no_inputs(op, {"size": size, "periodic": periodic})
+    (ref,) = onnx_ref(op, [np.array(size, np.int64)], {"periodic": periodic}, opset=17)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert g.work("node").bytes_written == 4 * size
+
+
+def test_window_by_hand_and_dtype():
+    got, g = _run_no_inputs("HannWindow", {"size": 4, "output_datatype": "fp64"})
+    np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 0.5], atol=1e-15)  # periodic: N = 4
+    assert got.dtype == np.float64
+    w = g.work("node")
+    assert w.transcendentals == 4 and w.flops == 6 * 4

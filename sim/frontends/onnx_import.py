@@ -80,6 +80,9 @@ SHAPE_OPERANDS: dict[str, list[tuple[int, str, int]]] = {
     "Dropout": [(1, "ratio", 12), (2, "training_mode", 12)],
     "CumSum": [(1, "axis", 11)],
     "Compress": [(1, "condition", 9)],
+    "HannWindow": [(0, "size", 17)],
+    "HammingWindow": [(0, "size", 17)],
+    "BlackmanWindow": [(0, "size", 17)],
 }
 for _r in ("ReduceMax", "ReduceMin", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2",
            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"):
@@ -433,7 +436,7 @@ class _Importer:
         """Older-opset forms and input operands -> our op and attributes."""
         if op == "Cast" and "to" in attrs:
             attrs["to"] = onnx_dtype(attrs["to"], where=where)
-        for key in ("dtype",):
+        for key in ("dtype", "output_datatype"):
             if key in attrs and isinstance(attrs[key], int):
                 attrs[key] = onnx_dtype(attrs[key], where=where)
         if op == "Pad" and "value" in attrs:

@@ -199,3 +199,57 @@ defop(
     no_grad="integer output",
     doc="The input's element count as an int64 scalar.",
 )
+
+
+# ---------------------------------------------------------------------------------- windows
+# y[n] = a0 - a1 cos(2 pi n / N) + a2 cos(4 pi n / N); N = size (periodic) or size - 1
+_WINDOWS = {
+    "HannWindow": (0.5, 0.5, 0.0),
+    "HammingWindow": (25.0 / 46.0, 21.0 / 46.0, 0.0),
+    "BlackmanWindow": (0.42, 0.5, 0.08),
+}
+
+
+def _window_size(attrs: dict[str, Any]) -> int:
+    if "size" not in attrs:
+        raise GraphError("window ops need the attribute size (a constant size input becomes it)")
+    size = int(np.asarray(attrs["size"]).reshape(-1)[0])
+    if size < 0:
+        raise GraphError(f"window size {size} is negative")
+    return size
+
+
+def _window_dtype(attrs: dict[str, Any]) -> str:
+    return canonical(attrs.get("output_datatype", "fp32"))
+
+
+def _window(op: str) -> Any:
+    a0, a1, a2 = _WINDOWS[op]
+
+    def kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+        size = _window_size(attrs)
+        denom = size if int(attrs.get("periodic", 1)) else size - 1
+        n = np.arange(size, dtype=np.float64)
+        t = 2.0 * np.pi * n / denom if denom else np.zeros(size)
+        y = a0 - a1 * np.cos(t) + a2 * np.cos(2.0 * t)
+        return [y.astype(to_numpy(_window_dtype(attrs)))]
+
+    def work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+        n = outs[0].numel
+        cosines = 2 if a2 else 1
+        return Work(flops=(4 + 2 * cosines) * n, transcendentals=cosines * n,
+                    bytes_written=outs[0].nbytes)
+
+    return kernel, work
+
+
+for _op in _WINDOWS:
+    _k, _w = _window(_op)
+    defop(
+        _op,
+        infer=lambda specs, attrs: [TensorSpec((_window_size(attrs),), _window_dtype(attrs))],
+        work=_w,
+        kernel=_k,
+        no_grad="no float inputs",
+        doc="ONNX window generator with size as an attribute; periodic=1, output_datatype.",
+    )
