@@ -19,12 +19,12 @@ _spec.loader.exec_module(conf)
 
 OWN_OPS = {"Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "TopK",
            "OneHot", "Trilu", "Constant", "ConstantOfShape", "Range", "EyeLike", "Shape", "Size",
-           "HannWindow", "HammingWindow", "BlackmanWindow"}
+           "HannWindow", "HammingWindow", "BlackmanWindow", "ReverseSequence", "TensorScatter"}
 
 
 MODULES = ["gather", "gatherelements", "gathernd", "scatterelements", "scatternd", "topk", "onehot",
            "trilu", "constant", "constantofshape", "rangeop", "eyelike", "shape", "size",
-           "hannwindow", "hammingwindow", "blackmanwindow"]
+           "hannwindow", "hammingwindow", "blackmanwindow", "reversesequence", "tensorscatter"]
 
 
 def test_own_ops_pass_all_cases():

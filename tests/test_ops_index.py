@@ -178,3 +178,31 @@ def test_gather_elements_grad_and_gather_nd_grad_by_hand():
     nd = np.array([[1], [1], [0]], np.int64)  # rows of a [2, 2] tensor
     (dx2,) = run_op("GatherNDGrad", [dy2, nd], {"shape": [2, 2]})
     np.testing.assert_array_equal(dx2, [[5.0, 6.0], [4.0, 6.0]])
+
+
+@pytest.mark.parametrize("batch_axis,time_axis,lens", [(1, 0, [4, 3, 2, 1]), (0, 1, [1, 2, 3, 4])])
+def test_reverse_sequence_matches_onnx_and_grad(batch_axis, time_axis, lens):
+    x = RNG.standard_normal((4, 4, 2)).astype(np.float32)
+    ln = np.array(lens, np.int64)
+    attrs = {"batch_axis": batch_axis, "time_axis": time_axis}
+    (got,) = run_op("ReverseSequence", [x, ln], attrs)
+    (ref,) = onnx_ref("ReverseSequence", [x, ln], attrs)
+    np.testing.assert_array_equal(got, ref)
+    check_grad("ReverseSequence", [x.astype(np.float64), ln], attrs)
+
+
+@pytest.mark.parametrize("mode,starts", [("linear", [0, 2]), ("circular", [3, 4])])
+def test_tensor_scatter_matches_onnx(mode, starts):
+    cache = RNG.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    upd = RNG.standard_normal((2, 3, 2, 4)).astype(np.float32)
+    idx = np.array(starts, np.int64)
+    (got,) = run_op("TensorScatter", [cache, upd, idx], {"mode": mode, "axis": -2})
+    (ref,) = onnx_ref("TensorScatter", [cache, upd, idx], {"mode": mode, "axis": -2}, opset=24)
+    np.testing.assert_array_equal(got, ref)
+    w = one_op_graph("TensorScatter", [cache, upd, idx], {"mode": mode}).work("node")
+    assert w.bytes_read == upd.nbytes + 16 and w.bytes_written == upd.nbytes  # in place
+
+
+def test_tensor_scatter_rejects_bad_update():
+    with pytest.raises(GraphError, match="does not fit"):
+        one_op_graph("TensorScatter", [np.zeros((2, 3, 4), np.float32), np.zeros((2, 5, 4), np.float32)])

@@ -509,3 +509,110 @@ defop(
     grad=_trilu_grad,
     doc="ONNX Trilu: keep the upper (upper=1) or lower triangle offset by k (attribute).",
 )
+
+
+# ---------------------------------------------------------------------------- ReverseSequence
+def _revseq_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+    x, lens = need(specs, 2, "ReverseSequence")
+    _check_int(lens, "ReverseSequence", "sequence_lens")
+    b = norm_axis(int(attrs.get("batch_axis", 1)), x.rank)
+    t = norm_axis(int(attrs.get("time_axis", 0)), x.rank)
+    if b == t or x.rank < 2:
+        raise GraphError(f"ReverseSequence needs distinct batch and time axes, got {b} and {t}")
+    if lens.shape != (x.shape[b],):
+        raise GraphError(f"sequence_lens has shape {lens.shape}, expected ({x.shape[b]},)")
+    return [x]
+
+
+def _revseq_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+    x, lens = xs[0], np.asarray(xs[1]).astype(np.int64)
+    b = norm_axis(int(attrs.get("batch_axis", 1)), x.ndim)
+    t = norm_axis(int(attrs.get("time_axis", 0)), x.ndim)
+    out = np.array(x, copy=True)
+    for i, n in enumerate(lens):
+        n = int(min(max(n, 0), x.shape[t]))
+        dst: list[Any] = [slice(None)] * x.ndim
+        src: list[Any] = [slice(None)] * x.ndim
+        dst[b] = src[b] = i
+        dst[t] = slice(0, n)
+        src[t] = slice(n - 1, None, -1) if n else slice(0, 0)
+        out[tuple(dst)] = x[tuple(src)]
+    return [out]
+
+
+def _revseq_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    # reversing the first n steps is its own inverse
+    return [gb.op("ReverseSequence", [dys[0], node.inputs[1]], **node.attrs), None]
+
+
+defop(
+    "ReverseSequence",
+    infer=_revseq_infer,
+    work=_movement,
+    kernel=_revseq_kernel,
+    grad=_revseq_grad,
+    doc="ONNX ReverseSequence: reverse the first sequence_lens[i] steps along time_axis for "
+        "each i along batch_axis.",
+)
+
+
+# ---------------------------------------------------------------------------- TensorScatter
+def _tscatter_axis(rank: int, attrs: dict[str, Any]) -> int:
+    ax = norm_axis(int(attrs.get("axis", -2)), rank)
+    if ax == 0:
+        raise GraphError("TensorScatter axis must not be the batch axis 0")
+    return ax
+
+
+def _tscatter_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+    cache, upd = need(specs, 2, "TensorScatter")
+    ax = _tscatter_axis(cache.rank, attrs)
+    if upd.rank != cache.rank or any(
+        (u > c if i == ax else u != c) for i, (u, c) in enumerate(zip(upd.shape, cache.shape))
+    ):
+        raise GraphError(f"TensorScatter update {upd.shape} does not fit cache {cache.shape}")
+    if upd.dtype != cache.dtype:
+        raise GraphError(f"TensorScatter dtypes differ: {cache.dtype} and {upd.dtype}")
+    idx = specs[2] if len(specs) > 2 else None
+    if idx is not None:
+        _check_int(idx, "TensorScatter", "write_indices")
+        if idx.shape != (cache.shape[0],):
+            raise GraphError(f"write_indices has shape {idx.shape}, expected ({cache.shape[0]},)")
+    if str(attrs.get("mode", "linear")) not in ("linear", "circular"):
+        raise GraphError(f"TensorScatter mode {attrs.get('mode')!r} (linear or circular)")
+    return [cache]
+
+
+def _tscatter_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+    cache, upd = xs[0], xs[1]
+    ax = _tscatter_axis(cache.ndim, attrs)
+    starts = np.asarray(xs[2]).astype(np.int64) if len(xs) > 2 and xs[2] is not None \
+        else np.zeros(cache.shape[0], np.int64)
+    circular = str(attrs.get("mode", "linear")) == "circular"
+    out = np.array(cache, copy=True)
+    mid: list[Any] = [slice(None)] * (ax - 1)
+    for b in range(cache.shape[0]):
+        for s in range(upd.shape[ax]):
+            pos = int(starts[b]) + s
+            if circular:
+                pos %= cache.shape[ax]
+            out[(b, *mid, pos)] = upd[(b, *mid, s)]
+    return [out]
+
+
+def _tscatter_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    """A KV-cache write happens in place: read the update (and indices), write it once."""
+    cache, upd = need(ins, 2, "TensorScatter")
+    idx = ins[2] if len(ins) > 2 and ins[2] is not None else None
+    return Work(bytes_read=upd.nbytes + (idx.nbytes if idx else 0), bytes_written=upd.nbytes)
+
+
+defop(
+    "TensorScatter",
+    infer=_tscatter_infer,
+    work=_tscatter_work,
+    kernel=_tscatter_kernel,
+    no_grad="KV-cache write (inference); not differentiated",
+    doc="ONNX TensorScatter (opset 24): write update into past_cache along axis at "
+        "write_indices[b] (linear or circular); the cache is updated in place.",
+)
