@@ -1,4 +1,5 @@
-"""Ops that make tensors from attributes or from another tensor's shape.
+"""Ops that make tensors from attributes or from another tensor's shape: Constant,
+ConstantOfShape, Range, EyeLike, Shape, Size, and the Hann/Hamming/Blackman windows.
 
 Shape operands are attributes here (``ConstantOfShape`` ``shape``, ``Range``
 ``start/limit/delta``), so every output shape is known when the graph is built. The ONNX

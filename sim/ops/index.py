@@ -1,4 +1,5 @@
-"""Indexing ops: Gather, GatherElements, GatherND, scatters, TopK, OneHot, Trilu.
+"""Indexing ops: Gather, GatherElements, GatherND, scatters, TopK, OneHot, Trilu,
+ReverseSequence, TensorScatter (KV-cache writes).
 
 Gathers read only the elements they fetch (plus the indices), so an embedding lookup costs
 ``tokens x width`` bytes, not the whole table. Their gradients scatter-add the output
