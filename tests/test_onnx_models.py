@@ -152,3 +152,17 @@ def test_small_bert_executes_like_reference():
     (want,) = ReferenceEvaluator(m).run(None, {"input_ids": ids})
     np.testing.assert_allclose(execute(g, {"input_ids": ids})[g.outputs[0]], want, rtol=1e-4,
                                atol=1e-5)
+
+
+def test_fused_light_model_executes_the_same():
+    from sim.passes.fusion import fuse
+
+    g = load_onnx(os.path.join(LIGHT, "light_inception_v1.onnx"))
+    f = fuse(g)
+    (inp, spec), = g.inputs.items()
+    x = _reference_input(spec)
+    a, b = execute(g, {inp: x}), execute(f, {inp: x})
+    np.testing.assert_allclose(b[f.outputs[0]], a[g.outputs[0]], rtol=1e-6)
+    assert len(f) < len(g) * 0.6 and f.flops == pytest.approx(g.flops, rel=1e-12)
+    conv_relu = [n for n in f if n.meta.get("fused_ops", [])[:2] == ["Conv", "Relu"]]
+    assert len(conv_relu) >= 50
