@@ -114,3 +114,9 @@ def test_resnet50_module():
     m = ResNet50()
     g = _check(m, torch.randn(1, 3, 64, 64), rtol=1e-4, atol=1e-5)
     assert g.param_count == 25_557_032  # torchvision's ResNet-50
+
+
+def test_torch_transformer_encoder_layer():
+    m = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    g = _check(m, torch.randn(2, 6, 32), rtol=1e-4, atol=1e-5)
+    assert {"Gemm", "Softmax", "LayerNormalization"} <= {n.op for n in g}

@@ -386,6 +386,17 @@ def _flatten(c: _Ctx, a: list[Any], kw: dict[str, Any]) -> Any:
     return c.op("Reshape", [a[0]], shape=new)
 
 
+@_aten("aten.unflatten.int")
+def _unflatten(c: _Ctx, a: list[Any], kw: dict[str, Any]) -> Any:
+    shape = c.spec(a[0]).shape
+    d = _axis(int(a[1]), len(shape))
+    sizes = [int(v) for v in a[2]]
+    if -1 in sizes:
+        known = math.prod(v for v in sizes if v != -1)
+        sizes[sizes.index(-1)] = shape[d] // known
+    return c.op("Reshape", [a[0]], shape=[*shape[:d], *sizes, *shape[d + 1:]])
+
+
 @_aten("aten.unsqueeze.default")
 def _unsqueeze(c: _Ctx, a: list[Any], kw: dict[str, Any]) -> Any:
     return c.op("Unsqueeze", [a[0]], axes=[_axis(a[1], c.spec(a[0]).rank + 1)])
