@@ -5,8 +5,10 @@ import pytest
 from helpers import one_op_graph, onnx_ref, run_op
 
 from sim.errors import GraphError
-from sim.graph import Graph
+from sim.exec import execute
+from sim.graph import Graph, TensorSpec
 from sim.ops.registry import get_op
+from sim.passes.autodiff import gradients
 
 
 def _run_no_inputs(op, attrs):
@@ -93,8 +95,64 @@ def test_size():
 
 
 def test_no_grad_reasons():
-    for op in ("Constant", "ConstantOfShape", "Range", "EyeLike", "Shape", "Size"):
+    for op in ("Constant", "Range"):
         assert get_op(op).no_grad
+
+
+@pytest.mark.parametrize("op", ["ConstantOfShape", "EyeLike", "Shape", "Size"])
+def test_value_independent_ops_give_no_gradient(op):
+    # the output does not depend on the input values: the rule gives None for every input
+    g = Graph(op)
+    x = g.add_input("x", TensorSpec((3, 3), "fp32"))
+    attrs = {"shape": [3, 3]} if op == "ConstantOfShape" else {}
+    g.add_node(op, [x], None, attrs, name="node")
+    assert get_op(op).grad(None, g.nodes["node"], [None]) == [None]
+
+
+def _cos_chain_graph():
+    """y = x * 2 + ConstantOfShape(like x, value 1.5) * x, the ConstantOfShape fed by x."""
+    g = Graph("cos-chain")
+    x = g.add_input("x", TensorSpec((2, 3), "fp64"))
+    (two,) = g.add_node("Constant", [], None, {"value": np.array(2.0)}, name="two")
+    (c,) = g.add_node("ConstantOfShape", [x], None, {"shape": [2, 3], "value": np.array([1.5])},
+                      name="c")
+    (a,) = g.add_node("Mul", [x, two], None, {}, name="a")
+    (b,) = g.add_node("Mul", [c, x], None, {}, name="b")
+    (y,) = g.add_node("Add", [a, b], None, {}, name="y")
+    (s,) = g.add_node("ReduceSum", [y], None, {"keepdims": 0}, name="s")
+    g.set_outputs([s])
+    return g.verify()
+
+
+def test_gradient_through_constant_of_shape():
+    g = _cos_chain_graph()
+    gg, gmap = gradients(g, g.outputs[0], ["x"])
+    gg.set_outputs([gmap["x"]])
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    dx = execute(gg.verify(), {"x": x})[gmap["x"]]
+    # d/dx sum(2x + 1.5x) = 3.5 everywhere: the ConstantOfShape branch adds nothing
+    np.testing.assert_allclose(dx, np.full((2, 3), 3.5), rtol=0, atol=1e-12)
+    # central differences of the forward graph agree
+    eps = 1e-6
+    num = np.zeros_like(x)
+    for j in range(x.size):
+        d = np.zeros(x.size)
+        d[j] = eps
+        fp = execute(g, {"x": x + d.reshape(x.shape)})[g.outputs[0]]
+        fm = execute(g, {"x": x - d.reshape(x.shape)})[g.outputs[0]]
+        num.reshape(-1)[j] = (fp - fm) / (2 * eps)
+    np.testing.assert_allclose(dx, num, rtol=1e-7)
+
+
+def test_wavenet_training_graph_builds():
+    # wavenet.yaml zero-initialises its skip sum with ConstantOfShape: training must build
+    import sim
+
+    g = sim.load("workloads/wavenet.yaml", batch=1, seq=32, layers=2, skip_ch=8)
+    assert any(n.op == "ConstantOfShape" for n in g.nodes.values())
+    t = sim.training_graph(g, loss="cross_entropy", optimizer="sgd")
+    t.verify()
+    assert "loss" in t.outputs and any(o.endswith(".new") for o in t.outputs)
 
 
 @pytest.mark.parametrize("op", ["HannWindow", "HammingWindow", "BlackmanWindow"])

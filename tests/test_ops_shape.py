@@ -132,6 +132,32 @@ def test_cast():
         one_op_graph("Cast", [x], {"to": "float128"})
 
 
+@pytest.mark.parametrize("to,enum,npdt,big", [
+    ("fp8", TensorProto.FLOAT8E4M3FN, ml_dtypes.float8_e4m3fn, 448.0),
+    ("fp8e5m2", TensorProto.FLOAT8E5M2, ml_dtypes.float8_e5m2, 57344.0),
+])
+@pytest.mark.parametrize("src", [np.float32, np.float16])
+@pytest.mark.parametrize("saturate", [1, 0])
+def test_cast_fp8_saturation(to, enum, npdt, big, src, saturate):
+    x = np.array([0.0, -0.0, 0.3, -1.7, 300.0, 460.0, 480.0, 1e4, 6e4, -6e4, np.inf, -np.inf,
+                  np.nan], np.float32).astype(src)
+    (y,) = run_op("Cast", [x], {"to": to, "saturate": saturate})
+    (ref,) = onnx_ref("Cast", [x], {"to": enum, "saturate": saturate}, opset=19)
+    assert y.dtype == ref.dtype == npdt
+    np.testing.assert_array_equal(y.astype(np.float32), ref.astype(np.float32))
+    # and by hand: saturate clamps to the largest finite value, else NaN (E4M3FN) / inf (E5M2)
+    finite = np.isfinite(x.astype(np.float32))
+    over = finite & (np.abs(x.astype(np.float32)) > big * 1.1)
+    if saturate:
+        assert np.all(np.abs(y[over].astype(np.float32)) == big)
+        assert float(y[-3]) == big and float(y[-2]) == -big
+    elif to == "fp8":
+        assert np.all(np.isnan(y[over].astype(np.float32)))
+    else:
+        assert np.all(np.isinf(y[over].astype(np.float32)))
+    assert np.isnan(float(y[-1]))
+
+
 def test_dropout():
     x = np.ones((64, 64), np.float32)
     y, mask = run_op("Dropout", [x], {"ratio": 0.25, "training_mode": 1, "seed": 7})

@@ -3,8 +3,10 @@ ConstantOfShape, Range, EyeLike, Shape, Size, and the Hann/Hamming/Blackman wind
 
 Shape operands are attributes here (``ConstantOfShape`` ``shape``, ``Range``
 ``start/limit/delta``), so every output shape is known when the graph is built. The ONNX
-importer turns constant inputs into these attributes. None of these ops has a gradient:
-their outputs do not depend on the values of any float input.
+importer turns constant inputs into these attributes. Their outputs do not depend on the
+values of any input: ConstantOfShape, EyeLike, Shape and Size (which may take a tensor input)
+have a gradient rule giving no gradient to any input, so that autodiff treats their outputs
+as constants; the others take no tensor inputs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from sim.graph.tensor import TensorSpec
 from sim.ops.common import free_work, need
 from sim.ops.registry import defop
 from sim.ops.work import Work
+
+
+def no_value_dependence(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    """Gradient rule of ops whose output does not depend on input values: ``None`` for every
+    input (the output is a constant as far as autodiff is concerned)."""
+    return [None] * len(node.inputs)
 
 
 def _write_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
@@ -94,7 +102,7 @@ defop(
     infer=lambda specs, attrs: [TensorSpec(_cos_shape(attrs), from_numpy(fill_value(attrs).dtype))],
     work=_write_work,
     kernel=lambda xs, attrs: [np.full(_cos_shape(attrs), fill_value(attrs))],
-    no_grad="no float inputs",
+    grad=no_value_dependence,  # output does not depend on input values
     doc="A tensor of shape `shape` filled with `value` (one element; default fp32 0).",
 )
 
@@ -163,7 +171,7 @@ defop(
     infer=_eyelike_infer,
     work=_write_work,
     kernel=_eyelike_kernel,
-    no_grad="output does not depend on the input's values",
+    grad=no_value_dependence,  # output does not depend on input values
     doc="Ones on diagonal k of a 2-D tensor shaped like the input; dtype attr or the input's.",
 )
 
@@ -188,7 +196,7 @@ defop(
     kernel=lambda xs, attrs: [
         np.array(xs[0].shape[_shape_slice(xs[0].ndim, attrs)], dtype=np.int64)
     ],
-    no_grad="integer output",
+    grad=no_value_dependence,  # output does not depend on input values
     doc="The input's shape as int64 (dims start:end, negative counting from the end).",
 )
 
@@ -197,7 +205,7 @@ defop(
     infer=lambda specs, attrs: [TensorSpec((), "int64") if need(specs, 1, "Size") else None],  # type: ignore[list-item]
     work=free_work,
     kernel=lambda xs, attrs: [np.array(xs[0].size, dtype=np.int64)],
-    no_grad="integer output",
+    grad=no_value_dependence,  # output does not depend on input values
     doc="The input's element count as an int64 scalar.",
 )
 

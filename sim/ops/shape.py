@@ -212,13 +212,29 @@ def _cast_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
     return [gb.op("Cast", [dys[0]], to=src)]
 
 
+# largest finite value of each float8 type: the saturation bound of Cast(saturate=1)
+FP8_MAX = {"fp8": 448.0, "fp8e5m2": 57344.0}
+
+
+def _cast_kernel(xs: list[Any], attrs: Attrs) -> list[np.ndarray]:
+    to = canonical(str(attrs["to"]))
+    x = xs[0]
+    if to in FP8_MAX and int(attrs.get("saturate", 1)) and np.issubdtype(x.dtype, np.floating):
+        # saturate: out-of-range values (and +-inf) clamp to the largest finite value, NaN
+        # stays NaN; without it the executor's rounding gives NaN (E4M3FN) or inf (E5M2)
+        x = np.clip(x, -FP8_MAX[to], FP8_MAX[to])
+    return [x.astype(compute_numpy(to))]
+
+
 defop(
     "Cast",
     infer=_cast_infer,
     work=movement_work,
-    kernel=lambda xs, attrs: [xs[0].astype(compute_numpy(canonical(str(attrs["to"]))))],
+    kernel=_cast_kernel,
     grad=_cast_grad,
-    doc="attrs: to (a dtype name: fp32, bf16, int64, ...). Float to int truncates toward zero.",
+    doc="attrs: to (a dtype name: fp32, bf16, int64, ...), saturate=1 (float8 targets: "
+        "out-of-range values clamp to the largest finite value; 0 gives NaN/inf). "
+        "Float to int truncates toward zero.",
 )
 
 # --------------------------------------------------------------------------- Dropout
