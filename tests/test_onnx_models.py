@@ -59,12 +59,9 @@ def test_light_model_imports_executes_and_simulates(name):
     rec = Executor(g).run({inp: x}, keep=[logits_name] if logits_name else [])
     out = rec.values[g.outputs[0]]
     ref = numpy_helper.to_array(onnx.load_tensor(os.path.join(LIGHT, f"light_{name}_output_0.pb")))
-    if name == "squeezenet":
-        # logits ~3e9 from identical channels: float32 rounding (~256) in the last digit
-        # decides the softmax, so compare the logits with onnx.reference instead
-        assert out.shape == ref.shape
-    else:
-        np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-7)
+    # SqueezeNet's logits are ~3e9 from identical channels, so the softmax is only uniform
+    # (as in the reference) when every channel rounds alike: fp32 convs accumulate in fp64.
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-7)
     if logits_name:
         _check_logits_with_reference(path, logits_name, inp, x, rec.values[logits_name])
     r = sim.simulate(g, sim.hardware("h100"))

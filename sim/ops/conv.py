@@ -8,8 +8,9 @@ Conventions chosen here:
 
 * Kernels are im2col: the padded input is viewed with ``sliding_window_view`` (no copy),
   gathered once into a ``(group, N*outSpatial, C/group*prod(kernel))`` matrix and multiplied
-  by the weights in one batched ``matmul``. The data gradient (and ConvTranspose) multiplies
-  first and scatters back with one strided add per kernel tap (col2im), never per pixel.
+  by the weights in one batched ``matmul`` (fp32 accumulates in fp64 and rounds once,
+  ``sim.ops.common.matmul_exact``, so results do not depend on BLAS blocking). The data
+  gradient (and ConvTranspose) multiplies first and scatters back with one strided add per kernel tap (col2im), never per pixel.
 * Work is the implicit GEMM: Conv has ``m = N*outSpatial, n = Cout/group,
   k = Cin/group*prod(kernel), batch = group``. The bias add is 1 FLOP per output element,
   counted in ``flops`` (vector work), not in ``matmul_flops``. ``ConvGradData`` does the same
@@ -34,7 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
-from sim.ops.common import as_tuple, io_bytes, need
+from sim.ops.common import as_tuple, io_bytes, matmul_exact, need
 from sim.ops.registry import defop
 from sim.ops.work import GemmShape, Work
 
@@ -237,7 +238,7 @@ def _unrows(r: np.ndarray, n: int, sp: tuple[int, ...]) -> np.ndarray:
 
 def conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Geometry, group: int) -> np.ndarray:
     cols = _im2col(x, g, group)
-    y = _unrows(np.matmul(cols, _wmat(w, group).transpose(0, 2, 1)), x.shape[0], g.out)
+    y = _unrows(matmul_exact(cols, _wmat(w, group).transpose(0, 2, 1)), x.shape[0], g.out)
     if b is not None:
         y += b.reshape(1, -1, *([1] * len(g.out)))
     return y
@@ -248,7 +249,7 @@ def conv_grad_data(dy: np.ndarray, w: np.ndarray, g: Geometry, group: int) -> np
     n = dy.shape[0]
     d = len(g.inp)
     cg = w.shape[1]
-    dcols = np.matmul(_rows(dy, group), _wmat(w, group))  # (G, N*P, K*Cg)
+    dcols = matmul_exact(_rows(dy, group), _wmat(w, group))  # (G, N*P, K*Cg)
     dcols = dcols.reshape(group, n, *g.out, *g.kernel, cg)
     perm = (1, *range(2, 2 + 2 * d), 0, 2 + 2 * d)
     dc = dcols.transpose(perm).reshape(n, *g.out, *g.kernel, group * cg)
@@ -259,7 +260,7 @@ def conv_grad_filter(x: np.ndarray, dy: np.ndarray, g: Geometry, group: int,
                      wshape: tuple[int, ...]) -> np.ndarray:
     d = len(g.inp)
     cols = _im2col(x, g, group)
-    dw = np.matmul(_rows(dy, group).transpose(0, 2, 1), cols)  # (G, Mg, K*Cg)
+    dw = matmul_exact(_rows(dy, group).transpose(0, 2, 1), cols)  # (G, Mg, K*Cg)
     dw = dw.reshape(group, wshape[0] // group, *g.kernel, wshape[1])
     return np.ascontiguousarray(dw.transpose(0, 1, 2 + d, *range(2, 2 + d))).reshape(wshape)
 

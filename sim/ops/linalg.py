@@ -27,7 +27,7 @@ import numpy as np
 
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
-from sim.ops.common import broadcast_shapes, io_bytes, need
+from sim.ops.common import broadcast_shapes, io_bytes, matmul_exact, need
 from sim.ops.registry import defop
 from sim.ops.work import GemmShape, Work
 
@@ -90,7 +90,7 @@ defop(
     "MatMul",
     infer=_matmul_infer,
     work=_matmul_work,
-    kernel=lambda xs, attrs: [np.matmul(xs[0], xs[1])],
+    kernel=lambda xs, attrs: [matmul_exact(xs[0], xs[1])],
     grad=_matmul_grad,
     doc="numpy.matmul semantics: batched, broadcasting, 1-D operands promoted.",
 )
@@ -148,7 +148,7 @@ def _gemm_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
         a = a.T
     if int(attrs.get("transB", 0)):
         b = b.T
-    y = a @ b
+    y = matmul_exact(a, b)
     alpha = float(attrs.get("alpha", 1.0))
     if alpha != 1.0:
         y = y * np.asarray(alpha, y.dtype)
