@@ -10,7 +10,8 @@ Conventions chosen here:
   gathered once into a ``(group, N*outSpatial, C/group*prod(kernel))`` matrix and multiplied
   by the weights in one batched ``matmul`` (fp32 accumulates in fp64 and rounds once,
   ``sim.ops.common.matmul_exact``, so results do not depend on BLAS blocking). The data
-  gradient (and ConvTranspose) multiplies first and scatters back with one strided add per kernel tap (col2im), never per pixel.
+  gradient (and ConvTranspose) multiplies first and scatters back with one strided add per
+  kernel tap (col2im), never per pixel.
 * Work is the implicit GEMM: Conv has ``m = N*outSpatial, n = Cout/group,
   k = Cin/group*prod(kernel), batch = group``. The bias add is 1 FLOP per output element,
   counted in ``flops`` (vector work), not in ``matmul_flops``. ``ConvGradData`` does the same
