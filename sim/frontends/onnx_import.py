@@ -443,6 +443,8 @@ class _Importer:
             attrs["constant_value"] = attrs.pop("value")
         if op == "Pad" and "paddings" in attrs:
             attrs["pads"] = attrs.pop("paddings")
+        if op == "Upsample" or (op == "Resize" and self.opset < 11):
+            inputs, attrs = _legacy_resize(inputs, attrs)
         op = RENAMED.get(op, op)
         if op == "CastLike" and len(inputs) > 1:
             t = inputs[1]
@@ -464,7 +466,7 @@ class _Importer:
                     where=where,
                 )
             arr = self.consts[t]
-            if op == "Resize" and (aname == "roi" or arr.size == 0):
+            if op == "Resize" and arr.size == 0:
                 inputs[j] = ""
                 continue
             attrs[aname] = _operand_attr(op, aname, arr)
@@ -691,6 +693,21 @@ def _expand_center_crop_pad(imp: _Importer, name: str, inputs: list[str], output
         e("Pad", [y], out=outputs[0], pads=pads, mode="constant", constant_value=0.0)
     else:
         e("Identity", [y], out=outputs[0])
+
+
+def _legacy_resize(inputs: list[str], attrs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Upsample (opsets 1-9) and Resize-10 as today's Resize: inputs (X, scales) with scales
+    moved to Resize's slot 2, asymmetric coordinates, nearest rounding down, ``bilinear`` as
+    ``linear`` and opset-1 ``height_scale``/``width_scale`` as scales."""
+    inputs = [inputs[0], "", inputs[1]] if len(inputs) > 1 else inputs
+    if "height_scale" in attrs or "width_scale" in attrs:
+        attrs["scales"] = [1.0, 1.0, float(attrs.pop("height_scale", 1.0)),
+                           float(attrs.pop("width_scale", 1.0))]
+    mode = str(attrs.get("mode", "nearest")).lower()
+    attrs["mode"] = "linear" if mode in ("bilinear", "trilinear") else mode
+    attrs.setdefault("coordinate_transformation_mode", "asymmetric")
+    attrs.setdefault("nearest_mode", "floor")
+    return inputs, attrs
 
 
 EXPANSIONS: dict[str, Any] = {

@@ -39,7 +39,7 @@ GradFn = Callable[[Any, "Node", list[str | None]], list[str | None]]
 # Family modules, imported on first use so that every op is registered.
 FAMILIES = (
     "linalg", "conv", "pool", "elementwise", "logical", "reduce", "norm", "shape",
-    "index", "generate", "attention", "rnn", "loss", "optim",
+    "index", "generate", "attention", "rnn", "loss", "optim", "resize",
 )
 
 
