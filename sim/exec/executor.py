@@ -151,9 +151,13 @@ class Executor:
                 if is_float(spec.dtype):
                     v = v.astype(compute_numpy(spec.dtype), copy=False)
                 args.append(v)
+            attrs = node.attrs
+            if getattr(opdef.kernel, "wants_dtypes", False):
+                # kernels marked by sim.ops.attention.dtype_aware see the input dtype names
+                attrs = {**attrs, "_dtypes": tuple(g.tensors[t].dtype if t else "" for t in node.inputs)}
             t0 = time.perf_counter()
             try:
-                outs = opdef.kernel(args, node.attrs)
+                outs = opdef.kernel(args, attrs)
             except Exception as err:  # noqa: BLE001 - re-raised with the node's text
                 raise GraphError(
                     f"kernel failed: {type(err).__name__}: {err}", where=f"node {node.name!r} ({node.op})"

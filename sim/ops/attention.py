@@ -1,14 +1,23 @@
 """Attention ops: fused scaled dot-product attention and rotary position embedding.
 
-``Attention`` follows the ONNX opset-23 ``Attention`` operator: inputs ``Q, K, V`` and the
-optional ``attn_mask``, ``past_key``, ``past_value``; attributes ``is_causal``, ``scale``,
-``softcap``, ``q_num_heads`` / ``kv_num_heads`` (3-D inputs), grouped-query attention when
-K/V have fewer heads than Q. Outputs ``Y`` and, when a KV cache is given, ``present_key`` and
-``present_value`` (the cache with the new keys/values appended). ``qk_matmul_output`` (the
-fourth ONNX output, with ``qk_matmul_output_mode``) is not produced; ``softmax_precision`` is
-accepted and ignored (the softmax always runs in fp32 or wider, as kernels compute low-precision
-inputs in fp32). Causal masking is offset by the cache length (query i sees key j iff
-j <= i + past), as onnx.reference does.
+``Attention`` follows the ONNX ``Attention`` operator (opsets 23-25): inputs ``Q, K, V`` and
+the optional ``attn_mask``, ``past_key``, ``past_value`` and ``nonpad_kv_seqlen`` (opset 24:
+per-batch count of valid keys of a padded, externally managed KV cache; not together with
+``past_key``); attributes ``is_causal``, ``scale``, ``softcap``, ``softmax_precision``,
+``qk_matmul_output_mode``, ``left_window_size`` / ``right_window_size`` (opset 25 sliding
+window, -1 = unbounded), ``q_num_heads`` / ``kv_num_heads`` (3-D inputs); grouped-query
+attention when K/V have fewer heads than Q. Outputs ``Y``, ``present_key`` /
+``present_value`` (the cache with the new keys/values appended; K and V in 4-D form without a
+cache) and ``qk_matmul_output`` [B, q_heads, Sq, total keys]: mode 0 the scaled QK^T, 1 after
+softcap, 2 after softcap and the additive mask (causal, window and padding included), 3 the
+softmax probabilities. All four outputs are always inferred; name only those needed ('' for
+the others), as the work estimate charges every named output's bytes. Causal masking and the
+window are offset-aligned (bottom-right): query i is at absolute position i + past (or
+nonpad_kv_seqlen[b] - Sq with nonpad_kv_seqlen), as onnx.reference does. Fully masked rows give
+0. Kernels follow onnx.reference's order of operations (sqrt(scale) applied to Q and K, softcap,
+mask add, softmax, probabilities cast to the input dtype before PV); fp16/bf16 inputs are
+computed in their storage dtype with the same per-step rounding. ``qk_matmul_output`` has no
+gradient.
 
 ``RotaryEmbedding`` follows the ONNX opset-23 operator of that name.
 
@@ -22,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.dtypes import is_float, itemsize
+from sim.dtypes import is_float, itemsize, to_numpy
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, io_bytes, need
@@ -31,15 +40,26 @@ from sim.ops.work import GemmShape, Work
 
 # ---------------------------------------------------------------------------- shapes
 
+# ONNX TensorProto element types allowed for softmax_precision, by our dtype names.
+SOFTMAX_PRECISIONS = {1: "fp32", 10: "fp16", 11: "fp64", 16: "bf16"}
+
 
 def _pad(specs: list[Any], n: int) -> list[Any]:
     return list(specs) + [None] * (n - len(specs))
 
 
+def _windows(attrs: dict[str, Any]) -> tuple[int, int]:
+    left = int(attrs.get("left_window_size", -1))
+    right = int(attrs.get("right_window_size", -1))
+    if left < -1 or right < -1:
+        raise GraphError(f"left_window_size {left} / right_window_size {right} must be -1 or >= 0")
+    return left, right
+
+
 def _attn_dims(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[str, int]:
     """Batch, heads, lengths and head sizes of an Attention node (validating them)."""
     q, k, v = need(specs, 3, "Attention")
-    mask, pk, pv = _pad(specs, 6)[3:6]
+    mask, pk, pv, nonpad = _pad(specs, 7)[3:7]
     if not (q.rank == k.rank == v.rank) or q.rank not in (3, 4):
         raise GraphError(f"Attention wants Q, K, V all 3-D or all 4-D, got {q.shape}, {k.shape}, {v.shape}")
     if not (q.dtype == k.dtype == v.dtype) or not is_float(q.dtype):
@@ -74,6 +94,11 @@ def _attn_dims(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[st
         if pk.shape != (B, Hkv, P, D) or pv.shape != (B, Hkv, P, Dv):
             raise GraphError(f"past_key {pk.shape} / past_value {pv.shape} do not match "
                              f"[{B}, {Hkv}, past, {D}] / [{B}, {Hkv}, past, {Dv}]")
+    if nonpad is not None:
+        if pk is not None:
+            raise GraphError("nonpad_kv_seqlen cannot be combined with past_key / past_value")
+        if nonpad.shape != (B,) or nonpad.dtype not in ("int64", "int32"):
+            raise GraphError(f"nonpad_kv_seqlen must be int [{B}], got {nonpad}")
     T = P + Skv
     if mask is not None:
         if mask.dtype != "bool" and mask.dtype != q.dtype:
@@ -83,7 +108,16 @@ def _attn_dims(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[st
         padded = (*mask.shape[:-1], T)
         if broadcast_shapes(padded, (B, Hq, Sq, T)) != (B, Hq, Sq, T):
             raise GraphError(f"attn_mask {mask.shape} does not broadcast to {(B, Hq, Sq, T)}")
-    return {"B": B, "Hq": Hq, "Hkv": Hkv, "Sq": Sq, "Skv": Skv, "P": P, "T": T, "D": D, "Dv": Dv}
+    mode = int(attrs.get("qk_matmul_output_mode", 0))
+    if mode not in (0, 1, 2, 3):
+        raise GraphError(f"qk_matmul_output_mode must be 0, 1, 2 or 3, got {mode}")
+    sp = attrs.get("softmax_precision")
+    if sp is not None and int(sp) not in SOFTMAX_PRECISIONS:
+        raise GraphError(f"softmax_precision {sp} is not one of {sorted(SOFTMAX_PRECISIONS)} "
+                         "(ONNX float, float16, double, bfloat16)")
+    _windows(attrs)
+    return {"B": B, "Hq": Hq, "Hkv": Hkv, "Sq": Sq, "Skv": Skv, "P": P, "T": T, "D": D, "Dv": Dv,
+            "nonpad": int(nonpad is not None)}
 
 
 def _attn_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
@@ -94,10 +128,9 @@ def _attn_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[T
         y = TensorSpec((d["B"], d["Hq"], d["Sq"], d["Dv"]), q.dtype)
     else:
         y = TensorSpec((d["B"], d["Sq"], d["Hq"] * d["Dv"]), q.dtype)
-    if _pad(specs, 6)[4] is None:
-        return [y]
     return [y, TensorSpec((d["B"], d["Hkv"], d["T"], d["D"]), q.dtype),
-            TensorSpec((d["B"], d["Hkv"], d["T"], d["Dv"]), q.dtype)]
+            TensorSpec((d["B"], d["Hkv"], d["T"], d["Dv"]), q.dtype),
+            TensorSpec((d["B"], d["Hq"], d["Sq"], d["T"]), q.dtype)]
 
 
 def causal_blocks(Sq: int, T: int, offset: int) -> list[tuple[int, int]]:
@@ -123,27 +156,73 @@ def causal_blocks(Sq: int, T: int, offset: int) -> list[tuple[int, int]]:
     return blocks
 
 
+def window_counts(Sq: int, T: int, offset: int, causal: bool, left: int, right: int) -> list[int]:
+    """Keys attended by each query row under ``is_causal`` and a sliding window.
+
+    Query ``i`` sits at absolute position ``p = i + offset`` and attends key ``j`` iff
+    ``p - left <= j <= p + right`` (a bound of -1 is unbounded) and, with ``causal``, ``j <= p``.
+
+    >>> window_counts(4, 6, 2, True, 2, -1)   # positions 2..5, 3 keys each
+    [3, 3, 3, 3]
+    """
+    out = []
+    for i in range(Sq):
+        p = i + offset
+        hi = T - 1
+        if causal:
+            hi = min(hi, p)
+        if right >= 0:
+            hi = min(hi, p + right)
+        lo = max(0, p - left) if left >= 0 else 0
+        out.append(max(0, hi - lo + 1))
+    return out
+
+
 def _pair_blocks(d: dict[str, int], attrs: dict[str, Any]) -> list[tuple[int, int]]:
-    if int(attrs.get("is_causal", 0)):
-        return causal_blocks(d["Sq"], d["T"], d["P"])
-    return [(d["Sq"], d["T"])]
+    """Query x key blocks of attended pairs (see ``causal_blocks`` / ``window_counts``).
+
+    With ``nonpad_kv_seqlen`` the valid lengths are runtime values: the count assumes a full
+    cache (every key valid, causal offset T - Sq), an upper bound."""
+    causal = bool(int(attrs.get("is_causal", 0)))
+    offset = d["T"] - d["Sq"] if d["nonpad"] else d["P"]
+    left, right = _windows(attrs)
+    if left < 0 and right < 0:
+        if causal:
+            return causal_blocks(d["Sq"], d["T"], offset)
+        return [(d["Sq"], d["T"])]
+    counts = window_counts(d["Sq"], d["T"], offset, causal, left, right)
+    return [(counts.count(c), c) for c in sorted(set(counts), reverse=True) if c > 0]
+
+
+def _qk_named(outs: list[TensorSpec], d: dict[str, int]) -> bool:
+    """Whether the named outputs include qk_matmul_output (recognised by its shape)."""
+    shape = (d["B"], d["Hq"], d["Sq"], d["T"])
+    kv = {(d["B"], d["Hkv"], d["T"], d["D"]), (d["B"], d["Hkv"], d["T"], d["Dv"])}
+    if shape in kv:  # Hq == Hkv and Sq == T == D (or Dv): tell them apart by count only
+        return len(outs) == 4
+    return any(o.shape == shape for o in outs[1:])
 
 
 def _attn_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str, Any]) -> Work:
     """Work of a fused (flash-style) attention kernel.
 
-    GEMMs, per (batch, head) and per block of attended (query, key) pairs (``causal_blocks``;
-    one Sq x T block without ``is_causal``): scores ``QK^T`` (m = queries, n = keys, k = D) and
-    ``PV`` (m = queries, n = Dv, k = keys), each with batch = B * q_heads. With ``is_causal`` only
-    the N attended pairs (N = sum_i min(i + past + 1, T), i.e. Sq(Sq+1)/2 for a square mask)
-    are counted: matmul FLOPs = 2 * B * Hq * N * (D + Dv).
+    GEMMs, per (batch, head) and per block of attended (query, key) pairs (``causal_blocks``
+    with ``is_causal``, rows grouped by key count with a sliding window, one Sq x T block
+    otherwise): scores ``QK^T`` (m = queries, n = keys, k = D) and ``PV`` (m = queries, n = Dv,
+    k = keys), each with batch = B * q_heads. Only the N attended pairs are counted (N =
+    sum_i min(i + past + 1, T) for a causal mask, Sq(Sq+1)/2 when square): matmul FLOPs
+    = 2 * B * Hq * N * (D + Dv). With ``nonpad_kv_seqlen`` N assumes a full cache (the lengths
+    are runtime values): an upper bound.
     Vector FLOPs per attended pair: scale 1, mask add 1 (with a mask), softcap 3 (divide, tanh,
     multiply), running max 1, subtract 1, exp 1, running sum 1; per query row: one reciprocal
     and Dv multiplies for the final normalisation. Transcendentals: one exp per pair (plus one
     tanh per pair with softcap) and one reciprocal per row. The online-softmax rescaling of
     partial outputs is not counted.
-    Bytes: Q, K, V, mask and KV cache read once, Y (and the present cache) written once; the
-    S x T score matrix never goes to memory.
+    ``qk_matmul_output``, when named, is written in full (B * Hq * Sq * T elements, its bytes
+    are counted with the other outputs); in mode 3 the stored probabilities are normalised,
+    1 more multiply per attended pair. It is recognised among the named outputs by its shape.
+    Bytes: Q, K, V, mask, KV cache and nonpad lengths read once, Y (and every other named
+    output) written once; without qk_matmul_output the S x T score matrix never goes to memory.
     """
     d = _attn_dims(ins, attrs)
     blocks = _pair_blocks(d, attrs)
@@ -155,6 +234,8 @@ def _attn_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict
     has_mask = len(ins) > 3 and ins[3] is not None
     softcap = float(attrs.get("softcap", 0.0) or 0.0) > 0
     per_pair = 5 + (1 if has_mask else 0) + (3 if softcap else 0)
+    if int(attrs.get("qk_matmul_output_mode", 0)) == 3 and _qk_named(outs, d):
+        per_pair += 1
     rows = bh * d["Sq"]
     vec = bh * n_pairs * per_pair + rows * (1 + d["Dv"])
     trans = bh * n_pairs * (2 if softcap else 1) + rows
@@ -164,6 +245,33 @@ def _attn_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict
 
 
 # ---------------------------------------------------------------------------- kernels
+
+# Attribute under which the executor hands dtype-aware kernels the input dtype names.
+DTYPES_ATTR = "_dtypes"
+
+
+def dtype_aware(fn: Any) -> Any:
+    """Mark a kernel as wanting ``attrs[DTYPES_ATTR]``: the dtype name of each input ('' for
+    an omitted one), so that it can round intermediates to the storage dtype."""
+    fn.wants_dtypes = True
+    return fn
+
+
+def _storage(xs: list[Any], attrs: dict[str, Any]) -> list[Any]:
+    """Float inputs back in their fp16 / bf16 storage dtype (exact: they were rounded to it),
+    so the kernel rounds every step as onnx.reference does; others unchanged."""
+    names = attrs.get(DTYPES_ATTR) or ()
+    out = list(xs)
+    for i, (x, name) in enumerate(zip(xs, names)):
+        if x is not None and name in ("fp16", "bf16"):
+            out[i] = x.astype(to_numpy(name))
+    return out
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in a's dtype (NumPy may promote bf16 to fp32)."""
+    r = np.matmul(a, b)
+    return r if r.dtype == a.dtype else r.astype(a.dtype)
 
 
 def _to4(x: np.ndarray, heads: int) -> np.ndarray:
@@ -178,9 +286,55 @@ def _to3(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 1, 3).reshape(B, S, H * dd)
 
 
+def _position_bias(Sq: int, T: int, offset: Any, dt: np.dtype, allowed: Any) -> np.ndarray:
+    """0 / -inf by ``allowed(p - j)`` for query position p = i + offset and key j: [Sq, T] for a
+    scalar offset, [B, 1, Sq, T] for a per-batch one."""
+    i = np.arange(Sq)[:, None]
+    j = np.arange(T)[None, :]
+    off = np.asarray(offset)
+    diff = (i + off.reshape(-1, 1, 1)) - j if off.ndim else (i + int(off)) - j
+    b = np.where(allowed(diff), dt.type(0), dt.type(-np.inf))
+    return b.reshape(b.shape[0], 1, Sq, T) if off.ndim else b
+
+
+def _bias(mask: Any, nonpad: Any, attrs: dict[str, Any], Sq: int, T: int, past: int,
+          dt: np.dtype) -> np.ndarray:
+    """The additive bias (0 / -inf / mask values): attn_mask padded to T keys, causal mask,
+    sliding window and key padding, broadcastable to [B, H, Sq, T]."""
+    bias = np.zeros((Sq, T), dtype=dt)
+    if mask is not None:
+        padw = T - mask.shape[-1]
+        if mask.dtype == np.bool_:
+            m = np.where(mask, dt.type(0), dt.type(-np.inf))
+        else:
+            m = mask.astype(dt, copy=False)
+        if padw:
+            m = np.concatenate([m, np.full((*m.shape[:-1], padw), -np.inf, dt)], axis=-1)
+        bias = bias + m
+    offset: Any = past if nonpad is None else np.asarray(nonpad).reshape(-1).astype(np.int64) - Sq
+    if int(attrs.get("is_causal", 0)):
+        bias = bias + _position_bias(Sq, T, offset, dt, lambda d: d >= 0)
+    left, right = _windows(attrs)
+    if left >= 0 or right >= 0:
+        def inside(d: np.ndarray) -> np.ndarray:
+            ok = np.ones(d.shape, dtype=bool)
+            if left >= 0:
+                ok &= d <= left
+            if right >= 0:
+                ok &= -d <= right
+            return ok
+
+        bias = bias + _position_bias(Sq, T, offset, dt, inside)
+    if nonpad is not None:
+        valid = np.arange(T)[None, :] < np.asarray(nonpad).reshape(-1, 1)
+        pad = np.where(valid, dt.type(0), dt.type(-np.inf))
+        bias = bias + pad.reshape(pad.shape[0], 1, 1, T)
+    return bias
+
+
 def _prepare(xs: list[Any], attrs: dict[str, Any]):
     """Inputs in [B, H, S, d] form, the K/V caches concatenated, and the additive bias."""
-    q, k, v, mask, pk, pv = _pad(xs, 6)[:6]
+    q, k, v, mask, pk, pv, nonpad = _pad(xs, 7)[:7]
     three_d = q.ndim == 3
     if three_d:
         q = _to4(q, int(attrs["q_num_heads"]))
@@ -189,22 +343,8 @@ def _prepare(xs: list[Any], attrs: dict[str, Any]):
     if pk is not None:
         k = np.concatenate([pk, k], axis=2)
         v = np.concatenate([pv, v], axis=2)
-    Sq, T = q.shape[2], k.shape[2]
     past = 0 if pk is None else pk.shape[2]
-    bias = np.zeros((Sq, T), dtype=q.dtype)
-    if mask is not None:
-        padw = T - mask.shape[-1]
-        if mask.dtype == np.bool_:
-            m = np.where(mask, 0.0, -np.inf).astype(q.dtype)
-        else:
-            m = mask.astype(q.dtype)
-        if padw:
-            m = np.concatenate([m, np.full((*m.shape[:-1], padw), -np.inf, q.dtype)], axis=-1)
-        bias = bias + m
-    if int(attrs.get("is_causal", 0)):
-        i = np.arange(Sq)[:, None]
-        j = np.arange(T)[None, :]
-        bias = bias + np.where(j <= i + past, 0.0, -np.inf).astype(q.dtype)
+    bias = _bias(mask, nonpad, attrs, q.shape[2], k.shape[2], past, q.dtype)
     return q, k, v, bias, three_d
 
 
@@ -213,33 +353,50 @@ def _scale(attrs: dict[str, Any], head: int) -> float:
     return float(s) if s is not None else 1.0 / float(np.sqrt(head))
 
 
-def _probs(q: np.ndarray, k: np.ndarray, bias: np.ndarray, attrs: dict[str, Any]):
-    """(probabilities, tanh of the capped scores or None). Fully masked rows give 0."""
-    reps = q.shape[1] // k.shape[1]
-    kr = np.repeat(k, reps, axis=1)
-    s = (q @ np.swapaxes(kr, -1, -2)) * q.dtype.type(_scale(attrs, q.shape[-1]))
+def _scores(q: np.ndarray, k: np.ndarray, attrs: dict[str, Any]):
+    """(scaled QK^T, softcapped scores, tanh of the capped scores or None), in q's dtype.
+
+    sqrt(scale) multiplies Q and K each (onnx.reference's order of rounding)."""
+    kr = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
+    sc = q.dtype.type(np.sqrt(_scale(attrs, q.shape[-1])))
+    raw = _mm(q * sc, np.swapaxes(kr * sc, -1, -2))
     cap = float(attrs.get("softcap", 0.0) or 0.0)
-    th = None
-    if cap > 0:
-        th = np.tanh(s / cap)
-        s = cap * th
-    s = s + bias
+    if cap <= 0:
+        return raw, raw, None
+    th = np.tanh(raw / cap)
+    return raw, th * cap, th
+
+
+def _softmax(s: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Softmax over keys; rows whose bias is all -inf (no attendable key) give 0."""
     smax = np.max(s, axis=-1, keepdims=True)
-    dead = np.isneginf(np.max(np.broadcast_to(bias, s.shape), axis=-1, keepdims=True))
-    e = np.exp(s - np.where(np.isneginf(smax), 0.0, smax))
+    zero, one = np.zeros((), s.dtype), np.ones((), s.dtype)
+    e = np.exp(s - np.where(np.isneginf(smax), zero, smax))
     tot = np.sum(e, axis=-1, keepdims=True)
-    p = np.where(dead, 0.0, e / np.where(tot == 0, 1.0, tot)).astype(q.dtype)
-    return p, th
+    p = e / np.where(tot == zero, one, tot)
+    dead = np.isneginf(np.max(bias, axis=-1, keepdims=True))
+    return np.where(dead, zero, p)
 
 
+def _probs(q: np.ndarray, k: np.ndarray, bias: np.ndarray, attrs: dict[str, Any]):
+    """(probabilities in q's dtype, tanh of the capped scores or None): the gradient's forward."""
+    _, s, th = _scores(q, k, attrs)
+    return _softmax(s + bias, bias).astype(q.dtype), th
+
+
+@dtype_aware
 def _attn_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
-    q, k, v, bias, three_d = _prepare(xs, attrs)
-    p, _ = _probs(q, k, bias, attrs)
-    y = p @ np.repeat(v, q.shape[1] // k.shape[1], axis=1)
-    out = [_to3(y) if three_d else y]
-    if len(xs) > 4 and xs[4] is not None:
-        out += [k, v]
-    return out
+    q, k, v, bias, three_d = _prepare(_storage(_pad(xs, 7)[:7], attrs), attrs)
+    dt = q.dtype
+    raw, capped, _ = _scores(q, k, attrs)
+    masked = capped + bias
+    sp = attrs.get("softmax_precision")
+    x = masked if sp is None else masked.astype(to_numpy(SOFTMAX_PRECISIONS[int(sp)]))
+    p = _softmax(x, bias)
+    mode = int(attrs.get("qk_matmul_output_mode", 0))
+    qk = (raw, capped, masked, p)[mode].astype(dt)
+    y = _mm(p.astype(dt), np.repeat(v, q.shape[1] // k.shape[1], axis=1))
+    return [_to3(y) if three_d else y, k, v, qk]
 
 
 def _unbroadcast(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -256,8 +413,8 @@ def _group_sum(x: np.ndarray, kv_heads: int) -> np.ndarray:
 
 
 def _attn_grad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
-    xs = _pad(xs, 10)
-    q, k, v, bias, three_d = _prepare(xs[:6], attrs)
+    xs = _pad(xs, 11)
+    q, k, v, bias, three_d = _prepare([*xs[:6], xs[10]], attrs)
     mask, pk = xs[3], xs[4]
     y, dy, dpres_k, dpres_v = xs[6:10]
     Hkv, reps = k.shape[1], q.shape[1] // k.shape[1]
@@ -312,9 +469,15 @@ def is_constant(graph: Any, tensor: str, _memo: dict[str, bool] | None = None) -
 
 
 def _attn_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
-    ins = _pad(list(node.inputs), 6)
-    q, k, v, mask, pk, pv = (t or "" for t in ins[:6])
+    ins = _pad(list(node.inputs), 7)
+    q, k, v, mask, pk, pv, nonpad = (t or "" for t in ins[:7])
+    if len(dys) > 3 and dys[3]:
+        raise GraphError("qk_matmul_output has no gradient (it is a diagnostic output)",
+                         where=f"node {node.name!r} (Attention)")
     y = node.outputs[0]
+    if not y:
+        raise GraphError("the Attention gradient needs output Y named (AttentionGrad reads it)",
+                         where=f"node {node.name!r} (Attention)")
     dy = dys[0]
     if dy is None:
         spec = gb.spec(y)
@@ -324,12 +487,13 @@ def _attn_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
     mask_grad = int(bool(mask) and gb.spec(mask).dtype != "bool" and not is_constant(gb.graph, mask))
     attrs = {**node.attrs, "mask_grad": mask_grad}
     n_out = 3 + (2 if pk else 0) + mask_grad
-    outs = gb.op("AttentionGrad", [q, k, v, mask, pk, pv, y, dy, dpk, dpv], n_out=n_out, **attrs)
+    outs = gb.op("AttentionGrad", [q, k, v, mask, pk, pv, y, dy, dpk, dpv, nonpad], n_out=n_out,
+                 **attrs)
     dq, dk, dv = outs[:3]
     dpast_k = outs[3] if pk else None
     dpast_v = outs[4] if pk else None
     dmask = outs[-1] if mask_grad else None
-    return [dq, dk, dv, dmask, dpast_k, dpast_v]
+    return [dq, dk, dv, dmask, dpast_k, dpast_v, None]
 
 
 defop(
@@ -343,8 +507,8 @@ defop(
 
 
 def _attn_grad_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
-    specs = _pad(specs, 10)
-    _attn_dims(specs[:6], attrs)
+    specs = _pad(specs, 11)
+    _attn_dims([*specs[:6], specs[10]], attrs)
     if specs[6] is None or specs[7] is None:
         raise GraphError("AttentionGrad needs Y and dY (inputs 6 and 7)")
     outs = [s for s in specs[:3] if s is not None]
@@ -368,10 +532,12 @@ def _attn_grad_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs:
     D = Dv (N = attended pairs, as in the forward). Vector FLOPs per pair: the forward's softmax
     recompute (scale, mask, subtract, exp: 3 + mask + softcap 3) plus dS = P * (dP - rowdot) (2),
     scale (1) and softcap derivative (3); per query row the rowdot sum(dY * Y) (2 Dv).
-    Transcendentals: one exp per pair (+ one tanh with softcap). Bytes: Q, K, V, mask, cache,
-    Y and dY read once; dQ, dK, dV (and cache / mask gradients) written once.
+    Transcendentals: one exp per pair (+ one tanh with softcap). Attended pairs follow the
+    forward (causal, sliding window; a full cache with nonpad_kv_seqlen). Bytes: Q, K, V, mask,
+    cache, Y and dY read once; dQ, dK, dV (and cache / mask gradients) written once.
     """
-    d = _attn_dims(ins[:6], attrs)
+    ins = _pad(ins, 11)
+    d = _attn_dims([*ins[:6], ins[10]], attrs)
     blocks = _pair_blocks(d, attrs)
     bh = d["B"] * d["Hq"]
     D, Dv = d["D"], d["Dv"]
@@ -398,7 +564,7 @@ defop(
     kernel=_attn_grad_kernel,
     no_grad="backward op",
     doc="Inputs (Q, K, V, attn_mask, past_key, past_value, Y, dY, d_present_key, "
-        "d_present_value); outputs dQ, dK, dV, then d_past_key, d_past_value with a cache, "
+        "d_present_value, nonpad_kv_seqlen); outputs dQ, dK, dV, then d_past_key, d_past_value with a cache, "
         "then d_attn_mask with mask_grad=1. Attributes as Attention's.",
 )
 
