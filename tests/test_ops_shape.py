@@ -158,6 +158,14 @@ def test_cast_fp8_saturation(to, enum, npdt, big, src, saturate):
     assert np.isnan(float(y[-1]))
 
 
+def test_cast_int_to_fp8_saturates():
+    x = np.array([-100000, -3, 0, 7, 500, 100000], np.int32)
+    for to, enum in (("fp8", TensorProto.FLOAT8E4M3FN), ("fp8e5m2", TensorProto.FLOAT8E5M2)):
+        (y,) = run_op("Cast", [x], {"to": to})
+        (ref,) = onnx_ref("Cast", [x], {"to": enum}, opset=19)
+        np.testing.assert_array_equal(y.astype(np.float32), ref.astype(np.float32))
+
+
 def test_dropout():
     x = np.ones((64, 64), np.float32)
     y, mask = run_op("Dropout", [x], {"ratio": 0.25, "training_mode": 1, "seed": 7})

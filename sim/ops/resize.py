@@ -12,7 +12,7 @@ not_larger | not_smaller) and ``antialias`` (linear and cubic: the filter is str
 
 Every mode is separable: the output is one 1-D resampling per resized axis, each a fixed
 linear map from ``n_in`` to ``n_out`` positions whose rows hold ``taps`` weights (nearest 1,
-linear 2, cubic 4; with antialias ``2 ceil(1/scale)`` and ``4 ceil(1/scale)`` for a scale
+linear 2, cubic 4; with antialias ``2 ceil(1/scale)`` and ``2 ceil(2/scale)`` for a scale
 below 1). The kernel applies the maps one axis at a time (a gather for nearest, a dense
 ``n_out x n_in`` matrix product otherwise); ResizeGrad applies their transposes in reverse
 order, so every mode has a gradient.
