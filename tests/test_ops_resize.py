@@ -165,6 +165,26 @@ def test_gradient_tf_crop_and_resize(mode):
                                  "extrapolation_value": 3.0})
 
 
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+def test_long_axes_gather_and_scatter_like_the_matrix(monkeypatch, mode):
+    # past DENSE_MAX_ENTRIES an axis resamples by gathering / scatter-adding its taps
+    import sim.ops.resize as rz
+
+    attrs = {"mode": mode, "coordinate_transformation_mode": "tf_crop_and_resize",
+             "axes": [2, 3], "extrapolation_value": 3.0}
+    roi = [0.1, -0.2, 0.8, 1.2]
+    monkeypatch.setattr(rz, "DENSE_MAX_ENTRIES", 0)
+    _same(X, {**attrs, "antialias": 1}, sizes=[3, 9], roi=roi)
+    check_grad("Resize", [X64], {**attrs, "sizes": [6, 3], "roi": roi})
+
+
+def test_empty_tensors():
+    (y,) = run_op("Resize", [np.zeros((0, 3), np.float32)], {"scales": [1, 2], "mode": "linear"})
+    assert y.shape == (0, 6)
+    (y,) = run_op("Resize", [X], {"sizes": [0, 4], "axes": [2, 3], "mode": "cubic"})
+    assert y.shape == (1, 2, 0, 4)
+
+
 def test_grad_by_hand():
     # nearest 2 -> 4 (asymmetric, floor): each input feeds two outputs, so dx sums pairs
     dy = np.array([1.0, 2.0, 3.0, 4.0])

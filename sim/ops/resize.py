@@ -224,9 +224,27 @@ def axis_matrix(p: AxisPlan, attrs: Attrs) -> tuple[np.ndarray, np.ndarray | Non
     return m, extrapolated
 
 
-def _along(m: np.ndarray, t: np.ndarray, axis: int) -> np.ndarray:
-    """Apply the matrix ``m`` to axis ``axis`` of ``t``."""
-    return np.moveaxis(np.tensordot(m, t, axes=([1], [axis])), 0, axis)
+# axes up to this many matrix entries (32 MiB in float64) resample by a dense matrix product;
+# longer ones gather (forward) or scatter-add (backward) their taps
+DENSE_MAX_ENTRIES = 1 << 22
+
+
+def apply_axis(p: AxisPlan, attrs: Attrs, t: np.ndarray, transpose: bool = False) -> np.ndarray:
+    """Resample axis ``p.axis`` of ``t`` (float64) by the pass's map, or by its transpose."""
+    if p.n_in * p.n_out <= DENSE_MAX_ENTRIES:
+        m, _ = axis_matrix(p, attrs)
+        return np.moveaxis(np.tensordot(m.T if transpose else m, t, axes=([1], [p.axis])), 0,
+                           p.axis)
+    idx, w, _ = axis_taps(p, attrs)
+    moved = np.moveaxis(t, p.axis, 0)
+    bshape = (-1,) + (1,) * (moved.ndim - 1)
+    if transpose:
+        out = np.zeros((p.n_in, *moved.shape[1:]))
+        for k in range(idx.shape[1]):
+            np.add.at(out, idx[:, k], w[:, k].reshape(bshape) * moved)
+    else:
+        out = sum(w[:, k].reshape(bshape) * moved[idx[:, k]] for k in range(idx.shape[1]))
+    return np.moveaxis(np.asarray(out), 0, p.axis)
 
 
 def _mask_shape(rank: int, axis: int, n: int) -> tuple[int, ...]:
@@ -243,6 +261,8 @@ def _resize_infer(specs: list[TensorSpec | None], attrs: Attrs) -> list[TensorSp
 def _resize_kernel(xs: list[Any], attrs: Attrs) -> list[np.ndarray]:
     x = xs[0]
     plans, out_shape = resize_plan(x.shape, attrs)
+    if x.size == 0 or math.prod(out_shape) == 0:
+        return [np.zeros(out_shape, x.dtype)]
     nearest = _text(attrs, "mode", "nearest", MODES) == "nearest"
     fill = float(attrs.get("extrapolation_value", 0.0))
     y = x if nearest else x.astype(np.float64)
@@ -251,8 +271,8 @@ def _resize_kernel(xs: list[Any], attrs: Attrs) -> list[np.ndarray]:
             idx, _, extrapolated = axis_taps(p, attrs)
             y = np.take(y, idx[:, 0], axis=p.axis)
         else:
-            m, extrapolated = axis_matrix(p, attrs)
-            y = _along(m, y, p.axis)
+            extrapolated = source_coords(p, attrs)[1]
+            y = apply_axis(p, attrs, y)
         if extrapolated is not None and extrapolated.any():
             mask = extrapolated.reshape(_mask_shape(y.ndim, p.axis, p.n_out))
             y = np.where(mask, np.asarray(fill).astype(y.dtype), y)
@@ -329,12 +349,14 @@ def _resize_grad_kernel(xs: list[Any], attrs: Attrs) -> list[np.ndarray]:
     dy = xs[0]
     shape = as_tuple(attrs["shape"])
     plans, _ = resize_plan(shape, attrs)
+    if dy.size == 0 or math.prod(shape) == 0:
+        return [np.zeros(shape, dy.dtype)]
     g = dy.astype(np.float64)
     for p in reversed(plans):
-        m, extrapolated = axis_matrix(p, attrs)
+        extrapolated = source_coords(p, attrs)[1]
         if extrapolated is not None and extrapolated.any():
             g = np.where(extrapolated.reshape(_mask_shape(g.ndim, p.axis, p.n_out)), 0.0, g)
-        g = _along(m.T, g, p.axis)
+        g = apply_axis(p, attrs, g, transpose=True)
     return [np.ascontiguousarray(g.reshape(shape)).astype(dy.dtype)]
 
 
