@@ -489,3 +489,65 @@ def test_attention_qk_output_has_no_gradient():
     g.add_input("d_o3", g.tensors["o3"])
     with pytest.raises(GraphError, match="no gradient"):
         gradients(g, ["o3"], ["x0"], ["d_o3"])
+
+
+# ---------------------------------------------------------------------------- rotary backward
+
+
+def test_rotary_gradient_graph_uses_one_backward_op():
+    from sim.passes.autodiff import gradients
+
+    cos, sin = rope_caches(8, 2, np.float64)
+    # caches as non-trainable buffers: dX only (cache_grad=0)
+    g = Graph("rope")
+    g.add_input("x", TensorSpec((1, 2, 3, 6), "fp64"))
+    g.add_param("cos", TensorSpec(cos.shape, "fp64"), trainable=False, value=cos)
+    g.add_param("sin", TensorSpec(sin.shape, "fp64"), trainable=False, value=sin)
+    g.add_input("pos", TensorSpec((1, 3), "int64"))
+    (y,) = g.add_node("RotaryEmbedding", ["x", "cos", "sin", "pos"], None,
+                      {"rotary_embedding_dim": 4}, name="rope")
+    g.set_outputs([y])
+    g.add_input("dy", g.tensors[y])
+    gg, gmap = gradients(g, [y], ["x"], ["dy"])
+    new = [n for n in gg.nodes.values() if n.name not in g.nodes]
+    assert [n.op for n in new] == ["RotaryEmbeddingGrad"]
+    assert new[0].attrs["cache_grad"] == 0 and new[0].outputs == (gmap["x"],)
+    assert new[0].inputs == ("dy", "cos", "sin", "pos")
+    # caches as graph inputs (trainable): the same op also gives d_cos, d_sin (cache_grad=1)
+    g2 = one_op_graph("RotaryEmbedding", [f64(1, 2, 3, 6), cos, sin, np.zeros((1, 3), np.int64)],
+                      {"rotary_embedding_dim": 4})
+    g2.add_input("dy", g2.tensors["node"])
+    gg2, gmap2 = gradients(g2, ["node"], ["x0", "x1", "x2"], ["dy"])
+    new2 = [n for n in gg2.nodes.values() if n.name not in g2.nodes]
+    assert [n.op for n in new2] == ["RotaryEmbeddingGrad"]
+    assert new2[0].attrs["cache_grad"] == 1
+    assert list(new2[0].outputs) == [gmap2["x0"], gmap2["x1"], gmap2["x2"]]
+
+
+@pytest.mark.parametrize("interleaved", [0, 1])
+def test_rotary_grad_dx_is_the_inverse_rotation_per_onnx(interleaved):
+    """dX = R(-theta) dY: onnx.reference's RotaryEmbedding with the sine negated."""
+    dy = rnd(2, 3, 4, 8)
+    cos, sin = rope_caches(10, 3)
+    pos = RNG.integers(0, 10, (2, 4)).astype(np.int64)
+    attrs = {"interleaved": interleaved, "rotary_embedding_dim": 6}
+    (dx,) = run_op("RotaryEmbeddingGrad", [dy, cos, sin, pos], attrs)
+    (ref,) = onnx_ref("RotaryEmbedding", [dy, cos, -sin, pos], attrs, opset=23)
+    np.testing.assert_allclose(dx, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_rotary_grad_work_hand_count():
+    # B=1, H=2, S=3, rotary dim 4 (of 6): 1*2*3*4 = 24 rotated elements = 12 pairs
+    dy = rnd(1, 2, 3, 6)
+    cos, sin = rope_caches(16, 2)
+    pos = np.zeros((1, 3), np.int64)
+    attrs = {"rotary_embedding_dim": 4}
+    w = one_op_graph("RotaryEmbeddingGrad", [dy, cos, sin, pos], attrs).work("node")
+    assert w.flops == 12 * 6  # inverse rotation: 4 multiplies + 2 adds per pair
+    assert w.bytes_read == 36 * 4 + 2 * 32 * 4 + 3 * 8  # dY, both caches, ids
+    assert w.bytes_written == 36 * 4
+    wc = one_op_graph("RotaryEmbeddingGrad", [dy, cos, sin, pos, rnd(1, 2, 3, 6)],
+                      {**attrs, "cache_grad": 1}).work("node")
+    assert wc.flops == 12 * 6 * 2  # + x1 dr + x2 di, x1 di - x2 dr per pair
+    assert wc.bytes_read == w.bytes_read + 36 * 4  # X too
+    assert wc.bytes_written == 36 * 4 + 2 * 32 * 4  # dX, d_cos, d_sin

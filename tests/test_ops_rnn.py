@@ -277,3 +277,102 @@ def test_lstm_values_and_grads_match_torch():
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
     tw = np.stack([iofc(dict(lstm.named_parameters())["weight_ih" + s].grad.numpy()) for s in sfx])
     np.testing.assert_allclose(dw, tw, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ backward ops
+
+
+def grad_graph(kind, ins, attrs):
+    """The gradient graph of one recurrent node w.r.t. every present float input."""
+    from sim.passes.autodiff import gradients
+
+    g = one_op_graph(kind, ins, attrs)
+    for y in g.outputs:
+        g.add_input(f"d_{y}", g.tensors[y])
+    wrt = [f"x{i}" for i, a in enumerate(ins) if a is not None and a.dtype.kind == "f"]
+    gg, gmap = gradients(g, list(g.outputs), wrt, [f"d_{y}" for y in g.outputs])
+    return g, gg, gmap, wrt
+
+
+@pytest.mark.parametrize("kind,grad_op", [("GRU", "GRUGrad"), ("RNN", "RNNGrad")])
+def test_gradient_graph_is_one_dedicated_backward_op(kind, grad_op):
+    ins = make_inputs(kind, "bidirectional")
+    ins[4] = np.array([3, 1], np.int64)
+    g, gg, gmap, wrt = grad_graph(kind, ins, {"direction": "bidirectional"})
+    new = [n for n in gg.nodes.values() if n.name not in g.nodes]
+    assert [n.op for n in new] == [grad_op]  # no other node on the data path
+    (bw,) = new
+    assert bw.inputs == (*g.nodes["node"].inputs, *(f"d_{y}" for y in g.outputs))
+    # every input gradient (X, W, R, B, initial_h) is one output of that node, in order
+    assert [gmap[w] for w in wrt] == list(bw.outputs)
+    assert gg.tensors[gmap["x3"]].shape == (2, 2 * GATES[kind] * HID)
+
+
+@pytest.mark.parametrize("kind,grad_op", [("GRU", "GRUGrad"), ("RNN", "RNNGrad")])
+def test_backward_op_leaves_absent_inputs_ungraded(kind, grad_op):
+    ins = make_inputs(kind, "forward", full=False)  # X, W, R only
+    _, gg, gmap, _ = grad_graph(kind, ins, {})
+    (bw,) = [n for n in gg.nodes.values() if n.op == grad_op]
+    assert bw.outputs[3:] == ("", "")  # no dB, no d_initial_h
+    assert set(gmap) == {"x0", "x1", "x2"}
+
+
+def test_gru_grad_and_rnn_grad_work_hand_counts():
+    """Forward recompute + four backward GEMMs per direction (seq 3, batch 2, input 3, hidden 4).
+
+    GRU (G = 3, GH = 12), forward GEMMs: input projection 2*6*12*3 = 432, recurrent
+    3 steps x 2*2*12*4 = 576 (1008). Backward: dH_prev = dgates R, 3 x 2*2*4*12 = 576;
+    dR = dgates^T H_prev 2*12*4*6 = 576; dW = dgates^T X 2*12*3*6 = 432; dX = dgates W
+    2*6*3*12 = 432 (2016). Total 3024 = 3x the forward. Vector per (step, batch, unit): forward
+    20, backward 9 (3 per sigmoid/tanh derivative) + 10 chain rule + 3 bias sums = 22.
+    RNN (G = 1): forward 144 + 192 = 336, backward 192 + 192 + 144 + 144 = 672, total 1008;
+    vector forward 3, backward 3 (tanh') + 1 + 1 = 5.
+    """
+    units = T * BATCH * HID  # 24
+    rng = np.random.default_rng(1)
+    for kind, grad_op, mm, vec in [("GRU", "GRUGrad", 3024, (20 + 22) * units),
+                                   ("RNN", "RNNGrad", 1008, (3 + 5) * units)]:
+        ins = make_inputs(kind, "forward", np.float32)[:4]  # X, W, R, B
+        dys = [rng.standard_normal(s).astype(np.float32) for s in [(T, 1, BATCH, HID), (1, BATCH, HID)]]
+        w = one_op_graph(grad_op, [*ins, None, None, *dys]).work("node")
+        G = GATES[kind]
+        assert w.gemms == (GemmShape(6, G * HID, IN, 1), GemmShape(BATCH, G * HID, HID, T),
+                           GemmShape(BATCH, HID, G * HID, T), GemmShape(G * HID, HID, 6, 1),
+                           GemmShape(G * HID, IN, 6, 1), GemmShape(6, IN, G * HID, 1))
+        assert w.matmul_flops == mm
+        assert w.flops == mm + vec
+        fwd = one_op_graph(kind, ins).work("node")
+        assert w.transcendentals == fwd.transcendentals  # the recompute; derivatives reuse outputs
+        in_bytes = 4 * (T * BATCH * IN + G * HID * IN + G * HID * HID + 2 * G * HID)
+        dy_bytes = 4 * (T * BATCH * HID + BATCH * HID)
+        assert w.bytes_read == in_bytes + dy_bytes
+        # dX, dW, dR, dB and d_initial_h (one_op_graph names all five outputs)
+        assert w.bytes_written == in_bytes + 4 * BATCH * HID
+    # bidirectional: twice the GEMM work, plus the sum of the two directions' dX (T*B*I adds)
+    ins = make_inputs("GRU", "bidirectional", np.float32)[:4]
+    dys = [rng.standard_normal(s).astype(np.float32) for s in [(T, 2, BATCH, HID), (2, BATCH, HID)]]
+    w2 = one_op_graph("GRUGrad", [*ins, None, None, *dys], {"direction": "bidirectional"}).work("node")
+    assert w2.matmul_flops == 2 * 3024
+    assert w2.flops == 2 * 3024 + 2 * 42 * units + T * BATCH * IN
+
+
+@pytest.mark.parametrize("kind,grad_op", [("GRU", "GRUGrad"), ("RNN", "RNNGrad")])
+def test_backward_op_run_directly_matches_finite_differences(kind, grad_op):
+    """GRUGrad / RNNGrad fed dY only: dX equals the finite-difference gradient of sum(dY * Y)."""
+    ins = make_inputs(kind, "reverse")
+    attrs = {"direction": "reverse"}
+    rng = np.random.default_rng(3)
+    dy = rng.standard_normal((T, 1, BATCH, HID))
+    outs = run_op(grad_op, [*ins, dy, None], attrs)
+    assert len(outs) == 5
+    dx = outs[0]
+    eps = 1e-6
+    num = np.zeros_like(ins[0])
+    for j in range(ins[0].size):
+        xp, xm = ins[0].copy(), ins[0].copy()
+        xp.reshape(-1)[j] += eps
+        xm.reshape(-1)[j] -= eps
+        yp = run_op(kind, [xp, *ins[1:]], attrs, n_out=1)[0]
+        ym = run_op(kind, [xm, *ins[1:]], attrs, n_out=1)[0]
+        num.reshape(-1)[j] = np.sum(dy * (yp - ym)) / (2 * eps)
+    np.testing.assert_allclose(dx, num, rtol=1e-6, atol=1e-8)
