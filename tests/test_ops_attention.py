@@ -182,12 +182,14 @@ def test_attention_grad_short_float_mask_rank2():
     check_grad("Attention", [f64(2, 2, 3, 4), f64(2, 2, 5, 4), f64(2, 2, 5, 4), f64(3, 4)])
 
 
-def test_attention_fp16_runs_in_fp32_and_rounds():
-    q, k, v = rnd(1, 2, 4, 8), rnd(1, 2, 4, 8), rnd(1, 2, 4, 8)
-    (y16,) = run_attn([q.astype(np.float16), k.astype(np.float16), v.astype(np.float16)])
+def test_attention_fp16_rounds_each_step_like_onnx():
+    q, k, v = (rnd(1, 2, 4, 8).astype(np.float16) for _ in range(3))
+    (y16,) = run_attn([q, k, v], {"is_causal": 1})
     assert y16.dtype == np.float16
-    ref = hand_attention(q.astype(np.float16), k.astype(np.float16), v.astype(np.float16))
-    np.testing.assert_allclose(y16.astype(np.float64), ref, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(y16.astype(np.float64), hand_attention(q, k, v, causal=True),
+                               rtol=2e-3, atol=2e-3)
+    (ref,) = onnx_ref("Attention", [q, k, v], {"is_causal": 1}, opset=23)
+    np.testing.assert_array_equal(y16, ref)
 
 
 def test_attention_grad_causal_bool_mask():

@@ -8,16 +8,19 @@ per-batch count of valid keys of a padded, externally managed KV cache; not toge
 window, -1 = unbounded), ``q_num_heads`` / ``kv_num_heads`` (3-D inputs); grouped-query
 attention when K/V have fewer heads than Q. Outputs ``Y``, ``present_key`` /
 ``present_value`` (the cache with the new keys/values appended; K and V in 4-D form without a
-cache) and ``qk_matmul_output`` [B, q_heads, Sq, total keys]: mode 0 the scaled QK^T, 1 after
-softcap, 2 after softcap and the additive mask (causal, window and padding included), 3 the
-softmax probabilities. All four outputs are always inferred; name only those needed ('' for
+cache) and ``qk_matmul_output`` [B, q_heads, Sq, total keys]: mode 0 the scaled QK^T (as the
+opset-25 spec says; onnx.reference returns the softcapped scores there when softcap is set),
+1 after softcap, 2 after softcap and the additive mask (causal, window and padding included),
+3 the softmax probabilities. All four outputs are always inferred; name only those needed ('' for
 the others), as the work estimate charges every named output's bytes. Causal masking and the
 window are offset-aligned (bottom-right): query i is at absolute position i + past (or
 nonpad_kv_seqlen[b] - Sq with nonpad_kv_seqlen), as onnx.reference does. Fully masked rows give
 0. Kernels follow onnx.reference's order of operations (sqrt(scale) applied to Q and K, softcap,
-mask add, softmax, probabilities cast to the input dtype before PV); fp16/bf16 inputs are
-computed in their storage dtype with the same per-step rounding. ``qk_matmul_output`` has no
-gradient.
+mask add, softmax in ``softmax_precision`` if given, probabilities cast to the input dtype
+before PV); fp16/bf16 inputs are computed in their storage dtype with the same per-step
+rounding (the executor tells the kernel the input dtypes, see ``dtype_aware``).
+``qk_matmul_output`` has no gradient; ``AttentionGrad`` computes in the kernel's compute
+dtype and ignores ``softmax_precision``.
 
 ``RotaryEmbedding`` follows the ONNX opset-23 operator of that name.
 
