@@ -17,7 +17,7 @@ import numpy as np
 from sim.dtypes import compute_numpy, is_float, to_numpy
 from sim.errors import GraphError
 from sim.graph import Graph, ParamInfo, TensorSpec
-from sim.ops.registry import get_op
+from sim.ops.registry import DTYPES_ATTR, get_op
 
 
 def init_param(name: str, spec: TensorSpec, info: ParamInfo, seed: int = 0) -> np.ndarray:
@@ -153,8 +153,8 @@ class Executor:
                 args.append(v)
             attrs = node.attrs
             if getattr(opdef.kernel, "wants_dtypes", False):
-                # kernels marked by sim.ops.attention.dtype_aware see the input dtype names
-                attrs = {**attrs, "_dtypes": tuple(g.tensors[t].dtype if t else "" for t in node.inputs)}
+                # kernels marked by sim.ops.registry.dtype_aware see the input dtype names
+                attrs = {**attrs, DTYPES_ATTR: tuple(g.tensors[t].dtype if t else "" for t in node.inputs)}
             t0 = time.perf_counter()
             try:
                 outs = opdef.kernel(args, attrs)

@@ -18,7 +18,7 @@ nonpad_kv_seqlen[b] - Sq with nonpad_kv_seqlen), as onnx.reference does. Fully m
 0. Kernels follow onnx.reference's order of operations (sqrt(scale) applied to Q and K, softcap,
 mask add, softmax in ``softmax_precision`` if given, probabilities cast to the input dtype
 before PV); fp16/bf16 inputs are computed in their storage dtype with the same per-step
-rounding (the executor tells the kernel the input dtypes, see ``dtype_aware``).
+rounding (the executor tells the kernel the input dtypes, see ``sim.ops.registry.dtype_aware``).
 ``qk_matmul_output`` has no gradient; ``AttentionGrad`` computes in the kernel's compute
 dtype and ignores ``softmax_precision``.
 
@@ -38,7 +38,7 @@ from sim.dtypes import is_float, itemsize, to_numpy
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, io_bytes, need
-from sim.ops.registry import defop
+from sim.ops.registry import DTYPES_ATTR, defop, dtype_aware
 from sim.ops.work import GemmShape, Work
 
 # ---------------------------------------------------------------------------- shapes
@@ -250,16 +250,6 @@ def _attn_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict
 # ---------------------------------------------------------------------------- kernels
 
 # Attribute under which the executor hands dtype-aware kernels the input dtype names.
-DTYPES_ATTR = "_dtypes"
-
-
-def dtype_aware(fn: Any) -> Any:
-    """Mark a kernel as wanting ``attrs[DTYPES_ATTR]``: the dtype name of each input ('' for
-    an omitted one), so that it can round intermediates to the storage dtype."""
-    fn.wants_dtypes = True
-    return fn
-
-
 def _storage(xs: list[Any], attrs: dict[str, Any]) -> list[Any]:
     """Float inputs back in their fp16 / bf16 storage dtype (exact: they were rounded to it),
     so the kernel rounds every step as onnx.reference does; others unchanged."""

@@ -55,6 +55,17 @@ class OpDef:
     doc: str = ""
 
 
+DTYPES_ATTR = "_dtypes"
+
+
+def dtype_aware(fn: KernelFn) -> KernelFn:
+    """Mark a kernel as wanting ``attrs[DTYPES_ATTR]``: the storage dtype name of each input
+    ('' for an omitted one), so that it can round intermediates to that dtype as a reference
+    implementation does (the executor passes them; other kernels never see the key)."""
+    fn.wants_dtypes = True  # type: ignore[attr-defined]
+    return fn
+
+
 _REGISTRY: dict[str, OpDef] = {}
 _loaded = False
 
