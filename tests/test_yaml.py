@@ -240,8 +240,8 @@ def test_block_repeat_names_loop_variable_and_chaining():
         assert g.params[f"h.{i}.up.weight"].shape == (d, 2 * d * (i + 1))
         assert g.params[f"h.{i}.down.weight"].shape == (2 * d * (i + 1), d)
     assert g.nodes["h.1.y"].inputs == ("h.0.y", "h.1.down")
-    assert g.nodes["head.matmul"].inputs[0] == "h"
-    assert g.nodes["h.2.up.matmul"].meta == {"layer": "h.2.up", "layer_type": "linear"}
+    assert g.nodes["head"].inputs[0] == "h"
+    assert g.nodes["h.2.up"].meta == {"layer": "h.2.up", "layer_type": "linear"}
     # the loaded graph computes x + down(relu(up(x))) three times, then the head
     rng = np.random.default_rng(1)
     params = {k: rng.standard_normal(s.shape) * 0.3 for k, s in g.params.items()}
@@ -560,7 +560,7 @@ def test_residual_layer_with_projection_and_identity():
     """
     g = _load(text.replace("OUT", "3"))
     assert {"res.fc1.weight", "res.fc2.bias", "res.proj.weight"} <= set(g.params)
-    assert g.nodes["res.fc1.matmul"].meta["layer"] == "res.fc1"
+    assert g.nodes["res.fc1"].meta["layer"] == "res.fc1"
     p = _feeds_params(g)
     x = np.random.default_rng(6).standard_normal((2, 4))
     br = np.maximum(x @ p["res.fc1.weight"] + p["res.fc1.bias"], 0) @ p["res.fc2.weight"] + p["res.fc2.bias"]

@@ -236,18 +236,18 @@ def linear(ctx: LayerContext, inputs: list[str], out: str) -> str:
         shape = [out_f, in_f] if transpose else [in_f, out_f]
         w = ctx.param("weight", shape, "he", dtype, fan_in=in_f, fan_out=out_f)
     b = ctx.param("bias", [out_f], "zeros", dtype) if use_bias else None
-    if transpose:
-        lead = list(xs.shape[:-1])
-        x2 = ctx.op("Reshape", [x], suffix="flat", shape=[math.prod(lead), in_f]) if xs.rank != 2 else x
-        y2 = ctx.op("Gemm", [x2, w] + ([b] if b else []), out=out if xs.rank == 2 else None,
-                    suffix="gemm", transB=1)
-        if xs.rank == 2:
-            return y2
-        return ctx.op("Reshape", [y2], out=out, shape=[*lead, out_f])
-    if b is None:
+    if b is None and not transpose:
         return ctx.op("MatMul", [x, w], out=out)
-    y = ctx.op("MatMul", [x, w], suffix="matmul")
-    return ctx.op("Add", [y, b], out=out)
+    # With a bias (or a transposed weight) the layer is one Gemm over the flattened rows, as
+    # frameworks run it (cuBLASLt/oneDNN add the bias in the GEMM's epilogue): the bias add
+    # costs no extra pass over the output. The reshapes around it are free views.
+    lead = list(xs.shape[:-1])
+    x2 = ctx.op("Reshape", [x], suffix="flat", shape=[math.prod(lead), in_f]) if xs.rank != 2 else x
+    y2 = ctx.op("Gemm", [x2, w] + ([b] if b else []), out=out if xs.rank == 2 else None,
+                suffix="gemm", transB=1 if transpose else 0)
+    if xs.rank == 2:
+        return y2
+    return ctx.op("Reshape", [y2], out=out, shape=[*lead, out_f])
 
 
 # ---------------------------------------------------------------------- convolution
