@@ -34,6 +34,7 @@ from sim.ops.work import Work
 from sim.report.result import Result, build_result
 
 from .bandwidth import SharedBandwidth
+from .collectives import is_collective, member_devices, run_collective
 from .memory import DeviceMemory
 from .topology import HOST, Hop, Router, as_system, place
 
@@ -128,21 +129,24 @@ class _Engine:
         for t in g.inputs:
             home[t] = self.host_src if host_inputs else ""
         for node, dev in zip(self.nodes, self.devs):
-            for t in node.outputs:
+            slots = member_devices(node, dev, self.system.devices)
+            for t, d in zip(node.outputs, slots):
                 if t:
-                    home[t] = dev
+                    home[t] = d
         # (tensor, device) -> remaining users there (ops, and copies out of it)
         self.left: dict[tuple[str, str], int] = {}
         self.ready: dict[tuple[str, str], simpy.Event] = {}
         self.waits: list[list[simpy.Event]] = []
-        self.uses: list[tuple[str, ...]] = []  # distinct input tensors of each node
+        self.uses: list[tuple[tuple[str, str], ...]] = []  # distinct (input, device) of each node
         copies: dict[tuple[str, str], str] = {}  # (tensor, dst) -> src
         resident: dict[str, set[str]] = {}  # device -> tensors resident from time 0
-        for node, dev in zip(self.nodes, self.devs):
+        for node, node_dev in zip(self.nodes, self.devs):
             waits = []
-            uses = tuple(dict.fromkeys(t for t in node.inputs if t))
+            # a collective's input j is on its group member j; other nodes' on their device
+            uses = tuple(dict.fromkeys(
+                (t, d) for t, d in zip(node.inputs, member_devices(node, node_dev)) if t))
             self.uses.append(uses)
-            for t in uses:
+            for t, dev in uses:
                 src = home.get(t)
                 if t in g.params or src == "" or (src == HOST and self._no_host_link(dev)):
                     resident.setdefault(dev, set()).add(t)
@@ -216,6 +220,9 @@ class _Engine:
         for ev in self.waits[i]:
             if not ev.processed:
                 yield ev
+        if is_collective(node):  # flows over the links, no compute stream (collectives.py)
+            yield from run_collective(self, i)
+            return
         stream = self.stream[dev]
         req = stream.request()
         yield req
@@ -254,8 +261,8 @@ class _Engine:
             "energy_j": float(c.energy_j), "dtype": cost.dtype,
             "compute_s": float(c.compute_s), "memory_s": float(c.memory_s), "stream": slot,
         })
-        for t in self.uses[i]:
-            self._done_with(t, dev, end)
+        for t, d in self.uses[i]:
+            self._done_with(t, d, end)
         for t in node.outputs:
             if t:
                 if (t, dev) not in self.left and t not in self.keep:
@@ -350,6 +357,10 @@ def _costs(graph: Graph, nodes: list[Node], devs: list[str], system: SystemSpec,
         spec = system.devices[dev]
         work = graph.work(node)
         dtype = compute_dtype(graph, node)
+        if is_collective(node):  # timed as link flows by the engine, not by a cost model
+            out.append(_NodeCost(FixedCost(0.0, unit="collective", bound="comm", flops=work.flops,
+                                           bytes=work.bytes), dtype, False))
+            continue
         if cost_fn is not None:
             c = cost_fn(node, work, spec, dtype)
         else:

@@ -1,0 +1,234 @@
+"""Collective communication: AllReduce, AllGather, ReduceScatter (NCCL semantics).
+
+Attributes shared by all three:
+
+* ``group``: the device instance names taking part (``["gpu0", "gpu1", ...]``), in ring
+  order; required, non-empty, no repeats.
+* ``algorithm``: ``"ring"`` (the only one; the default).
+* ``reduction`` (AllReduce, ReduceScatter): ``"sum"`` (default) or ``"mean"``.
+* ``axis`` (AllGather, ReduceScatter): the axis that is gathered or scattered (default 0).
+
+A node takes one of two forms:
+
+* **all members** (``len(inputs) == len(group)``): input ``j`` is member ``group[j]``'s
+  tensor and output ``j`` is what that member holds afterwards. This is the whole collective
+  in one node, and the NumPy kernels compute it exactly: AllReduce gives every member the sum
+  (or mean) of all inputs; AllGather gives every member the concatenation of all inputs along
+  ``axis``; ReduceScatter gives member ``j`` the ``j``-th of ``n`` equal slices (along
+  ``axis``) of the sum (or mean). The engine keeps input and output ``j`` on ``group[j]``.
+* **one member** (one input): the node is one member's part of an SPMD program whose other
+  members are not in the graph. The executor sees only this member's tensor, so the kernel
+  takes the other members to hold the same value under ``mean``: AllReduce is the identity
+  (exact for a group of one, and for the mean of replicated values), AllGather repeats the
+  shard ``n`` times along ``axis``, ReduceScatter returns the first of the ``n`` slices
+  (``reduction="sum"`` is then off by the factor ``n``, which the one-member view cannot see).
+  The engine still times the full collective over every member of the group.
+
+Work (for the whole node): FLOPs are the reduction's adds, ``(n - 1)`` per element of one
+member's tensor for AllReduce and ReduceScatter (plus one divide per result element for
+``mean``); the one-member form counts its member's share, ``1/n`` of that. AllGather does no
+arithmetic. Bytes are the local reads and writes: each input read once, each output written
+once (``io_bytes``); what crosses the links is the engine's business
+(``sim/engine/collectives.py``), and every record of a collective is ``bound == "comm"``.
+
+Gradients are the transposes: the gradient of AllReduce is an AllReduce of the output
+gradients (same reduction), of AllGather a ReduceScatter (sum), of ReduceScatter an AllGather
+(scaled by ``1/n`` for ``mean``). They are exact for the all-members form (checked by finite
+differences); the one-member form reuses them, which is what each member computes in a real
+SPMD run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.errors import GraphError
+from sim.graph.tensor import TensorSpec
+from sim.ops.common import io_bytes, norm_axis
+from sim.ops.registry import defop
+from sim.ops.work import Work
+
+COLLECTIVES = ("AllReduce", "AllGather", "ReduceScatter")
+ALGORITHMS = ("ring",)
+REDUCTIONS = ("sum", "mean")
+
+
+def group_of(attrs: dict[str, Any]) -> list[str]:
+    """The ``group`` attribute, checked: a non-empty list of distinct device names."""
+    group = attrs.get("group")
+    if isinstance(group, str) or not isinstance(group, (list, tuple)) or not group:
+        raise GraphError("collective needs attribute group: a non-empty list of device names")
+    names = [str(d) for d in group]
+    if len(set(names)) != len(names):
+        raise GraphError(f"collective group repeats a device: {names}")
+    algo = attrs.get("algorithm", "ring")
+    if algo not in ALGORITHMS:
+        raise GraphError(f"unknown collective algorithm {algo!r} (choose from {', '.join(ALGORITHMS)})")
+    red = attrs.get("reduction", "sum")
+    if red not in REDUCTIONS:
+        raise GraphError(f"unknown reduction {red!r} (choose from {', '.join(REDUCTIONS)})")
+    return names
+
+
+def _members(specs: list[TensorSpec | None], attrs: dict[str, Any], op: str) -> tuple[int, TensorSpec]:
+    """(group size, the common input spec); the number of inputs is 1 or the group size."""
+    n = len(group_of(attrs))
+    if not specs or any(s is None for s in specs):
+        raise GraphError(f"{op} needs its inputs present")
+    if len(specs) not in (1, n):
+        raise GraphError(f"{op} takes 1 input (one member) or {n} (one per group member), got {len(specs)}")
+    first = specs[0]
+    assert first is not None
+    for s in specs[1:]:
+        if s != first:
+            raise GraphError(f"{op} inputs differ: {first} and {s}")
+    return n, first
+
+
+def _scatter_shape(x: TensorSpec, axis: int, n: int, op: str) -> tuple[int, ...]:
+    ax = norm_axis(axis, x.rank)
+    if x.rank == 0 or x.shape[ax] % n:
+        raise GraphError(f"{op}: axis {axis} of shape {x.shape} does not split into {n} equal parts")
+    shape = list(x.shape)
+    shape[ax] //= n
+    return tuple(shape)
+
+
+# ---------------------------------------------------------------------------- AllReduce
+def _allreduce_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+    _, x = _members(specs, attrs, "AllReduce")
+    return [x] * len(specs)
+
+
+def _reduce_flops(numel: int, n: int, k: int, red: str) -> float:
+    """Adds (and mean divides) of a reduction over ``n`` members, for ``k`` of them."""
+    per_member = (n - 1) * numel / n + (numel / n if red == "mean" and n > 1 else 0.0)
+    return per_member * n if k == n else per_member
+
+
+def _allreduce_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    n, x = _members(ins, attrs, "AllReduce")
+    red = attrs.get("reduction", "sum")
+    flops = _reduce_flops(x.numel, n, len(ins), red)
+    r, w = io_bytes(ins, outs)
+    return Work(flops=flops, bytes_read=r, bytes_written=w)
+
+
+def _allreduce_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+    n = len(group_of(attrs))
+    if len(inputs) == 1:
+        return [np.array(inputs[0], copy=True)]
+    total = np.sum(np.stack([np.asarray(x) for x in inputs]), axis=0)
+    if attrs.get("reduction", "sum") == "mean":
+        total = total / n
+    return [np.array(total, copy=True) for _ in inputs]
+
+
+def _zeros_for(gb: Any, node: Any, dys: list[str | None]) -> list[str]:
+    out = []
+    for t, dy in zip(node.outputs, dys):
+        if dy is None:
+            spec = gb.spec(t)
+            dy = gb.const(0.0, spec.dtype, spec.shape)
+        out.append(dy)
+    return out
+
+
+def _attrs(node: Any, **extra: Any) -> dict[str, Any]:
+    a = {"group": list(node.attrs["group"]), "algorithm": node.attrs.get("algorithm", "ring")}
+    a.update(extra)
+    return a
+
+
+def _allreduce_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    dys_ = _zeros_for(gb, node, dys)
+    red = node.attrs.get("reduction", "sum")
+    res = gb.op("AllReduce", dys_, n_out=len(dys_), **_attrs(node, reduction=red))
+    return [res] if len(dys_) == 1 else list(res)
+
+
+defop("AllReduce", infer=_allreduce_infer, work=_allreduce_work, kernel=_allreduce_kernel,
+      grad=_allreduce_grad,
+      doc="Every member gets the sum (or mean) of all members' tensors (ring algorithm).")
+
+
+# ---------------------------------------------------------------------------- AllGather
+def _allgather_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+    n, x = _members(specs, attrs, "AllGather")
+    if x.rank == 0:
+        raise GraphError("AllGather needs a tensor of rank >= 1")
+    ax = norm_axis(int(attrs.get("axis", 0)), x.rank)
+    shape = list(x.shape)
+    shape[ax] *= n
+    return [TensorSpec(tuple(shape), x.dtype)] * len(specs)
+
+
+def _allgather_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    _members(ins, attrs, "AllGather")
+    r, w = io_bytes(ins, outs)
+    return Work(bytes_read=r, bytes_written=w)
+
+
+def _allgather_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+    n = len(group_of(attrs))
+    xs = [np.asarray(x) for x in inputs]
+    ax = norm_axis(int(attrs.get("axis", 0)), xs[0].ndim)
+    parts = xs if len(xs) == n else xs * n
+    out = np.concatenate(parts, axis=ax)
+    return [np.array(out, copy=True) for _ in inputs]
+
+
+def _allgather_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    dys_ = _zeros_for(gb, node, dys)
+    res = gb.op("ReduceScatter", dys_, n_out=len(dys_),
+                **_attrs(node, axis=int(node.attrs.get("axis", 0)), reduction="sum"))
+    return [res] if len(dys_) == 1 else list(res)
+
+
+defop("AllGather", infer=_allgather_infer, work=_allgather_work, kernel=_allgather_kernel,
+      grad=_allgather_grad,
+      doc="Every member gets all members' tensors concatenated along axis (ring algorithm).")
+
+
+# ---------------------------------------------------------------------------- ReduceScatter
+def _reducescatter_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+    n, x = _members(specs, attrs, "ReduceScatter")
+    shape = _scatter_shape(x, int(attrs.get("axis", 0)), n, "ReduceScatter")
+    return [TensorSpec(shape, x.dtype)] * len(specs)
+
+
+def _reducescatter_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    n, x = _members(ins, attrs, "ReduceScatter")
+    flops = _reduce_flops(x.numel, n, len(ins), attrs.get("reduction", "sum"))
+    r, w = io_bytes(ins, outs)
+    return Work(flops=flops, bytes_read=r, bytes_written=w)
+
+
+def _reducescatter_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+    n = len(group_of(attrs))
+    xs = [np.asarray(x) for x in inputs]
+    ax = norm_axis(int(attrs.get("axis", 0)), xs[0].ndim)
+    if len(xs) == 1:
+        return [np.array(np.split(xs[0], n, axis=ax)[0], copy=True)]
+    total = np.sum(np.stack(xs), axis=0)
+    if attrs.get("reduction", "sum") == "mean":
+        total = total / n
+    return [np.array(p, copy=True) for p in np.split(total, n, axis=ax)]
+
+
+def _reducescatter_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    dys_ = _zeros_for(gb, node, dys)
+    n = len(node.attrs["group"])
+    res = gb.op("AllGather", dys_, n_out=len(dys_), **_attrs(node, axis=int(node.attrs.get("axis", 0))))
+    outs = [res] if len(dys_) == 1 else list(res)
+    if node.attrs.get("reduction", "sum") == "mean" and len(dys_) > 1:
+        scale = gb.const(1.0 / n, gb.spec(outs[0]).dtype)
+        outs = [gb.op("Mul", [o, scale]) for o in outs]
+    return outs
+
+
+defop("ReduceScatter", infer=_reducescatter_infer, work=_reducescatter_work,
+      kernel=_reducescatter_kernel, grad=_reducescatter_grad,
+      doc="Member j gets the j-th equal slice (along axis) of the sum (or mean) of all members' tensors.")

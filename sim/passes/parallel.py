@@ -1,0 +1,271 @@
+"""Parallelism passes: data parallelism and GPipe pipeline parallelism over several devices.
+
+Both passes turn a graph into a bigger graph whose nodes carry ``meta["device"]``, so
+``sim.simulate`` places them, copies tensors between devices over the system's links, and
+times collectives as link flows (``sim/engine/collectives.py``). The result still executes
+on NumPy (``sim.exec``): a replicated graph computes what the separate devices would.
+
+* ``data_parallel(train_graph, devices)``: ``train_graph`` is one replica's training step
+  (``sim.passes.training.training_graph``) built at the per-device batch (the global batch
+  divided by the number of devices). Every node is replicated once per device (node
+  ``<device>/<name>``, tensor ``<device>/<tensor>``, graph input ``<device>/<input>``);
+  parameters and optimizer states keep their names and are resident on every device. Each
+  gradient feeds one ``AllReduce`` (``reduction="mean"``, ring over ``devices``) before its
+  optimizer updates, so every replica applies the same averaged gradient, which equals the
+  gradient of the mean loss over the global batch.
+* ``pipeline_parallel(graph, stages, microbatches)``: ``graph`` is a forward graph built at
+  the microbatch size. Its nodes (in topological order) are cut into ``len(stages)``
+  contiguous stages of about equal FLOPs, stage ``s`` placed on ``stages[s]``, and the graph
+  is replicated per microbatch (node ``mb<j>/<name>``). Each tensor entering stage ``s`` for
+  microbatch ``j > 0`` passes through a ``Depend`` on the last output of stage ``s`` for
+  microbatch ``j - 1`` (zero work, in place), so each device takes the microbatches in
+  order: the GPipe schedule. Activations cross stage boundaries as ordinary copies. With
+  balanced stages of time ``t`` and free copies the makespan is ``(m + S - 1) t`` for ``m``
+  microbatches and ``S`` stages, and the idle fraction of the stage devices (the bubble,
+  ``bubble_fraction``) is ``(S - 1)/(m + S - 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sim.errors import GraphError
+from sim.graph import Graph, Node, ParamInfo
+
+
+def _copy_params(src: Graph, dst: Graph) -> None:
+    for name, spec in src.params.items():
+        info = src.param_info[name]
+        dst.add_param(name, spec, info.init, trainable=info.trainable)
+        dst.param_info[name] = ParamInfo(info.init, info.trainable, dict(info.options))
+        if name in src.initializers:
+            dst.initializers[name] = src.initializers[name]
+
+
+def _check_devices(devices: Sequence[str], what: str) -> list[str]:
+    devs = [str(d) for d in devices]
+    if not devs:
+        raise GraphError(f"{what} needs at least one device", where=what)
+    if len(set(devs)) != len(devs):
+        raise GraphError(f"{what}: devices repeat: {devs}", where=what)
+    return devs
+
+
+def _batch(g: Graph) -> int | None:
+    from sim.report.result import infer_batch
+
+    return infer_batch(g)
+
+
+def _replica(out: Graph, g: Graph, node: Node, prefix: str, meta: dict[str, Any],
+             rename: Callable[[str], str]) -> None:
+    m = dict(node.meta)
+    m.update(meta)
+    out.add_node(node.op, [rename(t) if t else "" for t in node.inputs],
+                 [rename(t) if t else "" for t in node.outputs], dict(node.attrs),
+                 name=f"{prefix}/{node.name}", meta=m)
+
+
+def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str = "mean") -> Graph:
+    """Replicate a training step over ``devices`` with an AllReduce on every gradient.
+
+    ``train_graph``: one replica's step at the per-device batch (``graph.meta["grads"]``
+    names the gradient of each parameter, as ``training_graph`` records it). ``reduction``:
+    ``"mean"`` (default; the replicas' losses are means over their shards) or ``"sum"``.
+    The new graph's ``meta``: ``"replicas"`` (the devices), ``"batch"`` (the global batch),
+    ``"allreduce"`` (parameter -> AllReduce node name), ``"updates"`` and ``"loss"`` for the
+    first replica (all replicas hold the same values after a step).
+
+    >>> from sim.graph import Graph, TensorSpec
+    >>> from sim.passes.training import training_graph
+    >>> g = Graph("lin"); _ = g.add_input("x", TensorSpec((4, 3)))
+    >>> _ = g.add_param("w", TensorSpec((3, 2))); _ = g.add_node("MatMul", ["x", "w"], ["y"])
+    >>> g.set_outputs(["y"])
+    >>> dp = data_parallel(training_graph(g, "mse"), ["gpu0", "gpu1"])
+    >>> ar = dp.nodes["w.allreduce"]
+    >>> ar.op, ar.attrs["group"], ar.outputs
+    ('AllReduce', ['gpu0', 'gpu1'], ('gpu0/matmul.grad_4.reduced', 'gpu1/matmul.grad_4.reduced'))
+    """
+    devs = _check_devices(devices, "data_parallel")
+    grads: dict[str, str] = dict(train_graph.meta.get("grads") or {})
+    if not grads:
+        raise GraphError("data_parallel needs a training graph (meta['grads'] from training_graph)",
+                         where=train_graph.source or train_graph.name)
+    g = train_graph
+    n = len(devs)
+    out = Graph(f"{g.name}.dp{n}", g.source)
+    out.meta = dict(g.meta)
+    _copy_params(g, out)
+    for dev in devs:
+        for name, spec in g.inputs.items():
+            out.add_input(f"{dev}/{name}", spec)
+
+    def renamer(dev: str) -> Callable[[str], str]:
+        return lambda t: t if t in g.params else f"{dev}/{t}"
+
+    by_grad: dict[str, list[str]] = {}
+    for p, t in grads.items():
+        by_grad.setdefault(t, []).append(p)
+    reduced: dict[str, list[str]] = {}  # gradient tensor -> its AllReduce outputs, by replica
+    allreduce: dict[str, str] = {}
+
+    def emit_allreduce(t: str) -> None:
+        p = by_grad[t][0]
+        name = out.unique_name(f"{p}.allreduce")
+        ins = [renamer(d)(t) for d in devs]
+        outs = [f"{d}/{t}.reduced" for d in devs]
+        meta: dict[str, Any] = {"device": devs[0], "role": "collective", "param": p}
+        prod = g.producer(t)
+        if prod is not None and prod.meta.get("layer"):
+            meta["layer"] = prod.meta["layer"]
+        out.add_node("AllReduce", ins, outs, {"group": list(devs), "algorithm": "ring",
+                                              "reduction": reduction}, name=name, meta=meta)
+        reduced[t] = outs
+        for q in by_grad[t]:
+            allreduce[q] = name
+
+    for t in by_grad:  # gradients that are constants (parameters nothing depends on)
+        if g.producer(t) is None:
+            emit_allreduce(t)
+    for node in g.topo_order():
+        for k, dev in enumerate(devs):
+            base = renamer(dev)
+
+            def rn(t: str, _base: Callable[[str], str] = base, _k: int = k) -> str:
+                # every consumer of a gradient reads the averaged one
+                return reduced[t][_k] if t in reduced else _base(t)
+
+            _replica(out, g, node, dev, {"device": dev, "replica": k}, rn)
+        for t in node.outputs:
+            if t in by_grad and t not in reduced:
+                emit_allreduce(t)
+    out.set_outputs([renamer(d)(t) for d in devs for t in g.outputs])
+    first = renamer(devs[0])
+    updates = g.meta.get("updates") or {}
+    out.meta.update({
+        "replicas": devs, "allreduce": allreduce,
+        "updates": {first(o): p for o, p in updates.items()},
+        "grads": {p: reduced[t][0] for p, t in grads.items() if t in reduced},
+    })
+    if "loss" in g.meta:
+        out.meta["loss"] = first(str(g.meta["loss"]))
+    b = _batch(g)
+    if b is not None:
+        out.meta["batch"] = b * n
+    return out.verify()
+
+
+def stage_split(graph: Graph, n_stages: int,
+                weight: Callable[[Node], float] | None = None) -> dict[str, int]:
+    """Node name -> stage (0..n_stages-1): contiguous runs of the topological order with about
+    equal total weight (FLOPs by default). A node goes to the stage its weight's midpoint falls
+    in, so equal-weight nodes split evenly."""
+    if n_stages < 1:
+        raise GraphError(f"need at least one stage, got {n_stages}", where="pipeline_parallel")
+    order = graph.topo_order()
+    w = [float(weight(nd)) if weight else float(graph.work(nd).flops) for nd in order]
+    total = sum(w)
+    out: dict[str, int] = {}
+    acc = 0.0
+    for i, (node, wi) in enumerate(zip(order, w)):
+        if total > 0:
+            s = int((acc + wi / 2) / total * n_stages)
+        else:
+            s = i * n_stages // max(len(order), 1)
+        out[node.name] = min(max(s, 0), n_stages - 1)
+        acc += wi
+    return out
+
+
+def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
+                      weight: Callable[[Node], float] | None = None) -> Graph:
+    """GPipe: cut ``graph`` (a forward graph at the microbatch size) into ``len(stages)``
+    FLOP-balanced contiguous stages on ``stages`` and replicate it ``microbatches`` times.
+
+    ``weight(node)`` replaces FLOPs as the balancing measure. Node meta gets ``device``,
+    ``stage`` and ``microbatch``; the graph's meta ``"stages"`` (node -> stage),
+    ``"microbatches"``, ``"stage_devices"`` and ``"batch"`` (microbatches x microbatch size).
+
+    >>> from sim.graph import Graph, TensorSpec
+    >>> g = Graph("two"); _ = g.add_input("x", TensorSpec((2, 4)))
+    >>> _ = g.add_node("Relu", ["x"], ["a"], name="A"); _ = g.add_node("Relu", ["a"], ["b"], name="B")
+    >>> g.set_outputs(["b"])
+    >>> p = pipeline_parallel(g, ["gpu0", "gpu1"], 2)
+    >>> [(n.name, n.meta["device"]) for n in p.topo_order() if n.op == "Relu"]
+    [('mb0/A', 'gpu0'), ('mb0/B', 'gpu1'), ('mb1/A', 'gpu0'), ('mb1/B', 'gpu1')]
+    >>> p.nodes["mb1/B"].inputs  # held until gpu1 is done with microbatch 0
+    ('mb1/a.stage1',)
+    """
+    devs = _check_devices(stages, "pipeline_parallel")
+    if microbatches < 1:
+        raise GraphError(f"microbatches must be >= 1, got {microbatches}", where="pipeline_parallel")
+    if graph.meta.get("grads"):
+        raise GraphError("pipeline_parallel takes a forward graph (training graphs: use data_parallel)",
+                         where=graph.source or graph.name)
+    split = stage_split(graph, len(devs), weight)
+    out = Graph(f"{graph.name}.pp{len(devs)}x{microbatches}", graph.source)
+    out.meta = dict(graph.meta)
+    _copy_params(graph, out)
+    for j in range(microbatches):
+        for name, spec in graph.inputs.items():
+            out.add_input(f"mb{j}/{name}", spec)
+    order = graph.topo_order()
+    last_of_stage: dict[int, str] = {}  # stage -> first output of its last node
+    for node in order:
+        if node.outputs and node.outputs[0]:
+            last_of_stage[split[node.name]] = node.outputs[0]
+    for j in range(microbatches):
+        def plain(t: str, _j: int = j) -> str:
+            return t if t in graph.params else f"mb{_j}/{t}"
+        held: dict[tuple[str, int], str] = {}
+        for node in order:
+            s = split[node.name]
+            meta = {"device": devs[s], "stage": s, "microbatch": j}
+
+            def rn(t: str, _j: int = j, _s: int = s, _meta: dict[str, Any] = meta,
+                   _plain: Callable[[str], str] = plain, _held: dict[tuple[str, int], str] = held) -> str:
+                # a tensor entering stage s waits until the stage is done with microbatch j-1,
+                # so each device takes the microbatches in order (the GPipe schedule)
+                if _j == 0 or t in graph.params:
+                    return _plain(t)
+                prod = graph.producer(t)
+                if (prod is not None and split[prod.name] == _s) or _s not in last_of_stage:
+                    return _plain(t)
+                key = (t, _s)
+                if key not in _held:
+                    prev = f"mb{_j - 1}/{last_of_stage[_s]}"
+                    (_held[key],) = out.add_node(
+                        "Depend", [_plain(t), prev], [out.unique_name(f"{_plain(t)}.stage{_s}")],
+                        name=out.unique_name(f"mb{_j}/stage{_s}.after"),
+                        meta={**_meta, "inplace": {0: 0}})
+                return _held[key]
+
+            _replica(out, graph, node, f"mb{j}", meta, rn)
+    out.set_outputs([f"mb{j}/{t}" for j in range(microbatches) for t in graph.outputs])
+    out.meta.update({"stages": split, "microbatches": microbatches, "stage_devices": devs})
+    b = _batch(graph)
+    if b is not None:
+        out.meta["batch"] = b * microbatches
+    return out.verify()
+
+
+def bubble_fraction(result: Any, devices: Sequence[str]) -> float:
+    """Idle fraction of ``devices``' compute over the makespan: 1 - busy / (devices x makespan).
+
+    Busy time is the union of each device's compute records (transfers and collectives,
+    which run on copy engines, are not compute)."""
+    devs = list(devices)
+    if not devs or result.makespan_s <= 0:
+        return 0.0
+    busy = 0.0
+    for d in devs:
+        spans = sorted((r["start_s"], r["end_s"]) for r in result.ops
+                       if r["device"] == d and r["op"] != "Transfer" and r["bound"] != "comm")
+        end = float("-inf")
+        for a, b in spans:
+            if b <= end:
+                continue
+            busy += b - max(a, end)
+            end = b
+    return 1.0 - busy / (len(devs) * result.makespan_s)

@@ -1,0 +1,319 @@
+"""Collectives in the engine (exact ring timings), data parallelism and GPipe pipelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sim
+from sim.engine import FixedCost, simulate
+from sim.errors import SpecError
+from sim.exec import Executor
+from sim.graph import Graph, TensorSpec
+from sim.hw.spec import ComputeUnit, DeviceSpec, LinkSpec, MemoryLevel, SystemSpec
+from sim.passes.parallel import bubble_fraction, data_parallel, pipeline_parallel, stage_split
+from sim.passes.training import training_graph
+
+GB = 1e9
+
+
+def device(capacity: float = 1e10) -> DeviceSpec:
+    return DeviceSpec(name="d", kind="gpu", units=(ComputeUnit("compute", True, {"fp32": 1e12}),),
+                      memory=(MemoryLevel("hbm", capacity, 1e12),))
+
+
+def names(n: int) -> list[str]:
+    return [f"gpu{i}" for i in range(n)]
+
+
+def ring_system(n: int, bw: float = 100e9, lat: float = 0.0) -> SystemSpec:
+    """``n`` devices, link i <-> i+1 (mod n) of ``bw`` bytes/s per direction."""
+    link = LinkSpec("ring", bw, lat, energy_per_byte_j=1e-12)
+    d = names(n)
+    return SystemSpec("ring", {x: device() for x in d},
+                      links=tuple((d[i], d[(i + 1) % n], link) for i in range(n)))
+
+
+def switch_system(n: int, bw: float = 100e9, lat: float = 0.0) -> SystemSpec:
+    return SystemSpec("sw", {x: device() for x in names(n)}, switch=LinkSpec("nvswitch", bw, lat))
+
+
+def linear(link: LinkSpec, nbytes: float) -> float:
+    """latency + bytes / bandwidth (the ring formula's transfer time)."""
+    return link.latency_s + nbytes / link.bandwidth_Bps
+
+
+def zero(link: LinkSpec, nbytes: float) -> float:
+    return 0.0
+
+
+def collective_graph(op: str, n: int, numel: int, **attrs) -> Graph:
+    g = Graph(op)
+    for i in range(n):
+        g.add_input(f"x{i}", TensorSpec((numel,)))
+    outs = g.add_node(op, [f"x{i}" for i in range(n)], [f"y{i}" for i in range(n)],
+                      {"group": names(n), **attrs}, name="c", meta={"device": "gpu0"})
+    g.set_outputs(list(outs))
+    return g
+
+
+# ------------------------------------------------------------------ exact collective timings
+def test_ring_allreduce_1gb_over_100gbs_links():
+    lat = 1e-6
+    g = collective_graph("AllReduce", 4, 250_000_000)  # 1 GB of fp32 per member
+    r = simulate(g, ring_system(4, lat=lat), host_inputs=False, transfer_fn=linear)
+    want = 2 * 3 / 4 * GB / 100e9 + 6 * lat  # 15 ms + 6 latencies
+    assert r.makespan_s == pytest.approx(want, rel=1e-12)
+    assert [o["device"] for o in r.ops] == names(4)
+    for o in r.ops:
+        assert (o["op"], o["bound"], o["unit"]) == ("AllReduce", "comm", "collective")
+        assert o["start_s"] == 0.0 and o["end_s"] == pytest.approx(want, rel=1e-12)
+        assert o["bytes"] == 6 * 0.25 * GB  # 2(n-1) chunks of S/n sent by each member
+        assert o["energy_j"] == pytest.approx(6 * 0.25 * GB * 1e-12)
+        assert o["steps"] == 6 and o["chunk_bytes"] == 0.25 * GB
+    assert sum(o["flops"] for o in r.ops) == 3 * 250_000_000
+    # outputs live on their members (inputs too: resident)
+    assert r.peak_memory_by_device == {d: 2 * GB for d in names(4)}
+
+
+@pytest.mark.parametrize("op", ["AllGather", "ReduceScatter"])
+def test_ring_allgather_reducescatter_take_n_minus_1_steps(op):
+    lat = 2e-6
+    numel = 25_000_000 if op == "AllGather" else 100_000_000  # 100 MB shard / 400 MB input
+    g = collective_graph(op, 4, numel)
+    r = simulate(g, ring_system(4, lat=lat), host_inputs=False, transfer_fn=linear)
+    want = 3 * (lat + 100e6 / 100e9)  # (n-1) steps of 100 MB
+    assert r.makespan_s == pytest.approx(want, rel=1e-12)
+
+
+def test_switch_allreduce_uses_each_senders_port():
+    g = collective_graph("AllReduce", 8, 100_000_000)  # 400 MB
+    r = simulate(g, switch_system(8, bw=400e9, lat=3e-6), host_inputs=False, transfer_fn=linear)
+    assert r.makespan_s == pytest.approx(14 * (3e-6 + 50e6 / 400e9), rel=1e-12)
+
+
+def test_group_of_one_and_one_member_form():
+    g = Graph("one")
+    g.add_input("x", TensorSpec((1000,)))
+    g.add_node("AllReduce", ["x"], ["y"], {"group": ["gpu0"]}, name="c")
+    g.set_outputs(["y"])
+    r = simulate(g, ring_system(2), host_inputs=False, transfer_fn=linear)
+    assert r.makespan_s == 0.0 and len(r.ops) == 1
+    # one member's view of a 4-way all-reduce: the full ring is timed over the group
+    g = Graph("spmd")
+    g.add_input("x", TensorSpec((250_000_000,)))
+    g.add_node("AllReduce", ["x"], ["y"], {"group": names(4)}, name="c")
+    g.set_outputs(["y"])
+    r = simulate(g, ring_system(4), host_inputs=False, transfer_fn=linear)
+    assert r.makespan_s == pytest.approx(0.015, rel=1e-12)
+    assert sorted(o["device"] for o in r.ops) == names(4)
+    assert r.peak_memory_by_device["gpu0"] == 2 * GB and r.peak_memory_by_device["gpu1"] == 0
+
+
+def test_collective_waits_for_every_member():
+    g = Graph("late")
+    for i in range(4):
+        g.add_input(f"in{i}", TensorSpec((250_000_000,)))
+        g.add_node("Relu", [f"in{i}"], [f"x{i}"], name=f"r{i}", meta={"device": f"gpu{i}"})
+    g.add_node("AllReduce", [f"x{i}" for i in range(4)], [f"y{i}" for i in range(4)],
+               {"group": names(4)}, name="c")
+    g.set_outputs([f"y{i}" for i in range(4)])
+    times = {"r0": 0.1, "r1": 0.2, "r2": 1.0, "r3": 0.3}
+
+    def cost(node, work, spec, dtype):
+        return FixedCost(times[node.name])
+
+    r = simulate(g, ring_system(4), host_inputs=False, transfer_fn=linear, cost_fn=cost)
+    ar = [o for o in r.ops if o["op"] == "AllReduce"]
+    assert {o["start_s"] for o in ar} == {1.0}
+    assert r.makespan_s == pytest.approx(1.015, rel=1e-12)
+
+
+def test_collective_contends_with_copies_on_its_links():
+    g = collective_graph("AllReduce", 4, 250_000_000)
+    # a 1 GB copy gpu0 -> gpu1 over the same ring link, wanted at time 0
+    g.add_input("big", TensorSpec((250_000_000,)))
+    g.add_node("Relu", ["big"], ["a"], name="A", meta={"device": "gpu0"})
+    g.add_node("Relu", ["a"], ["b"], name="B", meta={"device": "gpu1"})
+    g.set_outputs([*g.outputs, "b"])
+
+    def cost(node, work, spec, dtype):
+        return FixedCost(0.0)
+
+    r = simulate(g, ring_system(4), host_inputs=False, transfer_fn=linear, cost_fn=cost)
+    copy = [o for o in r.ops if o["op"] == "Transfer"]
+    assert len(copy) == 1 and copy[0]["end_s"] - copy[0]["start_s"] == pytest.approx(0.01)
+    # the ring waits 10 ms for the copy on link gpu0 -> gpu1: 15 ms + 10 ms
+    ar_end = max(o["end_s"] for o in r.ops if o["op"] == "AllReduce")
+    assert ar_end == pytest.approx(0.025, rel=1e-12)
+    alone = simulate(collective_graph("AllReduce", 4, 250_000_000), ring_system(4),
+                     host_inputs=False, transfer_fn=linear)
+    assert alone.makespan_s == pytest.approx(0.015, rel=1e-12)
+
+
+def test_unknown_group_device_is_a_spec_error():
+    g = collective_graph("AllReduce", 2, 10)
+    g.nodes["c"].attrs["group"] = ["gpu0", "gpu9"]
+    with pytest.raises(SpecError, match="gpu9"):
+        simulate(g, ring_system(2), host_inputs=False)
+
+
+def test_trace_and_json_include_collectives(tmp_path):
+    r = simulate(collective_graph("AllReduce", 2, 1000), ring_system(2), host_inputs=False,
+                 transfer_fn=linear)
+    r.write_trace(str(tmp_path / "t.json"))
+    assert "AllReduce" in (tmp_path / "t.json").read_text()
+    assert "AllReduce" in r.summary() or r.by_op_type()["AllReduce"]["bound"] == "comm"
+
+
+# ------------------------------------------------------------------ data parallelism
+def linear_model(batch: int, fin: int = 3, fout: int = 2) -> Graph:
+    g = Graph("lin")
+    g.add_input("x", TensorSpec((batch, fin), "fp64"))
+    g.add_param("w", TensorSpec((fin, fout), "fp64"))
+    g.add_node("MatMul", ["x", "w"], ["y"], name="fc")
+    g.set_outputs(["y"])
+    return g
+
+
+def test_data_parallel_step_equals_the_global_batch_gradient():
+    n, per, lr = 4, 2, 0.1
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n * per, 3))
+    y = rng.standard_normal((n * per, 2))
+    w0 = rng.standard_normal((3, 2))
+    dp = data_parallel(training_graph(linear_model(per), "mse", "sgd", lr=lr), names(n))
+    feeds = {}
+    for k, d in enumerate(names(n)):
+        feeds[f"{d}/x"] = x[k * per:(k + 1) * per]
+        feeds[f"{d}/labels"] = y[k * per:(k + 1) * per]
+    vals = Executor(dp, params={"w": w0}).run(feeds).values
+    # hand formula: mean squared error over the global batch, one SGD step
+    grad = 2 * x.T @ (x @ w0 - y) / y.size
+    for d in names(n):
+        np.testing.assert_allclose(vals[f"{d}/w.new"], w0 - lr * grad, rtol=1e-12)
+    assert dp.meta["updates"]["gpu0/w.new"] == "w" and dp.meta["batch"] == n * per
+    ars = [nd for nd in dp.nodes.values() if nd.op == "AllReduce"]
+    assert len(ars) == 1 and ars[0].attrs["group"] == names(n)
+    assert {dp.nodes[f"{d}/fc"].meta["device"] for d in names(n)} == set(names(n))
+
+
+def test_data_parallel_needs_a_training_graph():
+    with pytest.raises(sim.errors.GraphError, match="training graph"):
+        data_parallel(linear_model(2), names(2))
+
+
+def _mlp_step(batch: int) -> Graph:
+    g = sim.load("workloads/mlp-mnist.yaml", batch=batch, in_features=4096, hidden=8192, classes=4096)
+    return training_graph(g, "cross_entropy", "sgd")
+
+
+def _compute_s(r, dev: str) -> float:
+    return sum(o["end_s"] - o["start_s"] for o in r.ops if o["device"] == dev and o["bound"] != "comm")
+
+
+def test_data_parallel_on_dgx_h100():
+    from sim.cost import transfer_time
+    from sim.hw import load_hardware
+
+    devs = names(8)
+    one = simulate(_mlp_step(16384), "dgx-h100", "bf16", host_inputs=False)
+    dp = simulate(data_parallel(_mlp_step(16384 // 8), devs), "dgx-h100", "bf16", host_inputs=False)
+    per_dev = [_compute_s(dp, d) for d in devs]
+    assert max(per_dev) == pytest.approx(min(per_dev))
+    ratio = _compute_s(one, "gpu0") / per_dev[0]
+    assert 6.0 < ratio <= 8.0  # ~n-fold (launch floors and the loss keep it under 8)
+    switch = load_hardware("dgx-h100").switch
+    ars = [o for o in dp.ops if o["op"] == "AllReduce" and o["device"] == "gpu0"]
+    assert len(ars) == 4  # fc1/fc2 weight and bias
+    for o in ars:
+        assert o["steps"] == 14 and o["bound"] == "comm"
+    # the first all-reduce (fc2's bias, issued first) runs alone: the ring formula exactly
+    first = min(ars, key=lambda o: o["start_s"])
+    assert first["end_s"] - first["start_s"] == pytest.approx(
+        14 * transfer_time(switch, first["chunk_bytes"]), rel=1e-9)
+    # they queue on the switch ports: together they last at least the formula's sum
+    window = max(o["end_s"] for o in ars) - min(o["start_s"] for o in ars)
+    total = sum(14 * transfer_time(switch, o["chunk_bytes"]) for o in ars)
+    assert window >= total * (1 - 1e-9)
+    assert dp.makespan_s <= per_dev[0] + total * (1 + 1e-9)
+    assert dp.throughput > one.throughput
+
+
+def test_single_weight_allreduce_time_on_dgx_h100():
+    from sim.cost import transfer_time
+    from sim.hw import load_hardware
+
+    g = Graph("lin")
+    g.add_input("x", TensorSpec((64, 1024)))
+    g.add_param("w", TensorSpec((1024, 1024)))
+    g.add_node("MatMul", ["x", "w"], ["y"], name="fc")
+    g.set_outputs(["y"])
+    dp = data_parallel(training_graph(g, "mse"), names(8))
+    r = simulate(dp, "dgx-h100", host_inputs=False)
+    (ar,) = [o for o in r.ops if o["op"] == "AllReduce" and o["device"] == "gpu3"]
+    switch = load_hardware("dgx-h100").switch
+    assert ar["chunk_bytes"] == 1024 * 1024 * 4 / 8
+    assert ar["end_s"] - ar["start_s"] == pytest.approx(14 * transfer_time(switch, 1024 * 1024 * 4 / 8),
+                                                       rel=1e-12)
+
+
+# ------------------------------------------------------------------ pipeline parallelism
+def relu_chain(length: int, width: int = 1000) -> Graph:
+    g = Graph("chain")
+    g.add_input("x", TensorSpec((width,)))
+    prev = "x"
+    for i in range(length):
+        (prev,) = g.add_node("Relu", [prev], [f"a{i}"], name=f"n{i}")
+    g.set_outputs([prev])
+    return g
+
+
+@pytest.mark.parametrize("stages, micro", [(4, 8), (2, 1), (4, 4), (3, 16)])
+def test_gpipe_bubble_matches_formula(stages, micro):
+    t = 0.5  # each stage: two nodes of t
+
+    def cost(node, work, spec, dtype):
+        return FixedCost(t if node.op == "Relu" else 0.0)  # Depend (the schedule's order): free
+
+    p = pipeline_parallel(relu_chain(2 * stages), names(stages), micro)
+    r = simulate(p, switch_system(stages), host_inputs=False, cost_fn=cost, transfer_fn=zero)
+    assert r.makespan_s == pytest.approx((micro + stages - 1) * 2 * t)
+    assert bubble_fraction(r, names(stages)) == pytest.approx((stages - 1) / (micro + stages - 1))
+
+
+def test_gpipe_with_copy_time():
+    p = pipeline_parallel(relu_chain(4), names(2), 3)
+    r = simulate(p, switch_system(2, bw=4000.0), host_inputs=False,
+                 cost_fn=lambda node, *a: FixedCost(1.0 if node.op == "Relu" else 0.0),
+                 transfer_fn=linear)
+    # stage 0: 2 s per microbatch; copy 4000 B at 4000 B/s: 1 s; stage 1: 2 s per microbatch
+    assert r.makespan_s == pytest.approx(3 * 2 + 1 + 2)
+
+
+def test_stage_split_balances_flops():
+    g = Graph("mm")
+    g.add_input("x", TensorSpec((64, 64)))
+    prev = "x"
+    sizes = [64, 64, 64, 64]
+    for i, k in enumerate(sizes):
+        g.add_param(f"w{i}", TensorSpec((64, k)))
+        (prev,) = g.add_node("MatMul", [prev, f"w{i}"], [f"h{i}"], name=f"mm{i}")
+        (prev,) = g.add_node("Relu", [prev], [f"r{i}"], name=f"relu{i}")
+    g.set_outputs([prev])
+    split = stage_split(g, 2)
+    assert [split[f"mm{i}"] for i in range(4)] == [0, 0, 1, 1]
+    assert split["relu1"] == 0 and split["relu3"] == 1
+    p = pipeline_parallel(g, ["gpu0", "gpu1"], 2)
+    x = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
+    ex = Executor(p)
+    vals = ex.run({"mb0/x": x, "mb1/x": 2 * x}).values
+    ws = [ex.params[f"w{i}"] for i in range(4)]
+    h = x
+    for w in ws:
+        h = np.maximum(h @ w, 0)
+    scale = float(np.abs(h).max())
+    np.testing.assert_allclose(vals["mb0/r3"], h, rtol=1e-4, atol=1e-5 * scale)
+    # a ReLU net without biases is 1-homogeneous
+    np.testing.assert_allclose(vals["mb1/r3"], 2 * h, rtol=1e-4, atol=1e-5 * scale)
+    assert p.meta["stage_devices"] == ["gpu0", "gpu1"]
