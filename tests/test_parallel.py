@@ -317,3 +317,43 @@ def test_stage_split_balances_flops():
     # a ReLU net without biases is 1-homogeneous
     np.testing.assert_allclose(vals["mb1/r3"], 2 * h, rtol=1e-4, atol=1e-5 * scale)
     assert p.meta["stage_devices"] == ["gpu0", "gpu1"]
+
+
+def test_data_parallel_adam_mlp_replicas_agree_with_one_device():
+    def mlp(batch: int) -> Graph:
+        g = Graph("mlp")
+        g.add_input("x", TensorSpec((batch, 5), "fp64"))
+        for i, (a, b) in enumerate([(5, 4), (4, 3)]):
+            g.add_param(f"w{i}", TensorSpec((a, b), "fp64"))
+            g.add_param(f"b{i}", TensorSpec((b,), "fp64"))
+        g.add_node("MatMul", ["x", "w0"], ["h"], name="fc0")
+        g.add_node("Add", ["h", "b0"], ["hb"], name="bias0")
+        g.add_node("Tanh", ["hb"], ["t"], name="act")
+        g.add_node("MatMul", ["t", "w1"], ["o"], name="fc1")
+        g.add_node("Add", ["o", "b1"], ["y"], name="bias1")
+        g.set_outputs(["y"])
+        return g
+
+    n, per = 3, 2
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n * per, 5))
+    y = rng.standard_normal((n * per, 3))
+    full = training_graph(mlp(n * per), "mse", "adam", lr=0.01)
+    dp = data_parallel(training_graph(mlp(per), "mse", "adam", lr=0.01, checkpoint=True), names(n))
+    ars = {nd.meta["param"]: nd for nd in dp.nodes.values() if nd.op == "AllReduce"}
+    assert sorted(ars) == ["b0", "b1", "w0", "w1"]
+    for d in names(n):
+        upd = dp.nodes[f"{d}/w0.update"]
+        assert upd.inputs[1] in ars["w0"].outputs and upd.meta["device"] == d
+    want = Executor(full).run({"x": x, "labels": y}).values
+    feeds = {}
+    for k, d in enumerate(names(n)):
+        feeds[f"{d}/x"] = x[k * per:(k + 1) * per]
+        feeds[f"{d}/labels"] = y[k * per:(k + 1) * per]
+    got = Executor(dp).run(feeds).values
+    for p in ["w0", "b0", "w1", "b1"]:
+        for d in names(n):
+            np.testing.assert_allclose(got[f"{d}/{p}.new"], want[f"{p}.new"], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(got[f"{d}/{p}.m.new"], want[f"{p}.m.new"], rtol=1e-10, atol=1e-14)
+    # the mean of the replicas' losses is the global loss
+    np.testing.assert_allclose(np.mean([got[f"{d}/loss"] for d in names(n)]), want["loss"], rtol=1e-12)
