@@ -357,3 +357,13 @@ def test_data_parallel_adam_mlp_replicas_agree_with_one_device():
             np.testing.assert_allclose(got[f"{d}/{p}.m.new"], want[f"{p}.m.new"], rtol=1e-10, atol=1e-14)
     # the mean of the replicas' losses is the global loss
     np.testing.assert_allclose(np.mean([got[f"{d}/loss"] for d in names(n)]), want["loss"], rtol=1e-12)
+
+
+def test_collective_output_out_of_memory():
+    from sim.errors import OutOfMemoryError
+
+    g = collective_graph("AllGather", 2, 1000)  # 4000 B in, 8000 B out per member
+    small = SystemSpec("s", {d: device(capacity=10_000) for d in names(2)}, switch=LinkSpec("sw", 1e9))
+    with pytest.raises(OutOfMemoryError) as e:
+        simulate(g, small, host_inputs=False, transfer_fn=linear)
+    assert (e.value.op, e.value.device, e.value.needed_bytes) == ("c", "gpu0", 8000)

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.errors import SpecError
+import simpy
+
+from sim.errors import OutOfMemoryError, SpecError
 from sim.graph import Node
 from sim.ops.collective import COLLECTIVES, group_of
 
@@ -91,13 +93,9 @@ def run_collective(eng: _Engine, i: int) -> Any:
         for t, d in zip(node.outputs, slots):
             if t:
                 eng.mem[d].alloc(t, g.tensors[t].nbytes, start, node.name)
-    except Exception as err:  # OutOfMemoryError
-        from sim.errors import SimError
-
-        if isinstance(err, SimError):
-            eng._fail(err)
-            return
-        raise
+    except OutOfMemoryError as err:
+        eng._fail(err)
+        return
     steps, chunk = ring_plan(node, g.tensors[node.inputs[0]].nbytes, g.tensors[node.outputs[0]].nbytes)
     n = len(group)
     sent = [[env.event() for _ in range(n)] for _ in range(steps)]
@@ -115,8 +113,6 @@ def run_collective(eng: _Engine, i: int) -> Any:
             for key, link in hops:
                 res = eng.links.get(key)
                 if res is None:
-                    import simpy
-
                     res = eng.links[key] = simpy.Resource(env, capacity=1)
                 req = res.request()
                 yield req
