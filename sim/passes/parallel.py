@@ -13,9 +13,11 @@ on NumPy (``sim.exec``): a replicated graph computes what the separate devices w
   gradient feeds one ``AllReduce`` (``reduction="mean"``, ring over ``devices``) before its
   optimizer updates, so every replica applies the same averaged gradient, which equals the
   gradient of the mean loss over the global batch.
-* ``pipeline_parallel(graph, stages, microbatches)``: ``graph`` is a forward graph built at
-  the microbatch size. Its nodes (in topological order) are cut into ``len(stages)``
-  contiguous stages of about equal FLOPs, stage ``s`` placed on ``stages[s]``, and the graph
+* ``pipeline_parallel(graph, stages, microbatches)``: ``graph`` is a forward graph or a
+  training step built at the microbatch size (a training step accumulates the microbatch
+  gradients and updates once; see the function). Its nodes (in topological order) are cut
+  into ``len(stages)`` contiguous stages of about equal FLOPs, stage ``s`` placed on
+  ``stages[s]``, and the graph
   is replicated per microbatch (node ``mb<j>/<name>``). Each tensor entering stage ``s`` for
   microbatch ``j > 0`` passes through a ``Depend`` on the last output of stage ``s`` for
   microbatch ``j - 1`` (zero work, in place), so each device takes the microbatches in
@@ -30,8 +32,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from sim.errors import GraphError
-from sim.graph import Graph, Node, ParamInfo
+from sim.graph import Graph, Node, ParamInfo, TensorSpec
 
 
 def _copy_params(src: Graph, dst: Graph) -> None:
@@ -156,14 +160,14 @@ def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str 
     return out.verify()
 
 
-def stage_split(graph: Graph, n_stages: int,
-                weight: Callable[[Node], float] | None = None) -> dict[str, int]:
-    """Node name -> stage (0..n_stages-1): contiguous runs of the topological order with about
-    equal total weight (FLOPs by default). A node goes to the stage its weight's midpoint falls
-    in, so equal-weight nodes split evenly."""
+def stage_split(graph: Graph, n_stages: int, weight: Callable[[Node], float] | None = None,
+                nodes: Sequence[Node] | None = None) -> dict[str, int]:
+    """Node name -> stage (0..n_stages-1): contiguous runs of the topological order (of
+    ``nodes``, default all) with about equal total weight (FLOPs by default). A node goes to
+    the stage its weight's midpoint falls in, so equal-weight nodes split evenly."""
     if n_stages < 1:
         raise GraphError(f"need at least one stage, got {n_stages}", where="pipeline_parallel")
-    order = graph.topo_order()
+    order = list(graph.topo_order() if nodes is None else nodes)
     w = [float(weight(nd)) if weight else float(graph.work(nd).flops) for nd in order]
     total = sum(w)
     out: dict[str, int] = {}
@@ -178,14 +182,44 @@ def stage_split(graph: Graph, n_stages: int,
     return out
 
 
+def _training_stages(graph: Graph, order: list[Node], split: dict[str, int], n: int) -> dict[str, int]:
+    """Stages of a training graph's other nodes: loss on the last stage, backward and
+    recompute nodes with their forward node, the rest with the producer of their first input."""
+    stage = dict(split)
+    for node in order:
+        if node.name in stage:
+            continue
+        s: int | None = None
+        if node.meta.get("role") == "loss":
+            s = n - 1
+        for key in ("forward", "recompute"):
+            ref = node.meta.get(key)
+            if s is None and ref in stage:
+                s = stage[ref]
+        if s is None:
+            for t in node.inputs:
+                prod = graph.producer(t) if t else None
+                if prod is not None and prod.name in stage:
+                    s = stage[prod.name]
+                    break
+        stage[node.name] = n - 1 if s is None else s
+    return stage
+
+
 def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
                       weight: Callable[[Node], float] | None = None) -> Graph:
-    """GPipe: cut ``graph`` (a forward graph at the microbatch size) into ``len(stages)``
-    FLOP-balanced contiguous stages on ``stages`` and replicate it ``microbatches`` times.
+    """GPipe: cut ``graph`` (built at the microbatch size) into ``len(stages)`` FLOP-balanced
+    contiguous stages on ``stages`` and replicate it ``microbatches`` times.
 
+    A forward graph is split as a whole. A training step (``training_graph``) is split by its
+    forward nodes; the loss goes to the last stage, each backward (and recompute) node to its
+    forward node's stage. Its optimizer nodes are not replicated: each parameter's gradient
+    is the mean over the microbatches (gradient accumulation, ``<param>.grad_acc``, on the
+    stage that produces it), updated once, so the step equals one step on the whole batch.
     ``weight(node)`` replaces FLOPs as the balancing measure. Node meta gets ``device``,
     ``stage`` and ``microbatch``; the graph's meta ``"stages"`` (node -> stage),
-    ``"microbatches"``, ``"stage_devices"`` and ``"batch"`` (microbatches x microbatch size).
+    ``"microbatches"``, ``"stage_devices"``, ``"batch"`` (microbatches x microbatch size)
+    and, for training, ``"losses"`` (one per microbatch).
 
     >>> from sim.graph import Graph, TensorSpec
     >>> g = Graph("two"); _ = g.add_input("x", TensorSpec((2, 4)))
@@ -200,41 +234,61 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
     devs = _check_devices(stages, "pipeline_parallel")
     if microbatches < 1:
         raise GraphError(f"microbatches must be >= 1, got {microbatches}", where="pipeline_parallel")
-    if graph.meta.get("grads"):
-        raise GraphError("pipeline_parallel takes a forward graph (training graphs: use data_parallel)",
-                         where=graph.source or graph.name)
-    split = stage_split(graph, len(devs), weight)
-    out = Graph(f"{graph.name}.pp{len(devs)}x{microbatches}", graph.source)
+    n = len(devs)
+    order = graph.topo_order()
+    grads: dict[str, str] = dict(graph.meta.get("grads") or {})
+    training = bool(grads)
+    if training:
+        from sim.passes.training import forward_node_names
+
+        fwd_names = set(forward_node_names(graph))
+        forward = [nd for nd in order if nd.name in fwd_names]
+        stage = _training_stages(graph, order, stage_split(graph, n, weight, forward), n)
+        replicated = [nd for nd in order if nd.meta.get("role") != "optimizer"]
+        phase = {nd.name: "f" if nd.name in fwd_names or nd.meta.get("role") == "loss" else "b"
+                 for nd in replicated}
+    else:
+        stage = stage_split(graph, n, weight)
+        replicated = list(order)
+        phase = {nd.name: "f" for nd in order}
+    rep_names = {nd.name for nd in replicated}
+    last: dict[tuple[int, str], str] = {}  # (stage, phase) -> first output of its last node
+    for nd in replicated:
+        if nd.outputs and nd.outputs[0]:
+            last[(stage[nd.name], phase[nd.name])] = nd.outputs[0]
+
+    out = Graph(f"{graph.name}.pp{n}x{microbatches}", graph.source)
     out.meta = dict(graph.meta)
     _copy_params(graph, out)
     for j in range(microbatches):
         for name, spec in graph.inputs.items():
             out.add_input(f"mb{j}/{name}", spec)
-    order = graph.topo_order()
-    last_of_stage: dict[int, str] = {}  # stage -> first output of its last node
-    for node in order:
-        if node.outputs and node.outputs[0]:
-            last_of_stage[split[node.name]] = node.outputs[0]
+
+    def produced_here(t: str) -> bool:
+        prod = graph.producer(t)
+        return prod is not None and prod.name in rep_names
+
     for j in range(microbatches):
         def plain(t: str, _j: int = j) -> str:
-            return t if t in graph.params else f"mb{_j}/{t}"
-        held: dict[tuple[str, int], str] = {}
-        for node in order:
-            s = split[node.name]
+            return f"mb{_j}/{t}" if t in graph.inputs or produced_here(t) else t
+        held: dict[tuple[str, int, str], str] = {}
+        for node in replicated:
+            s, ph = stage[node.name], phase[node.name]
             meta = {"device": devs[s], "stage": s, "microbatch": j}
 
-            def rn(t: str, _j: int = j, _s: int = s, _meta: dict[str, Any] = meta,
-                   _plain: Callable[[str], str] = plain, _held: dict[tuple[str, int], str] = held) -> str:
-                # a tensor entering stage s waits until the stage is done with microbatch j-1,
-                # so each device takes the microbatches in order (the GPipe schedule)
-                if _j == 0 or t in graph.params:
+            def rn(t: str, _j: int = j, _s: int = s, _ph: str = ph, _meta: dict[str, Any] = meta,
+                   _plain: Callable[[str], str] = plain,
+                   _held: dict[tuple[str, int, str], str] = held) -> str:
+                # a tensor entering stage s waits until the stage is done with microbatch j-1
+                # (in the same phase), so each device takes the microbatches in order
+                if _j == 0 or t in graph.params or (_s, _ph) not in last:
                     return _plain(t)
                 prod = graph.producer(t)
-                if (prod is not None and split[prod.name] == _s) or _s not in last_of_stage:
+                if prod is not None and (prod.name not in rep_names or stage[prod.name] == _s):
                     return _plain(t)
-                key = (t, _s)
+                key = (t, _s, _ph)
                 if key not in _held:
-                    prev = f"mb{_j - 1}/{last_of_stage[_s]}"
+                    prev = f"mb{_j - 1}/{last[(_s, _ph)]}"
                     (_held[key],) = out.add_node(
                         "Depend", [_plain(t), prev], [out.unique_name(f"{_plain(t)}.stage{_s}")],
                         name=out.unique_name(f"mb{_j}/stage{_s}.after"),
@@ -242,12 +296,63 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
                 return _held[key]
 
             _replica(out, graph, node, f"mb{j}", meta, rn)
-    out.set_outputs([f"mb{j}/{t}" for j in range(microbatches) for t in graph.outputs])
-    out.meta.update({"stages": split, "microbatches": microbatches, "stage_devices": devs})
+
+    outputs: list[str] = []
+    if training:
+        acc = _accumulate(out, graph, grads, stage, devs, microbatches, produced_here)
+        for node in order:
+            if node.name in rep_names:
+                continue
+            s = stage[node.name]
+            if node.meta.get("role") == "optimizer" and "param" not in node.meta:
+                s = 0  # the step counter
+            m = dict(node.meta)
+            m.update({"device": devs[s], "stage": s})
+            out.add_node(node.op, [acc.get(t, t) if t else "" for t in node.inputs], list(node.outputs),
+                         dict(node.attrs), name=node.name, meta=m)
+        loss = str(graph.meta.get("loss", ""))
+        out.meta["losses"] = [f"mb{j}/{loss}" for j in range(microbatches)] if loss else []
+        if loss:
+            out.meta["loss"] = f"mb0/{loss}"
+        out.meta["grads"] = {p: acc[t] for p, t in grads.items()}
+    for t in graph.outputs:
+        if produced_here(t):
+            outputs.extend(f"mb{j}/{t}" for j in range(microbatches))
+        else:
+            outputs.append(t)
+    out.set_outputs(outputs)
+    out.meta.update({"stages": stage, "microbatches": microbatches, "stage_devices": devs})
     b = _batch(graph)
     if b is not None:
         out.meta["batch"] = b * microbatches
     return out.verify()
+
+
+def _accumulate(out: Graph, graph: Graph, grads: dict[str, str], stage: dict[str, int],
+                devs: list[str], m: int, produced_here: Callable[[str], bool]) -> dict[str, str]:
+    """Per parameter gradient: the mean of its microbatch gradients. Returns tensor -> mean."""
+    acc: dict[str, str] = {}
+    for p, t in grads.items():
+        if t in acc:
+            continue
+        prod = graph.producer(t)
+        s = stage[prod.name] if prod is not None else 0
+        meta = {"device": devs[s], "stage": s, "role": "grad_accumulation", "param": p}
+        parts = [f"mb{j}/{t}" for j in range(m)] if produced_here(t) else [t] * m
+        total = parts[0]
+        for j, part in enumerate(parts[1:], 1):
+            (total,) = out.add_node("Add", [total, part], [out.unique_name(f"{p}.grad_acc{j}")],
+                                    name=out.unique_name(f"{p}.grad_acc{j}"), meta=dict(meta))
+        if m > 1:
+            dtype = out.tensors[total].dtype
+            inv = f"pipeline.inv_microbatches.{dtype}"
+            if inv not in out.tensors:
+                out.add_param(inv, TensorSpec((), dtype), "constant", trainable=False,
+                              value=np.array(1.0 / m))
+            (total,) = out.add_node("Mul", [total, inv], [out.unique_name(f"{p}.grad_acc")],
+                                    name=out.unique_name(f"{p}.grad_acc"), meta=dict(meta))
+        acc[t] = total
+    return acc
 
 
 def bubble_fraction(result: Any, devices: Sequence[str]) -> float:
