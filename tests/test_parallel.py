@@ -419,3 +419,45 @@ def test_pipeline_training_overlaps_stages():
     # it cannot start before stage 0's first forward (2 GEMMs)
     stage1 = [o for o in r.ops if o["device"] == "gpu1" and o["op"] in ("MatMul", "Gemm")]
     assert len(stage1) == 4 * 6 and r.makespan_s >= 4 * 6 + 2
+
+
+# ------------------------------------------------------------------ sim run --parallel
+def test_cli_parallel_dp_and_pp(tmp_path, capsys):
+    import json
+
+    from sim.cli import main
+
+    out = tmp_path / "dp.json"
+    rc = main(["run", "mlp-mnist", "--hw", "dgx-h100", "--train", "--optimizer", "sgd",
+               "--set", "batch=64", "--parallel", "dp=4", "--json", str(out), "--top", "3"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "mlp-mnist.train.dp4" in text and "batch 64" in text
+    data = json.loads(out.read_text())
+    ars = [o for o in data["ops"] if o["op"] == "AllReduce"]
+    assert {o["device"] for o in ars} == {"gpu0", "gpu1", "gpu2", "gpu3"}
+    assert len(ars) == 4 * 4  # four parameters, one record per member
+    computed = {o["device"] for o in data["ops"] if o["bound"] != "comm"}
+    assert {"gpu0", "gpu1", "gpu2", "gpu3"} <= computed and "gpu4" not in computed
+    assert any(o["name"].startswith("gpu3/") for o in data["ops"])  # replicas named per device
+    rc = main(["run", "mlp-mnist", "--hw", "dgx-h100", "--set", "batch=64", "--parallel", "pp=2,mb=4",
+               "--top", "3"])
+    assert rc == 0 and "mlp-mnist.pp2x4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ("dp=3", "does not split"), ("dp=16", "needs 16 devices"), ("pp=2,dp=2", "expected"),
+    ("mb=2", "expected"), ("dp=0", ">= 1"), ("dp=x", "integer"),
+])
+def test_cli_parallel_bad_specs_exit_2(spec, msg, capsys):
+    from sim.cli import main
+
+    assert main(["run", "mlp-mnist", "--hw", "dgx-h100", "--train", "--parallel", spec]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_cli_dp_needs_train(capsys):
+    from sim.cli import main
+
+    assert main(["run", "mlp-mnist", "--hw", "dgx-h100", "--parallel", "dp=2"]) == 2
+    assert "--train" in capsys.readouterr().err

@@ -374,3 +374,58 @@ def bubble_fraction(result: Any, devices: Sequence[str]) -> float:
             busy += b - max(a, end)
             end = b
     return 1.0 - busy / (len(devs) * result.makespan_s)
+
+
+def parse_parallel(spec: str) -> tuple[str, int, int]:
+    """``"dp=8"`` -> ``("dp", 8, 1)``; ``"pp=4,mb=16"`` -> ``("pp", 4, 16)`` (``mb`` defaults
+    to the number of stages). SpecError on anything else."""
+    from sim.errors import SpecError
+
+    fields: dict[str, int] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in ("dp", "pp", "mb") or key in fields:
+            raise SpecError(f"expected dp=N or pp=S[,mb=M], got {spec!r}", where="--parallel")
+        try:
+            fields[key] = int(value)
+        except ValueError:
+            raise SpecError(f"{key} needs an integer, got {value.strip()!r}", where="--parallel") from None
+        if fields[key] < 1:
+            raise SpecError(f"{key} must be >= 1, got {fields[key]}", where="--parallel")
+    kinds = [k for k in ("dp", "pp") if k in fields]
+    if len(kinds) != 1 or ("mb" in fields and kinds[0] != "pp"):
+        raise SpecError(f"expected dp=N or pp=S[,mb=M], got {spec!r}", where="--parallel")
+    kind = kinds[0]
+    return kind, fields[kind], fields.get("mb", fields[kind]) if kind == "pp" else 1
+
+
+def parallel_graph(spec: str, load: Callable[[int | None], Graph],
+                   prepare: Callable[[Graph], Graph] | None, devices: Sequence[str]) -> Graph:
+    """The graph ``sim run --parallel SPEC`` simulates.
+
+    ``load(batch)`` loads the workload (``None``: at its own batch, the global one);
+    ``prepare`` makes the training step (and fuses) or is None; ``devices`` are the system's
+    accelerators, the first N (or S) of which are used. ``dp=N`` rebuilds the workload at
+    ``batch / N`` and replicates the training step (``prepare`` required); ``pp=S,mb=M``
+    rebuilds it at ``batch / M`` and pipelines it over S devices.
+    """
+    from sim.errors import SpecError
+
+    kind, count, micro = parse_parallel(spec)
+    devs = list(devices)
+    if count > len(devs):
+        raise SpecError(f"{kind}={count} needs {count} devices, the system has {len(devs)}",
+                        where="--parallel")
+    batch = _batch(load(None))
+    parts = count if kind == "dp" else micro
+    if batch is None or batch % parts:
+        raise SpecError(f"the batch ({batch}) does not split into {parts} equal parts", where="--parallel")
+    g = load(batch // parts)
+    if prepare is not None:
+        g = prepare(g)
+    if kind == "dp":
+        if not g.meta.get("grads"):
+            raise SpecError("dp needs a training step (add --train)", where="--parallel")
+        return data_parallel(g, devs[:count])
+    return pipeline_parallel(g, devs[:count], micro)
