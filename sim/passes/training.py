@@ -114,6 +114,7 @@ def training_graph(
     segment: int | None = None,
     labels: str = "labels",
     class_axis: int | None = None,
+    fused_update: bool = False,
     **hyper: Any,
 ) -> Graph:
     """One training step of ``graph``: loss, gradients, optimizer update.
@@ -125,6 +126,10 @@ def training_graph(
     ``nesterov``, ``beta1``/``beta2`` or ``betas``, ``epsilon``/``eps``). A forward graph made
     by ``sim.passes.precision.amp`` carries ``meta["loss_scale"]``: the backward pass is
     seeded with that scale and the updates unscale the gradients (``grad_scale``).
+    By default the updates run after the whole backward pass (``optimizer.step()`` after
+    ``loss.backward()``), so every gradient is alive at once; ``fused_update=True`` lets each
+    parameter update as soon as its gradient exists (optimizer fused into the backward pass),
+    which frees gradients early and lowers peak memory.
 
     >>> from sim.graph import Graph, TensorSpec
     >>> g = Graph("lin"); _ = g.add_input("x", TensorSpec((8, 4)))
@@ -159,7 +164,15 @@ def training_graph(
                 role="optimizer_state")
     one = g.add_param("optimizer.one", TensorSpec((), "int64"), "constant", trainable=False,
                       value=np.array(1, np.int64))
-    (step_new,) = g.add_node("Add", [STEP, one], [f"{STEP}.new"], name="optimizer.step_inc",
+    step_in = STEP
+    if not fused_update:
+        # optimizer.step() after loss.backward(): every update reads the step counter, and the
+        # counter moves only once all gradients exist, so all gradients are alive together
+        # (as in a framework) instead of each update running as soon as its gradient is ready.
+        (step_in,) = g.add_node("Depend", [STEP, *dict.fromkeys(grads.values())],
+                                [f"{STEP}.after_backward"], name="optimizer.after_backward",
+                                meta={"role": "optimizer", "inplace": {0: 0}})
+    (step_new,) = g.add_node("Add", [step_in, one], [f"{STEP}.new"], name="optimizer.step_inc",
                              meta={"role": "optimizer"})
     updates: dict[str, str] = {}
     outputs = [loss_t]
