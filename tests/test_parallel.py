@@ -419,6 +419,9 @@ def test_pipeline_training_overlaps_stages():
     # it cannot start before stage 0's first forward (2 GEMMs)
     stage1 = [o for o in r.ops if o["device"] == "gpu1" and o["op"] in ("MatMul", "Gemm")]
     assert len(stage1) == 4 * 6 and r.makespan_s >= 4 * 6 + 2
+    # gradients stay on their stage: only activations and their gradients cross
+    crossing = [o["tensor"] for o in r.ops if o["op"] == "Transfer"]
+    assert crossing and not any("grad_acc" in t for t in crossing)
 
 
 # ------------------------------------------------------------------ sim run --parallel

@@ -215,7 +215,10 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
     forward nodes; the loss goes to the last stage, each backward (and recompute) node to its
     forward node's stage. Its optimizer nodes are not replicated: each parameter's gradient
     is the mean over the microbatches (gradient accumulation, ``<param>.grad_acc``, on the
-    stage that produces it), updated once, so the step equals one step on the whole batch.
+    stage that produces it), updated once, so the step equals one step on the whole batch;
+    each stage updates its parameters as soon as its own accumulated gradients exist (the
+    step counter's wait for the whole backward pass is dropped: it would copy every gradient
+    to one device).
     ``weight(node)`` replaces FLOPs as the balancing measure. Node meta gets ``device``,
     ``stage`` and ``microbatch``; the graph's meta ``"stages"`` (node -> stage),
     ``"microbatches"``, ``"stage_devices"``, ``"batch"`` (microbatches x microbatch size)
@@ -304,12 +307,16 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
             if node.name in rep_names:
                 continue
             s = stage[node.name]
+            ins = [acc.get(t, t) if t else "" for t in node.inputs]
             if node.meta.get("role") == "optimizer" and "param" not in node.meta:
-                s = 0  # the step counter
+                s = 0  # the step counter, on the first stage
+                if node.op == "Depend":
+                    # each stage updates its parameters once its own accumulated gradients
+                    # exist: no wait for (and no copy of) the other stages' gradients
+                    ins = ins[:1]
             m = dict(node.meta)
             m.update({"device": devs[s], "stage": s})
-            out.add_node(node.op, [acc.get(t, t) if t else "" for t in node.inputs], list(node.outputs),
-                         dict(node.attrs), name=node.name, meta=m)
+            out.add_node(node.op, ins, list(node.outputs), dict(node.attrs), name=node.name, meta=m)
         loss = str(graph.meta.get("loss", ""))
         out.meta["losses"] = [f"mb{j}/{loss}" for j in range(microbatches)] if loss else []
         if loss:
