@@ -1,9 +1,10 @@
 """dlsim: simulate deep-learning hardware on an op graph that also runs for real.
 
 >>> import sim
->>> g = sim.load("workloads/mlp-mnist.yaml", batch=8)      # doctest: +SKIP
->>> r = sim.simulate(g, sim.hardware("h100"))              # doctest: +SKIP
->>> r.makespan_s, r.peak_memory_bytes                      # doctest: +SKIP
+>>> g = sim.load("mlp-mnist", batch=8)            # a bundled workload, or a path
+>>> r = sim.simulate(g, sim.hardware("h100"))
+>>> g.param_count, r.makespan_s > 0, r.peak_memory_bytes >= g.param_bytes
+(101770, True, True)
 """
 
 from __future__ import annotations

@@ -21,8 +21,9 @@ def test_bert_training_step_is_about_three_forward_passes(bert):
     # with no backward). Every other linear layer's
     # GEMM (2 * tokens * in * out FLOP; a Gemm with the bias in its epilogue) has two backward
     # GEMMs of its size (dX = dY W^T, dW = X^T dY); the embeddings are Gathers, not GEMMs. So
-    # GEMM FLOPs are 3x the forward's less three times the pooler's. Fused attention's backward recomputes the scores
-    # (flash-attention style: 5 batched GEMMs for the forward's 2), and vector work (softmax,
+    # GEMM FLOPs are 3x the forward's less three times the pooler's. Fused attention's
+    # backward recomputes the scores (flash-attention style: 5 batched GEMMs for the
+    # forward's 2), and vector work (softmax,
     # norms, AdamW's 16 FLOP per parameter) is small: the total stays near 3x.
     def mm(g, *ops):
         return sum(g.work(n).matmul_flops for n in g.nodes.values() if n.op in ops)

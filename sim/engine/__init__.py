@@ -1,7 +1,9 @@
 """The SimPy engine: schedule an op graph on a described machine.
 
 >>> import sim
->>> r = sim.simulate(sim.load("workloads/mlp-mnist.yaml", batch=8), "h100")  # doctest: +SKIP
+>>> r = sim.simulate(sim.load("mlp-mnist", batch=8), "h100")
+>>> {rec["bound"] for rec in r.ops} <= {"comm", "compute", "launch", "memory"}
+True
 """
 
 from sim.engine.scheduler import FixedCost, compute_dtype, simulate

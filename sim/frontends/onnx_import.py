@@ -749,7 +749,7 @@ def load_onnx(
 ) -> Graph:
     """Load an ``.onnx`` file as a verified graph; keyword arguments bind symbolic dims.
 
-    >>> g = load_onnx("resnet50.onnx", batch=32)    # doctest: +SKIP
+    Usage: ``g = load_onnx("resnet50.onnx", batch=32)``.
     """
     import onnx
 

@@ -548,7 +548,7 @@ def load_module(module: Any, example_inputs: Any, *, name: str | None = None) ->
     ``example_inputs`` is a tensor or a tuple of tensors; they fix every shape. Export the
     module in the mode you want imported (``module.eval()`` for inference BatchNorm).
 
-    >>> g = load_module(torch.nn.Linear(4, 3), torch.randn(2, 4))   # doctest: +SKIP
+    Usage: ``g = load_module(torch.nn.Linear(4, 3), torch.randn(2, 4))``.
     """
     try:
         import torch

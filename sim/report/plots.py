@@ -1,9 +1,10 @@
 """Matplotlib plots of a ``Result`` (Agg backend, files only): timeline, roofline, memory,
 utilisation, and sweeps over several results.
 
->>> import sim
->>> r = sim.simulate(sim.load("workloads/mlp-mnist.yaml"), "h100")  # doctest: +SKIP
->>> r.plot("out/mlp.png")                                            # doctest: +SKIP
+Usage::
+
+    r = sim.simulate(sim.load("mlp-mnist"), "h100")
+    r.plot("out/mlp.png")
 """
 
 from __future__ import annotations
@@ -150,9 +151,10 @@ def plot_sweep(xs: Sequence[float], results: Sequence[Result], path: str | os.Pa
                xlabel: str = "batch") -> None:
     """Makespan, throughput and peak memory against a swept parameter (one result per x).
 
-    >>> rs = [sim.simulate(sim.load("workloads/resnet50.yaml", batch=b), "h100")
-    ...       for b in (1, 8, 32)]                                          # doctest: +SKIP
-    >>> plot_sweep([1, 8, 32], rs, "out/sweep.png")                         # doctest: +SKIP
+    Usage::
+
+        rs = [sim.simulate(sim.load("resnet50", batch=b), "h100") for b in (1, 8, 32)]
+        plot_sweep([1, 8, 32], rs, "out/sweep.png")
     """
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     axes[0].plot(xs, [r.makespan_s * 1e3 for r in results], marker="o")
