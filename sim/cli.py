@@ -64,46 +64,7 @@ def _add_run(sub: Any) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from sim.report.runcmd import run_command
 
-    if getattr(args, "parallel", None):
-        return _run_parallel(args)
     return run_command(args)
-
-
-def _run_parallel(args: argparse.Namespace) -> int:
-    """``sim run --parallel``: the workload rebuilt per device / microbatch, then simulated."""
-    import sim
-    from sim.engine import simulate
-    from sim.engine.topology import as_system
-    from sim.hw import load_hardware
-    from sim.passes.parallel import parallel_graph
-    from sim.report.runcmd import parse_hw_sets, parse_place
-
-    sets = parse_sets(getattr(args, "set", None))
-
-    def load(batch: int | None) -> Any:
-        return sim.load(args.workload, **(sets if batch is None else {**sets, "batch": batch}))
-
-    def prepare(g: Any) -> Any:
-        if args.train:
-            g = sim.training_graph(g, loss=args.loss, optimizer=args.optimizer,
-                                   checkpoint=bool(args.checkpoint))
-        if args.fuse:
-            from sim.passes.fusion import fuse
-
-            g = fuse(g)
-        return g
-
-    hw = load_hardware(args.hw, **parse_hw_sets(getattr(args, "hw_set", None)))
-    graph = parallel_graph(args.parallel, load, prepare, as_system(hw).accelerators)
-    result = simulate(graph, hw, args.dtype, placement=parse_place(getattr(args, "place", None)),
-                      streams=args.streams, host_inputs=not args.resident_inputs)
-    print(result.summary(top=args.top))
-    for kind, path, write in (("json", args.json, result.write_json),
-                              ("trace", args.trace, result.write_trace), ("plot", args.plot, result.plot)):
-        if path:
-            write(path)
-            print(f"wrote {kind} {path}")
-    return 0
 
 
 def _add_train(sub: Any) -> None:

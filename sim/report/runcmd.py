@@ -34,21 +34,34 @@ def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
 
 
 def build(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The graph (loaded, trained, fused as asked) and the hardware spec for ``args``."""
+    """The graph (loaded, trained, fused, parallelised as asked) and the hardware spec."""
     import sim
     from sim.cli import parse_sets
     from sim.hw import load_hardware
 
-    graph = sim.load(args.workload, **parse_sets(getattr(args, "set", None)))
-    if getattr(args, "train", False):
-        graph = sim.training_graph(graph, loss=args.loss, optimizer=args.optimizer,
-                                   checkpoint=bool(getattr(args, "checkpoint", False)))
-    if getattr(args, "fuse", False):
-        from sim.passes.fusion import fuse
+    sets = parse_sets(getattr(args, "set", None))
 
-        graph = fuse(graph)
+    def load(batch: int | None = None) -> Any:
+        return sim.load(args.workload, **(sets if batch is None else {**sets, "batch": batch}))
+
+    def prepare(graph: Any) -> Any:
+        if getattr(args, "train", False):
+            graph = sim.training_graph(graph, loss=args.loss, optimizer=args.optimizer,
+                                       checkpoint=bool(getattr(args, "checkpoint", False)))
+        if getattr(args, "fuse", False):
+            from sim.passes.fusion import fuse
+
+            graph = fuse(graph)
+        return graph
+
     hw = load_hardware(args.hw, **parse_hw_sets(getattr(args, "hw_set", None)))
-    return graph, hw
+    if getattr(args, "parallel", None):
+        # rebuilt per device (data parallel) or per microbatch (pipeline): docs/parallel.md
+        from sim.engine.topology import as_system
+        from sim.passes.parallel import parallel_graph
+
+        return parallel_graph(args.parallel, load, prepare, as_system(hw).accelerators), hw
+    return prepare(load()), hw
 
 
 def run_command(args: argparse.Namespace) -> int:
