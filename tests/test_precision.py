@@ -22,7 +22,7 @@ def _mlp() -> Graph:
     return g.verify()
 
 
-@pytest.mark.parametrize("dtype,size", [("fp16", 2), ("bf16", 2), ("fp8", 1), ("int8", 1), ("fp32", 4)])
+@pytest.mark.parametrize("dtype,size", [("fp16", 2), ("bf16", 2), ("fp8", 1), ("fp32", 4)])
 def test_cast_graph_retypes_every_float_tensor(dtype, size):
     g = _mlp()
     h = cast_graph(g, dtype)
@@ -34,8 +34,21 @@ def test_cast_graph_retypes_every_float_tensor(dtype, size):
     # 8*16 + 16 parameters, `size` bytes each
     assert h.param_bytes == (8 * 16 + 16) * size
     assert h.param_info["w1"].init == "he"
-    expect_compute = "int8" if dtype == "int8" else None
-    assert h.nodes["fc1"].meta.get("compute_dtype") == expect_compute
+    assert h.nodes["fc1"].meta.get("compute_dtype") is None
+
+
+def test_cast_graph_int8_quantises_matmul_weights_only():
+    # W8A8: activations and the MatMul weight become int8; the bias of the elementwise Add
+    # stays fp32 and the Add computes in fp32 between casts
+    h = cast_graph(_mlp(), "int8")
+    assert h.tensors["w1"].dtype == "int8" and h.tensors["b1"].dtype == "fp32"
+    assert h.tensors["x"].dtype == h.tensors["h"].dtype == h.tensors["y"].dtype == "int8"
+    assert h.param_bytes == 8 * 16 * 1 + 16 * 4
+    assert h.nodes["fc1"].meta.get("compute_dtype") == "int8"
+    casts = [n for n in h.nodes.values() if n.op == "Cast"]
+    assert {n.meta["forward"] for n in casts} == {"fc1_bias"}
+    # casting again is a no-op
+    assert set(cast_graph(h, "int8").nodes) == set(h.nodes)
 
 
 def test_cast_graph_tf32_keeps_fp32_and_marks_matmuls():

@@ -153,10 +153,19 @@ def cast_graph(graph: Graph, dtype: str) -> Graph:
     if dtype not in CAST_DTYPES:
         raise GraphError(f"cannot cast a graph to {dtype!r} (choose from {', '.join(CAST_DTYPES)})",
                          where="cast dtype")
+    if graph.meta.get("dtype") == dtype:
+        return graph.copy()  # already cast (e.g. cast, then fused): casting again changes nothing
     storage = _storage(dtype)
+    keep: set[str] = set()
+    if dtype == "int8":
+        # W8A8: weights of matmul-like ops are quantised; other parameters (norm scales and
+        # shifts, biases of elementwise adds) stay in their float type, as quantised runtimes
+        # keep them, instead of being cast back and forth around every use.
+        quantised = {t for n in graph.nodes.values() if is_matmul_like(graph, n) for t in n.inputs}
+        keep = {p for p in graph.params if p not in quantised}
 
     def spec_of(name: str, spec: TensorSpec) -> TensorSpec:
-        return spec.with_dtype(storage) if is_float(spec.dtype) else spec
+        return spec.with_dtype(storage) if is_float(spec.dtype) and name not in keep else spec
 
     g = Graph(graph.name, graph.source)
     g.meta = dict(graph.meta)

@@ -50,8 +50,10 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
                                        checkpoint=bool(getattr(args, "checkpoint", False)))
         if getattr(args, "fuse", False):
             from sim.passes.fusion import fuse
+            from sim.passes.precision import cast_graph
 
-            graph = fuse(graph)
+            # cast first, so the casts a dtype needs are fused into their groups too
+            graph = fuse(cast_graph(graph, args.dtype) if getattr(args, "dtype", None) else graph)
         return graph
 
     hw = load_hardware(args.hw, **parse_hw_sets(getattr(args, "hw_set", None)))
