@@ -1,0 +1,52 @@
+"""The examples run end to end (small arguments) and print what their docstrings promise."""
+
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name, args, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_whatif_hardware(capsys, monkeypatch):
+    out = run_example("whatif_hardware.py", ["--workload", "mlp-mnist", "--batch", "8"],
+                      capsys, monkeypatch)
+    rows = dict(re.findall(r"^  (.+?)\s+(\d+\.\d+) ms  x", out, flags=re.M))
+    assert len(rows) == 9
+    base = float(rows["h100 bf16 (baseline)"])
+    # twice the HBM bandwidth or no launch floor can only help; fp32 without tensor cores hurts
+    assert float(rows["h100 bf16, HBM 2x"]) <= base
+    assert float(rows["h100 bf16, launch floor 0"]) < base
+    assert float(rows["h100 fp32"]) > base
+
+
+def test_batch_roofline(capsys, monkeypatch):
+    out = run_example("batch_roofline.py", ["--workload", "mlp-mnist", "--batches", "1,64"],
+                      capsys, monkeypatch)
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 64]
+    # throughput (samples/s) grows with the batch
+    assert float(rows[1][2]) > float(rows[0][2])
+
+
+def test_systolic_padding(capsys, monkeypatch):
+    out = run_example("systolic_padding.py", ["--hw", "tpu-v4", "--base", "1024"], capsys, monkeypatch)
+    rows = {int(r.split()[0]): float(r.split()[1]) for r in out.splitlines() if r.strip()[:1].isdigit()}
+    # crossing the 128-wide array (and 256) costs a step in time
+    assert rows[257] > rows[256] and rows[513] > rows[512]
+
+
+@pytest.mark.slow
+def test_training_tradeoffs(capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    out = run_example("training_tradeoffs.py", ["--epochs", "1", "--sim-workload", "mlp-mnist"],
+                      capsys, monkeypatch)
+    assert "test accuracy" in out and "2:4" in out
