@@ -55,6 +55,8 @@ def _add_run(sub: Any) -> None:
                    help="concurrent compute streams per device (they share memory bandwidth)")
     p.add_argument("--resident-inputs", action="store_true",
                    help="graph inputs start on the device (no host copy)")
+    p.add_argument("--no-cache-reuse", action="store_true",
+                   help="stream every byte from main memory (no on-chip reuse between ops)")
     p.add_argument("--parallel", metavar="dp=N|pp=S[,mb=M]",
                    help="data parallel over N devices (with --train) or a GPipe pipeline of S "
                         "stages and M microbatches (docs/parallel.md)")
@@ -79,7 +81,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--dtype", help="training precision: fp32 bf16 fp16 (AMP)")
     p.add_argument("--prune", help="magnitude pruning: e.g. 0.5 (unstructured) or 2:4")
     p.add_argument("--set", action="append", metavar="K=V")
-    p.add_argument("--hw", help="also simulate one step on this hardware")
+    p.add_argument("--hw", default="h100",
+                   help="also simulate one training step on this hardware (default h100; 'none' skips)")
     p.add_argument("--json", metavar="F")
     p.set_defaults(func=_cmd_train)
 

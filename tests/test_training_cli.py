@@ -36,14 +36,20 @@ def _train(tmp_path, capsys, *argv):
 
 
 def test_fixed_seed_same_curve_and_json_fields(workload, tmp_path, capsys):
-    a, text = _train(tmp_path, capsys, workload, "--epochs", "2", "--seed", "3")
-    b, _ = _train(tmp_path, capsys, workload, "--epochs", "2", "--seed", "3")
-    c, _ = _train(tmp_path, capsys, workload, "--epochs", "2", "--seed", "4")
+    a, text = _train(tmp_path, capsys, workload, "--epochs", "2", "--seed", "3", "--hw", "none")
+    b, _ = _train(tmp_path, capsys, workload, "--epochs", "2", "--seed", "3", "--hw", "none")
+    c, _ = _train(tmp_path, capsys, workload, "--epochs", "2", "--seed", "4", "--hw", "none")
     assert a["losses"] == b["losses"] and a["losses"] != c["losses"]
     assert len(a["losses"]) == 2 and a["losses"][1] < a["losses"][0]
     assert a["test_accuracy"] > 0.9
-    assert a["step_time_s"] is None and a["peak_memory_bytes"] is None  # no --hw, no simulation
+    assert a["step_time_s"] is None and a["peak_memory_bytes"] is None  # --hw none: no simulation
     assert "epoch   2/2" in text and "test accuracy" in text
+
+
+def test_default_hw_is_h100(workload, tmp_path, capsys):
+    r, text = _train(tmp_path, capsys, workload, "--epochs", "1")
+    assert r["hw"] == "h100" and r["step_time_s"] > 0 and r["peak_memory_bytes"] > 0
+    assert "one training step on h100" in text
 
 
 def test_hw_simulates_one_step(workload, tmp_path, capsys):

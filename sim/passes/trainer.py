@@ -294,7 +294,7 @@ def train_command(args: Any) -> int:
         sim_graph = sparsity.mark_sparsity(trainer.graph, masks, spec)
     report["step_time_s"] = None
     report["peak_memory_bytes"] = None
-    if args.hw:
+    if args.hw and str(args.hw).lower() != "none":
         step_s, peak = _simulate_step(sim_graph, args.hw)
         report.update({"hw": args.hw, "step_time_s": step_s, "peak_memory_bytes": peak})
         print(f"one training step on {args.hw}: {step_s * 1e6:.1f} us, peak memory {peak / 2**20:.2f} MiB")
