@@ -15,8 +15,9 @@ What each dtype means here:
 * ``int8``: W8A8 inference quantisation as a cost model sees it: every floating activation
   and every weight of a matmul-like node is stored in one byte (other parameters, such as
   norm scales and shifts, stay in their float type) and matmul-like nodes compute in int8
-  with int32 accumulation (``meta["compute_dtype"] = "int8"``). Quantisation scales are not modelled, so an int8
-  graph is for simulation (time, bytes, memory), not for numerics: executing it truncates
+  with int32 accumulation (``meta["compute_dtype"] = "int8"``). Quantisation scales are not
+  modelled, so an int8 graph is for simulation (time, bytes, memory), not for numerics:
+  executing it truncates
   real-valued weights to integers. Ops that have no int8 form get a dequantise/requantise
   pair of ``Cast`` nodes around them (computed in their original dtype), as real int8
   deployments do for softmax or normalisation.
