@@ -17,10 +17,9 @@ What each dtype means here:
   norm scales and shifts, stay in their float type) and matmul-like nodes compute in int8
   with int32 accumulation (``meta["compute_dtype"] = "int8"``). Quantisation scales are not
   modelled, so an int8 graph is for simulation (time, bytes, memory), not for numerics:
-  executing it truncates
-  real-valued weights to integers. Ops that have no int8 form get a dequantise/requantise
-  pair of ``Cast`` nodes around them (computed in their original dtype), as real int8
-  deployments do for softmax or normalisation.
+  executing it truncates real-valued weights to integers. Ops that have no int8 form get a
+  dequantise/requantise pair of ``Cast`` nodes around them (computed in their original
+  dtype), as real int8 deployments do for softmax or normalisation.
 
 Any op whose shape rule rejects the target dtype (or fixes its own output dtype) is wrapped
 the same way, so every pass output verifies. Tensor, node and parameter names are kept;
