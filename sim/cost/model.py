@@ -4,7 +4,9 @@ Dispatch by device kind for the matrix part (GPU tiles and waves, systolic paddi
 fill/drain, FPGA DSP array, CPU SIMD/AMX), then the shared roofline: vector FLOPs on the
 vector unit, transcendentals on special-function units where the spec has them, bytes through
 main memory (CPU: the cache level that holds the working set), and
-``time = launch + max(compute, memory)`` (see ``sim.cost.roofline``).
+``time = launch + max(compute, memory)`` (see ``sim.cost.roofline``). Reads the engine knows
+to be resident in the device's reuse cache (``cached_read_bytes``, see ``reuse_level``) stream
+from that cache instead of main memory.
 
 >>> from sim.hw import load_hardware
 >>> from sim.ops.work import Work, GemmShape
@@ -33,8 +35,49 @@ from sim.cost.roofline import (
 )
 from sim.dtypes import canonical
 from sim.errors import SpecError
-from sim.hw.spec import ComputeUnit, DeviceSpec, LinkSpec
+from sim.hw.spec import ComputeUnit, DeviceSpec, LinkSpec, MemoryLevel
 from sim.ops.work import Work
+
+# Device kinds whose first level after main memory serves reuse when the spec states none.
+# CPUs are left out: ``cpu.streaming_level`` already streams any op whose working set fits a
+# cache from that cache, cold or not. FPGAs are left out: whether a design keeps a layer's
+# output in URAM/BRAM for the next layer is a property of the bitstream, not a cache, and
+# their second level may be off-chip (the U280's DDR); a spec opts in with ``reuse``.
+_REUSE_KINDS = ("gpu", "tpu", "asic")
+DEFAULT_REUSE = 1.0  # fraction of the level's capacity when a spec gives no ``reuse``
+
+
+def reuse_level(device: DeviceSpec) -> tuple[MemoryLevel, float] | None:
+    """(level, usable fraction of its capacity) that serves reads of tensors kept between ops.
+
+    The first level after main memory with ``reuse > 0`` in the spec; else, when no level
+    states ``reuse``, the second level (the one after main memory: a GPU's L2, MI300X's
+    Infinity Cache, TPU v4's CMEM, TPU v5e's VMEM, an ASIC's SRAM) of GPUs, TPUs and ASICs
+    at ``DEFAULT_REUSE``; else None (no reuse: CPUs, FPGAs, single-level specs).
+
+    >>> from sim.hw import load_hardware
+    >>> lv, frac = reuse_level(load_hardware("h100"))
+    >>> lv.name, frac
+    ('l2', 0.5)
+    >>> reuse_level(load_hardware("xeon-8480")) is None
+    True
+    """
+    inner = device.memory[1:]
+    stated = [lv for lv in inner if lv.reuse is not None]
+    if stated:
+        for lv in stated:
+            if lv.reuse is not None and lv.reuse > 0:
+                return lv, lv.reuse
+        return None
+    if device.kind in _REUSE_KINDS and inner:
+        return inner[0], DEFAULT_REUSE
+    return None
+
+
+def reuse_capacity(device: DeviceSpec) -> float:
+    """Bytes of tensors the reuse level keeps between ops (0 when the device has none)."""
+    r = reuse_level(device)
+    return r[0].capacity_bytes * r[1] if r is not None else 0.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +96,7 @@ class OpCost:
     matmul_s: float = 0.0
     vector_s: float = 0.0
     memory_level: str = ""
+    cached_bytes: float = 0.0  # of ``bytes``, read from the reuse level (``reuse_level``)
 
     @property
     def achieved_flops(self) -> float:
@@ -104,13 +148,17 @@ def _matmul(work: Work, device: DeviceSpec, dtype: str, sparsity: dict[str, Any]
 
 
 def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
-            sparsity: dict[str, Any] | None = None) -> OpCost:
+            sparsity: dict[str, Any] | None = None, cached_read_bytes: float = 0.0) -> OpCost:
     """Time, bound and dynamic energy of ``work`` on ``device`` computing in ``dtype``.
 
     ``dtype`` is the compute dtype ("tf32": fp32 storage with TF32 matrix math).
     ``sparsity`` is ``node.meta["sparsity"]``: ``{"kind": "2:4"}`` doubles matrix math on units
     with ``sparse_2_4``; ``{"kind": "unstructured", "density": d}`` scales it by ``d`` on units
     whose ``sparse_density`` is >= d.
+    ``cached_read_bytes`` of ``work.bytes_read`` (clamped to it) are resident in the reuse
+    level (``reuse_level``) and stream from it at its achievable bandwidth; the rest, and all
+    writes (write-back: dirty lines reach main memory eventually), stream from main memory.
+    No effect on a device without a reuse level.
     """
     dt = "tf32" if dtype == "tf32" else canonical(dtype)
     mm_s, mm_unit, mm_flops = _matmul(work, device, dt, sparsity)
@@ -131,7 +179,14 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
         level = cpu.streaming_level(device, work.bytes)
     else:
         level = device.main_memory
-    memory_s = stream_time(work.bytes, level)
+    reuse = reuse_level(device) if cached_read_bytes > 0 and device.kind != "cpu" else None
+    cached = min(float(cached_read_bytes), work.bytes_read) if reuse is not None else 0.0
+    if cached > 0 and reuse is not None:
+        memory_s = stream_time(work.bytes - cached, level) + stream_time(cached, reuse[0])
+        bytes_energy = (work.bytes - cached) * level.energy_per_byte_j + cached * reuse[0].energy_per_byte_j
+    else:
+        memory_s = stream_time(work.bytes, level)
+        bytes_energy = work.bytes * level.energy_per_byte_j
 
     if work.flops <= 0 and work.bytes <= 0:
         return OpCost(0.0, "memory", "launch", 0.0, 0.0, 0.0, 0.0, 0.0, memory_level=level.name)
@@ -152,11 +207,11 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
     def per_flop(d: str) -> float:
         return e_flop.get(d, e_flop.get("fp32", 0.0))
     energy = (mm_flops * per_flop(dt) + vec_flops * per_flop("fp32" if dt == "tf32" else dt)
-              + work.bytes * level.energy_per_byte_j)
+              + bytes_energy)
     return OpCost(
         time_s=time_s, unit=unit_name, bound=bound, compute_s=compute_s, memory_s=memory_s,
         flops=work.flops, bytes=work.bytes, energy_j=energy, launch_s=launch_s,
-        matmul_s=mm_s, vector_s=vec_s, memory_level=level.name,
+        matmul_s=mm_s, vector_s=vec_s, memory_level=level.name, cached_bytes=cached,
     )
 
 

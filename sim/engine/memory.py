@@ -16,6 +16,7 @@ class DeviceMemory:
 
     >>> m = DeviceMemory("gpu0", 100.0)
     >>> m.alloc("a", 60.0, 0.0, "op1"); m.alloc("b", 30.0, 1.0, "op2"); m.release("a", 2.0)
+    'a'
     >>> m.in_use, m.peak, m.timeline
     (30.0, 90.0, [(0.0, 60.0), (1.0, 90.0), (2.0, 30.0)])
     """
@@ -65,13 +66,25 @@ class DeviceMemory:
     def has(self, tensor: str) -> bool:
         return tensor in self._buffer
 
-    def release(self, tensor: str, now: float) -> None:
-        """``tensor`` is dead here; free its buffer when no other tensor aliases it."""
+    def buffer_of(self, tensor: str) -> str | None:
+        """The buffer ``tensor`` lives in (its own name, or the one it aliases); None if dead."""
+        return self._buffer.get(tensor)
+
+    def size_of(self, buf: str) -> float:
+        """Bytes of buffer ``buf``."""
+        return self._size.get(buf, 0.0)
+
+    def release(self, tensor: str, now: float) -> str | None:
+        """``tensor`` is dead here; free its buffer when no other tensor aliases it.
+
+        Returns the buffer freed, or None when none was."""
         buf = self._buffer.pop(tensor, None)
         if buf is None:
-            return
+            return None
         self._refs[buf] -= 1
         if self._refs[buf] == 0 and buf not in self._pinned:
             del self._refs[buf]
             self.in_use -= self._size.pop(buf)
             self._record(now)
+            return buf
+        return None

@@ -14,6 +14,10 @@ Model (see docs/engine.md):
 * memory: outputs are allocated when an op starts, a tensor is freed when its last consumer on
   that device (or the last copy out of it) finishes; graph outputs stay; in-place updates and
   views allocate nothing.
+* cache reuse (``cache_reuse=True``): each device with a reuse level (``sim.cost.reuse_level``,
+  H100's L2) keeps an LRU of the buffers ops touched last (``ReuseCache``); an op's inputs
+  resident there at its start are cached reads (``op_cost(..., cached_read_bytes=...)``); its
+  inputs and then its outputs are touched when it ends; freed buffers leave.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from sim.ops.work import Work
 from sim.report.result import Result, build_result
 
 from .bandwidth import SharedBandwidth
+from .cache import ReuseCache
 from .collectives import is_collective, member_devices, run_collective
 from .memory import DeviceMemory
 from .topology import HOST, Hop, Router, as_system, place
@@ -95,6 +100,8 @@ class _Engine:
         host_inputs: bool,
         streams: int,
         transfer_fn: Callable[[LinkSpec, float], float],
+        cache_capacity: Mapping[str, float] | None = None,
+        recost: Callable[[_NodeCost, str, float], Any] | None = None,
     ) -> None:
         self.graph = graph
         self.system = system
@@ -114,6 +121,8 @@ class _Engine:
             d: DeviceMemory(d, spec.main_memory.capacity_bytes if spec.memory else None)
             for d, spec in system.devices.items()
         }
+        self.cache = {d: ReuseCache(cap) for d, cap in (cache_capacity or {}).items() if cap > 0}
+        self.recost = recost
         self.records: list[dict[str, Any]] = []
         self.error: SimError | None = None
         self.keep = set(graph.outputs)
@@ -191,7 +200,41 @@ class _Engine:
         n = self.left[key] - 1
         self.left[key] = n
         if n == 0 and t not in self.keep and dev in self.mem:
-            self.mem[dev].release(t, now)
+            self._release(t, dev, now)
+
+    def _release(self, t: str, dev: str, now: float) -> None:
+        buf = self.mem[dev].release(t, now)
+        cache = self.cache.get(dev)
+        if buf is not None and cache is not None:
+            cache.release(buf)
+
+    def _cached_reads(self, i: int, dev: str) -> float:
+        """Bytes of op ``i``'s inputs resident in ``dev``'s reuse cache (each buffer once)."""
+        cache = self.cache.get(dev)
+        if cache is None:
+            return 0.0
+        mem = self.mem[dev]
+        seen = set()
+        total = 0.0
+        for t, d in self.uses[i]:
+            buf = mem.buffer_of(t) if d == dev else None
+            if buf is not None and buf not in seen and cache.has(buf):
+                seen.add(buf)
+                total += mem.size_of(buf)
+        return total
+
+    def _touch(self, i: int, dev: str) -> None:
+        """Op ``i`` ended: its inputs, then its outputs, become the most recent buffers."""
+        cache = self.cache.get(dev)
+        if cache is None:
+            return
+        mem = self.mem[dev]
+        node = self.nodes[i]
+        names = [t for t, d in self.uses[i] if d == dev] + [t for t in node.outputs if t]
+        for t in names:
+            buf = mem.buffer_of(t)
+            if buf is not None:
+                cache.touch(buf, mem.size_of(buf))
 
     def run(self) -> None:
         g = self.graph
@@ -245,6 +288,11 @@ class _Engine:
             self._fail(err)
             return
         c = cost.cost
+        cached = self._cached_reads(i, dev)
+        if cached > 0:
+            cached = min(cached, cost.work.bytes_read) if cost.work is not None else cached
+            if self.recost is not None:
+                c = self.recost(cost, dev, cached)
         if self.bus:
             served = self.bus[dev].serve(c.memory_s)
             if c.time_s > 0:
@@ -260,13 +308,15 @@ class _Engine:
             "flops": float(c.flops), "bytes": float(c.bytes), "bound": c.bound,
             "energy_j": float(c.energy_j), "dtype": cost.dtype,
             "compute_s": float(c.compute_s), "memory_s": float(c.memory_s), "stream": slot,
+            "cached_bytes": float(cached),
         })
+        self._touch(i, dev)
         for t, d in self.uses[i]:
             self._done_with(t, d, end)
         for t in node.outputs:
             if t:
                 if (t, dev) not in self.left and t not in self.keep:
-                    mem.release(t, end)  # produced and never used
+                    self._release(t, dev, end)  # produced and never used
                 done = self.ready.get((t, dev))
                 if done is not None:
                     done.succeed()
@@ -333,6 +383,8 @@ class _NodeCost:
     cost: Any
     dtype: str
     view: bool
+    work: Work | None = None
+    key: Any = None  # (device, work, dtype, sparsity) of a default-cost op; None otherwise
 
 
 def _is_view(graph: Graph, node: Node, work: Work) -> bool:
@@ -361,6 +413,7 @@ def _costs(graph: Graph, nodes: list[Node], devs: list[str], system: SystemSpec,
             out.append(_NodeCost(FixedCost(0.0, unit="collective", bound="comm", flops=work.flops,
                                            bytes=work.bytes), dtype, False))
             continue
+        key = None
         if cost_fn is not None:
             c = cost_fn(node, work, spec, dtype)
         else:
@@ -372,8 +425,28 @@ def _costs(graph: Graph, nodes: list[Node], devs: list[str], system: SystemSpec,
                 c = cache[key] = op_cost(work, spec, dtype, sparsity=sparsity)
         if isinstance(c, (int, float)):
             c = FixedCost(float(c), flops=work.flops, bytes=work.bytes)
-        out.append(_NodeCost(c, dtype, _is_view(graph, node, work)))
+        out.append(_NodeCost(c, dtype, _is_view(graph, node, work), work, key))
     return out
+
+
+def _recoster(system: SystemSpec, nodes: list[Node]) -> Callable[[_NodeCost, str, float], Any]:
+    """``op_cost`` again with cached reads, memoised by (device, work, dtype, sparsity, bytes)."""
+    from sim.cost import op_cost
+
+    memo: dict[Any, Any] = {}
+    sparsity_of = {_hashable(n.meta.get("sparsity")): n.meta.get("sparsity") for n in nodes}
+
+    def recost(nc: _NodeCost, dev: str, cached: float) -> Any:
+        if nc.key is None or nc.work is None:
+            return nc.cost  # a cost_fn's or a collective's cost: not the default model's
+        k = (nc.key, cached)
+        c = memo.get(k)
+        if c is None:
+            c = memo[k] = op_cost(nc.work, system.devices[dev], nc.dtype,
+                                  sparsity=sparsity_of[nc.key[3]], cached_read_bytes=cached)
+        return c
+
+    return recost
 
 
 def simulate(
@@ -386,6 +459,7 @@ def simulate(
     host_inputs: bool = True,
     streams: int = 1,
     transfer_fn: Callable[[LinkSpec, float], float] | None = None,
+    cache_reuse: bool = True,
 ) -> Result:
     """Schedule ``graph`` on ``hw`` and return a ``Result``.
 
@@ -396,7 +470,9 @@ def simulate(
     number of seconds or an object with OpCost's fields). ``host_inputs``: graph inputs start on
     the host and are copied over the host link. ``streams``: concurrent compute streams per
     device (more than one shares memory bandwidth). ``transfer_fn(link, nbytes)`` replaces
-    ``sim.cost.transfer_time``.
+    ``sim.cost.transfer_time``. ``cache_reuse``: inputs an earlier op on the device touched
+    and that are still in its reuse cache (an LRU as big as ``sim.cost.reuse_capacity``) are
+    read at the cache's bandwidth; ``False`` streams every byte from main memory.
     """
     system = as_system(hw)
     if streams < 1:
@@ -408,8 +484,14 @@ def simulate(
     nodes = graph.topo_order()
     devs = place(nodes, system, placement)
     costs = _costs(graph, nodes, devs, system, cost_fn)
+    capacity: dict[str, float] = {}
+    if cache_reuse:
+        from sim.cost import reuse_capacity
+
+        capacity = {d: reuse_capacity(spec) for d, spec in system.devices.items()}
     eng = _Engine(graph, system, devs, costs, host_inputs=host_inputs, streams=streams,
-                  transfer_fn=transfer_fn or _default_transfer_time)
+                  transfer_fn=transfer_fn or _default_transfer_time, cache_capacity=capacity,
+                  recost=_recoster(system, nodes) if cache_reuse and cost_fn is None else None)
     eng.run()
     return build_result(
         graph, system, eng.records,

@@ -108,7 +108,8 @@ def _tiles(v: Any, c: Ctx) -> dict[str, tuple[tuple[int, int], ...]]:
 
 
 MEMORY_FIELDS = {"name": read_str, "capacity": _q("size"), "bandwidth": _q("bandwidth"),
-           "efficiency": _ratio, "latency": _q("time"), "energy_per_byte": _q("energy_per_byte")}
+           "efficiency": _ratio, "latency": _q("time"), "energy_per_byte": _q("energy_per_byte"),
+           "reuse": _ratio}
 _LINK = {"name": read_str, "bandwidth": _q("bandwidth"), "efficiency": _ratio, "latency": _q("time"),
          "energy_per_byte": _q("energy_per_byte")}
 _UNIT = {"name": read_str, "matrix": _bool, "peak": _dtype_map(_q("compute")),
@@ -162,6 +163,7 @@ def _memory(v: Any, ctx: Ctx, scale: float) -> MemoryLevel:
         latency_s=read(m, "latency", MEMORY_FIELDS["latency"], c, 0.0),
         energy_per_byte_j=read(m, "energy_per_byte", MEMORY_FIELDS["energy_per_byte"], c, 0.0),
         efficiency=read(m, "efficiency", _ratio, c, 1.0),
+        reuse=read(m, "reuse", _ratio, c),
     )
 
 

@@ -32,6 +32,9 @@ class MemoryLevel:
     latency_s: float = 0.0
     energy_per_byte_j: float = 0.0
     efficiency: float = 1.0  # achievable fraction of ``bandwidth_Bps`` on streaming work
+    # fraction of ``capacity_bytes`` that keeps tensors between ops (cache reuse); None: not
+    # stated (``sim.cost.reuse_level`` picks the level and a default), 0: never serves reuse
+    reuse: float | None = None
 
     @property
     def achievable_Bps(self) -> float:

@@ -73,7 +73,8 @@ def run_command(args: argparse.Namespace) -> int:
     graph, hw = build(args)
     result = simulate(graph, hw, args.dtype, placement=parse_place(getattr(args, "place", None)),
                       streams=getattr(args, "streams", 1),
-                      host_inputs=not getattr(args, "resident_inputs", False))
+                      host_inputs=not getattr(args, "resident_inputs", False),
+                      cache_reuse=not getattr(args, "no_cache_reuse", False))
     print(result.summary(top=getattr(args, "top", 10)))
     outputs = []
     if getattr(args, "json", None):
