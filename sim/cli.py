@@ -57,6 +57,10 @@ def _add_run(sub: Any) -> None:
                    help="graph inputs start on the device (no host copy)")
     p.add_argument("--no-cache-reuse", action="store_true",
                    help="stream every byte from main memory (no on-chip reuse between ops)")
+    p.add_argument("--dispatch", metavar="TIME",
+                   help="host time to issue each kernel, e.g. '8 us' (eager framework overhead)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="launch the whole graph once (no per-op host dispatch)")
     p.add_argument("--parallel", metavar="dp=N|pp=S[,mb=M]",
                    help="data parallel over N devices (with --train) or a GPipe pipeline of S "
                         "stages and M microbatches (docs/parallel.md)")

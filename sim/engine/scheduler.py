@@ -18,6 +18,9 @@ Model (see docs/engine.md):
   H100's L2) keeps an LRU of the buffers ops touched last (``ReuseCache``); an op's inputs
   resident there at its start are cached reads (``op_cost(..., cached_read_bytes=...)``); its
   inputs and then its outputs are touched when it ends; freed buffers leave.
+* host dispatch (``dispatch_s``): the host issues kernels in topological order, each costing
+  ``dispatch_s`` of host time (``dispatch.py``); an op starts no earlier than its issue time.
+  The device time an op lost waiting for the host is its record's ``host_wait_s``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sim.report.result import Result, build_result
 from .bandwidth import SharedBandwidth
 from .cache import ReuseCache
 from .collectives import is_collective, member_devices, run_collective
+from .dispatch import as_seconds, issue_times, launches_kernel, spec_dispatch
 from .memory import DeviceMemory
 from .topology import HOST, Hop, Router, as_system, place
 
@@ -102,6 +106,7 @@ class _Engine:
         transfer_fn: Callable[[LinkSpec, float], float],
         cache_capacity: Mapping[str, float] | None = None,
         recost: Callable[[_NodeCost, str, float], Any] | None = None,
+        issue: list[float] | None = None,
     ) -> None:
         self.graph = graph
         self.system = system
@@ -116,6 +121,9 @@ class _Engine:
         self.stream = {d: simpy.Resource(env, capacity=streams) for d in system.devices}
         self.bus = {d: SharedBandwidth(env) for d in system.devices} if streams > 1 else {}
         self.slots = {d: list(range(streams)) for d in system.devices}  # free stream numbers
+        self.running = dict.fromkeys(system.devices, 0)  # kernels running on each device
+        self.idle_since = dict.fromkeys(system.devices, 0.0)  # when it last ran none
+        self.issue = issue  # host issue time of each op (None: no host dispatch)
         self.links: dict[tuple[str, ...], simpy.Resource] = {}
         self.mem = {
             d: DeviceMemory(d, spec.main_memory.capacity_bytes if spec.memory else None)
@@ -263,6 +271,10 @@ class _Engine:
         for ev in self.waits[i]:
             if not ev.processed:
                 yield ev
+        inputs_at = float(env.now)
+        issued = self.issue[i] if self.issue is not None else 0.0
+        if issued > inputs_at:
+            yield env.timeout(issued - inputs_at)
         if is_collective(node):  # flows over the links, no compute stream (collectives.py)
             yield from run_collective(self, i)
             return
@@ -271,6 +283,15 @@ class _Engine:
         yield req
         start = float(env.now)
         slot = heapq.heappop(self.slots[dev])
+        # device idle time lost to the host: from when the op could have run (its inputs
+        # ready, the device running no kernel) to its issue time
+        host_wait = 0.0
+        kernel = launches_kernel(node, cost.view)
+        if kernel:
+            if self.running[dev] == 0:
+                could = max(inputs_at, self.idle_since[dev])
+                host_wait = max(0.0, min(start, issued) - could)
+            self.running[dev] += 1
         mem = self.mem[dev]
         inplace = node.meta.get("inplace") or {}
         try:
@@ -308,7 +329,7 @@ class _Engine:
             "flops": float(c.flops), "bytes": float(c.bytes), "bound": c.bound,
             "energy_j": float(c.energy_j), "dtype": cost.dtype,
             "compute_s": float(c.compute_s), "memory_s": float(c.memory_s), "stream": slot,
-            "cached_bytes": float(cached),
+            "cached_bytes": float(cached), "host_wait_s": host_wait,
         })
         self._touch(i, dev)
         for t, d in self.uses[i]:
@@ -320,6 +341,10 @@ class _Engine:
                 done = self.ready.get((t, dev))
                 if done is not None:
                     done.succeed()
+        if kernel:
+            self.running[dev] -= 1
+            if self.running[dev] == 0:
+                self.idle_since[dev] = end
         heapq.heappush(self.slots[dev], slot)
         stream.release(req)
 
@@ -460,6 +485,8 @@ def simulate(
     streams: int = 1,
     transfer_fn: Callable[[LinkSpec, float], float] | None = None,
     cache_reuse: bool = True,
+    dispatch_s: float | str | None = None,
+    cuda_graphs: bool = False,
 ) -> Result:
     """Schedule ``graph`` on ``hw`` and return a ``Result``.
 
@@ -473,6 +500,10 @@ def simulate(
     ``sim.cost.transfer_time``. ``cache_reuse``: inputs an earlier op on the device touched
     and that are still in its reuse cache (an LRU as big as ``sim.cost.reuse_capacity``) are
     read at the cache's bandwidth; ``False`` streams every byte from main memory.
+    ``dispatch_s``: host time to issue one kernel (seconds or a time string such as ``"8 us"``);
+    None takes each device's ``arch["host_dispatch"]`` (0 when absent). The host issues
+    kernels in topological order from one thread and an op starts no earlier than its issue.
+    ``cuda_graphs``: the whole graph is one launch (one dispatch time), no per-op dispatch.
     """
     system = as_system(hw)
     if streams < 1:
@@ -484,6 +515,12 @@ def simulate(
     nodes = graph.topo_order()
     devs = place(nodes, system, placement)
     costs = _costs(graph, nodes, devs, system, cost_fn)
+    if dispatch_s is None:
+        per_dev = {d: spec_dispatch(spec) for d, spec in system.devices.items()}
+    else:
+        one = as_seconds(dispatch_s, where="dispatch_s")
+        per_dev = dict.fromkeys(system.devices, one)
+    issue = issue_times(nodes, devs, [c.view for c in costs], per_dev, cuda_graphs=cuda_graphs)
     capacity: dict[str, float] = {}
     if cache_reuse:
         from sim.cost import reuse_capacity
@@ -491,7 +528,8 @@ def simulate(
         capacity = {d: reuse_capacity(spec) for d, spec in system.devices.items()}
     eng = _Engine(graph, system, devs, costs, host_inputs=host_inputs, streams=streams,
                   transfer_fn=transfer_fn or _default_transfer_time, cache_capacity=capacity,
-                  recost=_recoster(system, nodes) if cache_reuse and cost_fn is None else None)
+                  recost=_recoster(system, nodes) if cache_reuse and cost_fn is None else None,
+                  issue=issue)
     eng.run()
     return build_result(
         graph, system, eng.records,

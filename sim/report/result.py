@@ -31,6 +31,8 @@ class Result:
     achieved_flops_per_s, peak_flops_per_s, flops_utilisation.
     ``devices``: device instance -> spec name, kind, capacity_bytes, bandwidth_Bps, idle_w,
     peak_flops (unit -> dtype -> FLOP/s), for reports and plots.
+    ``host_bound_by_device``: device -> time its compute streams sat idle waiting for the host
+    to issue the next op (sum of the records' ``host_wait_s``); ``host_bound_s`` their sum.
     """
 
     graph: str
@@ -48,12 +50,18 @@ class Result:
     batch: int | None = None
     flops: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    host_bound_by_device: dict[str, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ totals
     @property
     def peak_memory_bytes(self) -> float:
         """The sum over devices of each device's peak."""
         return float(sum(self.peak_memory_by_device.values()))
+
+    @property
+    def host_bound_s(self) -> float:
+        """Device idle time spent waiting for the host to issue ops, summed over devices."""
+        return float(sum(self.host_bound_by_device.values()))
 
     @property
     def throughput(self) -> float | None:
@@ -97,6 +105,8 @@ class Result:
             "dynamic_energy_j": self.dynamic_energy_j,
             "idle_energy_j": self.idle_energy_j,
             "utilisation": self.utilisation,
+            "host_bound_s": self.host_bound_s,
+            "host_bound_by_device": self.host_bound_by_device,
             "devices": self.devices,
             "by_op_type": self.by_op_type(),
             "memory_timeline": {d: [list(p) for p in tl] for d, tl in self.memory_timeline.items()},
@@ -231,4 +241,15 @@ def build_result(
         devices=devices,
         batch=infer_batch(graph),
         flops=float(sum(r["flops"] for r in ops if r["op"] != "Transfer")),
+        host_bound_by_device=_host_bound(ops),
     )
+
+
+def _host_bound(ops: list[dict[str, Any]]) -> dict[str, float]:
+    """Device -> sum of its records' ``host_wait_s`` (devices that waited only)."""
+    out: dict[str, float] = {}
+    for r in ops:
+        w = r.get("host_wait_s", 0.0)
+        if w > 0:
+            out[r["device"]] = out.get(r["device"], 0.0) + w
+    return dict(sorted(out.items()))

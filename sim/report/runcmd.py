@@ -33,6 +33,17 @@ def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def parse_dispatch(text: str) -> float:
+    """``"10 us"`` -> 1e-05 (a time in ``sim.hw.units``' syntax; a bare number is seconds)."""
+    from sim.hw.units import parse_quantity
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    return parse_quantity(text, "time", where="--dispatch")
+
+
 def build(args: argparse.Namespace) -> tuple[Any, Any]:
     """The graph (loaded, trained, fused, parallelised as asked) and the hardware spec."""
     import sim
@@ -70,11 +81,14 @@ def run_command(args: argparse.Namespace) -> int:
     """Run ``sim run`` with parsed ``args``; returns the exit code (errors raise SimError)."""
     from sim.engine import simulate
 
+    dispatch = getattr(args, "dispatch", None)
+    dispatch_s = parse_dispatch(dispatch) if dispatch is not None else None
     graph, hw = build(args)
     result = simulate(graph, hw, args.dtype, placement=parse_place(getattr(args, "place", None)),
                       streams=getattr(args, "streams", 1),
                       host_inputs=not getattr(args, "resident_inputs", False),
-                      cache_reuse=not getattr(args, "no_cache_reuse", False))
+                      cache_reuse=not getattr(args, "no_cache_reuse", False),
+                      dispatch_s=dispatch_s, cuda_graphs=bool(getattr(args, "cuda_graphs", False)))
     print(result.summary(top=getattr(args, "top", 10)))
     outputs = []
     if getattr(args, "json", None):

@@ -43,6 +43,10 @@ def summary_text(result: Result, top: int = 10) -> str:
                      f"{fmt_si(r.flops / r.makespan_s, 'FLOP/s')} achieved")
     lines.append(f"  energy       {r.energy_j:.4g} J (dynamic {r.dynamic_energy_j:.4g} J, idle "
                  f"{r.idle_energy_j:.4g} J)")
+    for d, wait in r.host_bound_by_device.items():
+        share = 100 * wait / r.makespan_s if r.makespan_s > 0 else 0.0
+        lines.append(f"  host-bound   {d}: {share:.1f}% of the makespan ({fmt_time(wait)} idle "
+                     f"waiting for the host to issue ops)")
     for d, peak in r.peak_memory_by_device.items():
         if not peak:
             continue  # an unused device of a larger system
