@@ -13,6 +13,7 @@ from sim.errors import SpecError
 from sim.graph import Graph, TensorSpec
 from sim.hw.spec import ComputeUnit, DeviceSpec, MemoryLevel
 from sim.report.runcmd import parse_dispatch
+from sim.report.trace import trace_json
 
 
 def device(arch: dict | None = None) -> DeviceSpec:
@@ -62,6 +63,9 @@ def test_short_kernels_are_host_bound():
     assert "host-bound   gpu0: 81.2% of the makespan" in r.summary()
     d = json.loads(r.to_json())
     assert d["host_bound_s"] == 13.0 and d["host_bound_by_device"] == {"gpu0": 13.0}
+    tr = json.loads(trace_json(r))
+    ev = [e for e in tr["traceEvents"] if e["ph"] == "X"]
+    assert [e["args"]["host_wait_s"] for e in ev] == [5.0, 4.0, 4.0]
 
 
 def test_long_kernels_are_device_bound():

@@ -58,6 +58,8 @@ def trace_events(result: Result) -> list[dict[str, Any]]:
         args: dict[str, Any] = {k: r[k] for k in ARG_FIELDS if k in r}
         if r["op"] == "Transfer":
             args.update({k: r[k] for k in ("src", "dst", "tensor") if k in r})
+        if r.get("host_wait_s", 0.0) > 0:
+            args["host_wait_s"] = r["host_wait_s"]
         events.append({
             "ph": "X", "name": r["name"], "cat": r["op"], "pid": pid[r["device"]],
             "tid": tid[(r["device"], _track(r))], "ts": _us(r["start_s"]),
