@@ -218,7 +218,8 @@ def test_data_parallel_on_dgx_h100():
 
     devs = names(8)
     one = simulate(_mlp_step(16384), "dgx-h100", "bf16", host_inputs=False)
-    dp = simulate(data_parallel(_mlp_step(16384 // 8), devs), "dgx-h100", "bf16", host_inputs=False)
+    dp = simulate(data_parallel(_mlp_step(16384 // 8), devs, bucket_bytes=None), "dgx-h100", "bf16",
+                  host_inputs=False)
     per_dev = [_compute_s(dp, d) for d in devs]
     assert max(per_dev) == pytest.approx(min(per_dev))
     ratio = _compute_s(one, "gpu0") / per_dev[0]
@@ -334,18 +335,29 @@ def mlp(batch: int) -> Graph:
     return g
 
 
-def test_data_parallel_adam_mlp_replicas_agree_with_one_device():
+@pytest.mark.parametrize("bucket", [None, 25 * 2**20, 8 * 4 * 4])
+def test_data_parallel_adam_mlp_replicas_agree_with_one_device(bucket):
     n, per = 3, 2
     rng = np.random.default_rng(3)
     x = rng.standard_normal((n * per, 5))
     y = rng.standard_normal((n * per, 3))
     full = training_graph(mlp(n * per), "mse", "adam", lr=0.01)
-    dp = data_parallel(training_graph(mlp(per), "mse", "adam", lr=0.01, checkpoint=True), names(n))
+    dp = data_parallel(training_graph(mlp(per), "mse", "adam", lr=0.01, checkpoint=True), names(n),
+                       bucket_bytes=bucket)
     ars = {nd.meta["param"]: nd for nd in dp.nodes.values() if nd.op == "AllReduce"}
-    assert sorted(ars) == ["b0", "b1", "w0", "w1"]
-    for d in names(n):
-        upd = dp.nodes[f"{d}/w0.update"]
-        assert upd.inputs[1] in ars["w0"].outputs and upd.meta["device"] == d
+    if bucket is None:  # one all-reduce per gradient
+        assert sorted(ars) == ["b0", "b1", "w0", "w1"]
+        assert dp.meta["buckets"] == [["b1"], ["w1"], ["b0"], ["w0"]]
+        for d in names(n):
+            upd = dp.nodes[f"{d}/w0.update"]
+            assert upd.inputs[1] in ars["w0"].outputs and upd.meta["device"] == d
+    elif bucket > 1000:  # 4 + 12 + 3 + 20 fp64 values: one bucket, in backward order
+        assert dp.meta["buckets"] == [["b1", "w1", "b0", "w0"]]
+        (ar,) = ars.values()
+        assert ar.inputs[0] == "gpu0/bucket0" and dp.tensors[ar.inputs[0]].shape == (3 + 12 + 4 + 20,)
+    else:  # 128 bytes: b1, w1 (24 + 96 bytes), b0 (32) reach 152 >= 128; w0 closes at the end
+        assert dp.meta["buckets"] == [["b1", "w1", "b0"], ["w0"]]
+        assert len(ars) == len(dp.meta["buckets"])
     want = Executor(full).run({"x": x, "labels": y}).values
     feeds = {}
     for k, d in enumerate(names(n)):
@@ -439,7 +451,7 @@ def test_cli_parallel_dp_and_pp(tmp_path, capsys):
     data = json.loads(out.read_text())
     ars = [o for o in data["ops"] if o["op"] == "AllReduce"]
     assert {o["device"] for o in ars} == {"gpu0", "gpu1", "gpu2", "gpu3"}
-    assert len(ars) == 4 * 4  # four parameters, one record per member
+    assert len(ars) == 1 * 4  # the four gradients in one 25 MiB bucket, one record per member
     computed = {o["device"] for o in data["ops"] if o["bound"] != "comm"}
     assert {"gpu0", "gpu1", "gpu2", "gpu3"} <= computed and "gpu4" not in computed
     assert any(o["name"].startswith("gpu3/") for o in data["ops"])  # replicas named per device

@@ -71,7 +71,11 @@ def _replica(out: Graph, g: Graph, node: Node, prefix: str, meta: dict[str, Any]
                  name=f"{prefix}/{node.name}", meta=m)
 
 
-def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str = "mean") -> Graph:
+DDP_BUCKET_BYTES = 25 * 2**20  # PyTorch DDP bucket_cap_mb=25
+
+
+def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str = "mean",
+                  bucket_bytes: int | None = DDP_BUCKET_BYTES) -> Graph:
     """Replicate a training step over ``devices`` with an AllReduce on every gradient.
 
     ``train_graph``: one replica's step at the per-device batch (``graph.meta["grads"]``
@@ -80,6 +84,16 @@ def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str 
     The new graph's ``meta``: ``"replicas"`` (the devices), ``"batch"`` (the global batch),
     ``"allreduce"`` (parameter -> AllReduce node name), ``"updates"`` and ``"loss"`` for the
     first replica (all replicas hold the same values after a step).
+
+    Gradient bucketing (PyTorch DDP): gradients join a bucket (one per dtype) in the order
+    the backward pass produces them (the reverse of the parameters' forward order); a
+    bucket closes once it holds ``bucket_bytes`` (default 25 MiB, in the graph's dtypes)
+    or when a node needs one of its gradients. Each replica flattens and concatenates a
+    bucket's gradients (``Concat``), one ``AllReduce`` (``<first param>.bucket``) reduces
+    the flat buffer, and ``Split`` + ``Reshape`` give each gradient back; a bucket of one
+    gradient is all-reduced as it is (``<param>.allreduce``). So all-reduces start while
+    the rest of the backward pass runs. ``bucket_bytes=None`` (or 0): one all-reduce per
+    gradient. ``meta["buckets"]``: the parameters of each bucket, in order.
 
     >>> from sim.graph import Graph, TensorSpec
     >>> from sim.passes.training import training_graph
@@ -129,10 +143,68 @@ def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str 
         for q in by_grad[t]:
             allreduce[q] = name
 
+    buckets: list[list[str]] = []
+    pending: dict[str, list[str]] = {}  # dtype -> gradients waiting in the open bucket
+    pending_bytes: dict[str, int] = {}
+
+    def flush(dtype: str) -> None:
+        ts = pending.pop(dtype, [])
+        pending_bytes.pop(dtype, None)
+        if not ts:
+            return
+        buckets.append([by_grad[t][0] for t in ts])
+        if len(ts) == 1:
+            emit_allreduce(ts[0])
+            return
+        p0 = by_grad[ts[0]][0]
+        b = len(buckets) - 1
+        sizes = [max(g.tensors[t].numel, 1) for t in ts]
+        flat: list[str] = []
+        for k, dev in enumerate(devs):
+            meta = {"device": dev, "replica": k, "role": "grad_bucket", "bucket": b}
+            parts = [out.add_node("Reshape", [renamer(dev)(t)], [out.unique_name(f"{dev}/{t}.flat")],
+                                  {"shape": [sz]}, name=out.unique_name(f"{dev}/bucket{b}.flat"),
+                                  meta=dict(meta))[0] for t, sz in zip(ts, sizes)]
+            flat.extend(out.add_node("Concat", parts, [out.unique_name(f"{dev}/bucket{b}")], {"axis": 0},
+                                     name=out.unique_name(f"{dev}/bucket{b}.concat"), meta=dict(meta)))
+        name = out.unique_name(f"{p0}.bucket")
+        outs = [f"{d}/bucket{b}.reduced" for d in devs]
+        out.add_node("AllReduce", flat, outs, {"group": list(devs), "algorithm": "ring",
+                                               "reduction": reduction}, name=name,
+                     meta={"device": devs[0], "role": "collective", "param": p0, "bucket": b})
+        for t in ts:
+            reduced[t] = []
+            for q in by_grad[t]:
+                allreduce[q] = name
+        for k, dev in enumerate(devs):
+            meta = {"device": dev, "replica": k, "role": "grad_bucket", "bucket": b}
+            pieces = out.add_node("Split", [outs[k]], [out.unique_name(f"{dev}/{t}.piece") for t in ts],
+                                  {"axis": 0, "split": sizes}, name=out.unique_name(f"{dev}/bucket{b}.split"),
+                                  meta=dict(meta))
+            for t, piece in zip(ts, pieces):
+                reduced[t].extend(out.add_node(
+                    "Reshape", [piece], [f"{dev}/{t}.reduced"], {"shape": list(g.tensors[t].shape)},
+                    name=out.unique_name(f"{dev}/{t}.unflat"), meta=dict(meta)))
+
+    def ready(t: str) -> None:
+        if not bucket_bytes:
+            buckets.append([by_grad[t][0]])
+            emit_allreduce(t)
+            return
+        dt = g.tensors[t].dtype
+        pending.setdefault(dt, []).append(t)
+        pending_bytes[dt] = pending_bytes.get(dt, 0) + g.tensors[t].nbytes
+        if pending_bytes[dt] >= bucket_bytes:
+            flush(dt)
+
     for t in by_grad:  # gradients that are constants (parameters nothing depends on)
         if g.producer(t) is None:
-            emit_allreduce(t)
+            ready(t)
     for node in g.topo_order():
+        for t in node.inputs:  # a node needs a gradient whose bucket is still open
+            if t in by_grad and t not in reduced and g.tensors[t].dtype in pending \
+                    and t in pending[g.tensors[t].dtype]:
+                flush(g.tensors[t].dtype)
         for k, dev in enumerate(devs):
             base = renamer(dev)
 
@@ -142,13 +214,15 @@ def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str 
 
             _replica(out, g, node, dev, {"device": dev, "replica": k}, rn)
         for t in node.outputs:
-            if t in by_grad and t not in reduced:
-                emit_allreduce(t)
+            if t in by_grad and t not in reduced and not any(t in v for v in pending.values()):
+                ready(t)
+    for dt in list(pending):
+        flush(dt)
     out.set_outputs([renamer(d)(t) for d in devs for t in g.outputs])
     first = renamer(devs[0])
     updates = g.meta.get("updates") or {}
     out.meta.update({
-        "replicas": devs, "allreduce": allreduce,
+        "replicas": devs, "allreduce": allreduce, "buckets": buckets,
         "updates": {first(o): p for o, p in updates.items()},
         "grads": {p: reduced[t][0] for p, t in grads.items() if t in reduced},
     })
@@ -384,25 +458,25 @@ def bubble_fraction(result: Any, devices: Sequence[str]) -> float:
 
 
 def parse_parallel(spec: str) -> tuple[str, int, int]:
-    """``"dp=8"`` -> ``("dp", 8, 1)``; ``"pp=4,mb=16"`` -> ``("pp", 4, 16)`` (``mb`` defaults
-    to the number of stages). SpecError on anything else."""
+    """``"dp=8"`` -> ``("dp", 8, 1)``; ``"tp=8"`` -> ``("tp", 8, 1)``; ``"pp=4,mb=16"`` ->
+    ``("pp", 4, 16)`` (``mb`` defaults to the number of stages). SpecError on anything else."""
     from sim.errors import SpecError
 
     fields: dict[str, int] = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
         key = key.strip()
-        if not sep or key not in ("dp", "pp", "mb") or key in fields:
-            raise SpecError(f"expected dp=N or pp=S[,mb=M], got {spec!r}", where="--parallel")
+        if not sep or key not in ("dp", "tp", "pp", "mb") or key in fields:
+            raise SpecError(f"expected dp=N, tp=N or pp=S[,mb=M], got {spec!r}", where="--parallel")
         try:
             fields[key] = int(value)
         except ValueError:
             raise SpecError(f"{key} needs an integer, got {value.strip()!r}", where="--parallel") from None
         if fields[key] < 1:
             raise SpecError(f"{key} must be >= 1, got {fields[key]}", where="--parallel")
-    kinds = [k for k in ("dp", "pp") if k in fields]
+    kinds = [k for k in ("dp", "tp", "pp") if k in fields]
     if len(kinds) != 1 or ("mb" in fields and kinds[0] != "pp"):
-        raise SpecError(f"expected dp=N or pp=S[,mb=M], got {spec!r}", where="--parallel")
+        raise SpecError(f"expected dp=N, tp=N or pp=S[,mb=M], got {spec!r}", where="--parallel")
     kind = kinds[0]
     return kind, fields[kind], fields.get("mb", fields[kind]) if kind == "pp" else 1
 
@@ -415,7 +489,8 @@ def parallel_graph(spec: str, load: Callable[[int | None], Graph],
     ``prepare`` makes the training step (and fuses) or is None; ``devices`` are the system's
     accelerators, the first N (or S) of which are used. ``dp=N`` rebuilds the workload at
     ``batch / N`` and replicates the training step (``prepare`` required); ``pp=S,mb=M``
-    rebuilds it at ``batch / M`` and pipelines it over S devices.
+    rebuilds it at ``batch / M`` and pipelines it over S devices; ``tp=N`` splits the forward
+    graph (at the whole batch; ``prepare`` must not make a training step) over N devices.
     """
     from sim.errors import SpecError
 
@@ -424,6 +499,17 @@ def parallel_graph(spec: str, load: Callable[[int | None], Graph],
     if count > len(devs):
         raise SpecError(f"{kind}={count} needs {count} devices, the system has {len(devs)}",
                         where="--parallel")
+    if kind == "tp":
+        g = load(None)
+        if prepare is not None:
+            g = prepare(g)
+        if g.meta.get("grads"):
+            raise SpecError("tp splits the forward pass only (drop --train)", where="--parallel")
+        try:
+            return tensor_parallel(g, devs[:count])
+        except GraphError as e:
+            raise SpecError(f"tp={count}: {e.message}",
+                            where="--parallel") from None
     batch = _batch(load(None))
     parts = count if kind == "dp" else micro
     if batch is None or batch % parts:
@@ -436,3 +522,180 @@ def parallel_graph(spec: str, load: Callable[[int | None], Graph],
             raise SpecError("dp needs a training step (add --train)", where="--parallel")
         return data_parallel(g, devs[:count])
     return pipeline_parallel(g, devs[:count], micro)
+
+
+# ---------------------------------------------------------------------- tensor parallelism
+_COLUMN = {"attention": ("q", "k", "v"), "mlp": ("fc1", "gate", "up")}
+_ROW = {"attention": ("o",), "mlp": ("fc2", "down")}
+
+
+def _tp_roles(g: Graph) -> dict[str, str]:
+    """Node name -> ``"column"``, ``"row"``, ``"sharded"`` (an attention's or MLP's own
+    nodes between its projections) or ``"replicated"``; ``"row:<layer>"`` keys name nothing."""
+    kinds: dict[str, str] = {}
+    for nd in g.nodes.values():
+        lt = nd.meta.get("layer_type")
+        if lt in _COLUMN:
+            kinds[str(nd.meta["layer"])] = str(lt)
+    roles: dict[str, str] = {}
+    for nd in g.nodes.values():
+        layer = str(nd.meta.get("layer", ""))
+        parent, _, suffix = layer.rpartition(".")
+        if layer in kinds:
+            roles[nd.name] = "sharded"
+        elif parent in kinds and nd.meta.get("layer_type") == "linear" and suffix in _COLUMN[kinds[parent]]:
+            roles[nd.name] = "column"
+        elif parent in kinds and nd.meta.get("layer_type") == "linear" and suffix in _ROW[kinds[parent]]:
+            roles[nd.name] = "row"
+        else:
+            roles[nd.name] = "replicated"
+    return roles
+
+
+def tensor_parallel(graph: Graph, devices: Sequence[str]) -> Graph:
+    """Megatron-LM tensor parallelism (Shoeybi et al. 2019) of a forward graph built from the
+    YAML layers, over ``devices`` (``N`` of them).
+
+    In every ``attention`` layer the q/k/v projections are split by heads (column-parallel:
+    weight columns, bias) and the output projection by rows (row-parallel); in every ``mlp``
+    the first linear(s) (``fc1``, or ``gate``/``up``) column-wise and the second (``fc2`` /
+    ``down``) row-wise. Each row-parallel linear's partial products go through one
+    ``AllReduce`` (``reduction="sum"``, all-members form: exact), so a transformer block
+    costs two forward all-reduces. The row-parallel bias is added once, by rank 0's GEMM.
+    Everything else (embeddings, norms, residual adds, the LM head) is replicated on every
+    device. Nodes are ``<device>/<name>`` with ``meta["device"]``, ``meta["tp"]`` (the role
+    above) and ``meta["tp_rank"]``; graph inputs ``<device>/<input>`` (every rank reads the
+    same batch); shards are parameters ``<param>.tp<i>``, listed in ``meta["shards"]``
+    (shard -> ``(param, axis, i)``: the ``i``-th of ``N`` equal slices on ``axis``);
+    replicated parameters keep their names. Heads (and kv heads) and the MLP width must
+    divide by ``N``.
+
+    FLOPs: the split nodes' work divides exactly (the GEMMs, attention, activations and bias
+    adds of the shards add up to the original), so
+    ``tp.flops == graph.flops + (N - 1) * replicated_flops + allreduce_flops``, with
+    ``allreduce_flops`` = ``(N - 1)`` adds per element of each all-reduced tensor.
+    """
+    devs = _check_devices(devices, "tensor_parallel")
+    n = len(devs)
+    g = graph
+    if g.meta.get("grads"):
+        raise GraphError("tensor_parallel takes a forward graph, not a training step",
+                         where=g.source or g.name)
+    roles = _tp_roles(g)
+    if n > 1 and not any(r == "row" for r in roles.values()):
+        raise GraphError("tensor_parallel found no attention or mlp layer to split",
+                         where=g.source or g.name)
+
+    # ---- plan the parameter shards: (node, input index) -> (param, axis) or "rank0"
+    split_in: dict[tuple[str, int], tuple[str, int] | None] = {}
+    for nd in g.nodes.values():
+        role = roles[nd.name]
+        if role not in ("column", "row") or nd.op not in ("Gemm", "MatMul"):
+            continue
+        tb = int(nd.attrs.get("transB", 0)) if nd.op == "Gemm" else 0
+        w = nd.inputs[1]
+        if w in g.params:
+            out_axis, in_axis = (0, 1) if tb else (1, 0)
+            split_in[(nd.name, 1)] = (w, out_axis if role == "column" else in_axis)
+        if len(nd.inputs) > 2 and nd.inputs[2] in g.params:
+            split_in[(nd.name, 2)] = (nd.inputs[2], 0) if role == "column" else None
+    shards: dict[str, tuple[str, int, int]] = {}
+    used_whole: set[str] = set()
+    for nd in g.nodes.values():
+        for j, t in enumerate(nd.inputs):
+            if t in g.params and ((nd.name, j) not in split_in or split_in[(nd.name, j)] is None):
+                used_whole.add(t)
+
+    out = Graph(f"{g.name}.tp{n}", g.source)
+    out.meta = dict(g.meta)
+    for name in g.params:
+        if name in used_whole:
+            info = g.param_info[name]
+            out.add_param(name, g.params[name], info.init, trainable=info.trainable,
+                          value=g.initializers.get(name), **dict(info.options))
+    for plan in split_in.values():
+        if plan is None:
+            continue
+        p, axis = plan
+        spec, info = g.params[p], g.param_info[p]
+        if spec.shape[axis] % n:
+            raise GraphError(f"parameter {p!r} axis {axis} ({spec.shape[axis]}) does not split "
+                             f"into {n} parts", where="tensor_parallel")
+        shape = list(spec.shape)
+        shape[axis] //= n
+        for i in range(n):
+            sname = f"{p}.tp{i}"
+            if sname in shards:
+                continue
+            val = g.initializers.get(p)
+            out.add_param(sname, TensorSpec(tuple(shape), spec.dtype), info.init, trainable=info.trainable,
+                          value=None if val is None else np.split(np.asarray(val), n, axis=axis)[i],
+                          **dict(info.options))
+            shards[sname] = (p, axis, i)
+    for dev in devs:
+        for name, spec in g.inputs.items():
+            out.add_input(f"{dev}/{name}", spec)
+
+    sharded: set[str] = set()  # original tensors whose per-device copies are 1/N slices
+    reduced: dict[str, list[str]] = {}
+    allreduce: dict[str, str] = {}
+    for node in g.topo_order():
+        role = roles[node.name]
+        for k, dev in enumerate(devs):
+            ins: list[str] = []
+            for j, t in enumerate(node.inputs):
+                if not t:
+                    ins.append("")
+                elif (node.name, j) in split_in:
+                    plan = split_in[(node.name, j)]
+                    if plan is None:  # row-parallel bias: rank 0 adds it
+                        if k == 0:
+                            ins.append(t)
+                    else:
+                        ins.append(f"{plan[0]}.tp{k}")
+                elif t in g.params:
+                    ins.append(t)
+                elif t in reduced:
+                    ins.append(reduced[t][k])
+                else:
+                    ins.append(f"{dev}/{t}")
+            attrs = dict(node.attrs)
+            if node.op == "Reshape" and role != "replicated" and node.inputs[0] in sharded:
+                shape = list(attrs["shape"])
+                ax = 2 if len(shape) == 4 else len(shape) - 1
+                if shape[ax] % n:
+                    raise GraphError(f"dimension {shape[ax]} does not split into {n} parts "
+                                     "(heads and widths must divide by the device count)",
+                                     where=f"node {node.name!r}")
+                shape[ax] //= n
+                attrs["shape"] = shape
+            m = dict(node.meta)
+            m.update({"device": dev, "tp": role, "tp_rank": k})
+            out.add_node(node.op, ins, [f"{dev}/{t}" if t else "" for t in node.outputs], attrs,
+                         name=f"{dev}/{node.name}", meta=m)
+        if role == "column" and node.op in ("Gemm", "MatMul"):
+            sharded.update(t for t in node.outputs if t)
+        elif role in ("column", "sharded", "row") and any(t in sharded for t in node.inputs if t):
+            if not (role == "row" and node.op in ("Gemm", "MatMul")):
+                sharded.update(t for t in node.outputs if t)
+        if role != "row" or n == 1:
+            continue
+        layer = str(node.meta.get("layer", ""))
+        for t in node.outputs:
+            if not t or t in sharded:
+                continue
+            leaves = t in g.outputs or any(roles[c.name] != "row" or c.meta.get("layer") != layer
+                                           for c in g.consumers(t))
+            if not leaves:
+                continue
+            name = out.unique_name(f"{layer}.allreduce")
+            outs = [f"{d}/{t}.reduced" for d in devs]
+            out.add_node("AllReduce", [f"{d}/{t}" for d in devs], outs,
+                         {"group": list(devs), "algorithm": "ring", "reduction": "sum"}, name=name,
+                         meta={"device": devs[0], "role": "collective", "layer": layer, "tp": "allreduce"})
+            reduced[t] = outs
+            allreduce[layer] = name
+    out.set_outputs([reduced[t][k] if t in reduced else f"{d}/{t}"
+                     for k, d in enumerate(devs) for t in g.outputs])
+    out.meta.update({"tp_devices": devs, "shards": shards, "allreduce": allreduce})
+    return out.verify()
