@@ -11,7 +11,14 @@ from sim.errors import SpecError
 from sim.exec import Executor
 from sim.graph import Graph, TensorSpec
 from sim.hw.spec import ComputeUnit, DeviceSpec, LinkSpec, MemoryLevel, SystemSpec
-from sim.passes.parallel import bubble_fraction, data_parallel, pipeline_parallel, stage_split
+from sim.passes.parallel import (
+    bubble_fraction,
+    data_parallel,
+    parse_parallel,
+    pipeline_parallel,
+    stage_split,
+    tensor_parallel,
+)
 from sim.passes.training import training_graph
 
 GB = 1e9
@@ -434,6 +441,148 @@ def test_pipeline_training_overlaps_stages():
     # gradients stay on their stage: only activations and their gradients cross
     crossing = [o["tensor"] for o in r.ops if o["op"] == "Transfer"]
     assert crossing and not any("grad_acc" in t for t in crossing)
+
+
+# ------------------------------------------------------------------ tensor parallelism
+def tiny_gpt2(batch: int = 2, seq: int = 8) -> Graph:
+    return sim.load("workloads/gpt2.yaml", batch=batch, seq=seq, vocab=64, n_ctx=seq, d=32, heads=4,
+                    n_layer=2)
+
+
+def tiny_llama() -> Graph:  # swiglu MLP, grouped-query rotary attention, no biases
+    return sim.load("workloads/llama2-7b.yaml", batch=2, seq=8, vocab=64, d=32, heads=4, kv_heads=2,
+                    n_layer=2, ffn=48)
+
+
+def _shard_values(tp: Graph, full: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The original parameter values, each shard the ``i``-th slice of ``meta['shards']``."""
+    out = {}
+    for name in tp.params:
+        if name in tp.meta["shards"]:
+            p, axis, i = tp.meta["shards"][name]
+            n = len(tp.meta["tp_devices"])
+            size = full[p].shape[axis] // n
+            out[name] = np.take(full[p], range(i * size, (i + 1) * size), axis=axis)
+        else:
+            out[name] = full[name]
+    return out
+
+
+@pytest.mark.parametrize("make, n", [(tiny_gpt2, 2), (tiny_gpt2, 4), (tiny_llama, 2)])
+def test_tensor_parallel_computes_the_original_outputs(make, n):
+    g = make()
+    tp = tensor_parallel(g, names(n))
+    ref = Executor(g, seed=1)
+    ids = np.random.default_rng(0).integers(0, 64, (2, 8))
+    want = ref.run({"input_ids": ids}).values[g.outputs[0]]
+    got = Executor(tp, params=_shard_values(tp, ref.params)).run(
+        {f"{d}/input_ids": ids for d in names(n)}).values
+    assert len(tp.outputs) == n
+    for o in tp.outputs:
+        np.testing.assert_allclose(got[o], want, rtol=1e-4, atol=1e-5)
+
+
+def test_tensor_parallel_structure_and_flops():
+    n, b, s, d = 4, 2, 8, 32
+    g = tiny_gpt2(b, s)
+    tp = tensor_parallel(g, names(n))
+    ars = [nd for nd in tp.nodes.values() if nd.op == "AllReduce"]
+    # one all-reduce (sum) after each row-parallel linear: 2 per block, 2 blocks
+    assert [nd.meta["layer"] for nd in ars] == ["h.0.attn.o", "h.0.mlp.fc2", "h.1.attn.o", "h.1.mlp.fc2"]
+    for nd in ars:
+        assert nd.attrs["group"] == names(n) and nd.attrs["reduction"] == "sum"
+        assert [tp.tensors[t].shape for t in nd.inputs] == [(b, s, d)] * n
+    # shards: q/fc1 columns, o/fc2 rows; row biases only on rank 0; embeddings, norms replicated
+    assert tp.params["h.0.attn.q.weight.tp3"].shape == (d, d // n)
+    assert tp.params["h.0.attn.q.bias.tp3"].shape == (d // n,)
+    assert tp.params["h.0.mlp.fc1.weight.tp0"].shape == (d, 4 * d // n)
+    assert tp.params["h.0.mlp.fc2.weight.tp1"].shape == (4 * d // n, d)
+    assert "h.0.attn.q.weight" not in tp.params and tp.params["h.0.mlp.fc2.bias"].shape == (d,)
+    assert tp.nodes["gpu0/h.0.mlp.fc2.gemm"].inputs[2] == "h.0.mlp.fc2.bias"
+    assert len(tp.nodes["gpu1/h.0.mlp.fc2.gemm"].inputs) == 2
+    assert {"wte.weight", "wpe.weight", "h.0.norm1.weight", "ln_f.weight"} <= set(tp.params)
+    assert tp.nodes["gpu2/h.1.attn.sdpa"].meta == {**g.nodes["h.1.attn.sdpa"].meta, "device": "gpu2",
+                                                 "tp": "sharded", "tp_rank": 2}
+    assert tp.tensors["gpu2/h.1.attn.sdpa"].shape == (b, 4 // n, s, d // 4)
+    # the split work adds up exactly; the replicated work is done n times; each all-reduce adds
+    # (n - 1) per element of one member's tensor
+    replicated = sum(g.work(nd).flops for nd in g.nodes.values()
+                     if tp.nodes[f"gpu0/{nd.name}"].meta["tp"] == "replicated")
+    assert replicated > 0
+    assert tp.flops == pytest.approx(g.flops + (n - 1) * replicated + len(ars) * (n - 1) * b * s * d,
+                                     rel=1e-12)
+    gemm = sum(g.work(nd).matmul_flops for nd in g.nodes.values()
+               if tp.nodes[f"gpu0/{nd.name}"].meta["tp"] in ("column", "row"))
+    per_dev = sum(tp.work(nd).matmul_flops for nd in tp.nodes.values()
+                  if nd.meta.get("device") == "gpu1" and nd.meta.get("tp") in ("column", "row"))
+    assert per_dev == pytest.approx(gemm / n, rel=1e-12)
+
+
+def test_tensor_parallel_rejects_bad_inputs():
+    with pytest.raises(sim.errors.GraphError, match="does not split"):
+        tensor_parallel(tiny_gpt2(), names(3))
+    with pytest.raises(sim.errors.GraphError, match="forward graph"):
+        tensor_parallel(training_graph(tiny_gpt2(), "cross_entropy", "sgd"), names(2))
+    with pytest.raises(sim.errors.GraphError, match="no attention or mlp"):
+        tensor_parallel(relu_chain(2), names(2))
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_tensor_parallel_timing_on_dgx_h100(n):
+    from sim.cost import transfer_time
+    from sim.hw import load_hardware
+
+    # one GPT-2-small block (d 768, 12 heads, batch 8 x 1024 tokens), small vocabulary
+    b, s, d = 8, 1024, 768
+    g = sim.load("workloads/gpt2.yaml", batch=b, seq=s, vocab=512, n_ctx=s, d=d, heads=12, n_layer=1)
+    single = tensor_parallel(g, ["gpu0"])
+    one = simulate(single, "dgx-h100", "bf16", host_inputs=False)
+    tp = tensor_parallel(g, names(n))
+    r = simulate(tp, "dgx-h100", "bf16", host_inputs=False)
+
+    def block_gemm_s(res, graph, dev):
+        return sum(o["end_s"] - o["start_s"] for o in res.ops if o["device"] == dev
+                   and o["op"] in ("Gemm", "MatMul") and graph.nodes[o["name"]].meta["tp"] != "replicated")
+
+    base = block_gemm_s(one, single, "gpu0")
+    for dev in names(n):
+        # ~1/n of the GEMM time (the cost model runs narrower GEMMs less efficiently)
+        t = block_gemm_s(r, tp, dev)
+        assert base / n <= t * (1 + 1e-9) and t < 2 * base / n
+    ars = [o for o in r.ops if o["op"] == "AllReduce" and o["device"] == "gpu0"]
+    assert len(ars) == 2  # two per block
+    switch = load_hardware("dgx-h100").switch
+    chunk = b * s * d * 2 / n  # bf16 activations, S/n per step
+    for o in ars:  # each runs alone (the next layer waits for it): the ring formula exactly
+        assert o["chunk_bytes"] == chunk and o["steps"] == 2 * (n - 1)
+        ring = 2 * (n - 1) * transfer_time(switch, chunk)
+        assert o["end_s"] - o["start_s"] == pytest.approx(ring, rel=1e-9)
+
+
+def test_parse_parallel_tp():
+    assert parse_parallel("tp=4") == ("tp", 4, 1)
+    with pytest.raises(SpecError, match="expected"):
+        parse_parallel("tp=2,mb=2")
+
+
+@pytest.mark.slow
+def test_data_parallel_buckets_gpt2_dp8_no_slower():
+    step = training_graph(sim.load("workloads/gpt2.yaml", batch=1), "cross_entropy", "adamw")
+    per_param = data_parallel(step, names(8), bucket_bytes=None)
+    bucketed = data_parallel(step, names(8))
+    n_buckets = len(bucketed.meta["buckets"])
+    size = [[step.tensors[step.meta["grads"][p]].nbytes for p in b] for b in bucketed.meta["buckets"]]
+    # every bucket but the last reaches 25 MiB with its last gradient, not before (fp32 gradients)
+    for b in size:
+        assert sum(b[:-1]) < 25 * 2**20
+    assert all(sum(b) >= 25 * 2**20 for b in size[:-1])
+    assert sum(len(b) for b in bucketed.meta["buckets"]) == len(set(step.meta["grads"].values()))
+    ra = simulate(per_param, "dgx-h100", "bf16", host_inputs=False)
+    rb = simulate(bucketed, "dgx-h100", "bf16", host_inputs=False)
+    count = lambda r: sum(1 for o in r.ops if o["op"] == "AllReduce" and o["device"] == "gpu0")  # noqa: E731
+    assert count(ra) == len(per_param.meta["buckets"]) == 196
+    assert count(rb) == n_buckets
+    assert rb.makespan_s <= ra.makespan_s
 
 
 # ------------------------------------------------------------------ sim run --parallel
