@@ -1,6 +1,7 @@
-"""Parallelism passes: data parallelism and GPipe pipeline parallelism over several devices.
+"""Parallelism passes: data, tensor (Megatron-LM) and GPipe pipeline parallelism over several
+devices.
 
-Both passes turn a graph into a bigger graph whose nodes carry ``meta["device"]``, so
+The passes turn a graph into a bigger graph whose nodes carry ``meta["device"]``, so
 ``sim.simulate`` places them, copies tensors between devices over the system's links, and
 times collectives as link flows (``sim/engine/collectives.py``). The result still executes
 on NumPy (``sim.exec``): a replicated graph computes what the separate devices would.
@@ -12,7 +13,11 @@ on NumPy (``sim.exec``): a replicated graph computes what the separate devices w
   parameters and optimizer states keep their names and are resident on every device. Each
   gradient feeds one ``AllReduce`` (``reduction="mean"``, ring over ``devices``) before its
   optimizer updates, so every replica applies the same averaged gradient, which equals the
-  gradient of the mean loss over the global batch.
+  gradient of the mean loss over the global batch. Gradients are all-reduced in DDP-style
+  buckets (25 MiB by default, ``bucket_bytes``).
+* ``tensor_parallel(graph, devices)``: Megatron-LM's split of a forward transformer graph
+  (attention by heads, MLP column- then row-wise, one sum AllReduce after each row-parallel
+  linear; everything else replicated).
 * ``pipeline_parallel(graph, stages, microbatches)``: ``graph`` is a forward graph or a
   training step built at the microbatch size (a training step accumulates the microbatch
   gradients and updates once; see the function). Its nodes (in topological order) are cut
