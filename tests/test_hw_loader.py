@@ -60,7 +60,7 @@ def test_h100_datasheet_numbers():
     assert isinstance(h, DeviceSpec) and h.kind == "gpu"
     assert h.main_memory.name == "hbm"
     assert h.main_memory.bandwidth_Bps == 3.35e12
-    assert h.main_memory.capacity_bytes == 80e9
+    assert h.main_memory.capacity_bytes == pytest.approx(79.18 * 2**30)  # torch total_memory, calibration
     assert h.unit("tensor").peak_flops["bf16"] == pytest.approx(989.4e12)
     assert h.unit("tensor").sparse_2_4
     assert h.power.tdp_w == 700

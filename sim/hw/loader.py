@@ -63,8 +63,8 @@ def build(raw: Any, file: str, default_name: str = "") -> Spec:
 def load_hardware(name_or_path: str, **overrides: Any) -> Spec:
     """Load a bundled spec by name (``"h100"``) or a YAML path, applying dotted overrides.
 
-    >>> load_hardware("h100").main_memory.capacity_bytes
-    80000000000.0
+    >>> load_hardware("h100").main_memory.bandwidth_Bps
+    3350000000000.0
     """
     path = _find(name_or_path)
     file = _label(path)
