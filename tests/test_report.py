@@ -78,6 +78,12 @@ def test_energy_utilisation_and_aggregation(result):
     assert agg["MatMul"]["count"] == 2 and agg["MatMul"]["time_s"] == 4.0
     assert agg["MatMul"]["bound"] == "compute" and agg["Transfer"]["bound"] == "comm"
     assert result.batch == 4 and result.throughput == pytest.approx(4 / 5.128)
+    # bytes by hand (fp32): fc1 x 128 + w1 256 + h 128, relu 128 + 128, fc2 128 + w2 64 + y 32;
+    # the transfer is link traffic, not memory traffic; one memory level, so nothing cached
+    t = result.memory_traffic["gpu0"]
+    assert t["bytes"] == 992 and t["cached_bytes"] == 0 and t["main_bytes"] == 992
+    assert t["peak_Bps"] == 10.0
+    assert t["bandwidth_utilisation"] == pytest.approx(992 / 5.128 / 10.0)
 
 
 def test_json_round_trip(result, tmp_path):
@@ -140,6 +146,8 @@ def test_summary_text(result):
     top = [ln.split()[0] for ln in lines[lines.index("  top 2 ops by time") + 1:][:2]]
     assert top == ["fc1", "fc2"]
     assert "gpu0/tensor: busy 78.0%" in text
+    # 992 B over 5.128 s = 193 B/s against a 10 B/s peak (the fixed costs ignore bandwidth)
+    assert "gpu0/hbm: 193.45 B/s, 1934.5% of peak bandwidth (992 B moved)" in text
 
 
 def test_formatters():
@@ -180,9 +188,10 @@ def test_utilisation_panel_and_sweep(result, tmp_path):
     fig, ax = plt.subplots()
     plot_utilisation(result, ax)
     assert [t.get_text() for t in ax.get_yticklabels()] == [
-        "gpu0/copy:pcie in", "gpu0/tensor", "gpu0/vector"]
+        "gpu0/copy:pcie in", "gpu0/tensor", "gpu0/vector", "gpu0/hbm"]
     assert [round(p.get_width(), 1) for p in ax.patches] == [
-        round(100 * 0.128 / 5.128, 1), round(100 * 4 / 5.128, 1), round(100 * 1 / 5.128, 1)]
+        round(100 * 0.128 / 5.128, 1), round(100 * 4 / 5.128, 1), round(100 * 1 / 5.128, 1),
+        round(100 * 992 / 5.128 / 10.0, 1)]
     plt.close(fig)
     rs = [simulate(mlp(), dev(), cost_fn=lambda *a, k=k: float(k), host_inputs=False)
           for k in (1, 2)]

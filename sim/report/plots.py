@@ -33,6 +33,8 @@ def plot_timeline(result: Result, ax: Any) -> None:
     """A Gantt chart: one row per device unit, bars coloured by what bound each op."""
     tracks: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
     for r in result.ops:
+        if r["end_s"] <= r["start_s"]:
+            continue  # zero-time ops (views, reshapes) draw nothing and get no row
         key = (r["device"], r["unit"])
         tracks.setdefault(key, {}).setdefault(r["bound"], []).append(
             (r["start_s"] * 1e3, (r["end_s"] - r["start_s"]) * 1e3))
@@ -108,8 +110,10 @@ def plot_memory(result: Result, ax: Any) -> None:
 
 
 def plot_utilisation(result: Result, ax: Any) -> None:
-    """Busy fraction of the makespan per device unit (bars), FLOP/s fraction of peak (dots)."""
-    rows = [(f"{d}/{u}", s) for d, units in result.utilisation.items() for u, s in units.items()]
+    """Busy fraction of the makespan per device unit (bars), FLOP/s fraction of peak (dots), and
+    each device's main-memory bandwidth used as a fraction of its peak (orange bars)."""
+    rows = [(f"{d}/{u}", s) for d, units in result.utilisation.items() for u, s in units.items()
+            if s["busy_s"] > 0 or s["flops"] > 0]
     ys = range(len(rows))
     ax.barh(list(ys), [100 * s["busy"] for _, s in rows], color="tab:blue", label="busy")
     fl = [(i, 100 * s["flops_utilisation"]) for i, (_, s) in enumerate(rows)
@@ -117,12 +121,19 @@ def plot_utilisation(result: Result, ax: Any) -> None:
     if fl:
         ax.scatter([v for _, v in fl], [i for i, _ in fl], color="tab:red", zorder=3,
                    label="FLOP/s of peak")
-    ax.set_yticks(list(ys))
-    ax.set_yticklabels([name for name, _ in rows], fontsize=7)
+    bw = [(f"{d}/{result.devices.get(d, {}).get('memory_level') or 'memory'}",
+           100 * t["bandwidth_utilisation"])
+          for d, t in result.memory_traffic.items() if t["bandwidth_utilisation"] is not None]
+    if bw:
+        ax.barh([len(rows) + i for i in range(len(bw))], [v for _, v in bw], color="tab:orange",
+                label="bandwidth of peak")
+    names = [name for name, _ in rows] + [name for name, _ in bw]
+    ax.set_yticks(list(range(len(names))))
+    ax.set_yticklabels(names, fontsize=7)
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of makespan / % of peak")
     ax.set_title("utilisation")
-    if rows:
+    if names:
         ax.legend(fontsize=7, loc="lower right")
 
 

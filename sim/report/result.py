@@ -33,6 +33,11 @@ class Result:
     peak_flops (unit -> dtype -> FLOP/s), for reports and plots.
     ``host_bound_by_device``: device -> time its compute streams sat idle waiting for the host
     to issue the next op (sum of the records' ``host_wait_s``); ``host_bound_s`` their sum.
+    ``memory_traffic``: device -> bytes its ops moved (``bytes``, transfers and collectives
+    left out), ``cached_bytes`` (of those, reads served by the reuse cache), ``main_bytes``
+    (the rest, through main memory), ``achieved_Bps`` (``main_bytes`` over the makespan),
+    ``peak_Bps`` (main memory's peak) and ``bandwidth_utilisation`` (their ratio): how much
+    of the memory roof a run used, beside ``utilisation``'s share of the compute roof.
     """
 
     graph: str
@@ -51,6 +56,7 @@ class Result:
     flops: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
     host_bound_by_device: dict[str, float] = field(default_factory=dict)
+    memory_traffic: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ totals
     @property
@@ -107,6 +113,7 @@ class Result:
             "utilisation": self.utilisation,
             "host_bound_s": self.host_bound_s,
             "host_bound_by_device": self.host_bound_by_device,
+            "memory_traffic": self.memory_traffic,
             "devices": self.devices,
             "by_op_type": self.by_op_type(),
             "memory_timeline": {d: [list(p) for p in tl] for d, tl in self.memory_timeline.items()},
@@ -199,6 +206,7 @@ def build_result(
             "kind": spec.kind,
             "capacity_bytes": main.capacity_bytes if main else None,
             "bandwidth_Bps": main.bandwidth_Bps if main else None,
+            "memory_level": main.name if main else None,
             "idle_w": spec.power.idle_w,
             "peak_flops": {u.name: dict(sorted(u.peak_flops.items())) for u in spec.units},
         }
@@ -242,7 +250,31 @@ def build_result(
         batch=infer_batch(graph),
         flops=float(sum(r["flops"] for r in ops if r["op"] != "Transfer")),
         host_bound_by_device=_host_bound(ops),
+        memory_traffic=_memory_traffic(ops, devices, makespan),
     )
+
+
+def _memory_traffic(ops: list[dict[str, Any]], devices: dict[str, dict[str, Any]],
+                    makespan: float) -> dict[str, dict[str, Any]]:
+    """Device -> bytes its ops moved through memory and the share of peak bandwidth used."""
+    moved: dict[str, list[float]] = {}
+    for r in ops:
+        if r["op"] == "Transfer" or r["bound"] == "comm":
+            continue  # link traffic, not memory traffic
+        t = moved.setdefault(r["device"], [0.0, 0.0])
+        t[0] += r["bytes"]
+        t[1] += min(r.get("cached_bytes", 0.0), r["bytes"])
+    out: dict[str, dict[str, Any]] = {}
+    for d, (total, cached) in sorted(moved.items()):
+        if total <= 0:
+            continue
+        main = total - cached
+        peak = devices.get(d, {}).get("bandwidth_Bps")
+        achieved = main / makespan if makespan > 0 else 0.0
+        out[d] = {"bytes": total, "cached_bytes": cached, "main_bytes": main,
+                  "achieved_Bps": achieved, "peak_Bps": peak,
+                  "bandwidth_utilisation": achieved / peak if peak else None}
+    return out
 
 
 def _host_bound(ops: list[dict[str, Any]]) -> dict[str, float]:

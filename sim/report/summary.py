@@ -56,9 +56,18 @@ def summary_text(result: Result, top: int = 10) -> str:
     lines.append("  utilisation")
     for d, units in r.utilisation.items():
         for u, s in units.items():
+            if s["busy_s"] <= 0 and s["flops"] <= 0:
+                continue  # a unit only zero-time ops (views, reshapes) ran on
             fl = s["flops_utilisation"]
             extra = f", {100 * fl:.1f}% of {s['dtype']} peak FLOP/s" if fl is not None else ""
             lines.append(f"    {d}/{u}: busy {100 * s['busy']:.1f}%{extra}")
+        t = r.memory_traffic.get(d)
+        if t and t["bandwidth_utilisation"] is not None:
+            level = r.devices.get(d, {}).get("memory_level") or "memory"
+            cached = f"; {fmt_bytes(t['cached_bytes'])} more read from cache" if t["cached_bytes"] > 0 else ""
+            lines.append(f"    {d}/{level}: {fmt_si(t['achieved_Bps'], 'B/s')}, "
+                         f"{100 * t['bandwidth_utilisation']:.1f}% of peak bandwidth "
+                         f"({fmt_bytes(t['main_bytes'])} moved{cached})")
     ops = sorted(r.ops, key=lambda o: (-(o["end_s"] - o["start_s"]), o["start_s"], o["name"]))
     total = sum(o["end_s"] - o["start_s"] for o in r.ops) or 1.0
     if top > 0 and ops:
