@@ -12,6 +12,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = [
     ("H100 calibration fit", ["calibrate_h100.py", "--quiet"]),
+    ("held-out validation against published measurements", ["validate_public.py"]),
     ("ONNX conformance", ["onnx_conformance.py"]),
     ("simulator speed", ["sim_speed.py"]),
 ]
