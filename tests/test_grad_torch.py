@@ -926,8 +926,8 @@ graph:
   - {op: BatchNormalization, name: bn1, in: [conv1, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var],
      out: [bn1, bn1.mean_out, bn1.var_out], training_mode: 1, momentum: 0.9}
   - {layer: relu, name: act1, in: bn1}
-  - {layer: conv2d, name: conv2, out_channels: 8, kernel: 3, padding: 1, groups: 2}
-  - {layer: batchnorm, name: bn2}
+  - {layer: conv2d, name: conv2, out_channels: 8, kernel: 3, padding: 1, groups: 2, bias: false}
+  - {layer: batchnorm, name: bn2}   # inference mode as written; training_graph trains it
   - {layer: maxpool, name: pool, kernel: 2}
   - {layer: gelu, name: act2}
   - {layer: conv2d, name: dw, out_channels: 8, kernel: 3, padding: 1, groups: 8}
@@ -981,7 +981,7 @@ def torch_model(kind, P):
         names = {"c1": model[0], "c3": model[3], "f5": model[7], "f6": model[9], "out": model[11]}
     else:
         model = nn.Sequential(_conv(P, "conv1", stride=2, padding=1), _bn(P, "bn1", train=True), nn.ReLU(),
-                              _conv(P, "conv2", padding=1, groups=2), _bn(P, "bn2", train=False),
+                              _conv(P, "conv2", padding=1, groups=2), _bn(P, "bn2", train=True),
                               nn.MaxPool2d(2), nn.GELU(), _conv(P, "dw", padding=1, groups=8), nn.Tanh(),
                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), _linear(P, "fc"))
         names = {"conv1": model[0], "bn1": model[1], "conv2": model[3], "bn2": model[4], "dw": model[7],
@@ -1053,6 +1053,11 @@ def _train_and_compare(kind, opt, loss="cross_entropy", steps=3, **extra):
                 _close(trainer.params[f"{pname}.{ours_state}"], s.T if transposed else s,
                        f"{pname}.{ours_state} after step {step}")
         assert int(trainer.params["optimizer.step"]) == step
+        if kind == "cnn":  # the batchnorm layer's running mean moves as torch's buffer does
+            # (its running variance is ONNX's biased one; torch's buffer keeps the unbiased)
+            _close(trainer.params["bn2.running_mean"], model[4].running_mean.numpy(),
+                   f"bn2.running_mean after step {step}")
+            assert not np.allclose(trainer.params["bn2.running_mean"], 0.0)
     return trainer
 
 

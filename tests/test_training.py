@@ -189,3 +189,71 @@ def test_sequence_output_scores_classes_on_the_last_axis():
     assert abs(float(ex.run({"x": x, "labels": y}).values["loss"]) - want) < 1e-5
     # an explicit class axis 1 treats the output as [N, C, d]
     assert training_graph(g, class_axis=1).inputs["labels"].shape == (2, 5)
+
+
+# ----------------------------------------------------------------- training mode
+TRAIN_MODE_YAML = """
+name: trainmode
+params: {batch: 6}
+inputs:
+  x: {shape: [batch, 2, 5, 5], dtype: fp64}
+graph:
+  - {layer: conv2d, name: conv, in: x, out_channels: 3, kernel: 3, bias: false}
+  - {layer: batchnorm, name: bn}
+  - {layer: flatten, name: flat}
+  - {layer: dropout, name: drop, rate: 0.5}
+  - {layer: linear, name: fc, out_features: 4, out: logits}
+outputs: [logits]
+"""
+
+
+def _train_mode_net():
+    from sim.frontends.yaml_loader import load_yaml_text
+
+    return load_yaml_text(TRAIN_MODE_YAML, "trainmode.yaml")
+
+
+def test_training_graph_runs_batchnorm_and_dropout_in_training_mode():
+    g = _train_mode_net()
+    assert {n.op: int(n.attrs.get("training_mode", 0)) for n in g} == {
+        "Conv": 0, "BatchNormalization": 0, "Flatten": 0, "Dropout": 0, "Gemm": 0}
+    t = training_graph(g, optimizer="sgd", lr=0.1)
+    bn = t.nodes["bn"]
+    assert bn.attrs["training_mode"] == 1
+    assert t.nodes["drop"].attrs["training_mode"] == 1
+    assert t.outputs[:3] == ["loss", "bn.running_mean.new", "bn.running_var.new"]
+    assert t.meta["updates"]["bn.running_mean.new"] == "bn.running_mean"
+    # train=False keeps the inference-mode forward (and updates no statistics)
+    frozen = training_graph(g, optimizer="sgd", lr=0.1, train=False)
+    assert frozen.nodes["bn"].attrs.get("training_mode", 0) == 0
+    assert not any(o.startswith("bn.running") for o in frozen.outputs)
+
+
+def test_trainer_updates_running_statistics_and_redraws_dropout_masks():
+    from sim.passes.trainer import Trainer
+
+    g = _train_mode_net()
+    tr = Trainer(g, optimizer="sgd", lr=0.0)  # lr 0: the weights stay, only the masks change
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 2, 5, 5))
+    y = rng.integers(0, 4, 6).astype(np.int64)
+    conv = Executor(g, params=tr.params).run({"x": x}, keep=["conv"]).values["conv"]
+    losses = [tr.step(x, y) for _ in range(3)]
+    # running = running * 0.9 + batch * 0.1 (ONNX momentum 0.9), three times from 0 and 1
+    mean, var = conv.mean(axis=(0, 2, 3)), conv.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(tr.params["bn.running_mean"], mean * (1 - 0.9**3), rtol=1e-12)
+    np.testing.assert_allclose(tr.params["bn.running_var"], 0.9**3 + var * (1 - 0.9**3), rtol=1e-12)
+    # a new dropout mask every step: same weights and batch, different losses
+    assert len(set(losses)) == 3
+    # the loss of a step is the cross-entropy of the logits with that step's mask: recompute
+    # the first by hand from the conv output, batch statistics and the seed's mask
+    from sim.ops.shape import dropout_mask
+
+    P = tr.params
+    h = (conv - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
+    h = (h * P["bn.weight"][None, :, None, None] + P["bn.bias"][None, :, None, None]).reshape(6, -1)
+    h = h * dropout_mask(h.shape, 0.5, tr.dropout_seeds["drop"]) / 0.5
+    z = h @ P["fc.weight"] + P["fc.bias"]
+    logp = z - z.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    assert losses[0] == pytest.approx(-logp[np.arange(6), y].mean(), rel=1e-12)

@@ -128,7 +128,9 @@ class Trainer:
     """Trains a forward graph with the NumPy executor; parameters persist between steps.
 
     ``masks`` (parameter -> 0/1 array) keep pruned weights at zero: they are applied after
-    every update (see ``sim.passes.sparsity``).
+    every update (see ``sim.passes.sparsity``). Training-mode ``Dropout`` nodes draw a new
+    mask every step: their seeds advance with the step count (a forward node and its
+    gradient share a seed, so they keep sharing the mask).
     """
 
     def __init__(
@@ -142,7 +144,10 @@ class Trainer:
         **hyper: Any,
     ) -> None:
         self.forward = forward
-        self.graph = train_graph or training_graph(forward, loss, optimizer, **hyper)
+        self.graph = (train_graph or training_graph(forward, loss, optimizer, **hyper)).copy()
+        self.dropout_seeds = {n.name: int(n.attrs.get("seed", 0)) for n in self.graph.nodes.values()
+                              if n.op == "Dropout" and int(n.attrs.get("training_mode", 0))}
+        self.steps = 0
         self.seed = seed
         self.executor = Executor(self.graph, seed=seed)
         self.params = self.executor.params
@@ -156,6 +161,9 @@ class Trainer:
     # --------------------------------------------------------------- stepping
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One optimizer step on one minibatch; returns the loss."""
+        for name, base in self.dropout_seeds.items():
+            self.graph.nodes[name].attrs["seed"] = (base + 7919 * self.steps) & 0x7FFFFFFF
+        self.steps += 1
         out = self.executor.run({self.input: x, self.labels: y}, record_times=False).values
         for o, p in self.graph.meta["updates"].items():
             self.params[p] = out[o]

@@ -25,6 +25,7 @@ one forward pass.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,6 +64,84 @@ def _optimizer_attrs(op: str, hyper: dict[str, Any]) -> dict[str, Any]:
                              where="training_graph")
         attrs[key] = value
     return {k: attrs.get(k, v) for k, v in DEFAULTS[op].items()}
+
+
+def _param_behind(g: Graph, tensor: str) -> str | None:
+    """The parameter ``tensor`` is, directly or through ``Cast`` nodes (AMP), else None."""
+    while tensor not in g.params:
+        node = g.producer(tensor)
+        if node is None or node.op != "Cast":
+            return None
+        tensor = node.inputs[0]
+    return tensor
+
+
+def train_mode(graph: Graph) -> tuple[Graph, dict[str, str]]:
+    """``graph`` as ``model.train()`` runs it, and the running statistics it updates.
+
+    A ``BatchNormalization`` in inference mode whose running mean and variance are
+    non-trainable parameters (directly or through AMP's casts) normalises with the batch
+    statistics (``training_mode=1``) and outputs updated running statistics
+    (``running = running * momentum + batch * (1 - momentum)``, ONNX semantics) as
+    ``<param>.new``, cast back to the parameter's dtype when it computes in another. A
+    ``Dropout`` in inference mode drops (``training_mode=1``) with a mask seeded by its
+    node name unless it has a ``seed``. Returns the new graph and ``{"<param>.new": param}``.
+
+    >>> from sim.graph import Graph, TensorSpec
+    >>> g = Graph("bn"); _ = g.add_input("x", TensorSpec((4, 3, 2, 2)))
+    >>> for p, t in (("s", True), ("b", True), ("m", False), ("v", False)):
+    ...     _ = g.add_param(p, TensorSpec((3,)), "ones", trainable=t)
+    >>> _ = g.add_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")
+    >>> g.set_outputs(["y"])
+    >>> t, stats = train_mode(g)
+    >>> t.nodes["bn"].attrs["training_mode"], t.nodes["bn"].outputs, stats
+    (1, ('y', 'm.new', 'v.new'), {'m.new': 'm', 'v.new': 'v'})
+    """
+    out = Graph(graph.name, graph.source)
+    out.meta = dict(graph.meta)
+    _copy_leaves(graph, out, set(graph.params))
+    stats: dict[str, str] = {}
+    for node in graph.topo_order():
+        attrs, outs = dict(node.attrs), list(node.outputs)
+        casts: list[tuple[str, str, str]] = []
+        if int(attrs.get("training_mode", 0)):
+            pass
+        elif node.op == "Dropout" and len([t for t in node.inputs if t]) == 1:
+            attrs["training_mode"] = 1
+            attrs.setdefault("seed", zlib.crc32(node.name.encode()) & 0x7FFFFFFF)
+        elif node.op == "BatchNormalization" and len(outs) == 1:
+            running = [_param_behind(graph, t) for t in node.inputs[3:5]]
+            if len(running) == 2 and all(p is not None and not graph.param_info[p].trainable
+                                         for p in running):
+                attrs["training_mode"] = 1
+                for t, p in zip(node.inputs[3:5], running):
+                    assert p is not None
+                    want = graph.params[p].dtype
+                    if graph.tensors[t].dtype == want:
+                        outs.append(f"{p}.new")
+                    else:  # computed in AMP's dtype: cast back to the parameter's
+                        outs.append(f"{p}.batch")
+                        casts.append((f"{p}.batch", p, want))
+                    stats[f"{p}.new"] = p
+        out.add_node(node.op, list(node.inputs), outs, attrs, name=node.name, meta=dict(node.meta))
+        for t, p, want in casts:
+            out.add_node("Cast", [t], [f"{p}.new"], {"to": want}, name=f"{p}.cast_back",
+                         meta={"role": "running_stats"})
+    out.set_outputs(graph.outputs)
+    return out, stats
+
+
+def _copy_leaves(src: Graph, dst: Graph, params: set[str]) -> None:
+    """Copy ``src``'s inputs and the named parameters (with their info and values) to ``dst``."""
+    for name, spec in src.inputs.items():
+        dst.add_input(name, spec)
+    for name, spec in src.params.items():
+        if name in params:
+            info = src.param_info[name]
+            dst.add_param(name, spec, info.init, trainable=info.trainable)
+            dst.param_info[name] = ParamInfo(info.init, info.trainable, dict(info.options))
+            if name in src.initializers:
+                dst.initializers[name] = src.initializers[name]
 
 
 def _add_loss(g: Graph, loss: str, labels: str, class_axis: int | None) -> str:
@@ -115,6 +194,7 @@ def training_graph(
     labels: str = "labels",
     class_axis: int | None = None,
     fused_update: bool = False,
+    train: bool = True,
     **hyper: Any,
 ) -> Graph:
     """One training step of ``graph``: loss, gradients, optimizer update.
@@ -130,6 +210,10 @@ def training_graph(
     ``loss.backward()``), so every gradient is alive at once; ``fused_update=True`` lets each
     parameter update as soon as its gradient exists (optimizer fused into the backward pass),
     which frees gradients early and lowers peak memory.
+    With ``train=True`` (the default, as ``model.train()``) the forward pass runs in training
+    mode first (``train_mode``): batch normalisation uses batch statistics and outputs its
+    updated running statistics (graph outputs after the loss, in ``meta["updates"]``), and
+    dropout drops; ``train=False`` keeps the forward graph's inference-mode nodes.
 
     >>> from sim.graph import Graph, TensorSpec
     >>> g = Graph("lin"); _ = g.add_input("x", TensorSpec((8, 4)))
@@ -146,6 +230,9 @@ def training_graph(
                          where="training_graph")
     op = OPTIMIZERS[optimizer]
     attrs = _optimizer_attrs(op, hyper)
+    running: dict[str, str] = {}
+    if train:
+        graph, running = train_mode(graph)
     forward_nodes = [n.name for n in graph.topo_order()]
     g = graph.copy(f"{graph.name}.train")
     loss_t = _add_loss(g, loss, labels, class_axis)
@@ -174,8 +261,8 @@ def training_graph(
                                 meta={"role": "optimizer", "inplace": {0: 0}})
     (step_new,) = g.add_node("Add", [step_in, one], [f"{STEP}.new"], name="optimizer.step_inc",
                              meta={"role": "optimizer"})
-    updates: dict[str, str] = {}
-    outputs = [loss_t]
+    updates: dict[str, str] = dict(running)
+    outputs = [loss_t, *running]
     for p in params:
         spec = g.params[p]
         states = []
@@ -257,15 +344,7 @@ def _rebuild(g: Graph, forward: set[str], recompute: set[str] | None, keep_param
     keep = set(keep_params)
     out = Graph(g.name, g.source)
     out.meta = dict(g.meta)
-    for name, spec in g.inputs.items():
-        out.add_input(name, spec)
-    for name, spec in g.params.items():
-        if name in used or name in keep:
-            info = g.param_info[name]
-            out.add_param(name, spec, info.init, trainable=info.trainable)
-            out.param_info[name] = ParamInfo(info.init, info.trainable, dict(info.options))
-            if name in g.initializers:
-                out.initializers[name] = g.initializers[name]
+    _copy_leaves(g, out, {p for p in g.params if p in used or p in keep})
     recomputed: dict[str, str] = {}
     last_backward: list[str] = []  # output of the backward node emitted last
 
