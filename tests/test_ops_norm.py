@@ -151,21 +151,29 @@ def test_batchnorm_work():
     # training: 6 FLOP per element; writes Y and the two running statistics
     wt, _ = _work("BatchNormalization", specs, dict(training_mode=1), n_out=3)
     assert wt.flops == 6 * n + 5 * c and wt.bytes_written == (n + 2 * c) * 4
+    # ... and reads X twice (statistics pass, then the normalising pass)
+    assert wt.bytes_read == (2 * n + 4 * c) * 4
 
 
 def test_layernorm_and_rmsnorm_work():
-    # GPT-2 block LayerNorm: 1x1024x768, bias: 7 FLOP per element + 3 per row, 1024 rsqrt
+    # GPT-2 block LayerNorm: 1x1024x768, bias: 7 FLOP per element + 3 per row, 1024 rsqrt;
+    # X read twice (row statistics, then normalise), scale and bias once, Y written once
     rows, d = 1024, 768
     specs = [TensorSpec((1, rows, d)), TensorSpec((d,)), TensorSpec((d,))]
     w, _ = _work("LayerNormalization", specs, {})
     assert w.flops == 7 * rows * d + 3 * rows and w.transcendentals == rows
-    assert (w.bytes_read, w.bytes_written) == ((rows * d + 2 * d) * 4, rows * d * 4)
+    assert (w.bytes_read, w.bytes_written) == ((2 * rows * d + 2 * d) * 4, rows * d * 4)
     # with Mean and InvStdDev written as well (fp32, one per row each)
     w3, outs = _work("LayerNormalization", specs, {}, n_out=3)
     assert outs[1].shape == (1, rows, 1) and w3.bytes_written == (rows * d + 2 * rows) * 4
     # Llama RMSNorm: 4 FLOP per element + 3 per row
     wr, _ = _work("RMSNormalization", specs[:2], {})
     assert wr.flops == 4 * rows * d + 3 * rows and wr.transcendentals == rows
+    assert wr.bytes_read == (rows * d + d) * 4  # one pass (a fused kernel)
+    # the backward op reads dY and X twice each (reduce, then apply), Scale once
+    wg, _ = _work("LayerNormGrad", [TensorSpec((1, rows, d)), TensorSpec((1, rows, d)),
+                                    TensorSpec((d,))], {}, n_out=3)
+    assert wg.bytes_read == (4 * rows * d + d) * 4
 
 
 def test_groupnorm_work():

@@ -22,7 +22,15 @@ Conventions chosen here:
   Group/InstanceNorm 6 FLOP (mean 1, centre 1, square-accumulate 2, multiply by 1/std 1,
   scale 1) plus 1 with a bias; RMSNorm 4 FLOP. Each normalized group costs one
   reciprocal square root (``transcendentals``) and 3 FLOP (divide the sums, add epsilon).
-  Backward ops: 15 FLOP per element (``RMSNormGrad`` 10). Bytes: inputs once, outputs once.
+  Backward ops: 15 FLOP per element (``RMSNormGrad`` 10).
+* Bytes: outputs written once; inputs read once, except that the tensors the size of X (X,
+  dY) are read twice by every normalization that reduces statistics before it normalises
+  (BatchNormalization in training mode, LayerNormalization, Group/InstanceNormalization
+  and all their backward ops, inference-mode ``BatchNormGrad`` included): PyTorch's kernels
+  reduce a row (or a channel) in one pass and apply in a second one that reads it again,
+  and measured torch LayerNorm times are three passes over the tensor, not two (two reads
+  and a write; Liger-Kernel's H100/A100 benchmark data, docs/validation.md).
+  RMSNormalization and its gradient read X once (the fused kernels LLM runtimes use).
 """
 
 from __future__ import annotations
@@ -73,15 +81,20 @@ def _float(spec: TensorSpec, op: str) -> None:
         raise GraphError(f"{op} needs a float input, got {spec.dtype}")
 
 
-def _norm_work(per_elem: Any, n_groups: Any, per_group: float = 3.0, trans: bool = True):
+def _norm_work(per_elem: Any, n_groups: Any, per_group: float = 3.0, trans: bool = True,
+               passes: Any = 2):
     """Work of a normalization: ``per_elem`` FLOP per element of X, per normalized group
-    ``per_group`` FLOP and one reciprocal square root."""
+    ``per_group`` FLOP and one reciprocal square root. Inputs the size of X are read
+    ``passes(attrs)`` times (a number or a function of the attributes): once to reduce
+    the statistics, once more to normalise (see the module docstring)."""
 
     def work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
         x = ins[0] if ins[0] is not None else ins[1]
         assert x is not None
         groups = n_groups(ins, attrs)
         r, w = io_bytes(ins, outs)
+        reads = passes(attrs) if callable(passes) else passes
+        r += (reads - 1) * sum(s.nbytes for s in ins if s is not None and s.numel == x.numel)
         return Work(flops=per_elem(ins, attrs) * x.numel + per_group * groups,
                     transcendentals=groups if trans else 0, bytes_read=r, bytes_written=w)
 
@@ -158,7 +171,8 @@ def _channels(ins: list[TensorSpec | None], attrs: dict) -> int:
 defop(
     "BatchNormalization",
     infer=_bn_infer,
-    work=_norm_work(_bn_per_elem, _channels, per_group=5.0),
+    work=_norm_work(_bn_per_elem, _channels, per_group=5.0,
+                    passes=lambda attrs: 2 if int(attrs.get("training_mode", 0)) else 1),
     kernel=_bn_kernel,
     grad=_bn_grad,
     doc="Per-channel normalization (ONNX opset 15): inputs X, scale, B, input_mean, input_var; "
@@ -356,7 +370,7 @@ def _rms_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
 defop(
     "RMSNormalization",
     infer=_rms_infer,
-    work=_norm_work(_const(4.0), _rows),
+    work=_norm_work(_const(4.0), _rows, passes=1),
     kernel=_rms_kernel,
     grad=_rms_grad,
     doc="x / sqrt(mean(x^2) + epsilon) * scale over axes axis.. (ONNX opset 23).",
@@ -383,7 +397,7 @@ def _rmsgrad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
 defop(
     "RMSNormGrad",
     infer=_rmsgrad_infer,
-    work=_norm_work(_const(10.0), _rows),
+    work=_norm_work(_const(10.0), _rows, passes=1),
     kernel=_rmsgrad_kernel,
     no_grad="backward op",
     doc="Gradients of RMSNormalization: inputs (dY, X, scale); outputs dX, dScale.",
