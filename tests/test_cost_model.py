@@ -92,9 +92,28 @@ def test_wave_quantization_one_more_tile_costs_a_wave():
     full_k = op_cost(gemm(128 * sms, 128, k), h, "bf16").compute_s
     half = op_cost(gemm(128 * (sms // 2), 128, k), h, "bf16").compute_s
     assert half == pytest.approx(full_k, rel=1e-9)
-    # ... unless K is deep enough to split across the idle SMs
+    # ... unless K is deep enough to split across the idle SMs: two slices of K = 4096 each, then
+    # one serial fix-up hand-off (two L2 round trips, the 128x128 fp32 partial read and written
+    # back through the SM's 64 B/clk port)
     split = op_cost(gemm(128 * (sms // 2), 128, 8192), h, "bf16").compute_s
-    assert split == pytest.approx(full / 2, rel=1e-9)
+    handoff = 2 * h.memory[1].latency_s + 2 * 128 * 128 * 4 / (64 * h.arch["clock"])
+    assert split == pytest.approx(full / 2 + handoff, rel=1e-9)
+    assert split < full
+
+
+def test_split_k_pays_a_serial_fix_up_and_picks_the_fastest_split():
+    # 33 tiles of 128x128 on 132 SMs, K = 8192: up to 4 slices (132 // 33; 8192 // 1024 = 8).
+    # By hand, H100 bf16: per-SM rate 989.4 TFLOP/s x 0.834 / 132 = 6.2512 TFLOP/s, so a
+    # 128x128 tile costs 2 x 128 x 128 / 6.2512e12 = 5.2419 ns of math per unit of K (its
+    # operand load, 256 x 2 B per unit of K at 64 B x 1.98 GHz = 4.0404 ns, is shorter).
+    # A hand-off: 2 x 0.26 us (L2 latency) + 2 x 65536 B / 126.72 GB/s = 0.52 + 1.0343 us.
+    #   4 slices: 2048 x 5.2419 ns = 10.735 us + 3 hand-offs 4.663 us = 15.398 us
+    #   3 slices: 2731 x 5.2419 ns = 14.316 us + 2 hand-offs 3.109 us = 17.424 us
+    #   2 slices: 21.471 + 1.554 = 23.025 us;  no split: 42.943 us
+    # (a free split, the old model, gave 10.735 us)
+    h = dev("h100", **{"arch.tiles.tensor": [[128, 128]], "launch": "0 us", "memory.hbm.latency": "0 us"})
+    c = op_cost(gemm(128 * 33, 128, 8192), h, "bf16")
+    assert c.compute_s == pytest.approx(15.398e-6, rel=1e-3)
 
 
 def test_gemm_time_grows_smoothly_over_the_measured_range():

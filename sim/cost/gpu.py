@@ -2,15 +2,21 @@
 
 A GEMM library runs C = A @ B as a grid of (tm x tn) output tiles, one per SM at a time; the
 grid runs in ``ceil(tiles / SMs)`` waves, so a grid of 133 tiles on 132 SMs takes two waves.
-When the grid is smaller than the SM count, K is split across otherwise idle SMs. Each tile
+When the grid is smaller than the SM count, K may be split across otherwise idle SMs. Each tile
 takes the longer of its math at the per-SM rate (peak x efficiency / SMs) and loading its
 operands into the SM (``(tm + tn) x k x bytes`` at ``sm_load_bytes_per_cycle x clock``); the
 pipeline pays main-memory latency twice, once to fill (first operands) and once to drain
-(last output tile), since a persistent kernel overlaps everything in between. The
-library's choice among the spec's tile shapes is modelled as the fastest one. Matrix-vector
-shapes (``min(m, n) <= GEMV_MAX``) may instead run as a GEMV kernel on the vector unit: no
-padding, the long operand streamed once through all SMs. Either way a 1x768x768 GEMM costs
-microseconds of latency and launch, not the nanoseconds 2*768*768 FLOP would take at peak.
+(last output tile), since a persistent kernel overlaps everything in between.
+
+Split-K is not free: the ``s`` slices of a tile each hold an fp32 partial tile, and they are
+combined by a serialised fix-up (CUTLASS's serial split-K / stream-K fix-up): each of the
+``s - 1`` later slices waits for the previous one's flag, reads the running partial, adds its
+own and writes it back, i.e. two on-chip (L2) round trips plus ``2 x tm x tn x 4`` bytes
+through the SM's port per hand-off. The library's choice among the spec's tile shapes and
+split factors (1 up to the idle-SM / ``split_k_min`` limit) is modelled as the fastest one.
+Matrix-vector shapes (``min(m, n) <= GEMV_MAX``) may instead run as a GEMV kernel on the vector
+unit: no padding, the long operand streamed once through all SMs. Either way a 1x768x768 GEMM
+costs microseconds of latency and launch, not the nanoseconds 2*768*768 FLOP would take at peak.
 """
 
 from __future__ import annotations
@@ -26,11 +32,28 @@ DEFAULT_TILES = ((128, 128),)
 GEMV_MAX = 8  # widest skinny side that a GEMM library dispatches to a matrix-vector kernel
 
 
+ACCUM_BYTES = 4  # a split-K partial tile is kept in fp32, the tensor cores' accumulator format
+
+
+def split_k_fixup(tm: int, tn: int, split: int, *, port_Bps: float, latency_s: float) -> float:
+    """Seconds of the serialised fix-up that combines ``split`` fp32 partial tiles of (tm x tn).
+
+    Each of the ``split - 1`` hand-offs waits for the previous slice's flag and reads its partial
+    (two round trips of ``latency_s``), then the partial tile is read and written back through
+    the SM's port: ``2 x tm x tn x ACCUM_BYTES / port_Bps``.
+    """
+    if split <= 1:
+        return 0.0
+    return (split - 1) * (2.0 * latency_s + 2.0 * tm * tn * ACCUM_BYTES / port_Bps)
+
+
 def gemm_time(g: GemmShape, *, rate_per_sm: float, sms: int, tiles: Sequence[tuple[int, int]],
               load_Bps: float, elem_bytes: int, split_k_min: int, latency_s: float = 0.0,
-              gemv_rate: float = 0.0) -> float:
-    """Seconds for one (batched) GEMM on ``sms`` SMs: best tile shape, whole waves (or a GEMV
-    kernel at ``gemv_rate`` FLOP/s for matrix-vector shapes)."""
+              gemv_rate: float = 0.0, fixup_latency_s: float = 0.0) -> float:
+    """Seconds for one (batched) GEMM on ``sms`` SMs: best tile shape and split-K factor, whole
+    waves (or a GEMV kernel at ``gemv_rate`` FLOP/s for matrix-vector shapes).
+
+    ``fixup_latency_s`` is the round trip a split-K hand-off pays (the L2 hit latency)."""
     if g.m <= 0 or g.n <= 0 or g.k <= 0 or g.batch <= 0:
         return 0.0
     best = math.inf
@@ -39,14 +62,17 @@ def gemm_time(g: GemmShape, *, rate_per_sm: float, sms: int, tiles: Sequence[tup
         best = max(g.flops / gemv_rate, operand_bytes / (load_Bps * sms))
     for tm, tn in tiles:
         grid = math.ceil(g.m / tm) * math.ceil(g.n / tn) * g.batch
-        split = 1
+        max_split = 1
         if grid < sms:
-            split = max(1, min(sms // grid, g.k // max(split_k_min, 1)))
-        k_per = math.ceil(g.k / split)
-        math_s = 2.0 * tm * tn * k_per / rate_per_sm
-        load_s = (min(tm, g.m) + min(tn, g.n)) * k_per * elem_bytes / load_Bps
-        waves = math.ceil(grid * split / sms)
-        best = min(best, waves * max(math_s, load_s))
+            max_split = max(1, min(sms // grid, g.k // max(split_k_min, 1)))
+        rows, cols = min(tm, g.m), min(tn, g.n)
+        for split in range(1, max_split + 1):
+            k_per = math.ceil(g.k / split)
+            math_s = 2.0 * tm * tn * k_per / rate_per_sm
+            load_s = (rows + cols) * k_per * elem_bytes / load_Bps
+            fixup_s = split_k_fixup(rows, cols, split, port_Bps=load_Bps, latency_s=fixup_latency_s)
+            waves = math.ceil(grid * split / sms)
+            best = min(best, waves * (max(math_s, load_s) + fixup_s))
     return best + 2.0 * latency_s
 
 
@@ -63,12 +89,18 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     split_k_min = int(arch.get("split_k_min", 256))
     vec_dt = "fp32" if dtype in ("tf32", "") else dtype
     gemv_rate = achievable(vector_unit(device, vec_dt), vec_dt)
+    main = device.main_memory
+    # split-K partials are exchanged through the first on-chip level (L2); a spec that gives it
+    # no latency falls back to main memory's
+    onchip = device.memory[1] if len(device.memory) > 1 else main
+    fixup_latency_s = onchip.latency_s or main.latency_s
     total = 0.0
     shaped = 0.0
     for g in gemms:
         total += gemm_time(g, rate_per_sm=rate / sms, sms=sms, tiles=tiles, load_Bps=load_Bps,
                            elem_bytes=elem_bytes, split_k_min=split_k_min,
-                           latency_s=device.main_memory.latency_s, gemv_rate=gemv_rate)
+                           latency_s=main.latency_s, gemv_rate=gemv_rate,
+                           fixup_latency_s=fixup_latency_s)
         shaped += g.flops
     rest = matmul_flops - shaped
     if rest > 1e-6 * max(matmul_flops, 1.0):
