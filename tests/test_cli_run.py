@@ -51,6 +51,21 @@ def test_hw_set_override_changes_the_result(model, tmp_path, capsys):
     assert b["makespan_s"] > a["makespan_s"]
 
 
+def test_hw_set_takes_plain_numbers(model, tmp_path, capsys):
+    # a Relu on 4096 x 8 fp32 is memory-bound: halving HBM efficiency (a bare number, not a
+    # quantity) doubles its memory time (cold reads: no L2 reuse), so its memory_s doubles
+    runs = {}
+    for eff in ("0.897", "0.4485"):
+        path = tmp_path / f"{eff}.json"
+        assert main(["run", str(model), "--set", "batch=4096", "--json", str(path),
+                     "--hw-set", f"memory.hbm.efficiency={eff}", "--hw-set", "arch.sms=66",
+                     "--no-cache-reuse"]) == 0
+        runs[eff] = {o["op"]: o for o in json.loads(path.read_text())["ops"]}
+    assert runs["0.4485"]["Relu"]["memory_s"] == pytest.approx(2 * runs["0.897"]["Relu"]["memory_s"])
+    assert main(["run", str(model), "--hw-set", "memory.hbm.efficiency=1.5"]) == 2
+    assert "memory.hbm.efficiency" in capsys.readouterr().err
+
+
 def test_bad_placement_and_oom_exit_2(model, capsys):
     assert main(["run", str(model), "--set", "batch=4", "--place", "mm=gpu9"]) == 2
     assert "gpu9" in capsys.readouterr().err

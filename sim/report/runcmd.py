@@ -23,13 +23,35 @@ def parse_place(items: list[str] | None) -> dict[str, str]:
 
 
 def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
-    """``["memory.hbm.bandwidth=6.7 TB/s"]`` -> ``{"memory.hbm.bandwidth": "6.7 TB/s"}``."""
+    """``--hw-set`` items as spec overrides: quantities stay strings for the spec's unit
+    parser; plain numbers, booleans and ``[...]`` lists become values (as in YAML).
+
+    >>> parse_hw_sets(["memory.hbm.bandwidth=6.7 TB/s", "memory.hbm.efficiency=0.9",
+    ...                "arch.sms=100", "topology.shape=[2, 2, 4]", "units.tensor.sparse_2_4=false"])
+    {'memory.hbm.bandwidth': '6.7 TB/s', 'memory.hbm.efficiency': 0.9, 'arch.sms': 100, \
+'topology.shape': [2, 2, 4], 'units.tensor.sparse_2_4': False}
+    """
+    import yaml
+
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise SimError(f"--hw-set expects FIELD=VALUE, got {item!r}", where="--hw-set")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+        k, v = (p.strip() for p in item.split("=", 1))
+        value: Any = v
+        for conv in (int, float):
+            try:
+                value = conv(v)
+                break
+            except ValueError:
+                continue
+        else:
+            if v.startswith("[") or v.lower() in ("true", "false"):
+                try:
+                    value = yaml.safe_load(v)
+                except yaml.YAMLError:
+                    raise SimError(f"{k}: cannot read {v!r} as a value", where="--hw-set") from None
+        out[k] = value
     return out
 
 
