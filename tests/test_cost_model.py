@@ -5,6 +5,7 @@ import math
 import pytest
 
 from sim.cost import OpCost, op_cost, transfer_time
+from sim.errors import SpecError
 from sim.hw import DeviceSpec, LinkSpec, load_hardware, override
 from sim.ops.work import GemmShape, Work
 
@@ -320,3 +321,25 @@ def test_h200_held_out_measurements():
     assert 2 * n**3 / c.time_s == pytest.approx(788e12, rel=0.03)
     copy = op_cost(Work(bytes_read=4.3e9, bytes_written=4.3e9), h, "fp32")
     assert 8.6e9 / copy.time_s == pytest.approx(4.3e12, rel=0.03)
+
+
+def test_fused_kernel_gemms_run_at_their_own_efficiency():
+    # One compute-bound 128x128-tiled GEMM: a full wave of 132 tiles, K = 8192, no split, no
+    # floor or latency. By hand: per-SM rate = 989.4 TFLOP/s x 0.834 / 132, a tile takes
+    # 2 x 128 x 128 x 8192 / that. Tagged as the inside of a fused attention kernel with
+    # kernel_efficiency 0.5, the same GEMM runs at half that rate: twice the time.
+    h = dev("h100", **{"arch.tiles.tensor": [[128, 128]], "launch": "0 us", "memory.hbm.latency": "0 us",
+                       "arch.kernel_efficiency.attention": 0.5})
+    per_sm = 989.4e12 * 0.834 / 132
+    tile_s = 2 * 128 * 128 * 8192 / per_sm
+    fl = 2.0 * 128 * 132 * 128 * 8192
+
+    def work(kernel):
+        return Work(flops=fl, matmul_flops=fl, gemms=(GemmShape(128 * 132, 128, 8192, 1, kernel),))
+
+    assert op_cost(work(""), h, "bf16").compute_s == pytest.approx(tile_s, rel=1e-9)
+    assert op_cost(work("attention"), h, "bf16").compute_s == pytest.approx(2 * tile_s, rel=1e-9)
+    # the H100 spec rates attention kernels as FlashAttention-2 (PyTorch's default on Hopper)
+    assert dev("h100").arch["kernel_efficiency"] == {"attention": 0.55}
+    with pytest.raises(SpecError, match="kernel_efficiency.flash"):
+        dev("h100", **{"arch.kernel_efficiency.flash": 0.5})

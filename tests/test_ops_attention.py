@@ -135,7 +135,7 @@ def test_attention_work_hand_counts():
     g = attn_graph([rnd(2, 3, 4, 8)] * 3)
     w = g.work("node")
     assert w.matmul_flops == 2 * 6 * 16 * (8 + 8)  # 3072
-    assert w.gemms == (GemmShape(4, 4, 8, 6), GemmShape(4, 8, 4, 6))
+    assert w.gemms == (GemmShape(4, 4, 8, 6, "attention"), GemmShape(4, 8, 4, 6, "attention"))
     # per pair 5 (scale, max, sub, exp, sum); per row 1 + Dv
     assert w.flops == 3072 + 6 * 16 * 5 + 6 * 4 * 9
     assert w.transcendentals == 6 * 16 + 6 * 4
@@ -448,7 +448,7 @@ def test_attention_work_sliding_window_counts_band_pairs():
     w = g.work("node")
     assert w.matmul_flops == 2 * 2 * 15 * (4 + 4)
     assert sum(gm.flops for gm in w.gemms) == w.matmul_flops
-    assert GemmShape(4, 3, 4, 2) in w.gemms  # the 4 full-window rows form one 4 x 3 block
+    assert GemmShape(4, 3, 4, 2, "attention") in w.gemms  # the 4 full-window rows form one 4 x 3 block
     assert w.transcendentals == 2 * 15 + 2 * 6
 
 

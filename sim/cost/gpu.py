@@ -94,12 +94,15 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     # no latency falls back to main memory's
     onchip = device.memory[1] if len(device.memory) > 1 else main
     fixup_latency_s = onchip.latency_s or main.latency_s
+    kernel_eff = arch.get("kernel_efficiency", {})
     total = 0.0
     shaped = 0.0
     for g in gemms:
-        total += gemm_time(g, rate_per_sm=rate / sms, sms=sms, tiles=tiles, load_Bps=load_Bps,
+        # the GEMMs inside a fused kernel (attention) reach their own fraction of the rate
+        eff = float(kernel_eff.get(g.kernel, 1.0)) if g.kernel else 1.0
+        total += gemm_time(g, rate_per_sm=rate * eff / sms, sms=sms, tiles=tiles, load_Bps=load_Bps,
                            elem_bytes=elem_bytes, split_k_min=split_k_min,
-                           latency_s=main.latency_s, gemv_rate=gemv_rate,
+                           latency_s=main.latency_s, gemv_rate=gemv_rate * eff,
                            fixup_latency_s=fixup_latency_s)
         shaped += g.flops
     rest = matmul_flops - shaped

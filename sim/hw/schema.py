@@ -107,6 +107,23 @@ def _tiles(v: Any, c: Ctx) -> dict[str, tuple[tuple[int, int], ...]]:
     return out
 
 
+# Fused kernels whose GEMMs a GPU spec may rate apart from the GEMM library's
+# (``GemmShape.kernel``): arch.kernel_efficiency maps each to a fraction of the matrix unit's
+# achievable rate.
+KERNELS = ("attention",)
+
+
+def _kernel_map(v: Any, c: Ctx) -> dict[str, float]:
+    m = mapping(v, c, {k: None for k in KERNELS})
+    out = {}
+    for k, x in m.items():
+        f = _ratio(x, c.at(k))
+        if f <= 0:
+            raise c.at(k).error(f"expected a fraction in (0, 1], got {x!r}")
+        out[k] = f
+    return out
+
+
 MEMORY_FIELDS = {"name": read_str, "capacity": _q("size"), "bandwidth": _q("bandwidth"),
            "efficiency": _ratio, "latency": _q("time"), "energy_per_byte": _q("energy_per_byte"),
            "reuse": _ratio}
@@ -120,7 +137,7 @@ _POWER = {"idle": _q("power"), "tdp": _q("power"), "energy_per_flop": _dtype_map
 _ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
     "gpu": {"sms": read_int, "clock": _q("frequency"), "tiles": _tiles, "split_k_min": read_int,
             "sm_load_bytes_per_cycle": _num, "sfu_per_sm_per_cycle": _num,
-            "tensor_cores_per_sm": read_int},
+            "tensor_cores_per_sm": read_int, "kernel_efficiency": _kernel_map},
     "tpu": {"cores": read_int, "mxus": read_int, "mxu_rows": read_int, "mxu_cols": read_int,
             "clock": _q("frequency"), "ici_links": read_int, "vector_lanes": read_int,
             "row_granule": read_int},

@@ -197,6 +197,11 @@ def _pair_blocks(d: dict[str, int], attrs: dict[str, Any]) -> list[tuple[int, in
     return [(counts.count(c), c) for c in sorted(set(counts), reverse=True) if c > 0]
 
 
+# The GEMMs of a fused attention kernel (forward and backward) carry this tag, so a spec can
+# give them the efficiency such kernels reach (``arch.kernel_efficiency.attention``).
+KERNEL = "attention"
+
+
 def _qk_named(outs: list[TensorSpec], d: dict[str, int]) -> bool:
     """Whether the named outputs include qk_matmul_output (recognised by its shape)."""
     shape = (d["B"], d["Hq"], d["Sq"], d["T"])
@@ -231,8 +236,8 @@ def _attn_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict
     blocks = _pair_blocks(d, attrs)
     bh = d["B"] * d["Hq"]
     n_pairs = sum(m * n for m, n in blocks)
-    gemms = [GemmShape(m, n, d["D"], bh) for m, n in blocks]
-    gemms += [GemmShape(m, d["Dv"], n, bh) for m, n in blocks]
+    gemms = [GemmShape(m, n, d["D"], bh, KERNEL) for m, n in blocks]
+    gemms += [GemmShape(m, d["Dv"], n, bh, KERNEL) for m, n in blocks]
     mm = 2.0 * bh * n_pairs * (d["D"] + d["Dv"])
     has_mask = len(ins) > 3 and ins[3] is not None
     softcap = float(attrs.get("softcap", 0.0) or 0.0) > 0
@@ -537,8 +542,9 @@ def _attn_grad_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs:
     n_pairs = sum(m * n for m, n in blocks)
     gemms: list[GemmShape] = []
     for m, n in blocks:
-        gemms += [GemmShape(m, n, D, bh), GemmShape(m, n, Dv, bh), GemmShape(n, Dv, m, bh),
-                  GemmShape(m, D, n, bh), GemmShape(n, D, m, bh)]
+        gemms += [GemmShape(m, n, D, bh, KERNEL), GemmShape(m, n, Dv, bh, KERNEL),
+                  GemmShape(n, Dv, m, bh, KERNEL), GemmShape(m, D, n, bh, KERNEL),
+                  GemmShape(n, D, m, bh, KERNEL)]
     mm = 2.0 * bh * n_pairs * (3 * D + 2 * Dv)
     has_mask = ins[3] is not None
     softcap = float(attrs.get("softcap", 0.0) or 0.0) > 0

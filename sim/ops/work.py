@@ -9,17 +9,24 @@ Bytes are the minimal traffic: every input read once, every output written once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
 class GemmShape:
-    """A (batched) matrix multiply C[b] (m x n) = A[b] (m x k) @ B[b] (k x n)."""
+    """A (batched) matrix multiply C[b] (m x n) = A[b] (m x k) @ B[b] (k x n).
+
+    ``kernel`` names the fused kernel the multiply runs inside (``"attention"`` for the two
+    GEMMs of a fused attention op and those of its gradient; empty for a plain GEMM), so a
+    spec can say how close such a kernel gets to a GEMM library's rate
+    (``arch.kernel_efficiency`` on GPUs).
+    """
 
     m: int
     n: int
     k: int
     batch: int = 1
+    kernel: str = ""
 
     @property
     def flops(self) -> float:
@@ -74,7 +81,7 @@ class Work:
 
     def scaled(self, factor: float) -> Work:
         """This work repeated ``factor`` times (GEMM shapes are repeated in ``batch``)."""
-        gemms = tuple(GemmShape(g.m, g.n, g.k, int(round(g.batch * factor))) for g in self.gemms)
+        gemms = tuple(replace(g, batch=int(round(g.batch * factor))) for g in self.gemms)
         return Work(
             self.flops * factor,
             self.matmul_flops * factor,
