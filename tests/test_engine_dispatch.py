@@ -126,6 +126,19 @@ def test_spec_value_and_override():
         simulate(relus(2), device(), cost_fn=costs, dispatch_s="3 GB")
 
 
+def test_yaml_spec_key_sets_the_dispatch_time():
+    # arch.host_dispatch in a spec (here as an override of the YAML) is parsed as a time and
+    # gives the same timeline as passing dispatch_s; 3 us per op on 2 unit-cost ops by hand
+    h = sim.hardware("h100", **{"arch.host_dispatch": "3 us"})
+    assert h.arch["host_dispatch"] == pytest.approx(3e-6)
+    costs = table(dict.fromkeys(["K0", "K1"], 1e-6))
+    r = simulate(relus(2), h, cost_fn=costs, host_inputs=False)
+    assert [n for n, _, _ in spans(r)] == ["K0", "K1"]
+    assert [t for _, *ts in spans(r) for t in ts] == pytest.approx([3e-6, 4e-6, 6e-6, 7e-6])
+    with pytest.raises(SpecError, match="arch.host_dispatch"):
+        sim.hardware("h100", **{"arch.host_dispatch": "3 GB"})
+
+
 def test_two_streams_wait_counts_idle_device_time():
     # independent kernels on two streams, issued 5 s apart; neither queues on a stream
     g = Graph("par")

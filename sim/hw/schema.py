@@ -137,10 +137,11 @@ _POWER = {"idle": _q("power"), "tdp": _q("power"), "energy_per_flop": _dtype_map
 _ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
     "gpu": {"sms": read_int, "clock": _q("frequency"), "tiles": _tiles, "split_k_min": read_int,
             "sm_load_bytes_per_cycle": _num, "sfu_per_sm_per_cycle": _num,
-            "tensor_cores_per_sm": read_int, "kernel_efficiency": _kernel_map},
+            "tensor_cores_per_sm": read_int, "kernel_efficiency": _kernel_map,
+            "host_dispatch": _q("time")},
     "tpu": {"cores": read_int, "mxus": read_int, "mxu_rows": read_int, "mxu_cols": read_int,
             "clock": _q("frequency"), "ici_links": read_int, "vector_lanes": read_int,
-            "row_granule": read_int},
+            "row_granule": read_int, "host_dispatch": _q("time")},
     "asic": {"arrays": read_int, "rows": read_int, "cols": read_int, "clock": _q("frequency"),
              "row_granule": read_int},
     "cpu": {"sockets": read_int, "cores": read_int, "clock": _q("frequency"), "simd_bits": read_int,
