@@ -166,18 +166,38 @@ def test_work_hand_count(op, arrays, attrs, want):
     assert w.matmul_flops == 0 and w.gemms == ()
 
 
-def test_range_bytes():
-    # 0, 3, 6, 9: ceil((10 - 0) / 3) = 4 int64 written (32 B), nothing read. FLOPs are not
-    # asserted: the docs do not say whether start + i * delta counts (the code counts 0).
+def test_range_work():
+    # 0, 3, 6, 9: ceil((10 - 0) / 3) = 4 int64 written (32 B), nothing read; each element is
+    # start + i * delta, a multiply-add: 2 FLOP each
     w = work_of("Range", [], {"start": 0, "limit": 10, "delta": 3})
-    assert (w.transcendentals, w.bytes_read, w.bytes_written, w.matmul_flops) == (0, 0, 32, 0)
-    # fp32 1.0, 1.5 (limit exclusive): 2 elements, 8 B
+    assert (w.flops, w.transcendentals, w.bytes_read, w.bytes_written, w.matmul_flops) == (8, 0, 0, 32, 0)
+    # fp32 1.0, 1.5 (limit exclusive): 2 elements, 8 B, 4 FLOP
     w = work_of("Range", [], {"start": F32(1.0), "limit": F32(2.0), "delta": F32(0.5)})
-    assert (w.bytes_read, w.bytes_written) == (0, 8)
+    assert (w.flops, w.bytes_read, w.bytes_written) == (4, 0, 8)
 
 
-def test_pad_grad_reflect_bytes():
-    # reflect pads (2, 1) on (3,): dy (6,) fp32 (24 B) -> dx (3,) (12 B). FLOPs are not asserted:
-    # the 6 dy elements are summed into 3 sources (3 adds beyond a copy), the code counts 0.
+def test_pad_grad_reflect_work():
+    # reflect pads (2, 1) on (3,): dy (6,) fp32 (24 B) -> dx (3,) (12 B); each of the 6 dy
+    # elements is added into its source: 6 FLOP
     w = work_of("PadGrad", [z(6)], {"pads": [2, 1], "mode": "reflect", "shape": [3]})
-    assert (w.transcendentals, w.bytes_read, w.bytes_written, w.matmul_flops) == (0, 24, 12, 0)
+    assert (w.flops, w.transcendentals, w.bytes_read, w.bytes_written, w.matmul_flops) == (6, 0, 24, 12, 0)
+
+
+def test_reduce_extremum_grad_work():
+    # dy (2,3,1), x (2,3,4), y (2,3,1) fp32: 24 + 96 + 24 = 144 B read, dx (2,3,4) 96 B written;
+    # compare, count ties, select: 3 FLOP per element of x = 72
+    w = work_of("ReduceExtremumGrad", [z(2, 3, 1), z(2, 3, 4), z(2, 3, 1)])
+    assert (w.flops, w.transcendentals, w.bytes_read, w.bytes_written) == (72, 0, 144, 96)
+
+
+@pytest.mark.parametrize("dloss, dlogp, flops", [
+    # scores (4,5): the softmax again (5 per score) and 4 row reciprocals (1 FLOP each) = 104;
+    # with dloss: - onehot and scale, 2 per score (+40); with dlog_prob: 3 per score (+60)
+    (True, False, 144), (False, True, 164), (True, True, 204)])
+def test_softmax_cross_entropy_grad_work(dloss, dlogp, flops):
+    ins = [z() if dloss else None, z(4, 5) if dlogp else None, z(4, 5), np.zeros(4, I64)]
+    w = work_of("SoftmaxCrossEntropyLossGrad", ins)
+    # one exp per score and one reciprocal per row
+    assert (w.flops, w.transcendentals) == (flops, 20 + 4)
+    # dloss 4 B, dlog_prob 80 B, scores 80 B, labels 32 B read; dx 80 B written
+    assert (w.bytes_read, w.bytes_written) == (4 * dloss + 80 * dlogp + 112, 80)

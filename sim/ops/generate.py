@@ -140,10 +140,15 @@ def _range_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
     return [(start + np.arange(n).astype(to_numpy(dtype)) * delta).astype(to_numpy(dtype))]
 
 
+def _range_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    """start + i * delta: a multiply-add (2 FLOP) per element written, nothing read."""
+    return Work(flops=2 * outs[0].numel, bytes_written=outs[0].nbytes)
+
+
 defop(
     "Range",
     infer=lambda specs, attrs: [TensorSpec((_range_len(attrs),), _range_parts(attrs)[3])],
-    work=_write_work,
+    work=_range_work,
     kernel=_range_kernel,
     no_grad="no float inputs",
     doc="start + i * delta for i < ceil((limit - start) / delta); start/limit/delta are "

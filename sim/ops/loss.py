@@ -7,8 +7,10 @@ Work counts (per element of ``scores`` [N, C, d...], D = N * prod(d)):
   (D of them) one log (1 + 1 transcendental), the label pick and weight multiply (2) and the
   reduction (1) = 4 FLOP and 1 transcendental.
 * ``SoftmaxCrossEntropyLossGrad`` recomputes the softmax (max, subtract, exp, sum,
-  multiply by the row reciprocal = 5 FLOP + 1 transcendental per score, 1 reciprocal per
-  row) then subtracts the one-hot label and scales (2 FLOP per score): 7 FLOP per score.
+  multiply by the row reciprocal = 5 FLOP + 1 transcendental per score, and per row the
+  reciprocal, 1 FLOP + 1 transcendental), then with ``dloss`` subtracts the one-hot label
+  and scales (2 FLOP per score: 7 per score in all), and with ``dlog_prob`` subtracts
+  ``softmax * rowsum(dlog_prob)`` (3 FLOP per score).
 * ``MSELoss``: subtract, square, accumulate = 3 FLOP per element.
 * ``MSELossGrad``: subtract, multiply by the scaled upstream gradient = 2 FLOP per element.
 """
@@ -155,9 +157,13 @@ def _sce_grad_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: 
     assert scores is not None
     n = scores.numel
     rows = n // scores.shape[1]
-    extra = 3 * n if ins[1] is not None else 0  # dlogp - softmax * rowsum(dlogp)
+    flops = 5 * n + rows  # the softmax again, and one reciprocal per row
+    if ins[0] is not None:
+        flops += 2 * n  # - onehot, * dloss (and the row weight)
+    if ins[1] is not None:
+        flops += 3 * n  # dlogp - softmax * rowsum(dlogp)
     r, w = io_bytes(ins, outs)
-    return Work(flops=7 * n + extra, transcendentals=n + rows, bytes_read=r, bytes_written=w)
+    return Work(flops=flops, transcendentals=n + rows, bytes_read=r, bytes_written=w)
 
 
 def _sce_grad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:

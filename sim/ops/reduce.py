@@ -250,10 +250,16 @@ def _extremum_grad_kernel(xs: list[Any], attrs: Attrs) -> list[Arr]:
     return [np.where(hit, dy / np.maximum(count, 1), 0).astype(dy.dtype)]
 
 
+def _extremum_grad_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: Attrs) -> Work:
+    """3 FLOP per element of x (the output's shape; dy and y are the reduced size)."""
+    r, w = io_bytes(ins, outs)
+    return Work(flops=3 * outs[0].numel, bytes_read=r, bytes_written=w)
+
+
 defop(
     "ReduceExtremumGrad",
     infer=lambda specs, attrs: [need(specs, 3, "ReduceExtremumGrad")[1]],
-    work=_reduce_work(3),
+    work=_extremum_grad_work,
     kernel=_extremum_grad_kernel,
     no_grad="backward op",
     doc="(dy, x, y), dy and y in keepdims form: dy shared equally among the inputs equal to y "

@@ -617,10 +617,19 @@ def _pad_grad_kernel(xs: list[Any], attrs: Attrs) -> list[np.ndarray]:
     return [np.ascontiguousarray(g)]
 
 
+def _pad_grad_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: Attrs) -> Work:
+    """dy read once, dx written once, one add per element of dy accumulated into its source
+    (reflect / edge / wrap; constant padding differentiates as a crop, ``Pad``)."""
+    r, w = io_bytes(ins, outs)
+    dy = ins[0]
+    adds = dy.numel if dy is not None and str(attrs.get("mode", "constant")) != "constant" else 0
+    return Work(flops=adds, bytes_read=r, bytes_written=w)
+
+
 defop(
     "PadGrad",
     infer=_pad_grad_infer,
-    work=movement_work,
+    work=_pad_grad_work,
     kernel=_pad_grad_kernel,
     no_grad="backward op",
     doc="dy -> dx summing every output position into its source; attrs: shape plus Pad's attributes.",
