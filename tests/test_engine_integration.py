@@ -72,8 +72,6 @@ def test_newer_gpus_are_faster():
     assert t["h100"] < t["a100"] < t["v100"]
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "workloads", "resnet50.yaml")),
-                    reason="workloads/resnet50.yaml not present")
 def test_resnet50_h100_beats_a100_beats_v100():
     g = sim.load(os.path.join(ROOT, "workloads", "resnet50.yaml"), batch=32)
     t = {hw: sim.simulate(g, hw, "fp16").makespan_s for hw in ("h100", "a100", "v100")}
@@ -97,8 +95,6 @@ def test_gpt3_175b_does_not_fit_one_h100():
     assert err.needed_bytes > err.free_bytes
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "workloads", "gpt3-175b.yaml")),
-                    reason="workloads/gpt3-175b.yaml not present")
 def test_gpt3_175b_workload_does_not_fit_one_h100():
     g = sim.load(os.path.join(ROOT, "workloads", "gpt3-175b.yaml"))
     with pytest.raises(OutOfMemoryError):
