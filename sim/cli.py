@@ -20,16 +20,18 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise SimError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        k, v = k.strip(), v.strip()
-        val: Any = v
-        for conv in (int, float):
-            try:
-                val = conv(v)
-                break
-            except ValueError:
-                continue
-        out[k] = val
+        out[k.strip()] = number_or_text(v.strip())
     return out
+
+
+def number_or_text(v: str) -> Any:
+    """``"32"`` -> 32, ``"0.5"`` -> 0.5, anything else unchanged."""
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            continue
+    return v
 
 
 def _add_run(sub: Any) -> None:

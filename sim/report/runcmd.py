@@ -33,24 +33,19 @@ def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
     """
     import yaml
 
+    from sim.cli import number_or_text
+
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise SimError(f"--hw-set expects FIELD=VALUE, got {item!r}", where="--hw-set")
         k, v = (p.strip() for p in item.split("=", 1))
-        value: Any = v
-        for conv in (int, float):
+        value = number_or_text(v)
+        if isinstance(value, str) and (v.startswith("[") or v.lower() in ("true", "false")):
             try:
-                value = conv(v)
-                break
-            except ValueError:
-                continue
-        else:
-            if v.startswith("[") or v.lower() in ("true", "false"):
-                try:
-                    value = yaml.safe_load(v)
-                except yaml.YAMLError:
-                    raise SimError(f"{k}: cannot read {v!r} as a value", where="--hw-set") from None
+                value = yaml.safe_load(v)
+            except yaml.YAMLError:
+                raise SimError(f"{k}: cannot read {v!r} as a value", where="--hw-set") from None
         out[k] = value
     return out
 
