@@ -35,6 +35,42 @@ def test_bert_layer_fuses():
                for n in fused)
     names = [name for n in fused for name in n.meta["fused"]]
     assert len(names) == len(set(names)) and set(names) <= set(g.nodes)
+    # every Transpose feeds a MatMul (head split, K^T, head merge) and becomes its prologue:
+    # no Transpose kernel is left, and each one sits in the group of the MatMul it feeds
+    transposes = [n for n in g if n.op == "Transpose"]
+    assert transposes and not [n for n in f if n.op == "Transpose"]
+    for t in transposes:
+        (group,) = [n for n in fused if t.name in n.meta["fused"]]
+        assert "MatMul" in group.meta["fused_ops"]
+        assert group.meta["fused_ops"].index("Transpose") < group.meta["fused_ops"].index("MatMul")
+
+
+def test_transpose_prologue_only_for_a_single_matrix_consumer():
+    # x -> Transpose -> MatMul joins; y -> Transpose -> (Relu and MatMul) stays a kernel
+    g = Graph("t")
+    x = g.add_input("x", TensorSpec((4, 3)))
+    y = g.add_input("y", TensorSpec((4, 3)))
+    w = g.add_param("w", TensorSpec((4, 5)))
+    (xt,) = g.add_node("Transpose", [x], name="tx", attrs={"perm": [1, 0]})
+    (a,) = g.add_node("MatMul", [xt, w], name="mx")
+    (yt,) = g.add_node("Transpose", [y], name="ty", attrs={"perm": [1, 0]})
+    (r,) = g.add_node("Relu", [yt], name="ry")
+    (b,) = g.add_node("MatMul", [yt, w], name="my")
+    g.set_outputs([a, r, b])
+    f = fuse(g.verify())
+    groups = {n.name: n.meta.get("fused", [n.name]) for n in f}
+    assert ["tx", "mx"] in groups.values() and ["ty", "ry"] in groups.values()
+    assert ["my"] in groups.values()
+    feeds = {"x": RNG.standard_normal((4, 3)).astype(np.float32),
+             "y": RNG.standard_normal((4, 3)).astype(np.float32)}
+    want, got = execute(g, feeds), execute(f, feeds)
+    for o in g.outputs:
+        np.testing.assert_array_equal(got[o], want[o])
+    # the fused MatMul reads x (48 B) and w (80 B) and writes a (60 B): the transposed copy
+    # of x never goes to memory
+    (mx,) = [n for n in f if n.meta.get("fused") == ["tx", "mx"]]
+    w_mx = f.work(mx)
+    assert (w_mx.bytes_read, w_mx.bytes_written) == (48 + 80, 60)
 
 
 def test_conv_bn_relu_residual_fuses():

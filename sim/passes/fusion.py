@@ -10,6 +10,11 @@
   one ``Fused`` node. Its work is the sum of the members' FLOPs (GEMM shapes kept) but its
   bytes are only those of the group's external inputs and outputs: intermediates stay on
   chip. ``meta["fused"]`` lists the original node names;
+* a ``Transpose`` (followed by shape-only ops) whose only consumer is a matrix op
+  (``MatMul``, ``Gemm``, ``Attention``) joins that op's group as a prologue: GEMM and
+  attention kernels take strided operands (the head split of Q, K, V and the head merge
+  before the output projection become layouts, not copies), so no kernel is launched and
+  the transposed tensor never goes to memory;
 * shape-only ops left alone are marked ``meta["alias_of"] = <input tensor>``: they cost
   nothing and their output shares the input's storage.
 
@@ -40,6 +45,8 @@ from sim.ops.registry import defop, get_op
 from sim.ops.work import Work
 
 SHAPE_ONLY = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+# Ops whose kernels read strided operands, so a Transpose feeding them costs no kernel.
+STRIDED_OPERANDS = frozenset({"MatMul", "Gemm", "Attention"})
 ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Neg", "Abs", "Reciprocal",
     "Sqrt", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "PRelu", "Elu",
@@ -134,20 +141,24 @@ def fuse(graph: Graph) -> Graph:
     groups: list[list[Node]] = []
     first: list[int] = []  # topological position of each group's first node
     made_in: dict[str, int] = {}  # tensor -> group id of its producer
-    # Constant nodes read nothing: one with a single consumer joins that consumer's group,
-    # the others are emitted first
-    pending_const: dict[str, list[Node]] = {}
+    # nodes that open a later node's group: Transpose prologues of matrix ops, and Constants
+    # (they read nothing) with a single consumer; other Constants are emitted first
+    pending: dict[str, list[Node]] = {}
     shared_const: list[Node] = []
+    prologue = _prologues(graph)  # node -> the matrix op whose group it opens
+    for node in order:
+        if node.name in prologue:
+            pending.setdefault(prologue[node.name], []).append(node)
     for node in order:
         if node.op == "Constant" and not node.inputs:
             users = [c for t in node.outputs if t for c in graph.consumers(t)]
             if len(users) == 1 and not set(node.outputs) & set(graph.outputs):
-                pending_const.setdefault(users[0].name, []).append(node)
+                pending.setdefault(users[0].name, []).append(node)
             else:
                 shared_const.append(node)
             pos[node.name] = -1
     for node in order:
-        if node.op == "Constant" and not node.inputs:
+        if (node.op == "Constant" and not node.inputs) or node.name in prologue:
             continue
         target = None
         if _joinable(node):
@@ -167,7 +178,7 @@ def fuse(graph: Graph) -> Graph:
             target = len(groups)
             groups.append([])
             first.append(pos[node.name])
-        groups[target].extend(pending_const.get(node.name, []))
+        groups[target].extend(pending.get(node.name, []))
         groups[target].append(node)
         for t in node.outputs:
             if t:
@@ -196,6 +207,34 @@ def fuse(graph: Graph) -> Graph:
     out.meta = dict(graph.meta)
     out.meta["fused"] = True
     return out.verify()
+
+
+def _prologues(graph: Graph) -> dict[str, str]:
+    """Transposes (and the shape-only ops after them) that only feed a matrix op, mapped to it.
+
+    A chain ``Transpose -> shape-only* -> M`` qualifies when every link has exactly one
+    consumer and no link is a graph output; ``M`` starts its own group (matrix ops never join
+    one), so pulling the chain in front of it keeps the fused graph acyclic.
+    """
+    outputs = set(graph.outputs)
+    out: dict[str, str] = {}
+    for node in graph.topo_order():
+        if node.op != "Transpose":
+            continue
+        chain = [node]
+        while True:
+            t = chain[-1].outputs[0]
+            users = graph.consumers(t)
+            if t in outputs or len(users) != 1:
+                break
+            nxt = users[0]
+            if nxt.op in SHAPE_ONLY:
+                chain.append(nxt)
+                continue
+            if nxt.op in STRIDED_OPERANDS:
+                out.update({n.name: nxt.name for n in chain})
+            break
+    return out
 
 
 def _emit_group(graph: Graph, out: Graph, members: list[Node], graph_outputs: set[str]) -> None:
