@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from sim.cli import main  # noqa: E402
+from sim.cli import main
 
 
 @pytest.fixture
