@@ -7,6 +7,7 @@ from onnx_nets import bert_layers, conv_bn_relu_block
 from sim.exec import execute
 from sim.frontends.onnx_import import import_model
 from sim.graph import Graph, TensorSpec
+from sim.ops.work import GemmShape
 from sim.passes.fusion import fuse
 
 RNG = np.random.default_rng(0)
@@ -43,6 +44,32 @@ def test_bert_layer_fuses():
         (group,) = [n for n in fused if t.name in n.meta["fused"]]
         assert "MatMul" in group.meta["fused_ops"]
         assert group.meta["fused_ops"].index("Transpose") < group.meta["fused_ops"].index("MatMul")
+
+
+def test_sibling_projections_merge_into_one_gemm():
+    # q, k, v = x @ wq, x @ wk, x @ wv, each through its own view of x, then added up
+    g = Graph("qkv")
+    x = g.add_input("x", TensorSpec((2, 4, 8)))
+    outs = []
+    for name in "qkv":
+        w = g.add_param(f"w{name}", TensorSpec((8, 6)))
+        (flat,) = g.add_node("Reshape", [x], name=f"{name}.flat", attrs={"shape": [8, 8]})
+        (y,) = g.add_node("MatMul", [flat, w], name=f"{name}.mm")
+        outs.append(y)
+    (s1,) = g.add_node("Add", outs[:2], name="s1")
+    (s2,) = g.add_node("Add", [s1, outs[2]], name="s2")
+    g.set_outputs([s2])
+    f = fuse(g.verify())
+    (mm,) = [n for n in f if n.op == "Fused" and n.meta["fused_ops"].count("MatMul") == 3]
+    w = f.work(mm)
+    # one 8 x 18 x 8 GEMM (n = 3 x 6); x read once (64 fp32 = 256 B) although three views of it
+    # come in, and the three 8x6 weights (3 x 192 B). The first Add (q + k) joins the group as
+    # k's epilogue, so q and k stay inside: s1 and v are written (2 x 192 B); s2 reads them
+    assert sorted(mm.meta["fused_ops"]) == ["Add", "MatMul", "MatMul", "MatMul"]
+    assert w.gemms == (GemmShape(8, 18, 8),) and w.matmul_flops == 3 * 2 * 8 * 6 * 8
+    assert (w.bytes_read, w.bytes_written) == (256 + 3 * 192, 2 * 192)
+    feeds = {"x": RNG.standard_normal((2, 4, 8)).astype(np.float32)}
+    np.testing.assert_allclose(execute(f, feeds)[s2], execute(g, feeds)[s2], rtol=1e-6)
 
 
 def test_transpose_prologue_only_for_a_single_matrix_consumer():
@@ -113,11 +140,13 @@ def test_intermediate_used_elsewhere_becomes_output_and_aliases():
     g.add_node("Relu", ["x"], ["r"])
     g.add_node("Neg", ["r"], ["n"])
     g.add_node("Transpose", ["r"], ["t"], {"perm": [1, 0]})  # not elementwise: reads r
-    g.add_node("Reshape", ["t"], ["rt"], {"shape": [12]})
+    g.add_node("Reshape", ["t"], ["rt"], {"shape": [12]}, name="view")
     g.set_outputs(["n", "rt", "xr"])
     f = fuse(g)
-    assert [n.meta.get("fused_ops") for n in f] == [None, ["Relu", "Neg"], ["Transpose", "Reshape"]]
+    # the Reshape of t would only leave the group as a second copy of t: it stays a free view
+    assert [n.meta.get("fused_ops") for n in f] == [None, ["Relu", "Neg"], None, None]
     assert f.nodes["alone"].meta["alias_of"] == "x" and f.work("alone").bytes == 0
+    assert f.nodes["view"].meta["alias_of"] == "t" and f.work("view").bytes == 0
     (fz,) = [n for n in f if n.meta.get("fused_ops") == ["Relu", "Neg"]]
     assert set(fz.outputs) == {"r", "n"}  # r is also read outside the group
     x = RNG.standard_normal((3, 4)).astype(np.float32)

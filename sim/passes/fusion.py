@@ -15,6 +15,11 @@
   attention kernels take strided operands (the head split of Q, K, V and the head merge
   before the output projection become layouts, not copies), so no kernel is launched and
   the transposed tensor never goes to memory;
+* sibling ``MatMul``/``Gemm`` groups that multiply the same activation (Q, K and V
+  projections; an MLP's gate and up projections) merge into one group, as compilers
+  concatenate their weights: one launch, and GEMMs of the same (m, k) become one GEMM whose n
+  is their sum. A sibling joins only if all it reads is made before the first sibling's
+  group, so the graph stays acyclic;
 * shape-only ops left alone are marked ``meta["alias_of"] = <input tensor>``: they cost
   nothing and their output shares the input's storage.
 
@@ -42,7 +47,7 @@ from sim.dtypes import compute_numpy, is_float, to_numpy
 from sim.errors import GraphError
 from sim.graph import Graph, Node, TensorSpec
 from sim.ops.registry import defop, get_op
-from sim.ops.work import Work
+from sim.ops.work import GemmShape, Work
 
 SHAPE_ONLY = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 # Ops whose kernels read strided operands, so a Transpose feeding them costs no kernel.
@@ -104,8 +109,24 @@ def _fused_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dic
         w = opdef.work([specs[t] if t else None for t in sub["inputs"]],
                        [specs[t] for t in sub["outputs"] if t], sub["attrs"])
         total = total + Work(w.flops, w.matmul_flops, w.transcendentals, gemms=w.gemms)
-    read = sum(s.nbytes for s in ins if s is not None)
+    shared = set(attrs.get("shared_inputs", ()))
+    read = sum(s.nbytes for i, s in enumerate(ins) if s is not None and i not in shared)
+    total = Work(total.flops, total.matmul_flops, total.transcendentals, gemms=_concat_gemms(total.gemms))
     return total + Work(bytes_read=read, bytes_written=sum(o.nbytes for o in outs))
+
+
+def _concat_gemms(gemms: tuple[GemmShape, ...]) -> tuple[GemmShape, ...]:
+    """GEMMs of one group with the same (m, k, batch, kernel) as one GEMM of summed n: in a
+    fused group they come from sibling projections of one activation (weights concatenated).
+
+    >>> _concat_gemms((GemmShape(8, 4, 16), GemmShape(8, 6, 16), GemmShape(2, 2, 2)))
+    (GemmShape(m=8, n=10, k=16, batch=1, kernel=''), GemmShape(m=2, n=2, k=2, batch=1, kernel=''))
+    """
+    merged: dict[tuple[int, int, int, str], int] = {}
+    for g in gemms:
+        key = (g.m, g.k, g.batch, g.kernel)
+        merged[key] = merged.get(key, 0) + g.n
+    return tuple(GemmShape(m, n, k, b, kern) for (m, k, b, kern), n in merged.items())
 
 
 def _fused_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
@@ -184,6 +205,7 @@ def fuse(graph: Graph) -> Graph:
             if t:
                 made_in[t] = target
 
+    groups = _split_trailing_views(graph, _merge_siblings(graph, groups, prologue))
     out = Graph(graph.name, graph.source)
     for name, spec in graph.inputs.items():
         out.add_input(name, spec)
@@ -207,6 +229,99 @@ def fuse(graph: Graph) -> Graph:
     out.meta = dict(graph.meta)
     out.meta["fused"] = True
     return out.verify()
+
+
+def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, str]) -> list[list[Node]]:
+    """Merge groups headed by a MatMul/Gemm that read the same activation as their A operand.
+
+    The merged group takes the place of the first sibling (groups are in creation order). A
+    later sibling joins if everything it reads from outside is made by an earlier group, by
+    the merged group itself, or by views (shape-only nodes) of such tensors, which then move
+    in front of the merged group; so the graph stays acyclic.
+    """
+    group_of = {n.name: gid for gid, members in enumerate(groups) for n in members}
+    siblings: dict[str, list[int]] = {}
+    for gid, members in enumerate(groups):
+        # the group's main op: the first member that is not a constant or a prologue
+        head = next((n for n in members if n.op != "Constant" and n.name not in prologue), None)
+        if head is None or head.op not in ("MatMul", "Gemm"):
+            continue
+        a = head.inputs[0]
+        if a in graph.params or (head.op == "Gemm" and int(head.attrs.get("transA", 0))):
+            continue
+        while (p := graph.producer(a)) is not None and p.op in SHAPE_ONLY:
+            a = p.inputs[0]  # each projection may view the activation through its own Reshape
+        siblings.setdefault(a, []).append(gid)
+
+    def source(t: str) -> int | None:
+        p = graph.producer(t)
+        return group_of.get(p.name) if p is not None else None
+
+    def views_before(gid: int, lead: int) -> set[int] | None:
+        """The chain of single-view groups ending at ``gid`` if it starts before ``lead``."""
+        members = groups[gid]
+        if len(members) != 1 or members[0].op not in SHAPE_ONLY:
+            return None
+        inner = source(members[0].inputs[0])
+        if inner is None or inner < lead:
+            return {gid}
+        rest = views_before(inner, lead) if inner > lead else None
+        return None if rest is None else rest | {gid}
+
+    into: dict[int, int] = {}  # absorbed group -> the group it joins
+    moved: dict[int, int] = {}  # view group -> the merged group it now precedes
+    for gids in siblings.values():
+        lead, merged = gids[0], {gids[0]}
+        for gid in gids[1:]:
+            moves: set[int] | None = set()
+            for n in groups[gid]:
+                for t in n.inputs:
+                    src = source(t) if t else None
+                    if src is None or src < lead or src in merged or src == gid or moves is None:
+                        continue
+                    chain = views_before(src, lead)
+                    moves = None if chain is None else moves | chain
+            if moves is not None:
+                merged.add(gid)
+                into[gid] = lead
+                for v in moves:  # a view wanted by two merged groups precedes the earlier one
+                    moved[v] = min(moved.get(v, lead), lead)
+    if not into:
+        return groups
+    pos = {n.name: i for i, n in enumerate(graph.topo_order())}
+    out: list[list[Node]] = []
+    for gid, members in enumerate(groups):
+        if gid in into or gid in moved:
+            continue
+        out.extend(groups[v] for v in sorted(moved) if moved[v] == gid)
+        if gid in into.values():
+            members = sorted(members + [n for g, lead in into.items() if lead == gid for n in groups[g]],
+                             key=lambda n: -1 if n.op == "Constant" and not n.inputs else pos[n.name])
+        out.append(members)
+    return out
+
+
+def _split_trailing_views(graph: Graph, groups: list[list[Node]]) -> list[list[Node]]:
+    """Shape-only members whose output is used only outside their group leave it and follow it
+    as alias nodes: a view is free and shares its input's buffer, whereas as a group output it
+    would be written (and allocated) as a tensor of its own."""
+    pos = {n.name: i for i, n in enumerate(graph.topo_order())}
+    result: list[list[Node]] = []
+    for members in groups:
+        keep = list(members)
+        tail: list[Node] = []
+        while len(keep) > 1:
+            inside = {n.name for n in keep}
+            made = {t for n in keep for t in n.outputs}
+            leaving = next((n for n in reversed(keep) if n.op in SHAPE_ONLY and n.inputs[0] in made
+                            and not any(c.name in inside for c in graph.consumers(n.outputs[0]))), None)
+            if leaving is None:
+                break
+            keep.remove(leaving)
+            tail.append(leaving)
+        result.append(keep)
+        result.extend([n] for n in sorted(tail, key=lambda n: pos[n.name]))
+    return result
 
 
 def _prologues(graph: Graph) -> dict[str, str]:
@@ -254,6 +369,16 @@ def _emit_group(graph: Graph, out: Graph, members: list[Node], graph_outputs: se
     meta = dict(head.meta)
     meta["fused"] = [n.name for n in members]
     meta["fused_ops"] = [n.op for n in members]
-    attrs = {"inputs": ext_in, "outputs": ext_out, "nodes": sub, "dtypes": dtypes}
+    # several external inputs may be views of one buffer (the projections of one activation):
+    # the group reads it once
+    roots: list[str] = []
+    shared: list[int] = []
+    for i, t in enumerate(ext_in):
+        while (p := graph.producer(t)) is not None and p.op in SHAPE_ONLY:
+            t = p.inputs[0]
+        if t in roots:
+            shared.append(i)
+        roots.append(t)
+    attrs = {"inputs": ext_in, "outputs": ext_out, "nodes": sub, "dtypes": dtypes, "shared_inputs": shared}
     out.add_node("Fused", ext_in, ext_out, attrs, name=out.unique_name(f"{head.name}.fused"),
                  meta=meta)
