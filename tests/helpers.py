@@ -40,6 +40,25 @@ def run_op(op: str, arrays: Sequence[np.ndarray | None], attrs: dict[str, Any] |
     return [rec.values[o] for o in g.outputs]
 
 
+def one_op_gradients(op: str, arrays: Sequence[np.ndarray | None], attrs: dict[str, Any] | None,
+                     n_out: int | None, wrt: Sequence[int], seed: int = 0
+                     ) -> tuple[Graph, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
+    """One op differentiated by autodiff and run by the executor with a random upstream
+    gradient per output: (forward graph with ``d_<out>`` inputs added, upstream gradients by
+    output, every value of the gradient graph, input name -> its gradient tensor)."""
+    rng = np.random.default_rng(seed)
+    g = one_op_graph(op, arrays, attrs, n_out)
+    dys = {y: rng.standard_normal(g.tensors[y].shape) for y in g.outputs}
+    for y in g.outputs:
+        g.add_input(f"d_{y}", g.tensors[y])
+    gg, gmap = gradients(g, list(g.outputs), [f"x{i}" for i in wrt], [f"d_{y}" for y in g.outputs])
+    gg.set_outputs(list(g.outputs) + [gmap[f"x{i}"] for i in wrt])
+    gg.verify()
+    feeds = {f"x{i}": a for i, a in enumerate(arrays) if a is not None}
+    feeds.update({f"d_{y}": d for y, d in dys.items()})
+    return g, dys, Executor(gg).run(feeds).values, gmap
+
+
 def check_grad(op: str, arrays: Sequence[np.ndarray | None], attrs: dict[str, Any] | None = None,
                wrt: Sequence[int] | None = None, n_out: int | None = 1, eps: float = 1e-6,
                tol: float = 1e-5, seed: int = 0) -> float:
@@ -48,20 +67,11 @@ def check_grad(op: str, arrays: Sequence[np.ndarray | None], attrs: dict[str, An
     The scalar checked is sum(r * y) for a fixed random r per output. Returns the worst relative
     error (norm of difference over norm of the larger) and asserts it is below ``tol``.
     """
-    rng = np.random.default_rng(seed)
     arrays = [None if a is None else np.asarray(a) for a in arrays]
-    g = one_op_graph(op, arrays, attrs, n_out)
     idx = [i for i, a in enumerate(arrays) if a is not None and a.dtype == np.float64]
     wrt = list(idx if wrt is None else wrt)
-    rs = {y: rng.standard_normal(g.tensors[y].shape) for y in g.outputs}
-    for y in g.outputs:
-        g.add_input(f"d_{y}", g.tensors[y])
-    gg, gmap = gradients(g, list(g.outputs), [f"x{i}" for i in wrt], [f"d_{y}" for y in g.outputs])
-    gg.set_outputs(list(g.outputs) + [gmap[f"x{i}"] for i in wrt])
-    gg.verify()
+    g, rs, analytic, gmap = one_op_gradients(op, arrays, attrs, n_out, wrt, seed)
     feeds = {f"x{i}": a for i, a in enumerate(arrays) if a is not None}
-    feeds.update({f"d_{y}": r for y, r in rs.items()})
-    analytic = Executor(gg).run(feeds).values
 
     fwd = Executor(g)
 

@@ -21,12 +21,10 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 nn = torch.nn
 
-from helpers import one_op_graph  # noqa: E402
+from helpers import one_op_gradients  # noqa: E402
 
-from sim.exec import Executor  # noqa: E402
 from sim.frontends.yaml_loader import load_yaml_text  # noqa: E402
 from sim.ops.shape import dropout_mask  # noqa: E402
-from sim.passes.autodiff import gradients  # noqa: E402
 from sim.passes.trainer import Trainer  # noqa: E402
 
 RTOL, ATOL = 1e-9, 1e-12
@@ -57,18 +55,8 @@ def ints(high, *shape, low=0):
 
 def dlsim_values_and_grads(op, inputs, attrs, n_out, wrt, seed=0):
     """Outputs, upstream gradients and input gradients of one op through autodiff + executor."""
-    g = one_op_graph(op, inputs, attrs, n_out)
-    rng = np.random.default_rng(seed)
-    dys = [rng.standard_normal(g.tensors[y].shape) for y in g.outputs]
-    for y in g.outputs:
-        g.add_input(f"d_{y}", g.tensors[y])
-    gg, gmap = gradients(g, list(g.outputs), [f"x{i}" for i in wrt], [f"d_{y}" for y in g.outputs])
-    gg.set_outputs(list(g.outputs) + [gmap[f"x{i}"] for i in wrt])
-    gg.verify()
-    feeds = {f"x{i}": a for i, a in enumerate(inputs) if a is not None}
-    feeds.update({f"d_{y}": d for y, d in zip(g.outputs, dys)})
-    vals = Executor(gg).run(feeds).values
-    return [vals[y] for y in g.outputs], dys, [vals[gmap[f"x{i}"]] for i in wrt]
+    g, dys, vals, gmap = one_op_gradients(op, inputs, attrs, n_out, wrt, seed)
+    return [vals[y] for y in g.outputs], [dys[y] for y in g.outputs], [vals[gmap[f"x{i}"]] for i in wrt]
 
 
 def check_against_torch(op, inputs, attrs, ref, n_out=1, wrt=None):
