@@ -19,7 +19,8 @@
   projections; an MLP's gate and up projections) merge into one group, as compilers
   concatenate their weights: one launch, and GEMMs of the same (m, k) become one GEMM whose n
   is their sum. A sibling joins only if all it reads is made before the first sibling's
-  group, so the graph stays acyclic;
+  group, by the merged group itself, or by views of such tensors (which move in front of
+  it), so the graph stays acyclic;
 * shape-only ops left alone are marked ``meta["alias_of"] = <input tensor>``: they cost
   nothing and their output shares the input's storage.
 
@@ -170,8 +171,7 @@ def fuse(graph: Graph) -> Graph:
     for node in order:
         if node.name in prologue:
             pending.setdefault(prologue[node.name], []).append(node)
-    for node in order:
-        if node.op == "Constant" and not node.inputs:
+        elif node.op == "Constant" and not node.inputs:
             users = [c for t in node.outputs if t for c in graph.consumers(t)]
             if len(users) == 1 and not set(node.outputs) & set(graph.outputs):
                 pending.setdefault(users[0].name, []).append(node)
@@ -205,7 +205,7 @@ def fuse(graph: Graph) -> Graph:
             if t:
                 made_in[t] = target
 
-    groups = _split_trailing_views(graph, _merge_siblings(graph, groups, prologue))
+    groups = _split_trailing_views(graph, _merge_siblings(graph, groups, prologue, pos), pos)
     out = Graph(graph.name, graph.source)
     for name, spec in graph.inputs.items():
         out.add_input(name, spec)
@@ -231,13 +231,22 @@ def fuse(graph: Graph) -> Graph:
     return out.verify()
 
 
-def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, str]) -> list[list[Node]]:
+def _view_root(graph: Graph, t: str) -> str:
+    """The tensor ``t`` is a view of, through any chain of shape-only producers."""
+    while (p := graph.producer(t)) is not None and p.op in SHAPE_ONLY:
+        t = p.inputs[0]
+    return t
+
+
+def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, str],
+                    pos: dict[str, int]) -> list[list[Node]]:
     """Merge groups headed by a MatMul/Gemm that read the same activation as their A operand.
 
     The merged group takes the place of the first sibling (groups are in creation order). A
     later sibling joins if everything it reads from outside is made by an earlier group, by
     the merged group itself, or by views (shape-only nodes) of such tensors, which then move
-    in front of the merged group; so the graph stays acyclic.
+    in front of the merged group; so the graph stays acyclic. ``pos`` orders members (the
+    topological position, -1 for a Constant that reads nothing).
     """
     group_of = {n.name: gid for gid, members in enumerate(groups) for n in members}
     siblings: dict[str, list[int]] = {}
@@ -249,9 +258,8 @@ def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, 
         a = head.inputs[0]
         if a in graph.params or (head.op == "Gemm" and int(head.attrs.get("transA", 0))):
             continue
-        while (p := graph.producer(a)) is not None and p.op in SHAPE_ONLY:
-            a = p.inputs[0]  # each projection may view the activation through its own Reshape
-        siblings.setdefault(a, []).append(gid)
+        # each projection may view the activation through its own Reshape
+        siblings.setdefault(_view_root(graph, a), []).append(gid)
 
     def source(t: str) -> int | None:
         p = graph.producer(t)
@@ -288,7 +296,6 @@ def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, 
                     moved[v] = min(moved.get(v, lead), lead)
     if not into:
         return groups
-    pos = {n.name: i for i, n in enumerate(graph.topo_order())}
     out: list[list[Node]] = []
     for gid, members in enumerate(groups):
         if gid in into or gid in moved:
@@ -296,16 +303,15 @@ def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, 
         out.extend(groups[v] for v in sorted(moved) if moved[v] == gid)
         if gid in into.values():
             members = sorted(members + [n for g, lead in into.items() if lead == gid for n in groups[g]],
-                             key=lambda n: -1 if n.op == "Constant" and not n.inputs else pos[n.name])
+                             key=lambda n: pos[n.name])
         out.append(members)
     return out
 
 
-def _split_trailing_views(graph: Graph, groups: list[list[Node]]) -> list[list[Node]]:
+def _split_trailing_views(graph: Graph, groups: list[list[Node]], pos: dict[str, int]) -> list[list[Node]]:
     """Shape-only members whose output is used only outside their group leave it and follow it
     as alias nodes: a view is free and shares its input's buffer, whereas as a group output it
     would be written (and allocated) as a tensor of its own."""
-    pos = {n.name: i for i, n in enumerate(graph.topo_order())}
     result: list[list[Node]] = []
     for members in groups:
         keep = list(members)
@@ -374,8 +380,7 @@ def _emit_group(graph: Graph, out: Graph, members: list[Node], graph_outputs: se
     roots: list[str] = []
     shared: list[int] = []
     for i, t in enumerate(ext_in):
-        while (p := graph.producer(t)) is not None and p.op in SHAPE_ONLY:
-            t = p.inputs[0]
+        t = _view_root(graph, t)
         if t in roots:
             shared.append(i)
         roots.append(t)

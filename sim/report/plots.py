@@ -121,8 +121,7 @@ def plot_utilisation(result: Result, ax: Any) -> None:
     if fl:
         ax.scatter([v for _, v in fl], [i for i, _ in fl], color="tab:red", zorder=3,
                    label="FLOP/s of peak")
-    bw = [(f"{d}/{result.devices.get(d, {}).get('memory_level') or 'memory'}",
-           100 * t["bandwidth_utilisation"])
+    bw = [(f"{d}/{t['level']}", 100 * t["bandwidth_utilisation"])
           for d, t in result.memory_traffic.items() if t["bandwidth_utilisation"] is not None]
     if bw:
         ax.barh([len(rows) + i for i in range(len(bw))], [v for _, v in bw], color="tab:orange",

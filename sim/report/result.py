@@ -33,9 +33,10 @@ class Result:
     peak_flops (unit -> dtype -> FLOP/s), for reports and plots.
     ``host_bound_by_device``: device -> time its compute streams sat idle waiting for the host
     to issue the next op (sum of the records' ``host_wait_s``); ``host_bound_s`` their sum.
-    ``memory_traffic``: device -> bytes its ops moved (``bytes``, transfers and collectives
-    left out), ``cached_bytes`` (of those, reads served by the reuse cache), ``main_bytes``
-    (the rest, through main memory), ``achieved_Bps`` (``main_bytes`` over the makespan),
+    ``memory_traffic``: device -> ``level`` (main memory's name), bytes its ops moved
+    (``bytes``, transfers and collectives left out), ``cached_bytes`` (of those, reads served
+    by the reuse cache), ``main_bytes`` (the rest, through main memory), ``achieved_Bps``
+    (``main_bytes`` over the makespan),
     ``peak_Bps`` (main memory's peak) and ``bandwidth_utilisation`` (their ratio): how much
     of the memory roof a run used, beside ``utilisation``'s share of the compute roof.
     """
@@ -271,7 +272,8 @@ def _memory_traffic(ops: list[dict[str, Any]], devices: dict[str, dict[str, Any]
         main = total - cached
         peak = devices.get(d, {}).get("bandwidth_Bps")
         achieved = main / makespan if makespan > 0 else 0.0
-        out[d] = {"bytes": total, "cached_bytes": cached, "main_bytes": main,
+        out[d] = {"level": devices.get(d, {}).get("memory_level") or "memory",
+                  "bytes": total, "cached_bytes": cached, "main_bytes": main,
                   "achieved_Bps": achieved, "peak_Bps": peak,
                   "bandwidth_utilisation": achieved / peak if peak else None}
     return out

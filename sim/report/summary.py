@@ -63,9 +63,8 @@ def summary_text(result: Result, top: int = 10) -> str:
             lines.append(f"    {d}/{u}: busy {100 * s['busy']:.1f}%{extra}")
         t = r.memory_traffic.get(d)
         if t and t["bandwidth_utilisation"] is not None:
-            level = r.devices.get(d, {}).get("memory_level") or "memory"
             cached = f"; {fmt_bytes(t['cached_bytes'])} more read from cache" if t["cached_bytes"] > 0 else ""
-            lines.append(f"    {d}/{level}: {fmt_si(t['achieved_Bps'], 'B/s')}, "
+            lines.append(f"    {d}/{t['level']}: {fmt_si(t['achieved_Bps'], 'B/s')}, "
                          f"{100 * t['bandwidth_utilisation']:.1f}% of peak bandwidth "
                          f"({fmt_bytes(t['main_bytes'])} moved{cached})")
     ops = sorted(r.ops, key=lambda o: (-(o["end_s"] - o["start_s"]), o["start_s"], o["name"]))
