@@ -19,8 +19,8 @@ import argparse
 import sim
 from sim.exec import init_param
 from sim.passes import precision, sparsity
-from sim.passes.trainer import Trainer, load_dataset
 from sim.passes.training import training_graph
+from sim.training import Trainer, load_dataset
 
 
 def simulate(graph: sim.Graph, hw: str) -> tuple[float, float]:
@@ -75,7 +75,7 @@ def main() -> None:
           f"{max(1, args.epochs // 2)} fine-tuning epochs ({tuned - acc['fp32']:+.4f})")
 
     # ---- simulated speed of a GEMM-heavy training step
-    from sim.cli import parse_sets
+    from sim.cli.args import parse_sets
 
     big = sim.load(args.sim_workload, **parse_sets(args.sim_set))
     print(f"\n## {big.name}: one AdamW training step on {args.hw} (simulated)")

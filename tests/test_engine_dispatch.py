@@ -8,11 +8,11 @@ import pytest
 
 import sim
 from sim.cli import main
+from sim.cli.args import parse_dispatch
 from sim.engine import FixedCost, simulate
 from sim.errors import SpecError
 from sim.graph import Graph, TensorSpec
 from sim.hw.spec import ComputeUnit, DeviceSpec, MemoryLevel
-from sim.report.runcmd import parse_dispatch
 from sim.report.trace import trace_json
 
 

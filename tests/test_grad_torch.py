@@ -25,7 +25,7 @@ from helpers import one_op_gradients  # noqa: E402
 
 from sim.frontends.yaml_loader import load_yaml_text  # noqa: E402
 from sim.ops.shape import dropout_mask  # noqa: E402
-from sim.passes.trainer import Trainer  # noqa: E402
+from sim.training import Trainer  # noqa: E402
 
 RTOL, ATOL = 1e-9, 1e-12
 RNG = np.random.default_rng(20240611)

@@ -15,8 +15,8 @@ from sim.passes.sparsity import (
     prune,
     unstructured_mask,
 )
-from sim.passes.trainer import Trainer
 from sim.passes.training import training_graph
+from sim.training import Trainer
 
 rng = np.random.default_rng(0)
 

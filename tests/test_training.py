@@ -230,7 +230,7 @@ def test_training_graph_runs_batchnorm_and_dropout_in_training_mode():
 
 
 def test_trainer_updates_running_statistics_and_redraws_dropout_masks():
-    from sim.passes.trainer import Trainer
+    from sim.training import Trainer
 
     g = _train_mode_net()
     tr = Trainer(g, optimizer="sgd", lr=0.0)  # lr 0: the weights stay, only the masks change

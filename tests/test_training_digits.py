@@ -7,7 +7,7 @@ from test_training import mlp
 import sim
 from sim.passes.precision import amp
 from sim.passes.sparsity import prune
-from sim.passes.trainer import Trainer, load_dataset, resize_bilinear
+from sim.training import Trainer, load_dataset, resize_bilinear
 
 pytest.importorskip("sklearn", reason="the digits dataset is bundled with scikit-learn")
 

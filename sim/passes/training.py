@@ -8,7 +8,7 @@ with ``param_info.options["role"] == "optimizer_state"`` (``<param>.m``, ``<para
 ``<param>.velocity``) and the step counter is ``optimizer.step`` (int64, number of completed
 steps). The graph outputs are the loss followed by every updated parameter and state;
 ``graph.meta["updates"]`` maps each of those outputs to the parameter it replaces, which is
-how ``sim.passes.trainer.Trainer`` carries values from one step to the next. Update nodes
+how ``sim.training.Trainer`` carries values from one step to the next. Update nodes
 carry ``meta["inplace"] = {out_index: in_index}`` so the engine allocates nothing for them.
 
 Activation checkpointing (``checkpoint=True``) splits the forward nodes into segments of

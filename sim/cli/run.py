@@ -6,65 +6,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sim.errors import SimError
-
-
-def parse_place(items: list[str] | None) -> dict[str, str]:
-    """``["embed*=cpu0"]`` -> ``{"embed*": "cpu0"}`` (order kept: first match wins)."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SimError(f"--place expects PATTERN=DEVICE, got {item!r}", where="--place")
-        pat, dev = item.rsplit("=", 1)
-        if not pat.strip() or not dev.strip():
-            raise SimError(f"--place expects PATTERN=DEVICE, got {item!r}", where="--place")
-        out[pat.strip()] = dev.strip()
-    return out
-
-
-def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
-    """``--hw-set`` items as spec overrides: quantities stay strings for the spec's unit
-    parser; plain numbers, booleans and ``[...]`` lists become values (as in YAML).
-
-    >>> parse_hw_sets(["memory.hbm.bandwidth=6.7 TB/s", "memory.hbm.efficiency=0.9",
-    ...                "arch.sms=100", "topology.shape=[2, 2, 4]", "units.tensor.sparse_2_4=false"])
-    {'memory.hbm.bandwidth': '6.7 TB/s', 'memory.hbm.efficiency': 0.9, 'arch.sms': 100, \
-'topology.shape': [2, 2, 4], 'units.tensor.sparse_2_4': False}
-    """
-    import yaml
-
-    from sim.cli import number_or_text
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SimError(f"--hw-set expects FIELD=VALUE, got {item!r}", where="--hw-set")
-        k, v = (p.strip() for p in item.split("=", 1))
-        value = number_or_text(v)
-        if isinstance(value, str) and (v.startswith("[") or v.lower() in ("true", "false")):
-            try:
-                value = yaml.safe_load(v)
-            except yaml.YAMLError:
-                raise SimError(f"{k}: cannot read {v!r} as a value", where="--hw-set") from None
-        out[k] = value
-    return out
-
-
-def parse_dispatch(text: str) -> float:
-    """``"10 us"`` -> 1e-05 (a time in ``sim.hw.units``' syntax; a bare number is seconds)."""
-    from sim.hw.units import parse_quantity
-
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    return parse_quantity(text, "time", where="--dispatch")
+from sim.cli.args import parse_dispatch, parse_hw_sets, parse_place, parse_sets
 
 
 def build(args: argparse.Namespace) -> tuple[Any, Any]:
     """The graph (loaded, trained, fused, parallelised as asked) and the hardware spec."""
     import sim
-    from sim.cli import parse_sets
     from sim.hw import load_hardware
 
     sets = parse_sets(getattr(args, "set", None))

@@ -13,27 +13,6 @@ from typing import Any
 from sim.errors import SimError
 
 
-def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["batch=32", "seq=128"]`` -> ``{"batch": 32, "seq": 128}`` (ints, floats, or strings)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SimError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = number_or_text(v.strip())
-    return out
-
-
-def number_or_text(v: str) -> Any:
-    """``"32"`` -> 32, ``"0.5"`` -> 0.5, anything else unchanged."""
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            continue
-    return v
-
-
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="simulate a workload on hardware and print a summary")
     p.add_argument("workload", help="workload YAML, ONNX model, or bundled workload name")
@@ -70,7 +49,7 @@ def _add_run(sub: Any) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sim.report.runcmd import run_command
+    from sim.cli.run import run_command
 
     return run_command(args)
 
@@ -94,7 +73,7 @@ def _add_train(sub: Any) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from sim.passes.trainer import train_command
+    from sim.cli.train import train_command
 
     return train_command(args)
 
