@@ -228,6 +228,10 @@ def training_graph(
     if optimizer not in OPTIMIZERS:
         raise GraphError(f"unknown optimizer {optimizer!r} (choose from {', '.join(OPTIMIZERS)})",
                          where="training_graph")
+    if any("device" in n.meta for n in graph.nodes.values()):
+        raise GraphError("training_graph takes a graph not yet placed on devices (its backward nodes "
+                         "would have no device): build the step first, then parallelize it",
+                         where=graph.source or graph.name)
     op = OPTIMIZERS[optimizer]
     attrs = _optimizer_attrs(op, hyper)
     running: dict[str, str] = {}
