@@ -35,6 +35,7 @@ from sim.cost.roofline import (
 )
 from sim.dtypes import canonical
 from sim.errors import SpecError
+from sim.hw.arch import GpuArch
 from sim.hw.spec import ComputeUnit, DeviceSpec, LinkSpec, MemoryLevel
 from sim.ops.work import Work
 
@@ -194,9 +195,9 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
     if work.flops <= 0 and work.bytes <= 0:
         return OpCost(0.0, "memory", "launch", 0.0, 0.0, 0.0, 0.0, 0.0, memory_level=level.name)
     launch_s = device.launch_s
-    if device.kind == "gpu" and work.flops > 0:
+    if isinstance(device.arch, GpuArch) and work.flops > 0:
         passes = gpu.cross_sm_passes(work.bytes_read, work.bytes_written, storage_bytes(dt),
-                                     int(device.arch.get("sms", 1)), bool(work.gemms))
+                                     device.arch.sms, bool(work.gemms))
         launch_s *= 1 + passes
     time_s, bound = combine(compute_s, memory_s, launch_s)
     if mm_unit is not None and mm_s >= vec_s:
