@@ -452,8 +452,8 @@ def bubble_fraction(result: Any, devices: Sequence[str]) -> float:
         return 0.0
     busy = 0.0
     for d in devs:
-        spans = sorted((r["start_s"], r["end_s"]) for r in result.ops
-                       if r["device"] == d and r["op"] != "Transfer" and r["bound"] != "comm")
+        spans = sorted((r.start_s, r.end_s) for r in result.ops
+                       if r.device == d and r.op != "Transfer" and r.bound != "comm")
         end = float("-inf")
         for a, b in spans:
             if b <= end:
