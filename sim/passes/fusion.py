@@ -41,26 +41,17 @@ its storage dtype as the unfused graph would.
 from __future__ import annotations
 
 from sim.graph import Graph, Node
-from sim.ops.registry import get_op
-
-SHAPE_ONLY = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
-# Ops whose kernels read strided operands, so a Transpose feeding them costs no kernel.
-STRIDED_OPERANDS = frozenset({"MatMul", "Gemm", "Attention"})
-ELEMENTWISE = frozenset({
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Neg", "Abs", "Reciprocal",
-    "Sqrt", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "PRelu", "Elu",
-    "Selu", "Celu", "Gelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Mish", "Clip",
-    "ThresholdedRelu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Cast",
-})
+from sim.ops.registry import has_trait
 
 
-_ELEMENTWISE_FAMILIES = frozenset({"elementwise", "logical"})
+def _view(op: str) -> bool:
+    return has_trait(op, "view")
 
 
 def _joinable(node: Node) -> bool:
-    if node.op in SHAPE_ONLY or node.op in ELEMENTWISE:
+    if _view(node.op):
         return True
-    if len([o for o in node.outputs if o]) == 1 and get_op(node.op).family in _ELEMENTWISE_FAMILIES:
+    if len([o for o in node.outputs if o]) == 1 and has_trait(node.op, "elementwise"):
         return True  # also the elementwise backward ops (ReluGrad, GeluGrad, ...)
     if node.op == "BatchNormalization":
         return not int(node.attrs.get("training_mode", 0)) and len([o for o in node.outputs if o]) == 1
@@ -134,7 +125,7 @@ def fuse(graph: Graph) -> Graph:
         if len(members) == 1:
             n = members[0]
             meta = dict(n.meta)
-            if n.op in SHAPE_ONLY and n.inputs:
+            if _view(n.op) and n.inputs:
                 meta["alias_of"] = n.inputs[0]
             out.add_node(n.op, list(n.inputs), list(n.outputs), dict(n.attrs), name=n.name, meta=meta)
             continue
@@ -147,7 +138,7 @@ def fuse(graph: Graph) -> Graph:
 
 def _view_root(graph: Graph, t: str) -> str:
     """The tensor ``t`` is a view of, through any chain of shape-only producers."""
-    while (p := graph.producer(t)) is not None and p.op in SHAPE_ONLY:
+    while (p := graph.producer(t)) is not None and _view(p.op):
         t = p.inputs[0]
     return t
 
@@ -182,7 +173,7 @@ def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, 
     def views_before(gid: int, lead: int) -> set[int] | None:
         """The chain of single-view groups ending at ``gid`` if it starts before ``lead``."""
         members = groups[gid]
-        if len(members) != 1 or members[0].op not in SHAPE_ONLY:
+        if len(members) != 1 or not _view(members[0].op):
             return None
         inner = source(members[0].inputs[0])
         if inner is None or inner < lead:
@@ -233,7 +224,7 @@ def _split_trailing_views(graph: Graph, groups: list[list[Node]], pos: dict[str,
         while len(keep) > 1:
             inside = {n.name for n in keep}
             made = {t for n in keep for t in n.outputs}
-            leaving = next((n for n in reversed(keep) if n.op in SHAPE_ONLY and n.inputs[0] in made
+            leaving = next((n for n in reversed(keep) if _view(n.op) and n.inputs[0] in made
                             and not any(c.name in inside for c in graph.consumers(n.outputs[0]))), None)
             if leaving is None:
                 break
@@ -263,10 +254,10 @@ def _prologues(graph: Graph) -> dict[str, str]:
             if t in outputs or len(users) != 1:
                 break
             nxt = users[0]
-            if nxt.op in SHAPE_ONLY:
+            if _view(nxt.op):
                 chain.append(nxt)
                 continue
-            if nxt.op in STRIDED_OPERANDS:
+            if has_trait(nxt.op, "strided_operands"):
                 out.update({n.name: nxt.name for n in chain})
             break
     return out
