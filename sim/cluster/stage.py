@@ -88,41 +88,44 @@ def block_prefix(graph: Graph) -> str:
     )
 
 
-def rank_graph(forward: Graph, tp: int) -> Graph:
-    """The forward graph one tensor-parallel rank runs: rank 0 of Megatron's split.
+def rank_graph(train: Graph, tp: int) -> Graph:
+    """The training step one tensor-parallel rank runs: rank 0 of Megatron's split.
 
-    Built with ``sim.passes.parallel.tensor_parallel`` over ``tp`` ranks, keeping rank 0's
-    nodes and its side of each all-reduce (one-member form). The embedding and LM head are
-    taken vocab-parallel by building the workload with ``vocab / tp`` (see ``stage_model``).
+    Built with ``sim.passes.tensor_parallel.tensor_parallel`` on the training step over ``tp``
+    ranks (column/row-parallel projections, two forward and two backward all-reduces per
+    block), keeping rank 0's nodes and its side of each all-reduce (the one-member form, which
+    the engine times over the whole group's links). The embedding and LM head are taken
+    vocab-parallel by building the workload with ``vocab / tp`` (see ``stage_model``).
     """
     if tp == 1:
-        return forward
-    from sim.passes.parallel import tensor_parallel
+        return train
+    from sim.passes.tensor_parallel import tensor_parallel
 
     devs = [f"gpu{i}" for i in range(tp)]
-    full = tensor_parallel(forward, devs)
-    out = Graph(f"{forward.name}.tp{tp}.rank0", forward.source)
-    out.meta = {k: v for k, v in full.meta.items() if k not in ("shards", "tp_devices", "allreduce")}
-    keep = [
-        nd
-        for nd in full.topo_order()
-        if nd.meta.get("device") == "gpu0" and (nd.meta.get("tp_rank", 0) == 0 or nd.op == "AllReduce")
-    ]
+    full = tensor_parallel(train, devs)
+    out = Graph(f"{train.name}.tp{tp}.rank0", train.source)
+    keep = [nd for nd in full.topo_order() if nd.meta.get("device") == "gpu0"]
     used = {t for nd in keep for t in nd.inputs if t}
     for name, spec in full.params.items():
         if name in used:
             info = full.param_info[name]
             out.add_param(name, spec, info.init, trainable=info.trainable, **dict(info.options))
     for name, spec in full.inputs.items():
-        if name.startswith("gpu0/"):
+        if name in used:
             out.add_input(name, spec)
     for nd in keep:
         if nd.op == "AllReduce":
             ins, outs = [nd.inputs[0]], [nd.outputs[0]]
         else:
             ins, outs = list(nd.inputs), list(nd.outputs)
-        out.add_node(nd.op, ins, outs, dict(nd.attrs), name=nd.name, meta=dict(nd.meta))
-    out.set_outputs([t for t in full.outputs if t.startswith("gpu0/")])
+        meta = dict(nd.meta)
+        origin = train.nodes.get(str(meta.get("origin", "")))
+        if origin is not None and "forward" in origin.meta:
+            meta.setdefault("forward", origin.meta["forward"])
+        out.add_node(nd.op, ins, outs, dict(nd.attrs), name=nd.name, meta=meta)
+    produced = {t for nd in out.nodes.values() for t in nd.outputs if t}
+    consumed = {t for nd in out.nodes.values() for t in nd.inputs if t}
+    out.set_outputs(sorted(t for t in produced if t not in consumed))
     return out.verify()
 
 
@@ -130,6 +133,11 @@ def _role(graph: Graph, name: str) -> tuple[str, str, str]:
     """(phase, part, tp role) of node ``name`` of a training graph."""
     nd = graph.nodes[name]
     m = nd.meta
+    if nd.op in ("AllReduce", "AllGather", "ReduceScatter") and nd.inputs:
+        src_node = graph.producer(nd.inputs[0])  # a collective belongs to its input's phase and part
+        if src_node is not None:
+            phase, part, _ = _role(graph, src_node.name)
+            return phase, part, "collective"
     if m.get("role") == "optimizer":
         p = str(m.get("param", ""))
         return "opt", _param_part(p), "replicated"
@@ -260,8 +268,7 @@ def stage_model(
     full_params.update(
         {k: v for k, v in fwd.meta.get("params", {}).items() if k not in ("n_layer", "vocab", "batch")}
     )
-    rank = rank_graph(fwd, tp)
-    train = sim.training_graph(rank, "cross_entropy", optimizer)
+    train = rank_graph(sim.training_graph(fwd, "cross_entropy", optimizer), tp)
     timed = cast_graph(train, dtype) if dtype and dtype != "fp32" else train
     node_hw = hw.node if hasattr(hw, "node") else hw
     model = measure(timed, train if timed is not train else None, node_hw, sp=tp if sp else 1)
