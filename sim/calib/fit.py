@@ -3,30 +3,37 @@
 The model is the simulator's own CPU cost model (``sim.cost.op_cost`` on a ``kind: cpu``
 spec): ``time = launch + max(matmul FLOPs / R_matrix + vector FLOPs / R_vector,
 bytes / B_level)``, where the level is the innermost cache that holds the op's working set
-(``sim.cost.cpu.streaming_level``). The free parameters are the per-op overhead ``launch``,
-the two rates and one bandwidth per memory level; cache capacities are read from the machine
-(``machine_info``), not fitted. ``scipy.optimize.least_squares`` minimises the log of
-predicted over measured time over all samples (relative error, so microsecond and second
-kernels weigh alike), every prediction made by building the spec and calling ``op_cost``, so
-the written spec predicts exactly what the fit saw.
+(``sim.cost.cpu.streaming_level``) and convolution GEMMs run at ``kernel_efficiency.conv`` of
+the matrix rate (the executor's convolution is im2col: it copies the column buffer, twice
+the input's size per kernel tap, before its GEMM). The free parameters are the per-op
+overhead ``launch``, the two rates, the convolution efficiency and one bandwidth per memory
+level; cache capacities are read from the machine (``machine_info``), not fitted.
+
+The fitting is ``sim.cost.fit`` (scipy's least squares on log(predicted / measured), soft-L1
+loss), in stages that keep each block well conditioned: the overhead, vector rate and
+bandwidths on the non-matrix kernels, then the matrix rate on GEMMs, then the convolution
+efficiency on convolutions. Every prediction builds the spec and calls ``op_cost``, so the
+written spec predicts exactly what the fit saw. ``cross_validate`` refits with each kernel
+held out in turn by folds and reports the errors on kernels the fit never saw.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sim.calib.bench import Sample
+from sim.cost.fit import Errors, Param, Point, Stage, cross_validate, fit, summarize
 from sim.errors import SimError
+from sim.hw.spec import DeviceSpec
 
-PARAMS = ("launch", "matrix", "vector", "dram", "l3", "l2")
-UNITS = {"launch": "s", "matrix": "FLOP/s", "vector": "FLOP/s", "dram": "B/s", "l3": "B/s", "l2": "B/s"}
+PARAMS = ("launch", "matrix", "conv", "vector", "dram", "l3", "l2")
+MATRIX_OPS = frozenset({"Gemm", "MatMul", "Attention"})
 
 
 @dataclass(frozen=True)
@@ -97,119 +104,136 @@ def machine_info(threads: int) -> Machine:
                    _cache_size(3, 8 * 1024**2), _meminfo(), _clock())
 
 
-def spec_dict(p: dict[str, float], m: Machine, name: str = "this-cpu") -> dict[str, Any]:
+def _gflops(rates: Mapping[str, float]) -> dict[str, str]:
+    return {k: f"{v / 1e9:.4g} GFLOP/s" for k, v in rates.items()}
+
+
+def spec_dict(p: Mapping[str, float], m: Machine, name: str = "this-cpu") -> dict[str, Any]:
     """The spec (as the YAML loader reads it) for parameters ``p`` on machine ``m``."""
     rates = {"fp32": p["vector"], "fp64": p["vector"], "fp16": p["vector"], "bf16": p["vector"],
              "int64": p["vector"], "int32": p["vector"]}
     matrix = {"fp32": p["matrix"], "fp64": p["matrix"], "fp16": p["matrix"], "bf16": p["matrix"]}
     return {
         "version": 1, "name": name, "kind": "cpu",
-        "description": f"{m.name}: the NumPy executor with {m.threads} BLAS thread(s), fitted by sim calibrate",
+        "description": f"{m.name}: the NumPy executor, {m.threads} BLAS thread(s), calibrated",
         "launch": f"{p['launch'] * 1e6:.4g} us",
         "memory": [
             {"name": "dram", "capacity": f"{m.memory_bytes / 1024**3:.4g} GiB",
              "bandwidth": f"{p['dram'] / 1e9:.4g} GB/s"},
-            {"name": "l3", "capacity": f"{m.l3_bytes / 1024**2:.4g} MiB", "bandwidth": f"{p['l3'] / 1e9:.4g} GB/s"},
+            {"name": "l3", "capacity": f"{m.l3_bytes / 1024**2:.4g} MiB",
+             "bandwidth": f"{p['l3'] / 1e9:.4g} GB/s"},
             {"name": "l2", "capacity": f"{m.l2_bytes * m.cores / 1024**2:.4g} MiB",
              "bandwidth": f"{p['l2'] / 1e9:.4g} GB/s"},
         ],
         "units": [
-            {"name": "blas", "matrix": True, "peak": {k: f"{v / 1e9:.4g} GFLOP/s" for k, v in matrix.items()}},
-            {"name": "numpy", "matrix": False, "peak": {k: f"{v / 1e9:.4g} GFLOP/s" for k, v in rates.items()}},
+            {"name": "blas", "matrix": True, "peak": _gflops(matrix)},
+            {"name": "numpy", "matrix": False, "peak": _gflops(rates)},
         ],
-        "arch": {"cores": m.cores, "clock": f"{m.clock_hz / 1e9:.4g} GHz"},
+        "arch": {"cores": m.cores, "clock": f"{m.clock_hz / 1e9:.4g} GHz",
+                 "kernel_efficiency": {"conv": round(float(p["conv"]), 4)}},
     }
 
 
-def predict(samples: Sequence[Sample], p: dict[str, float], m: Machine) -> np.ndarray:
+def predict(samples: Sequence[Sample], p: Mapping[str, float], m: Machine) -> np.ndarray:
     """Seconds the spec of ``p`` gives each sample's work (``sim.cost.op_cost``)."""
     from sim.cost import op_cost
     from sim.hw.loader import build
 
     spec = build(spec_dict(p, m), "calibration")
+    assert isinstance(spec, DeviceSpec)
     return np.array([op_cost(s.work, spec, "fp32").time_s for s in samples])
 
 
-def _initial(samples: Sequence[Sample]) -> dict[str, float]:
-    """A starting point from the samples themselves (median achieved rates)."""
-    mm = [s.work.matmul_flops / s.seconds for s in samples if s.work.matmul_flops > 0]
-    vec = [(s.work.flops - s.work.matmul_flops) / s.seconds for s in samples
-           if s.work.matmul_flops == 0 and s.work.flops > 0]
+def _stages(samples: Sequence[Sample]) -> list[Stage]:
+    """Starting values from the samples themselves (median achieved rates), physical bounds."""
+    mm = [s.work.matmul_flops / s.seconds for s in samples if s.op in MATRIX_OPS]
+    vec = [s.work.flops / s.seconds for s in samples if s.work.matmul_flops == 0 and s.work.flops > 0]
     bw = [s.work.bytes / s.seconds for s in samples if s.work.bytes > 0]
     launch = min(s.seconds for s in samples)
     b = float(np.median(bw)) if bw else 1e10
-    return {"launch": launch * 0.8, "matrix": float(np.median(mm)) if mm else 1e10,
-            "vector": float(np.median(vec)) if vec else 1e9, "dram": b, "l3": b * 1.5, "l2": b * 2}
+    r_mm = float(np.median(mm)) if mm else 1e10
+    r_vec = float(np.median(vec)) if vec else 1e9
+
+    def kind(*ops: str, exclude: bool = False) -> Any:
+        return lambda p: (p.kind in ops) != exclude
+
+    return [
+        Stage((Param("launch", 0.8 * launch, 1e-8, 1e-2), Param("vector", r_vec, 1e6, 1e13),
+               Param("dram", b, 1e9, 1e13), Param("l3", 1.5 * b, 1e8, 1e13), Param("l2", 2 * b, 1e8, 1e14)),
+              kind(*MATRIX_OPS, "Conv", exclude=True), "streaming"),
+        Stage((Param("matrix", r_mm, 1e7, 1e14),), kind(*MATRIX_OPS), "gemm"),
+        Stage((Param("conv", 0.7, 0.01, 1.0),), kind("Conv"), "conv"),
+    ]
+
+
+def _points(samples: Sequence[Sample]) -> list[Point]:
+    return [Point(s.seconds, s.op, s.name, s) for s in samples]
 
 
 @dataclass(frozen=True)
 class Fit:
-    """Fitted parameters and the errors of the fit (``(predicted - measured) / measured``)."""
+    """Fitted parameters and the signed errors of the fit, in percent
+    (``100 * (predicted / measured - 1)``), per op and overall."""
 
     params: dict[str, float]
-    errors: dict[str, float]  # per sample, fitted on all samples
-    cv_errors: dict[str, float]  # per sample, predicted by a fit that did not see it
-
-
-def fit_params(samples: Sequence[Sample], m: Machine, start: dict[str, float] | None = None) -> dict[str, float]:
-    """Least-squares parameters (log-space, log-time residuals) for ``samples``."""
-    from scipy.optimize import least_squares
-
-    if len(samples) < len(PARAMS):
-        raise SimError(f"need at least {len(PARAMS)} samples to fit, got {len(samples)}", where="calibrate")
-    x0 = _initial(samples) if start is None else start
-    measured = np.log([s.seconds for s in samples])
-
-    def residuals(x: np.ndarray) -> np.ndarray:
-        p = dict(zip(PARAMS, np.exp(x)))
-        pred = predict(samples, p, m)
-        return np.log(np.maximum(pred, 1e-12)) - measured
-
-    best = None
-    # the max() of the roofline makes the cost surface piecewise: start from a few points
-    for scale in (1.0, 0.5, 2.0):
-        x = np.log([x0[k] * (scale if k != "launch" else 1.0) for k in PARAMS])
-        r = least_squares(residuals, x, method="trf", loss="soft_l1", f_scale=0.1, diff_step=1e-3,
-                          max_nfev=200)
-        if best is None or r.cost < best.cost:
-            best = r
-    assert best is not None
-    return dict(zip(PARAMS, (float(v) for v in np.exp(best.x))))
+    errors: dict[str, Errors]  # fitted on all samples
+    cv_errors: dict[str, Errors]  # each sample predicted by a fit that did not see it
+    predicted: dict[str, float]  # seconds per sample name (fit on all)
 
 
 def calibrate_fit(samples: Sequence[Sample], m: Machine, folds: int = 4) -> Fit:
-    """Fit on all samples, and ``folds``-fold cross-validated errors (samples dealt round-robin
-    by their order, so every fold holds every kind of op)."""
-    params = fit_params(samples, m)
-    pred = predict(samples, params, m)
-    errors = {s.name: float(p / s.seconds - 1) for s, p in zip(samples, pred)}
-    cv: dict[str, float] = {}
-    folds = max(2, min(folds, len(samples) // len(PARAMS)))
-    for k in range(folds):
-        train = [s for i, s in enumerate(samples) if i % folds != k]
-        test = [s for i, s in enumerate(samples) if i % folds == k]
-        if len(train) < len(PARAMS) or not test:
-            continue
-        pk = fit_params(train, m, start=params)
-        for s, p in zip(test, predict(test, pk, m)):
-            cv[s.name] = float(p / s.seconds - 1)
-    return Fit(params, errors, cv)
+    """Fit on all samples, and ``folds``-fold cross-validated errors."""
+    if len(samples) < len(PARAMS):
+        raise SimError(f"need at least {len(PARAMS)} samples to fit, got {len(samples)}", where="calibrate")
+    pts = _points(samples)
+    stages = _stages(samples)
+
+    def pred(values: Mapping[str, float], ps: Sequence[Point]) -> np.ndarray:
+        return predict([p.data for p in ps], values, m)
+
+    start = {q.path: q.init for st in stages for q in st.params}  # later stages' values meanwhile
+    params = fit(pred, stages, pts, fixed=start)
+    fitted = pred(params, pts)
+    cv = cross_validate(pred, stages, pts, k=folds, fixed=start)
+    return Fit(params, summarize(fitted, pts), summarize(cv, pts),
+               {s.name: float(t) for s, t in zip(samples, fitted)})
 
 
-def error_table(samples: Sequence[Sample], fit: Fit) -> str:
-    """Median and 90th-percentile |error| per op, fitted and cross-validated."""
-    by: dict[str, list[Sample]] = {}
-    for s in samples:
-        by.setdefault(s.op, []).append(s)
-    lines = [f"{'op':20s} {'n':>3s} {'fit med':>8s} {'fit p90':>8s} {'cv med':>8s} {'cv p90':>8s}"]
-
-    def stats(vals: list[float]) -> tuple[float, float]:
-        a = np.abs(vals) if vals else np.array([math.nan])
-        return float(np.median(a)), float(np.percentile(a, 90))
-
-    for op in sorted(by) + ["all"]:
-        group = samples if op == "all" else by[op]
-        f = stats([fit.errors[s.name] for s in group])
-        c = stats([fit.cv_errors[s.name] for s in group if s.name in fit.cv_errors])
-        lines.append(f"{op:20s} {len(group):3d} {f[0]:8.1%} {f[1]:8.1%} {c[0]:8.1%} {c[1]:8.1%}")
-    return "\n".join(lines)
+def spec_yaml(fit_: Fit, m: Machine, n_samples: int, name: str = "this-cpu", when: str = "") -> str:
+    """The fitted spec as YAML text, every number with where it came from."""
+    raw = spec_dict(fit_.params, m, name)
+    src = f"fitted to {n_samples} microbenchmarks{' on ' + when if when else ''}"
+    cv = fit_.cv_errors.get("all")
+    cv_note = f"; cross-validated median |error| {cv.median:.0f}%, p90 {cv.p90:.0f}%" if cv else ""
+    mem = raw["memory"]
+    units = raw["units"]
+    lines = [
+        f"# {raw['description']}.",
+        f"# Written by `sim calibrate`: {src} (least squares, sim.cost.fit){cv_note}.",
+        "# Rates and bandwidths are what the executor's NumPy kernels achieve on this machine,",
+        "# not the hardware's peaks; `sim validate WORKLOAD --hw THIS_FILE` checks them.",
+        "version: 1",
+        f"name: {name}",
+        "kind: cpu",
+        f"description: \"{raw['description']}\"",
+        f"launch: {raw['launch']}    # {src}: per-op overhead (Python dispatch, NumPy call)",
+        "memory:",
+    ]
+    cap_src = {"dram": "/proc/meminfo MemTotal", "l3": "sysfs cache index level 3",
+               "l2": "sysfs cache index level 2 x cores"}
+    for lv in mem:
+        lines += [f"  - name: {lv['name']}",
+                  f"    capacity: {lv['capacity']}    # {cap_src[lv['name']]}",
+                  f"    bandwidth: {lv['bandwidth']}    # {src}"]
+    lines.append("units:")
+    for u in units:
+        lines += [f"  - name: {u['name']}", f"    matrix: {'true' if u['matrix'] else 'false'}",
+                  f"    peak:    # {src} (fp32; other dtypes run in fp32 or fp64 in the executor)"]
+        lines += [f"      {k}: {v}" for k, v in u["peak"].items()]
+    arch = raw["arch"]
+    lines += ["arch:",
+              f"  cores: {arch['cores']}    # os.cpu_count()",
+              f"  clock: {arch['clock']}    # /proc/cpuinfo cpu MHz (descriptive)",
+              "  kernel_efficiency:",
+              f"    conv: {arch['kernel_efficiency']['conv']}    # {src}: im2col convolution / GEMM rate"]
+    return "\n".join(lines) + "\n"
