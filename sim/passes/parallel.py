@@ -34,13 +34,14 @@ on NumPy (``sim.exec``): a replicated graph computes what the separate devices w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from sim.errors import GraphError
 from sim.graph import Graph, Node, ParamInfo, TensorSpec
+from sim.passes.tensor_parallel import tensor_parallel
 
 
 def _copy_params(src: Graph, dst: Graph) -> None:
@@ -68,20 +69,24 @@ def _batch(g: Graph) -> int | None:
 
 
 def _replica(out: Graph, g: Graph, node: Node, prefix: str, meta: dict[str, Any],
-             rename: Callable[[str], str]) -> None:
+             rename: Callable[[str], str], attrs: dict[str, Any] | None = None) -> None:
     m = dict(node.meta)
     m.update(meta)
     out.add_node(node.op, [rename(t) if t else "" for t in node.inputs],
-                 [rename(t) if t else "" for t in node.outputs], dict(node.attrs),
+                 [rename(t) if t else "" for t in node.outputs], dict(node.attrs) if attrs is None else attrs,
                  name=f"{prefix}/{node.name}", meta=m)
 
 
 DDP_BUCKET_BYTES = 25 * 2**20  # PyTorch DDP bucket_cap_mb=25
 
 
-def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str = "mean",
-                  bucket_bytes: int | None = DDP_BUCKET_BYTES) -> Graph:
+def data_parallel(train_graph: Graph, devices: Sequence[str] | Sequence[Mapping[str, str]], *,
+                  reduction: str = "mean", bucket_bytes: int | None = DDP_BUCKET_BYTES) -> Graph:
     """Replicate a training step over ``devices`` with an AllReduce on every gradient.
+
+    A step already placed by tensor/pipeline parallelism is replicated by
+    ``sim.passes.data_parallel_placed`` instead: ``devices[r]`` is then a mapping from each of
+    its devices to replica ``r``'s (one all-reduce per rank gradient, no buckets).
 
     ``train_graph``: one replica's step at the per-device batch (``graph.meta["grads"]``
     names the gradient of each parameter, as ``training_graph`` records it). ``reduction``:
@@ -110,7 +115,11 @@ def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str 
     >>> ar.op, ar.attrs["group"], ar.outputs
     ('AllReduce', ['gpu0', 'gpu1'], ('gpu0/matmul.grad_4.reduced', 'gpu1/matmul.grad_4.reduced'))
     """
-    devs = _check_devices(devices, "data_parallel")
+    if any("device" in nd.meta for nd in train_graph.nodes.values()):
+        from sim.passes.data_parallel_placed import data_parallel_placed
+
+        return data_parallel_placed(train_graph, devices, reduction=reduction)  # type: ignore[arg-type]
+    devs = _check_devices(devices, "data_parallel")  # type: ignore[arg-type]
     grads: dict[str, str] = dict(train_graph.meta.get("grads") or {})
     if not grads:
         raise GraphError("data_parallel needs a training graph (meta['grads'] from training_graph)",
@@ -285,7 +294,19 @@ def _training_stages(graph: Graph, order: list[Node], split: dict[str, int], n: 
     return stage
 
 
-def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
+def _split_by_origin(graph: Graph, n: int, weight: Callable[[Node], float] | None,
+                     nodes: list[Node]) -> dict[str, int]:
+    """``stage_split`` of ``nodes``, where the tensor-parallel copies of one source node
+    (``meta["origin"]``) share a stage: the split runs over rank 0's copies."""
+    if not any("origin" in nd.meta for nd in nodes):
+        return stage_split(graph, n, weight, nodes)
+    lead = [nd for nd in nodes if "origin" in nd.meta and nd.meta.get("tp_rank", 0) == 0]
+    by_origin = {lead_nd.meta["origin"]: s for lead_nd, s in
+                 zip(lead, stage_split(graph, n, weight, lead).values())}
+    return {nd.name: by_origin[nd.meta["origin"]] for nd in nodes if nd.meta.get("origin") in by_origin}
+
+
+def pipeline_parallel(graph: Graph, stages: Sequence[str] | Sequence[Sequence[str]], microbatches: int, *,
                       weight: Callable[[Node], float] | None = None) -> Graph:
     """GPipe: cut ``graph`` (built at the microbatch size) into ``len(stages)`` FLOP-balanced
     contiguous stages on ``stages`` and replicate it ``microbatches`` times.
@@ -313,7 +334,16 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
     >>> p.nodes["mb1/B"].inputs  # held until gpu1 is done with microbatch 0
     ('mb1/a.stage1',)
     """
-    devs = _check_devices(stages, "pipeline_parallel")
+    groups = [[str(d)] if isinstance(d, str) else [str(x) for x in d] for d in stages]
+    _check_devices([d for grp in groups for d in grp], "pipeline_parallel")
+    devs = [grp[0] for grp in groups]
+    tp = list(graph.meta.get("tp_devices") or [None])
+    if any(len(grp) != len(tp) for grp in groups):
+        raise GraphError(f"each stage needs one device per tensor-parallel rank ({len(tp)})",
+                         where="pipeline_parallel")
+    if "replicas" in graph.meta:
+        raise GraphError("pipeline_parallel cannot split a data-parallel graph: apply it before "
+                         "data parallelism (dp(pp(tp(g))))", where="pipeline_parallel")
     if microbatches < 1:
         raise GraphError(f"microbatches must be >= 1, got {microbatches}", where="pipeline_parallel")
     n = len(devs)
@@ -325,19 +355,20 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
 
         fwd_names = set(forward_node_names(graph))
         forward = [nd for nd in order if nd.name in fwd_names]
-        stage = _training_stages(graph, order, stage_split(graph, n, weight, forward), n)
         replicated = [nd for nd in order if nd.meta.get("role") != "optimizer"]
         phase = {nd.name: "f" if nd.name in fwd_names or nd.meta.get("role") == "loss" else "b"
                  for nd in replicated}
     else:
-        stage = stage_split(graph, n, weight)
+        forward = list(order)
         replicated = list(order)
         phase = {nd.name: "f" for nd in order}
+    stage = _training_stages(graph, order, _split_by_origin(graph, n, weight, forward), n)
     rep_names = {nd.name for nd in replicated}
-    last: dict[tuple[int, str], str] = {}  # (stage, phase) -> first output of its last node
+    last: dict[tuple[int, str, int], str] = {}  # (stage, phase, lane) -> output of its last node
     for nd in replicated:
         if nd.outputs and nd.outputs[0]:
-            last[(stage[nd.name], phase[nd.name])] = nd.outputs[0]
+            last[(stage[nd.name], phase[nd.name], _lane(nd))] = nd.outputs[0]
+    place = _placer(groups, tp)
 
     out = Graph(f"{graph.name}.pp{n}x{microbatches}", graph.source)
     out.meta = dict(graph.meta)
@@ -353,35 +384,37 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
     for j in range(microbatches):
         def plain(t: str, _j: int = j) -> str:
             return f"mb{_j}/{t}" if t in graph.inputs or produced_here(t) else t
-        held: dict[tuple[str, int, str], str] = {}
+        held: dict[tuple[str, int, str, int], str] = {}
         for node in replicated:
-            s, ph = stage[node.name], phase[node.name]
-            meta = {"device": devs[s], "stage": s, "microbatch": j}
+            s, ph, ln = stage[node.name], phase[node.name], _lane(node)
+            dev, attrs = place(node, s)
+            meta = {"device": dev, "stage": s, "microbatch": j}
 
             def rn(t: str, _j: int = j, _s: int = s, _ph: str = ph, _meta: dict[str, Any] = meta,
-                   _plain: Callable[[str], str] = plain,
-                   _held: dict[tuple[str, int, str], str] = held) -> str:
+                   _plain: Callable[[str], str] = plain, _ln: int = ln,
+                   _held: dict[tuple[str, int, str, int], str] = held) -> str:
                 # a tensor entering stage s waits until the stage is done with microbatch j-1
                 # (in the same phase), so each device takes the microbatches in order
-                if _j == 0 or t in graph.params or (_s, _ph) not in last:
+                if _j == 0 or t in graph.params or (_s, _ph, _ln) not in last:
                     return _plain(t)
                 prod = graph.producer(t)
                 if prod is not None and (prod.name not in rep_names or stage[prod.name] == _s):
                     return _plain(t)
-                key = (t, _s, _ph)
+                key = (t, _s, _ph, _ln)
                 if key not in _held:
-                    prev = f"mb{_j - 1}/{last[(_s, _ph)]}"
+                    prev = f"mb{_j - 1}/{last[(_s, _ph, _ln)]}"
                     (_held[key],) = out.add_node(
                         "Depend", [_plain(t), prev], [out.unique_name(f"{_plain(t)}.stage{_s}")],
                         name=out.unique_name(f"mb{_j}/stage{_s}.after"),
                         meta={**_meta, "inplace": {0: 0}})
                 return _held[key]
 
-            _replica(out, graph, node, f"mb{j}", meta, rn)
+            _replica(out, graph, node, f"mb{j}", meta, rn, attrs)
 
     outputs: list[str] = []
     if training:
-        acc = _accumulate(out, graph, grads, stage, devs, microbatches, produced_here)
+        pairs = [(p, t) for p, t, _ in graph.meta.get("rank_grads") or []] or list(grads.items())
+        acc = _accumulate(out, graph, pairs, stage, place, microbatches, produced_here)
         for node in order:
             if node.name in rep_names:
                 continue
@@ -394,13 +427,14 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
                     # exist: no wait for (and no copy of) the other stages' gradients
                     ins = ins[:1]
             m = dict(node.meta)
-            m.update({"device": devs[s], "stage": s})
+            m.update({"device": place(node, s)[0], "stage": s})
             out.add_node(node.op, ins, list(node.outputs), dict(node.attrs), name=node.name, meta=m)
         loss = str(graph.meta.get("loss", ""))
         out.meta["losses"] = [f"mb{j}/{loss}" for j in range(microbatches)] if loss else []
         if loss:
             out.meta["loss"] = f"mb0/{loss}"
         out.meta["grads"] = {p: acc[t] for p, t in grads.items()}
+        out.meta["rank_grads"] = [(p, acc[t], _device_of(out, acc[t])) for p, t in pairs]
     for t in graph.outputs:
         if produced_here(t):
             outputs.extend(f"mb{j}/{t}" for j in range(microbatches))
@@ -414,16 +448,38 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
     return out.verify()
 
 
-def _accumulate(out: Graph, graph: Graph, grads: dict[str, str], stage: dict[str, int],
-                devs: list[str], m: int, produced_here: Callable[[str], bool]) -> dict[str, str]:
+def _device_of(g: Graph, t: str) -> str:
+    prod = g.producer(t)
+    return str(prod.meta["device"]) if prod is not None else ""
+
+
+def _lane(node: Node) -> int:
+    return int(node.meta.get("tp_rank", 0))
+
+
+def _placer(groups: list[list[str]], tp: list[Any]) -> Callable[[Node, int], tuple[str, dict[str, Any]]]:
+    """(node, stage) -> (device, attrs): the stage's device for the node's tensor-parallel
+    rank, and a collective's group mapped onto the stage's devices."""
+    def place(node: Node, s: int) -> tuple[str, dict[str, Any]]:
+        attrs = dict(node.attrs)
+        if "group" in attrs and tp != [None]:
+            attrs["group"] = [groups[s][tp.index(d)] for d in attrs["group"]]
+        return groups[s][_lane(node)], attrs
+    return place
+
+
+def _accumulate(out: Graph, graph: Graph, grads: list[tuple[str, str]], stage: dict[str, int],
+                place: Callable[[Node, int], tuple[str, dict[str, Any]]], m: int,
+                produced_here: Callable[[str], bool]) -> dict[str, str]:
     """Per parameter gradient: the mean of its microbatch gradients. Returns tensor -> mean."""
     acc: dict[str, str] = {}
-    for p, t in grads.items():
+    for p, t in grads:
         if t in acc:
             continue
         prod = graph.producer(t)
         s = stage[prod.name] if prod is not None else 0
-        meta = {"device": devs[s], "stage": s, "role": "grad_accumulation", "param": p}
+        dev = place(prod, s)[0] if prod is not None else place(Node("", "", (), ()), s)[0]
+        meta = {"device": dev, "stage": s, "role": "grad_accumulation", "param": p}
         parts = [f"mb{j}/{t}" for j in range(m)] if produced_here(t) else [t] * m
         total = parts[0]
         for j, part in enumerate(parts[1:], 1):
@@ -451,8 +507,8 @@ def bubble_fraction(result: Any, devices: Sequence[str]) -> float:
         return 0.0
     busy = 0.0
     for d in devs:
-        spans = sorted((r["start_s"], r["end_s"]) for r in result.ops
-                       if r["device"] == d and r["op"] != "Transfer" and r["bound"] != "comm")
+        spans = sorted((r.start_s, r.end_s) for r in result.ops
+                       if r.device == d and r.op != "Transfer" and r.bound != "comm")
         end = float("-inf")
         for a, b in spans:
             if b <= end:
@@ -527,180 +583,3 @@ def parallel_graph(spec: str, load: Callable[[int | None], Graph],
             raise SpecError("dp needs a training step (add --train)", where="--parallel")
         return data_parallel(g, devs[:count])
     return pipeline_parallel(g, devs[:count], micro)
-
-
-# ---------------------------------------------------------------------- tensor parallelism
-_COLUMN = {"attention": ("q", "k", "v"), "mlp": ("fc1", "gate", "up")}
-_ROW = {"attention": ("o",), "mlp": ("fc2", "down")}
-
-
-def _tp_roles(g: Graph) -> dict[str, str]:
-    """Node name -> ``"column"``, ``"row"``, ``"sharded"`` (an attention's or MLP's own
-    nodes between its projections) or ``"replicated"``; ``"row:<layer>"`` keys name nothing."""
-    kinds: dict[str, str] = {}
-    for nd in g.nodes.values():
-        lt = nd.meta.get("layer_type")
-        if lt in _COLUMN:
-            kinds[str(nd.meta["layer"])] = str(lt)
-    roles: dict[str, str] = {}
-    for nd in g.nodes.values():
-        layer = str(nd.meta.get("layer", ""))
-        parent, _, suffix = layer.rpartition(".")
-        if layer in kinds:
-            roles[nd.name] = "sharded"
-        elif parent in kinds and nd.meta.get("layer_type") == "linear" and suffix in _COLUMN[kinds[parent]]:
-            roles[nd.name] = "column"
-        elif parent in kinds and nd.meta.get("layer_type") == "linear" and suffix in _ROW[kinds[parent]]:
-            roles[nd.name] = "row"
-        else:
-            roles[nd.name] = "replicated"
-    return roles
-
-
-def tensor_parallel(graph: Graph, devices: Sequence[str]) -> Graph:
-    """Megatron-LM tensor parallelism (Shoeybi et al. 2019) of a forward graph built from the
-    YAML layers, over ``devices`` (``N`` of them).
-
-    In every ``attention`` layer the q/k/v projections are split by heads (column-parallel:
-    weight columns, bias) and the output projection by rows (row-parallel); in every ``mlp``
-    the first linear(s) (``fc1``, or ``gate``/``up``) column-wise and the second (``fc2`` /
-    ``down``) row-wise. Each row-parallel linear's partial products go through one
-    ``AllReduce`` (``reduction="sum"``, all-members form: exact), so a transformer block
-    costs two forward all-reduces. The row-parallel bias is added once, by rank 0's GEMM.
-    Everything else (embeddings, norms, residual adds, the LM head) is replicated on every
-    device. Nodes are ``<device>/<name>`` with ``meta["device"]``, ``meta["tp"]`` (the role
-    above) and ``meta["tp_rank"]``; graph inputs ``<device>/<input>`` (every rank reads the
-    same batch); shards are parameters ``<param>.tp<i>``, listed in ``meta["shards"]``
-    (shard -> ``(param, axis, i)``: the ``i``-th of ``N`` equal slices on ``axis``);
-    replicated parameters keep their names. Heads (and kv heads) and the MLP width must
-    divide by ``N``.
-
-    FLOPs: the split nodes' work divides exactly (the GEMMs, attention, activations and bias
-    adds of the shards add up to the original), so
-    ``tp.flops == graph.flops + (N - 1) * replicated_flops + allreduce_flops``, with
-    ``allreduce_flops`` = ``(N - 1)`` adds per element of each all-reduced tensor.
-    """
-    devs = _check_devices(devices, "tensor_parallel")
-    n = len(devs)
-    g = graph
-    if g.meta.get("grads"):
-        raise GraphError("tensor_parallel takes a forward graph, not a training step",
-                         where=g.source or g.name)
-    roles = _tp_roles(g)
-    if n > 1 and not any(r == "row" for r in roles.values()):
-        raise GraphError("tensor_parallel found no attention or mlp layer to split",
-                         where=g.source or g.name)
-
-    # ---- plan the parameter shards: (node, input index) -> (param, axis) or "rank0"
-    split_in: dict[tuple[str, int], tuple[str, int] | None] = {}
-    for nd in g.nodes.values():
-        role = roles[nd.name]
-        if role not in ("column", "row") or nd.op not in ("Gemm", "MatMul"):
-            continue
-        tb = int(nd.attrs.get("transB", 0)) if nd.op == "Gemm" else 0
-        w = nd.inputs[1]
-        if w in g.params:
-            out_axis, in_axis = (0, 1) if tb else (1, 0)
-            split_in[(nd.name, 1)] = (w, out_axis if role == "column" else in_axis)
-        if len(nd.inputs) > 2 and nd.inputs[2] in g.params:
-            split_in[(nd.name, 2)] = (nd.inputs[2], 0) if role == "column" else None
-    shards: dict[str, tuple[str, int, int]] = {}
-    used_whole: set[str] = set()
-    for nd in g.nodes.values():
-        for j, t in enumerate(nd.inputs):
-            if t in g.params and ((nd.name, j) not in split_in or split_in[(nd.name, j)] is None):
-                used_whole.add(t)
-
-    out = Graph(f"{g.name}.tp{n}", g.source)
-    out.meta = dict(g.meta)
-    for name in g.params:
-        if name in used_whole:
-            info = g.param_info[name]
-            out.add_param(name, g.params[name], info.init, trainable=info.trainable,
-                          value=g.initializers.get(name), **dict(info.options))
-    for plan in split_in.values():
-        if plan is None:
-            continue
-        p, axis = plan
-        spec, info = g.params[p], g.param_info[p]
-        if spec.shape[axis] % n:
-            raise GraphError(f"parameter {p!r} axis {axis} ({spec.shape[axis]}) does not split "
-                             f"into {n} parts", where="tensor_parallel")
-        shape = list(spec.shape)
-        shape[axis] //= n
-        for i in range(n):
-            sname = f"{p}.tp{i}"
-            if sname in shards:
-                continue
-            val = g.initializers.get(p)
-            out.add_param(sname, TensorSpec(tuple(shape), spec.dtype), info.init, trainable=info.trainable,
-                          value=None if val is None else np.split(np.asarray(val), n, axis=axis)[i],
-                          **dict(info.options))
-            shards[sname] = (p, axis, i)
-    for dev in devs:
-        for name, spec in g.inputs.items():
-            out.add_input(f"{dev}/{name}", spec)
-
-    sharded: set[str] = set()  # original tensors whose per-device copies are 1/N slices
-    reduced: dict[str, list[str]] = {}
-    allreduce: dict[str, str] = {}
-    for node in g.topo_order():
-        role = roles[node.name]
-        for k, dev in enumerate(devs):
-            ins: list[str] = []
-            for j, t in enumerate(node.inputs):
-                if not t:
-                    ins.append("")
-                elif (node.name, j) in split_in:
-                    plan = split_in[(node.name, j)]
-                    if plan is None:  # row-parallel bias: rank 0 adds it
-                        if k == 0:
-                            ins.append(t)
-                    else:
-                        ins.append(f"{plan[0]}.tp{k}")
-                elif t in g.params:
-                    ins.append(t)
-                elif t in reduced:
-                    ins.append(reduced[t][k])
-                else:
-                    ins.append(f"{dev}/{t}")
-            attrs = dict(node.attrs)
-            if node.op == "Reshape" and role != "replicated" and node.inputs[0] in sharded:
-                shape = list(attrs["shape"])
-                ax = 2 if len(shape) == 4 else len(shape) - 1
-                if shape[ax] % n:
-                    raise GraphError(f"dimension {shape[ax]} does not split into {n} parts "
-                                     "(heads and widths must divide by the device count)",
-                                     where=f"node {node.name!r}")
-                shape[ax] //= n
-                attrs["shape"] = shape
-            m = dict(node.meta)
-            m.update({"device": dev, "tp": role, "tp_rank": k})
-            out.add_node(node.op, ins, [f"{dev}/{t}" if t else "" for t in node.outputs], attrs,
-                         name=f"{dev}/{node.name}", meta=m)
-        if role == "column" and node.op in ("Gemm", "MatMul"):
-            sharded.update(t for t in node.outputs if t)
-        elif role in ("column", "sharded", "row") and any(t in sharded for t in node.inputs if t):
-            if not (role == "row" and node.op in ("Gemm", "MatMul")):
-                sharded.update(t for t in node.outputs if t)
-        if role != "row" or n == 1:
-            continue
-        layer = str(node.meta.get("layer", ""))
-        for t in node.outputs:
-            if not t or t in sharded:
-                continue
-            leaves = t in g.outputs or any(roles[c.name] != "row" or c.meta.get("layer") != layer
-                                           for c in g.consumers(t))
-            if not leaves:
-                continue
-            name = out.unique_name(f"{layer}.allreduce")
-            outs = [f"{d}/{t}.reduced" for d in devs]
-            out.add_node("AllReduce", [f"{d}/{t}" for d in devs], outs,
-                         {"group": list(devs), "algorithm": "ring", "reduction": "sum"}, name=name,
-                         meta={"device": devs[0], "role": "collective", "layer": layer, "tp": "allreduce"})
-            reduced[t] = outs
-            allreduce[layer] = name
-    out.set_outputs([reduced[t][k] if t in reduced else f"{d}/{t}"
-                     for k, d in enumerate(devs) for t in g.outputs])
-    out.meta.update({"tp_devices": devs, "shards": shards, "allreduce": allreduce})
-    return out.verify()
