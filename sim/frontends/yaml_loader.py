@@ -43,6 +43,7 @@ from sim.errors import GraphError
 from sim.frontends import expr
 from sim.frontends.layers import LAYERS, Args, LayerContext
 from sim.graph import Graph, TensorSpec
+from sim.io import compose, read_text, safe_load
 
 TOP_KEYS = ("name", "version", "description", "source", "dtype", "params", "inputs", "weights",
             "graph", "outputs", "blocks")
@@ -104,7 +105,7 @@ def _line_table(text: str) -> dict[Path_, int]:
     """1-based line of every mapping value and sequence item, by its key path."""
     table: dict[Path_, int] = {}
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose(text)
     except yaml.YAMLError:
         return table
 
@@ -585,7 +586,7 @@ class _Loader:
 def load_yaml_text(text: str, source: str = "<string>", **overrides: Any) -> Graph:
     """Build a graph from workload YAML text (``source`` names it in errors)."""
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_load(text)
     except yaml.YAMLError as err:
         raise _yaml_error(err, source) from None
     if not isinstance(doc, dict):
@@ -602,11 +603,4 @@ def load_yaml(path: str | os.PathLike[str], **overrides: Any) -> Graph:
     (64, 768)
     """
     p = os.fspath(path)
-    try:
-        with open(p, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise GraphError("file not found", where=p) from None
-    except OSError as err:
-        raise GraphError(f"cannot read: {err.strerror}", where=p) from None
-    return load_yaml_text(text, p, **overrides)
+    return load_yaml_text(read_text(p, error=GraphError), p, **overrides)

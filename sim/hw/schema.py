@@ -56,12 +56,40 @@ def _q(kind: str) -> Callable[[Any, Ctx], float]:
     return lambda v, c: parse_quantity(v, kind, where=c.where)
 
 
+def _pos_q(kind: str) -> Callable[[Any, Ctx], float]:
+    """A quantity that must be > 0 (a rate, a bandwidth, a clock, a capacity)."""
+
+    def read_positive(v: Any, c: Ctx) -> float:
+        x = parse_quantity(v, kind, where=c.where)
+        if x <= 0:
+            raise c.error(f"expected a {kind} > 0, got {v!r}")
+        return x
+
+    return read_positive
+
+
 def _num(v: Any, c: Ctx) -> float:
     return parse_number(v, where=c.where)
 
 
+def _pos_num(v: Any, c: Ctx) -> float:
+    """A plain number that must be > 0 (a per-cycle rate)."""
+    x = parse_number(v, where=c.where)
+    if x <= 0:
+        raise c.error(f"expected a number > 0, got {v!r}")
+    return x
+
+
 def _ratio(v: Any, c: Ctx) -> float:
     return parse_number(v, where=c.where, maximum=1.0)
+
+
+def _fraction(v: Any, c: Ctx) -> float:
+    """An efficiency or utilisation: a fraction in (0, 1] (0 would make every time infinite)."""
+    x = parse_number(v, where=c.where, maximum=1.0)
+    if x <= 0:
+        raise c.error(f"expected a fraction in (0, 1], got {v!r}")
+    return x
 
 
 def read_int(v: Any, c: Ctx) -> int:
@@ -117,37 +145,34 @@ def _kernel_map(v: Any, c: Ctx) -> dict[str, float]:
     m = mapping(v, c, {k: None for k in KERNELS})
     out = {}
     for k, x in m.items():
-        f = _ratio(x, c.at(k))
-        if f <= 0:
-            raise c.at(k).error(f"expected a fraction in (0, 1], got {x!r}")
-        out[k] = f
+        out[k] = _fraction(x, c.at(k))
     return out
 
 
-MEMORY_FIELDS = {"name": read_str, "capacity": _q("size"), "bandwidth": _q("bandwidth"),
-           "efficiency": _ratio, "latency": _q("time"), "energy_per_byte": _q("energy_per_byte"),
+MEMORY_FIELDS = {"name": read_str, "capacity": _pos_q("size"), "bandwidth": _pos_q("bandwidth"),
+           "efficiency": _fraction, "latency": _q("time"), "energy_per_byte": _q("energy_per_byte"),
            "reuse": _ratio}
-_LINK = {"name": read_str, "bandwidth": _q("bandwidth"), "efficiency": _ratio, "latency": _q("time"),
+_LINK = {"name": read_str, "bandwidth": _pos_q("bandwidth"), "efficiency": _fraction, "latency": _q("time"),
          "energy_per_byte": _q("energy_per_byte")}
-_UNIT = {"name": read_str, "matrix": _bool, "peak": _dtype_map(_q("compute")),
-         "per_cycle": _dtype_map(_num), "per": read_str,
-         "efficiency": _dtype_map(_ratio, ("default",)), "sparse_2_4": _bool, "sparse_density": _ratio}
+_UNIT = {"name": read_str, "matrix": _bool, "peak": _dtype_map(_pos_q("compute")),
+         "per_cycle": _dtype_map(_pos_num), "per": read_str,
+         "efficiency": _dtype_map(_fraction, ("default",)), "sparse_2_4": _bool, "sparse_density": _ratio}
 _POWER = {"idle": _q("power"), "tdp": _q("power"), "energy_per_flop": _dtype_map(_q("energy"))}
 
 _ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
-    "gpu": {"sms": read_int, "clock": _q("frequency"), "tiles": _tiles, "split_k_min": read_int,
-            "sm_load_bytes_per_cycle": _num, "sfu_per_sm_per_cycle": _num,
+    "gpu": {"sms": read_int, "clock": _pos_q("frequency"), "tiles": _tiles, "split_k_min": read_int,
+            "sm_load_bytes_per_cycle": _pos_num, "sfu_per_sm_per_cycle": _pos_num,
             "tensor_cores_per_sm": read_int, "kernel_efficiency": _kernel_map,
             "host_dispatch": _q("time")},
     "tpu": {"cores": read_int, "mxus": read_int, "mxu_rows": read_int, "mxu_cols": read_int,
-            "clock": _q("frequency"), "ici_links": read_int, "vector_lanes": read_int,
+            "clock": _pos_q("frequency"), "ici_links": read_int, "vector_lanes": read_int,
             "row_granule": read_int, "host_dispatch": _q("time")},
-    "asic": {"arrays": read_int, "rows": read_int, "cols": read_int, "clock": _q("frequency"),
+    "asic": {"arrays": read_int, "rows": read_int, "cols": read_int, "clock": _pos_q("frequency"),
              "row_granule": read_int},
-    "cpu": {"sockets": read_int, "cores": read_int, "clock": _q("frequency"), "simd_bits": read_int,
+    "cpu": {"sockets": read_int, "cores": read_int, "clock": _pos_q("frequency"), "simd_bits": read_int,
             "fma_units": read_int, "threads_per_core": read_int},
-    "fpga": {"dsps": read_int, "design_clock": _q("frequency"), "macs_per_dsp": _dtype_map(_num),
-             "utilisation": _ratio, "luts": read_int},
+    "fpga": {"dsps": read_int, "design_clock": _pos_q("frequency"), "macs_per_dsp": _dtype_map(_pos_num),
+             "utilisation": _fraction, "luts": read_int},
 }
 _ARCH_REQUIRED = {
     "gpu": ("sms", "clock"),
@@ -180,7 +205,7 @@ def _memory(v: Any, ctx: Ctx, scale: float) -> MemoryLevel:
         bandwidth_Bps=bw * scale,
         latency_s=read(m, "latency", MEMORY_FIELDS["latency"], c, 0.0),
         energy_per_byte_j=read(m, "energy_per_byte", MEMORY_FIELDS["energy_per_byte"], c, 0.0),
-        efficiency=read(m, "efficiency", _ratio, c, 1.0),
+        efficiency=read(m, "efficiency", _fraction, c, 1.0),
         reuse=read(m, "reuse", _ratio, c),
     )
 
@@ -195,7 +220,7 @@ def read_link(v: Any, ctx: Ctx) -> LinkSpec:
         bandwidth_Bps=bw,
         latency_s=read(m, "latency", _LINK["latency"], ctx, 0.0),
         energy_per_byte_j=read(m, "energy_per_byte", _LINK["energy_per_byte"], ctx, 0.0),
-        efficiency=read(m, "efficiency", _ratio, ctx, 1.0),
+        efficiency=read(m, "efficiency", _fraction, ctx, 1.0),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from sim.errors import SpecError
 from sim.hw.schema import Ctx, check_version, mapping, read, read_int, read_link, read_str
 from sim.hw.spec import DeviceSpec, LinkSpec, SystemSpec
+from sim.limits import check
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "hwspecs"
 
@@ -40,7 +41,7 @@ def _group_spec(g: Mapping[str, Any], ctx: Ctx) -> DeviceSpec:
     if not isinstance(spec, DeviceSpec):
         raise ctx.at("spec").error(f"{g['spec']!r} is a system, expected a device")
     if overrides:
-        changed = override(spec, overrides)
+        changed = override(spec, overrides, label=ctx.at("set").where)
         assert isinstance(changed, DeviceSpec)
         return changed
     return spec
@@ -59,6 +60,7 @@ def build_system(raw: dict[str, Any], file: str, default_name: str = "") -> Syst
         g = mapping(g, gctx, {k: None for k in GROUP_KEYS}, ("spec",))
         spec = _group_spec(g, gctx)
         count = read(g, "count", read_int, gctx, 1)
+        check("devices", len(devices) + count, "devices in the system", gctx.at("count").where, SpecError)
         groups[gname] = [f"{gname}{i}" for i in range(count)]
         for inst in groups[gname]:
             devices[inst] = spec
