@@ -170,8 +170,8 @@ def plot_result(result: Result, path: str | os.PathLike[str]) -> None:
     plot_utilisation(result, fig.add_subplot(grid[1, 2]))
     title = f"{result.graph} on {result.hardware}: {result.makespan_s * 1e3:.3f} ms"
     if oom:
-        title += (f" (OUT OF MEMORY on {oom['device']}: the step needs "
-                  f"{float(oom['needed_bytes']) / 2**30:.1f} GiB of {float(oom['capacity_bytes']) / 2**30:.1f})")
+        need, cap = float(oom["needed_bytes"]) / 2**30, float(oom["capacity_bytes"]) / 2**30
+        title += f" (OUT OF MEMORY on {oom['device']}: the step needs {need:.1f} GiB of {cap:.1f})"
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
