@@ -30,6 +30,7 @@ import numpy as np
 
 from sim.dtypes import from_numpy, is_float, to_numpy
 from sim.errors import GraphError, UnsupportedOpError
+from sim.frontends.onnx_schema import check_node
 from sim.graph import Graph, TensorSpec
 
 # ONNX TensorProto.DataType -> our dtype names.
@@ -383,6 +384,7 @@ class _Importer:
             attrs[a.name] = _attr_value(a, where)
         inputs = list(node.input)
         outputs = list(node.output)
+        check_node(op, inputs, {a.name: None for a in node.attribute}, self.opset, where)
         op, inputs, attrs = self._translate(op, inputs, attrs, where)
         if op == "NonZero":
             if inputs[0] not in self.consts:

@@ -42,6 +42,7 @@ from sim.dtypes import canonical
 from sim.errors import GraphError
 from sim.frontends import expr
 from sim.frontends.layers import LAYERS, Args, LayerContext
+from sim.frontends.onnx_schema import check_node
 from sim.graph import Graph, TensorSpec
 from sim.io import compose, read_text, safe_load
 
@@ -395,6 +396,7 @@ class _Loader:
             if k in entry:
                 raise GraphError(f"{k!r} applies to layers and blocks, not to ops")
         attrs = {k: expr.resolve(v, scope.env) for k, v in entry.items() if k not in ENTRY_KEYS}
+        check_node(str(entry["op"]), ins, attrs)
         g_ins = [self.lookup(scope, t) if t else "" for t in ins]
         g_outs = [self.define(scope, t) for t in outs]
         node = self.graph.unique_name(f"{scope.prefix}{name}") if "name" in entry else g_outs[0]
