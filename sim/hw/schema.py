@@ -160,27 +160,13 @@ _UNIT = {"name": read_str, "matrix": _bool, "peak": _dtype_map(_pos_q("compute")
          "efficiency": _dtype_map(_fraction, ("default",)), "sparse_2_4": _bool, "sparse_density": _ratio}
 _POWER = {"idle": _q("power"), "tdp": _q("power"), "energy_per_flop": _dtype_map(_q("energy"))}
 
-<<<<<<< HEAD
-_ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
-    "gpu": {"sms": read_int, "clock": _pos_q("frequency"), "tiles": _tiles, "split_k_min": read_int,
-            "sm_load_bytes_per_cycle": _pos_num, "sfu_per_sm_per_cycle": _pos_num,
-            "tensor_cores_per_sm": read_int, "kernel_efficiency": _kernel_map,
-            "host_dispatch": _q("time")},
-    "tpu": {"cores": read_int, "mxus": read_int, "mxu_rows": read_int, "mxu_cols": read_int,
-            "clock": _pos_q("frequency"), "ici_links": read_int, "vector_lanes": read_int,
-            "row_granule": read_int, "host_dispatch": _q("time")},
-    "asic": {"arrays": read_int, "rows": read_int, "cols": read_int, "clock": _pos_q("frequency"),
-             "row_granule": read_int},
-    "cpu": {"sockets": read_int, "cores": read_int, "clock": _pos_q("frequency"), "simd_bits": read_int,
-            "fma_units": read_int, "threads_per_core": read_int},
-    "fpga": {"dsps": read_int, "design_clock": _pos_q("frequency"), "macs_per_dsp": _dtype_map(_pos_num),
-             "utilisation": _fraction, "luts": read_int},
-=======
 # Reader names used by ``sim.hw.arch.arch_field`` -> the reader that parses such a field.
+# Clocks and per-cycle rates must be > 0 and a "ratio" (an achievable fraction) in (0, 1]:
+# a zero would make every time infinite.
 ARCH_READERS: dict[str, Callable[[Any, Ctx], Any]] = {
-    "int": read_int, "number": _num, "ratio": _ratio, "frequency": _q("frequency"), "time": _q("time"),
-    "tiles": _tiles, "kernels": _kernel_map, "dtype_numbers": _dtype_map(_num),
->>>>>>> main
+    "int": read_int, "number": _num, "positive": _pos_num, "ratio": _fraction,
+    "frequency": _pos_q("frequency"), "time": _q("time"),
+    "tiles": _tiles, "kernels": _kernel_map, "dtype_numbers": _dtype_map(_pos_num),
 }
 # kind -> {arch key: reader}; a field naming an unknown reader fails here, at import
 _ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
