@@ -264,7 +264,8 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str] | None],
         p = os.fspath(path)
         for i in ins:
             if os.path.exists(i) and _same(p, i):
-                raise SimError(f"{p} is also an input of this run ({i}); writing it would destroy "
+                via = "" if os.path.abspath(i) == os.path.abspath(p) else f" (through a link: {i})"
+                raise SimError(f"{p} is also an input of this run{via}; writing it would destroy "
                                "that input", where=option)
         for other, q in seen.items():
             if _same(p, q):

@@ -15,7 +15,7 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise SimError(f"--set expects key=value, got {item!r}")
+            raise SimError(f"expects key=value, got {item!r}", where="--set")
         k, v = item.split("=", 1)
         if not k.strip():
             raise SimError(f"expects key=value, got {item!r}", where="--set")
@@ -48,7 +48,7 @@ def parse_place(items: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items or []:
         if "=" not in item:
-            raise SimError(f"--place expects PATTERN=DEVICE, got {item!r}", where="--place")
+            raise SimError(f"expects PATTERN=DEVICE, got {item!r}", where="--place")
         pat, dev = item.rsplit("=", 1)
         if not pat.strip() or not dev.strip():
             raise SimError(f"--place expects PATTERN=DEVICE, got {item!r}", where="--place")
@@ -70,7 +70,7 @@ def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise SimError(f"--hw-set expects FIELD=VALUE, got {item!r}", where="--hw-set")
+            raise SimError(f"expects FIELD=VALUE, got {item!r}", where="--hw-set")
         k, v = (p.strip() for p in item.split("=", 1))
         value = number_or_text(v, where=f"--hw-set {k}")
         if isinstance(value, str) and (v.startswith("[") or v.lower() in ("true", "false")):

@@ -68,6 +68,20 @@ def check_run_args(args: argparse.Namespace) -> None:
                 raise SimError("only applies to a training step: add --train", where=f"--{opt}")
         if getattr(args, "checkpoint", False):
             raise SimError("only applies to a training step: add --train", where="--checkpoint")
+    else:
+        from sim.passes.training import LOSSES, OPTIMIZERS
+
+        for opt, known in (("optimizer", OPTIMIZERS), ("loss", LOSSES)):
+            value = getattr(args, opt, None)
+            if value is not None and value not in known:
+                raise SimError(f"unknown {opt} {value!r} (choose from {', '.join(known)})", where=f"--{opt}")
+    if getattr(args, "dtype", None):
+        from sim.dtypes import canonical
+
+        try:
+            canonical(args.dtype)
+        except SimError as err:
+            raise SimError(err.message, where="--dtype") from None
     streams = getattr(args, "streams", 1)
     if streams < 1:
         raise SimError(f"expected a count >= 1, got {streams}", where="--streams")

@@ -17,6 +17,10 @@ def load(path: str | os.PathLike[str], **params: Any) -> Graph:
     """
     p = os.fspath(path)
     ext = os.path.splitext(p)[1].lower()
+    if os.path.exists(p) and not os.path.isfile(p):
+        from sim.io import check_input
+
+        check_input(p, error=GraphError)  # a directory, FIFO or device: refused before reading
     if not os.path.exists(p):
         # a bare workload name resolves against the bundled workloads/ folder
         from sim.frontends.yaml_loader import resolve_workload

@@ -45,6 +45,7 @@ from sim.frontends.layers import LAYERS, Args, LayerContext
 from sim.frontends.onnx_schema import check_node
 from sim.graph import Graph, TensorSpec
 from sim.io import compose, read_text, safe_load
+from sim.limits import check
 
 TOP_KEYS = ("name", "version", "description", "source", "dtype", "params", "inputs", "weights",
             "graph", "outputs", "blocks")
@@ -55,6 +56,7 @@ INITS = ("normal", "uniform", "zeros", "ones", "he", "xavier", "lstm", "constant
 BLOCK_ENTRY_KEYS = (*REPEAT_KEYS, "args")
 
 Path_ = tuple[Any, ...]
+_CHECK_NODES_ABOVE = 100_000  # graphs smaller than this need no limit check
 
 
 def workloads_dir() -> Path:
@@ -221,6 +223,7 @@ class _Loader:
         self.blocks: dict[str, Any] = doc.get("blocks") or {}
         self.graph = Graph(str(doc.get("name") or Path(source).stem), source=source)
         self.dtype = "fp32"
+        self.expanding: list[str] = []  # blocks being expanded, outermost first
 
     # ------------------------------------------------------------- errors
     def where(self, path: Path_, label: str, desc: str = "") -> str:
@@ -403,6 +406,8 @@ class _Loader:
         if node in self.graph.nodes:
             node = self.graph.unique_name(node)
         meta = {"layer": scope.prefix[:-1]} if scope.prefix else {}
+        if len(self.graph.nodes) >= _CHECK_NODES_ABOVE:
+            check("graph_nodes", len(self.graph.nodes) + 1, "ops in the graph", None, GraphError)
         self.graph.add_node(entry["op"], g_ins, g_outs, attrs, name=node, meta=meta)
         for loc, glob in zip(outs, g_outs):
             scope.bound[loc] = glob
@@ -414,6 +419,7 @@ class _Loader:
                                                        scope.env, "repeat")
         if n < 0:
             raise GraphError(f"repeat is {n}")
+        check("repeat", n, "repeat", None, GraphError)
         start = expr.evaluate_int(expr.resolve(entry.get("start", 0), scope.env, True), scope.env,
                                   "start")
         var = entry.get("as")
@@ -458,6 +464,8 @@ class _Loader:
     def expand_block(self, entry: dict[str, Any], ins: list[str], outs: list[str], name: str,
                      scope: _Scope) -> None:
         bname = entry["block"]
+        if bname in self.expanding:
+            raise GraphError(f"block {bname!r} contains itself: {' -> '.join([*self.expanding, bname])}")
         if bname not in self.blocks:
             raise GraphError(f"unknown block {bname!r}{_suggest(bname, self.blocks)}; blocks: "
                              f"{', '.join(self.blocks) or 'none'}")
@@ -496,7 +504,11 @@ class _Loader:
                 sub.bound[loc] = glob
             if k == n - 1:
                 sub.rename = {loc: self.define(scope, o) for loc, o in zip(b_outs, outs)}
-            self.expand_list(block.get("graph"), sub, b_ins[0])
+            self.expanding.append(bname)
+            try:
+                self.expand_list(block.get("graph"), sub, b_ins[0])
+            finally:
+                self.expanding.pop()
             try:
                 cur = [self.lookup(sub, t) for t in b_outs]
             except GraphError as err:

@@ -57,6 +57,9 @@ def _q(kind: str) -> Callable[[Any, Ctx], float]:
     return lambda v, c: parse_quantity(v, kind, where=c.where)
 
 
+_RATE_UNIT = {"bandwidth": "B/s", "compute": "FLOP/s", "frequency": "Hz"}
+
+
 def _pos_q(kind: str) -> Callable[[Any, Ctx], float]:
     """A quantity that must be > 0 (a rate, a bandwidth, a clock, a capacity)."""
 
@@ -64,6 +67,8 @@ def _pos_q(kind: str) -> Callable[[Any, Ctx], float]:
         x = parse_quantity(v, kind, where=c.where)
         if x <= 0:
             raise c.error(f"expected a {kind} > 0, got {v!r}")
+        if kind in _RATE_UNIT and x < 1.0:  # below 1 B/s, 1 FLOP/s or 1 Hz: no real device
+            raise c.error(f"{v!r} is below 1 {_RATE_UNIT[kind]}: not a real {kind}")
         return x
 
     return read_positive
@@ -322,7 +327,7 @@ def build_device(raw: dict[str, Any], file: str, default_name: str = "") -> Devi
         energy_per_flop_j=read(power_raw, "energy_per_flop", _POWER["energy_per_flop"], ctx.at("power"), {}),
     )
     return DeviceSpec(
-        name=str(m.get("name") or default_name),
+        name=read(m, "name", read_str, ctx, default_name),
         kind=kind,
         units=tuple(units),
         memory=tuple(memory),
@@ -332,6 +337,6 @@ def build_device(raw: dict[str, Any], file: str, default_name: str = "") -> Devi
         power=power,
         arch=arch,
         source=file,
-        description=str(m.get("description") or ""),
+        description=read(m, "description", read_str, ctx, ""),
         raw=copy.deepcopy(raw),
     )

@@ -91,13 +91,13 @@ def build_system(raw: dict[str, Any], file: str, default_name: str = "") -> Syst
                 raise lctx.at(end).error(f"unknown device {lk[end]!r} (known: {', '.join(devices)})")
         links.append((lk["a"], lk["b"], read_link(lk["link"], lctx.at("link"))))
     return SystemSpec(
-        name=str(m.get("name") or default_name),
+        name=read(m, "name", read_str, ctx, default_name),
         devices=devices,
         host=host,
         links=tuple(links),
         switch=read(m, "switch", read_link, ctx),
         source=file,
-        description=str(m.get("description") or ""),
+        description=read(m, "description", read_str, ctx, ""),
         raw=copy.deepcopy(raw),
     )
 
