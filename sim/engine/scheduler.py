@@ -572,13 +572,13 @@ def simulate(
 OOM_MODES = ("raise", "stop", "ignore")
 
 
-def _stop_at(oom: Mapping[str, Any], records: list[dict[str, Any]],
+def _stop_at(oom: Mapping[str, Any], records: list[OpRecord],
              timelines: Mapping[str, list[tuple[float, float]]]
-             ) -> tuple[list[dict[str, Any]], dict[str, list[tuple[float, float]]], dict[str, float]]:
+             ) -> tuple[list[OpRecord], dict[str, list[tuple[float, float]]], dict[str, float]]:
     """The run as it stands when the failing allocation is made: ops that started before it,
     memory up to it (the failing device at its last level before the allocation)."""
     t = float(oom["time_s"])
-    kept = [r for r in records if r["start_s"] < t]
+    kept = [r for r in records if r.start_s < t]
     cut: dict[str, list[tuple[float, float]]] = {}
     for d, tl in timelines.items():
         pts = [p for p in tl if p[0] < t]
