@@ -222,8 +222,8 @@ class _Importer:
         shape = []
         for i, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value"):
-                if d.dim_value <= 0:
-                    raise GraphError(f"dimension {i} is {d.dim_value}; input dimensions must be > 0",
+                if d.dim_value < 0:  # 0 is an empty tensor, as ONNX allows
+                    raise GraphError(f"dimension {i} is {d.dim_value}; dimensions must be >= 0",
                                      where=where)
                 shape.append(int(d.dim_value))
             elif d.dim_param and d.dim_param in self.dims:
