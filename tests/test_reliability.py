@@ -157,6 +157,14 @@ def test_user_caused_exceptions_are_one_line(monkeypatch, exc):
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("hw, change", [
+    ("h100", "memory.hbm.bandwidth=0"), ("h100", "arch.clock=0 GHz"), ("h100", "memory.hbm.efficiency=nan"),
+    ("dgx-h100", "devices.gpu.memory.hbm.bandwidth=0"), ("dgx-h100", "host.arch.sockets=0")])
+def test_a_bad_hw_set_value_blames_the_option_not_the_bundled_spec(hw, change):
+    rc, _, err = _cli(["run", "gemm", "--hw", hw, "--hw-set", change])
+    assert rc == 2 and err.startswith(f"sim: error: --hw-set {change.split('=')[0]}: ") and ".yaml" not in err
+
+
 def test_every_subcommand_is_inside_the_boundary():
     """Whatever subcommands exist, a bad option of each exits 2 with one line."""
     from sim.cli import build_parser

@@ -28,12 +28,13 @@ def _load_workload(args: Any) -> Graph:
         return load(args.workload, **sets)  # no batch param: the workload's own batch
 
 
-def _simulate_step(graph: Graph, hw: Any) -> tuple[float, float]:
-    """(step time in seconds, peak memory in bytes) of one training step on ``hw``."""
+def _simulate_step(graph: Graph, hw: Any) -> tuple[float, float, dict[str, Any] | None]:
+    """(step time in seconds, peak memory in bytes, out-of-memory point or None) of one training
+    step on ``hw``; a step that does not fit is simulated past capacity (its would-be peak)."""
     import sim
 
-    result = sim.simulate(graph, hw)
-    return float(result.makespan_s), float(result.peak_memory_bytes)
+    result = sim.simulate(graph, hw, oom="ignore")
+    return float(result.makespan_s), float(result.peak_memory_bytes), result.meta.get("oom")
 
 
 def check_train_args(args: Any) -> Any:
@@ -136,9 +137,13 @@ def train_command(args: Any) -> int:
     report["step_time_s"] = None
     report["peak_memory_bytes"] = None
     if hw_spec is not None:
-        step_s, peak = _simulate_step(sim_graph, hw_spec)
-        report.update({"hw": args.hw, "step_time_s": step_s, "peak_memory_bytes": peak})
+        step_s, peak, oom = _simulate_step(sim_graph, hw_spec)
+        report.update({"hw": args.hw, "step_time_s": step_s, "peak_memory_bytes": peak, "oom": oom})
         print(f"one training step on {args.hw}: {step_s * 1e6:.1f} us, peak memory {peak / 2**20:.2f} MiB")
+        if oom:
+            from sim.report.summary import oom_text
+
+            print(f"  {oom_text(oom)}")
     print(f"final test accuracy {report['test_accuracy']:.4f}")
     if json_mode:
         from sim.io import atomic_write

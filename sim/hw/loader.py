@@ -165,9 +165,11 @@ def override(spec: Spec, changes: Mapping[str, Any], label: str = "--hw-set") ->
         return build(raw, file, spec.name)
     except SpecError as err:
         field = (err.where or "")[len(file) + 2:] if (err.where or "").startswith(f"{file}: ") else ""
+        # a change to a system's device went into that group's ``set``: match it without
+        fields = {field, field.replace(".set.", ".")} if field else set()
         for path in changes:
             path = str(path)
-            if field and (field == path or field.startswith(f"{path}.") or path.startswith(f"{field}.")):
+            if any(f == path or f.startswith(f"{path}.") or path.startswith(f"{f}.") for f in fields):
                 raise SpecError(err.message, where=_at(label, path)) from None
         raise
 
