@@ -56,7 +56,7 @@ def env_var(name: str) -> str:
 
 def over(name: str, value: float, what: str) -> str:
     """The message for ``value`` over limit ``name``: says the limit and how to raise it."""
-    return (f"{what} {value:,.0f} is over the limit of {limit(name):,} "
+    return (f"{what}: {value:,.0f} is over the limit of {limit(name):,} "
             f"(raise it with {env_var(name)}=N; docs/limits.md)")
 
 

@@ -460,9 +460,10 @@ def _costs(graph: Graph, nodes: list[Node], devs: list[str], system: SystemSpec,
         if isinstance(c, (int, float)):
             c = FixedCost(float(c), flops=work.flops, bytes=work.bytes)
         if not math.isfinite(float(c.time_s)) or c.time_s < 0:
-            raise SimError(f"op {node.name!r} ({node.op}) would take {c.time_s} s on {dev}: a rate, "
-                           "bandwidth or clock of the spec is too small for the work",
-                           where=spec.source or spec.name)
+            why = ("cost_fn gave it" if cost_fn is not None else
+                   "a rate, bandwidth or clock of the spec is too small for the work")
+            raise SimError(f"op {node.name!r} ({node.op}) would take {c.time_s} s on {dev}: {why}",
+                           where="cost_fn" if cost_fn is not None else (spec.source or spec.name))
         out.append(_NodeCost(c, dtype, _is_view(graph, node, work), work, key))
     return out
 

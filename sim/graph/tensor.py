@@ -42,13 +42,13 @@ class TensorSpec:
         shape = tuple(_dim(d) for d in self.shape)
         object.__setattr__(self, "shape", shape)
         if len(shape) > 8 and len(shape) > limit("rank"):
-            raise GraphError(over("rank", len(shape), f"shape {list(shape)} has rank"))
+            raise GraphError(over("rank", len(shape), f"rank of shape {list(shape)}"))
         if any(d > _CHECK_ABOVE for d in shape):
             for d in shape:
                 check("dim", d, "dimension", None, GraphError)
-            check("elements", math.prod(shape), f"shape {list(shape)} has elements", None, GraphError)
+            check("elements", math.prod(shape), f"elements of shape {list(shape)}", None, GraphError)
         elif len(shape) > 2 and math.prod(shape) > _CHECK_ABOVE:
-            check("elements", math.prod(shape), f"shape {list(shape)} has elements", None, GraphError)
+            check("elements", math.prod(shape), f"elements of shape {list(shape)}", None, GraphError)
 
     @property
     def rank(self) -> int:

@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sim.errors import SimError  # noqa: E402
+
 if TYPE_CHECKING:
     from sim.report.result import Result
 
@@ -149,6 +151,11 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> None:
     from sim.io import atomic_path
 
     fmt = os.path.splitext(os.fspath(path))[1].lower().lstrip(".") or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        raise SimError(f"unknown plot format .{fmt}; use one of "
+                       f"{', '.join('.' + f for f in sorted(fig.canvas.get_supported_filetypes()))}",
+                       where=os.fspath(path))
     try:
         with atomic_path(path, "plot") as tmp:
             fig.savefig(tmp, dpi=110, format=fmt)

@@ -494,6 +494,15 @@ API = {
     "yaml_text_duplicate_key": "load_yaml_text('name: a\\nname: b\\ngraph: []\\n')",
     "expr_tower": "evaluate('9**9**9**9', {})",
     "atomic_write_directory": "atomic_write(TMP, 'x')",
+    "load_none": "sim.load(None)",
+    "load_param_huge": "sim.load(WORKLOAD, batch=10**30)",
+    "simulate_dtype": "sim.simulate(sim.load(WORKLOAD), 'h100', dtype='fp13')",
+    "simulate_placement": "sim.simulate(sim.load(WORKLOAD), 'h100', placement={'*': 'gpu9'})",
+    "simulate_dispatch_negative": "sim.simulate(sim.load(WORKLOAD), 'h100', dispatch_s=-1.0)",
+    "simulate_cost_fn_nan": "sim.simulate(sim.load(WORKLOAD), 'h100', cost_fn=lambda *a: float('nan'))",
+    "simulate_hw_not_a_spec": "sim.simulate(sim.load(WORKLOAD), 42)",
+    "plot_unknown_format": "sim.simulate(sim.load(WORKLOAD), 'h100').plot(TMP + '/p.xyz')",
+    "write_json_over_directory": "sim.simulate(sim.load(WORKLOAD), 'h100').write_json(TMP)",
     "training_graph_optimizer": "sim.training_graph(sim.load(WORKLOAD), optimizer='nadamw')",
 }
 
