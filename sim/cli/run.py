@@ -128,7 +128,7 @@ def run_command(args: argparse.Namespace) -> int:
                       cache_reuse=not getattr(args, "no_cache_reuse", False),
                       dispatch_s=dispatch_s, cuda_graphs=bool(getattr(args, "cuda_graphs", False)),
                       oom="ignore" if getattr(args, "ignore_oom", False) else "stop")
-    print(result.summary(top=getattr(args, "top", 10)))
+    say(result.summary(top=getattr(args, "top", 10)))
     if result.meta.get("oom"):
         from sim.report.summary import oom_text
 
@@ -144,5 +144,15 @@ def run_command(args: argparse.Namespace) -> int:
         result.plot(args.plot)
         outputs.append(("plot", args.plot))
     for kind, path in outputs:
-        print(f"wrote {kind} {path}")
+        say(f"wrote {kind} {path}")
     return 0
+
+
+def say(text: str) -> None:
+    """Print to stdout; if the reader has gone (``sim run ... | head``), keep going quietly so
+    the outputs asked for are still written."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
