@@ -6,7 +6,7 @@ An input past a limit is a one-line ``SimError`` naming the file or option, the 
 limit's variable. See docs/limits.md.
 
 >>> limit("repeat")
-100000
+10000
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ LIMITS: dict[str, tuple[int, str]] = {
     "onnx_bytes": (2**31, "bytes of an ONNX model file (protobuf's own limit is 2 GiB)"),
     "yaml_nodes": (1_000_000, "YAML nodes after alias expansion (anchors and *aliases)"),
     "yaml_depth": (64, "nesting depth of YAML mappings and lists"),
-    "repeat": (100_000, "repeat count of a workload layer or block"),
-    "graph_nodes": (2_000_000, "ops in one graph"),
+    "repeat": (10_000, "repeat count of a workload layer or block"),
+    "graph_nodes": (100_000, "ops in a graph read from a workload file or an ONNX model"),
     "devices": (65_536, "devices in a system spec (sum of the groups' counts)"),
     "streams": (1_024, "concurrent compute streams per device (--streams)"),
     "rank": (32, "dimensions of a tensor"),

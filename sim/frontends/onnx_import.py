@@ -33,6 +33,7 @@ from sim.errors import GraphError, UnsupportedOpError
 from sim.frontends.onnx_schema import check_node
 from sim.graph import Graph, TensorSpec
 from sim.io import check_input, read_bytes
+from sim.limits import check
 
 # ONNX TensorProto.DataType -> our dtype names.
 ONNX_DTYPES: dict[int, str] = {
@@ -760,6 +761,7 @@ def import_model(
     """
     if not model.HasField("graph"):
         raise GraphError("model has no graph", where=source)
+    check("graph_nodes", len(model.graph.node), "nodes in the model", source, GraphError)
     return _Importer(model, source, dims or {}, fold, base_dir, weights_as_inputs, input_values).run()
 
 

@@ -45,7 +45,7 @@ from sim.frontends.layers import LAYERS, Args, LayerContext
 from sim.frontends.onnx_schema import check_node
 from sim.graph import Graph, TensorSpec
 from sim.io import compose, read_text, safe_load
-from sim.limits import check
+from sim.limits import check, limit
 
 TOP_KEYS = ("name", "version", "description", "source", "dtype", "params", "inputs", "weights",
             "graph", "outputs", "blocks")
@@ -56,7 +56,6 @@ INITS = ("normal", "uniform", "zeros", "ones", "he", "xavier", "lstm", "constant
 BLOCK_ENTRY_KEYS = (*REPEAT_KEYS, "args")
 
 Path_ = tuple[Any, ...]
-_CHECK_NODES_ABOVE = 100_000  # graphs smaller than this need no limit check
 
 
 def workloads_dir() -> Path:
@@ -224,6 +223,7 @@ class _Loader:
         self.graph = Graph(str(doc.get("name") or Path(source).stem), source=source)
         self.dtype = "fp32"
         self.expanding: list[str] = []  # blocks being expanded, outermost first
+        self.max_nodes = limit("graph_nodes")
 
     # ------------------------------------------------------------- errors
     def where(self, path: Path_, label: str, desc: str = "") -> str:
@@ -247,6 +247,11 @@ class _Loader:
             new = GraphError(f"{type(err).__name__}: {err}", where=where)
         new._located = True  # type: ignore[attr-defined]
         return new
+
+    def check_size(self) -> None:
+        """Stop a workload whose graph grows past the ``graph_nodes`` limit (checked as it grows)."""
+        if len(self.graph.nodes) >= self.max_nodes:
+            check("graph_nodes", len(self.graph.nodes) + 1, "ops in the graph", None, GraphError)
 
     # ------------------------------------------------------------- tensors
     def lookup(self, scope: _Scope, name: Any) -> str:
@@ -406,8 +411,7 @@ class _Loader:
         if node in self.graph.nodes:
             node = self.graph.unique_name(node)
         meta = {"layer": scope.prefix[:-1]} if scope.prefix else {}
-        if len(self.graph.nodes) >= _CHECK_NODES_ABOVE:
-            check("graph_nodes", len(self.graph.nodes) + 1, "ops in the graph", None, GraphError)
+        self.check_size()
         self.graph.add_node(entry["op"], g_ins, g_outs, attrs, name=node, meta=meta)
         for loc, glob in zip(outs, g_outs):
             scope.bound[loc] = glob
@@ -442,6 +446,7 @@ class _Loader:
             raise GraphError(f"a repeated layer takes one input, {len(ins)} given")
         cur = [self.lookup(scope, t) for t in ins]
         for k in range(n):
+            self.check_size()
             env = {**scope.env, var: start + k} if var else scope.env
             full = f"{scope.prefix}{name}.{start + k}" if repeated else f"{scope.prefix}{name}"
             args = Args(raw, env, kind)
@@ -493,6 +498,7 @@ class _Loader:
         cur = [self.lookup(scope, t) for t in ins]
         decl = dict(block.get("params") or {})
         for k in range(n):
+            self.check_size()
             idx = start + k
             inst = f"{scope.prefix}{name}.{idx}" if repeated else f"{scope.prefix}{name}"
             env_call = {**scope.env, **({var: idx} if var else {})}
