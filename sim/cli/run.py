@@ -45,7 +45,6 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     return prepare(load()), hw
 
 
-<<<<<<< HEAD
 def workload_file(name: str) -> str:
     """The file ``sim.load(name)`` reads: ``name`` itself, or a bundled workload's YAML."""
     if os.path.exists(name):
@@ -108,7 +107,8 @@ def check_plot_format(path: str) -> None:
     if ext not in formats:
         raise SimError(f"unknown plot format {('.' + ext) if ext else '(no extension)'}; use one of "
                        f"{', '.join('.' + f for f in sorted(formats))}", where="--plot")
-=======
+
+
 def _cluster_route(args: argparse.Namespace) -> bool:
     """``--parallel`` asks for the cluster simulator: a tp/schedule/zero/mbs field, both pp and
     dp, or a cluster spec (``sim.cluster``); plain ``dp=N`` / ``pp=S,mb=M`` stay op by op."""
@@ -146,7 +146,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     # --dtype with --train on a cluster means mixed precision, as Megatron-LM's --bf16/--fp16 do
     amp = dtype != "fp32"
     result = simulate_training(args.workload, hw, args.parallel, batch=batch, sets=sets,
-                               optimizer=args.optimizer, dtype=dtype, amp=amp,
+                               optimizer=args.optimizer or "adam", dtype=dtype, amp=amp,
                                recompute=bool(getattr(args, "checkpoint", False)))
     print(result.summary())
     if not getattr(args, "amp", False) and args.dtype:
@@ -160,7 +160,6 @@ def run_cluster(args: argparse.Namespace) -> int:
             write(path)
             print(f"wrote {kind} {path}")
     return 0
->>>>>>> main
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -171,13 +170,10 @@ def run_command(args: argparse.Namespace) -> int:
     summary says how much memory the step needs, and every output asked for is written."""
     from sim.engine import simulate
 
-<<<<<<< HEAD
     check_run_args(args)
-=======
     if _cluster_route(args):
         return run_cluster(args)
 
->>>>>>> main
     dispatch = getattr(args, "dispatch", None)
     dispatch_s = parse_dispatch(dispatch) if dispatch is not None else None
     placement = parse_place(getattr(args, "place", None))

@@ -10,13 +10,9 @@ from typing import Any
 
 from sim.errors import SpecError
 from sim.hw.schema import Ctx, check_version, mapping, read, read_int, read_link, read_str
-<<<<<<< HEAD
-from sim.hw.spec import DeviceSpec, LinkSpec, SystemSpec
-from sim.limits import check
-=======
 from sim.hw.spec import ClusterSpec, DeviceSpec, FabricSpec, LinkSpec, SystemSpec
 from sim.hw.units import parse_number, parse_quantity
->>>>>>> main
+from sim.limits import check
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "hwspecs"
 
