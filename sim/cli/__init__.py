@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_ops(sub)
     _add_hw(sub)
+    from sim.cli import results, sweep  # what-if studies: sim/study/
+
+    for study_command in (sweep, results):
+        study_command.add(sub)
     return parser
 
 
