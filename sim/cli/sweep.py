@@ -96,7 +96,9 @@ def sweep_command(args: argparse.Namespace) -> int:
     df = table(p, outcomes)
     print(format_table(df, p.axes, metrics or study.get("metrics")))
     failed = int(df["error"].notna().sum())
-    note = f"{len(df)} points, {failed} failed" + (f"; stored in {store}" if store else "")
+    note = f"{len(df)} points, {failed} failed"
+    if store:
+        note += f"; {p.ran} simulated, {p.reused} already in {store}"
     print(note, file=sys.stderr)
     if args.csv:
         try:

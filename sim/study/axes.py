@@ -66,7 +66,8 @@ def split_values(text: str, field: str = "") -> list[str]:
     if ";" in text:
         return [p.strip() for p in text.split(";") if p.strip()]
     parts: list[str] = []
-    depth, quote, cur = 0, "", []
+    depth, quote = 0, ""
+    cur: list[str] = []
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote

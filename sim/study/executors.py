@@ -67,7 +67,8 @@ def _dask_client(address: str | None, workers: int | None) -> tuple[Any, Any]:
         try:
             return Client(address, timeout="10s"), None
         except OSError as err:
-            raise SimError(f"cannot reach the Dask scheduler at {address}: {err}", where="--executor") from None
+            raise SimError(f"cannot reach the Dask scheduler at {address}: {err}",
+                           where="--executor") from None
     cluster = LocalCluster(n_workers=workers or cpu_count(), threads_per_worker=1, processes=True,
                            dashboard_address=None, silence_logs=40)
     return Client(cluster), cluster

@@ -66,7 +66,9 @@ def format_table(df: Any, axes: Sequence[str], metrics: Sequence[str] | None = N
         cols.append("error")
     view = display(df[cols], metrics)
     if failed:
-        view["error"] = view["error"].fillna("").map(lambda s: s if len(s) <= 70 else s[:67] + "...")
+        errors = view["error"].fillna("").map(lambda s: s if len(s) <= 70 else s[:67] + "...")
+        width = max(len("error"), *(len(s) for s in errors))
+        view["error"] = errors.map(lambda s: s.ljust(width))
     with pd.option_context("display.max_rows", 10_000, "display.width", 250,
                            "display.max_columns", 100, "display.float_format", _fmt):
         return view.to_string(index=False, na_rep="-")

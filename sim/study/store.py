@@ -109,7 +109,8 @@ class Store:
             "key": key, "study": study, "seq": seq,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
             "workload": cfg["workload"], "hw": cfg["hw"], "dtype": cfg["dtype"],
-            "parallel": cfg["parallel"], "axes": json.dumps(list(cfg["axes"])), "config": json.dumps(_public(cfg), sort_keys=True),
+            "parallel": cfg["parallel"], "axes": json.dumps(list(cfg["axes"])),
+            "config": json.dumps(_public(cfg), sort_keys=True),
             **{m: out.get(m) for m in METRICS},
             "error": out.get("error"), "error_kind": out.get("error_kind"), "wall_s": out.get("wall_s"),
         }

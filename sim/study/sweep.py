@@ -26,6 +26,8 @@ class Plan:
     configs: list[dict[str, Any]]
     keys: list[str]
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    reused: int = 0  # distinct points found in the store by the last ``execute``
+    ran: int = 0  # distinct points the last ``execute`` simulated
 
 
 def plan(workload: str | None, hw: str, grid: Mapping[str, Sequence[Any]], *,
@@ -77,6 +79,7 @@ def execute(p: Plan, store: str | os.PathLike[str] | None = None, executor: Any 
             if k not in done and k not in todo:
                 todo[k] = i
         order = list(todo.values())
+        p.reused, p.ran = len(set(p.keys)) - len(order), len(order)
         outcomes: dict[str, dict[str, Any]] = {}
         failed = 0
         bar = _progress(len(set(p.keys)), len(set(p.keys)) - len(order), progress)
