@@ -82,14 +82,14 @@ def test_skinny_gemm_is_not_predicted_at_peak():
 
 def test_wave_quantization_one_more_tile_costs_a_wave():
     h = dev("h100", **{"arch.tiles.tensor": [[128, 128]], "launch": "0 us", "memory.hbm.latency": "0 us"})
-    sms = h.arch["sms"]
+    sms = h.arch.sms
     # a K-deep GEMM with exactly one full wave of 128x128 tiles ...
     full = op_cost(gemm(128 * sms, 128, 8192), h, "bf16").compute_s
     # ... and one with a single extra tile: two waves, twice the time
     extra = op_cost(gemm(128 * sms + 1, 128, 8192), h, "bf16").compute_s
     assert extra == pytest.approx(2 * full, rel=1e-9)
     # a partial wave costs as much as a full one (K too shallow to split across idle SMs)
-    k = h.arch["split_k_min"]
+    k = h.arch.split_k_min
     full_k = op_cost(gemm(128 * sms, 128, k), h, "bf16").compute_s
     half = op_cost(gemm(128 * (sms // 2), 128, k), h, "bf16").compute_s
     assert half == pytest.approx(full_k, rel=1e-9)
@@ -97,7 +97,7 @@ def test_wave_quantization_one_more_tile_costs_a_wave():
     # one serial fix-up hand-off (two L2 round trips, the 128x128 fp32 partial read and written
     # back through the SM's 64 B/clk port)
     split = op_cost(gemm(128 * (sms // 2), 128, 8192), h, "bf16").compute_s
-    handoff = 2 * h.memory[1].latency_s + 2 * 128 * 128 * 4 / (64 * h.arch["clock"])
+    handoff = 2 * h.memory[1].latency_s + 2 * 128 * 128 * 4 / (64 * h.arch.clock)
     assert split == pytest.approx(full / 2 + handoff, rel=1e-9)
     assert split < full
 
@@ -340,6 +340,6 @@ def test_fused_kernel_gemms_run_at_their_own_efficiency():
     assert op_cost(work(""), h, "bf16").compute_s == pytest.approx(tile_s, rel=1e-9)
     assert op_cost(work("attention"), h, "bf16").compute_s == pytest.approx(2 * tile_s, rel=1e-9)
     # the H100 spec rates attention kernels as FlashAttention-2 (PyTorch's default on Hopper)
-    assert dev("h100").arch["kernel_efficiency"] == {"attention": 0.55}
+    assert dev("h100").arch.kernel_efficiency == {"attention": 0.55}
     with pytest.raises(SpecError, match="kernel_efficiency.flash"):
         dev("h100", **{"arch.kernel_efficiency.flash": 0.5})

@@ -12,13 +12,14 @@ from sim.cli.args import parse_dispatch
 from sim.engine import FixedCost, simulate
 from sim.errors import SpecError
 from sim.graph import Graph, TensorSpec
+from sim.hw.arch import Arch
 from sim.hw.spec import ComputeUnit, DeviceSpec, MemoryLevel
 from sim.report.trace import trace_json
 
 
-def device(arch: dict | None = None) -> DeviceSpec:
+def device(host_dispatch: float = 0.0) -> DeviceSpec:
     return DeviceSpec(name="dev", kind="gpu", units=(ComputeUnit("compute", True, {"fp32": 1e12}),),
-                      memory=(MemoryLevel("hbm", 1e9, 1e12),), arch=arch or {})
+                      memory=(MemoryLevel("hbm", 1e9, 1e12),), arch=Arch(host_dispatch=host_dispatch))
 
 
 def table(costs: dict[str, float]):
@@ -113,9 +114,9 @@ def test_cuda_graphs_launch_once():
 
 def test_spec_value_and_override():
     costs = table(dict.fromkeys(["K0", "K1"], 1.0))
-    r = simulate(relus(2), device({"host_dispatch": 5.0}), cost_fn=costs, host_inputs=False)
+    r = simulate(relus(2), device(5.0), cost_fn=costs, host_inputs=False)
     assert spans(r) == [("K0", 5.0, 6.0), ("K1", 10.0, 11.0)]
-    r = simulate(relus(2), device({"host_dispatch": "5 s"}), cost_fn=costs, host_inputs=False,
+    r = simulate(relus(2), device(5.0), cost_fn=costs, host_inputs=False,
                  dispatch_s=0)
     assert spans(r) == [("K0", 0.0, 1.0), ("K1", 1.0, 2.0)] and r.host_bound_s == 0.0
     r = simulate(relus(2), device(), cost_fn=costs, host_inputs=False, dispatch_s="2 s")
@@ -130,7 +131,7 @@ def test_yaml_spec_key_sets_the_dispatch_time():
     # arch.host_dispatch in a spec (here as an override of the YAML) is parsed as a time and
     # gives the same timeline as passing dispatch_s; 3 us per op on 2 unit-cost ops by hand
     h = sim.hardware("h100", **{"arch.host_dispatch": "3 us"})
-    assert h.arch["host_dispatch"] == pytest.approx(3e-6)
+    assert h.arch.host_dispatch == pytest.approx(3e-6)
     costs = table(dict.fromkeys(["K0", "K1"], 1e-6))
     r = simulate(relus(2), h, cost_fn=costs, host_inputs=False)
     assert [n for n, _, _ in spans(r)] == ["K0", "K1"]

@@ -24,11 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sim.cost.roofline import achievable, vector_unit
+from sim.cost.roofline import achievable, flops_time, vector_unit
+from sim.hw.arch import GpuArch
 from sim.hw.spec import ComputeUnit, DeviceSpec
 from sim.ops.work import GemmShape
 
-DEFAULT_TILES = ((128, 128),)
 GEMV_MAX = 8  # widest skinny side that a GEMM library dispatches to a matrix-vector kernel
 
 
@@ -82,11 +82,12 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     if rate <= 0:
         return math.inf
     arch = device.arch
-    sms = int(arch.get("sms", 1))
-    clock = float(arch.get("clock", 1e9))
-    load_Bps = float(arch.get("sm_load_bytes_per_cycle", 64)) * clock
-    tiles = arch.get("tiles", {}).get(unit.name, DEFAULT_TILES)
-    split_k_min = int(arch.get("split_k_min", 256))
+    if not isinstance(arch, GpuArch):
+        return flops_time(matmul_flops, rate)  # a spec without SM detail: the plain roofline
+    sms = arch.sms
+    load_Bps = arch.sm_load_bytes_per_cycle * arch.clock
+    tiles = arch.tiles_for(unit.name)
+    split_k_min = arch.split_k_min
     vec_dt = "fp32" if dtype in ("tf32", "") else dtype
     gemv_rate = achievable(vector_unit(device, vec_dt), vec_dt)
     main = device.main_memory
@@ -94,12 +95,12 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     # no latency falls back to main memory's
     onchip = device.memory[1] if len(device.memory) > 1 else main
     fixup_latency_s = onchip.latency_s or main.latency_s
-    kernel_eff = arch.get("kernel_efficiency", {})
+    kernel_eff = arch.kernel_efficiency
     total = 0.0
     shaped = 0.0
     for g in gemms:
         # the GEMMs inside a fused kernel (attention) reach their own fraction of the rate
-        eff = float(kernel_eff.get(g.kernel, 1.0)) if g.kernel else 1.0
+        eff = kernel_eff.get(g.kernel, 1.0) if g.kernel else 1.0
         total += gemm_time(g, rate_per_sm=rate * eff / sms, sms=sms, tiles=tiles, load_Bps=load_Bps,
                            elem_bytes=elem_bytes, split_k_min=split_k_min,
                            latency_s=main.latency_s, gemv_rate=gemv_rate * eff,
@@ -134,5 +135,6 @@ def cross_sm_passes(work_bytes_read: float, work_bytes_written: float, elem_byte
 def sfu_rate(device: DeviceSpec) -> float:
     """Transcendentals per second (special-function units), 0 if the spec does not say."""
     arch = device.arch
-    per = float(arch.get("sfu_per_sm_per_cycle", 0.0))
-    return per * int(arch.get("sms", 0)) * float(arch.get("clock", 0.0))
+    if not isinstance(arch, GpuArch):
+        return 0.0
+    return arch.sfu_per_sm_per_cycle * arch.sms * arch.clock

@@ -501,7 +501,7 @@ def simulate(
     and that are still in its reuse cache (an LRU as big as ``sim.cost.reuse_capacity``) are
     read at the cache's bandwidth; ``False`` streams every byte from main memory.
     ``dispatch_s``: host time to issue one kernel (seconds or a time string such as ``"8 us"``);
-    None takes each device's ``arch["host_dispatch"]`` (0 when absent). The host issues
+    None takes each device's ``arch.host_dispatch`` (0 when absent). The host issues
     kernels in topological order from one thread and an op starts no earlier than its issue.
     ``cuda_graphs``: the whole graph is one launch (one dispatch time), no per-op dispatch.
     """
