@@ -22,8 +22,9 @@ from sim.errors import SimError
 from sim.study.axes import Field, classify, coerce_option
 
 # metric columns, in the order the table shows them
-METRICS = ("makespan_s", "throughput_per_s", "peak_memory_bytes", "peak_memory_per_device_bytes",
-           "energy_j", "flops", "achieved_flops_per_s", "mfu", "bound_compute", "bound_memory",
+METRICS = ("makespan_s", "throughput_per_s", "time_per_sample_s", "peak_memory_bytes",
+           "peak_memory_per_device_bytes", "energy_j", "energy_per_sample_j", "flops",
+           "achieved_flops_per_s", "mfu", "bound_compute", "bound_memory",
            "bound_launch", "bound_comm", "host_bound_s", "devices")
 BOUNDS = ("compute", "memory", "launch", "comm")
 # packages whose source does not change a simulation's numbers (front ends of the study itself)
@@ -154,6 +155,7 @@ def build_graph(cfg: Mapping[str, Any], spec: Any) -> Any:
 def metrics_of(result: Any) -> dict[str, Any]:
     """The table's metrics from a ``Result``.
 
+    ``time_per_sample_s``, ``energy_per_sample_j``: per sample of the batch (None without one).
     ``mfu``: the graph's FLOPs over the makespan, as a share of the peak FLOP/s of the devices
     that ran ops (each at its busiest unit's peak for the dtype that unit mostly ran).
     ``bound_*``: the share of summed op time bound by compute, memory, launch and links.
@@ -170,12 +172,15 @@ def metrics_of(result: Any) -> dict[str, Any]:
         peak += max(peaks, default=0.0)
     span = result.makespan_s
     achieved = result.flops / span if span > 0 else 0.0
+    batch = result.batch if result.batch else None
     return {
         "makespan_s": span,
         "throughput_per_s": result.throughput,
+        "time_per_sample_s": span / batch if batch else None,
         "peak_memory_bytes": result.peak_memory_bytes,
         "peak_memory_per_device_bytes": max(result.peak_memory_by_device.values(), default=0.0),
         "energy_j": result.energy_j,
+        "energy_per_sample_j": result.energy_j / batch if batch else None,
         "flops": result.flops,
         "achieved_flops_per_s": achieved,
         "mfu": achieved / peak if peak > 0 else None,

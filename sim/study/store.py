@@ -104,16 +104,18 @@ class Store:
 
         A point that crashed earlier (``error_kind == 'crash'``) is replaced."""
         axes = {k: _sql_value(v) for k, v in cfg["axes"].items()}
-        self.ensure_axes(axes)
+        extra = {k: _sql_value(v) for k, v in out.items() if k not in FIXED and k not in _TRANSIENT}
+        self.ensure_axes([*axes, *extra])
         row: dict[str, Any] = {
             "key": key, "study": study, "seq": seq,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-            "workload": cfg["workload"], "hw": cfg["hw"], "dtype": cfg["dtype"],
-            "parallel": cfg["parallel"], "axes": json.dumps(list(cfg["axes"])),
+            "workload": cfg.get("workload"), "hw": cfg.get("hw"), "dtype": cfg.get("dtype"),
+            "parallel": cfg.get("parallel"), "axes": json.dumps(list(cfg["axes"])),
             "config": json.dumps(_public(cfg), sort_keys=True),
             **{m: out.get(m) for m in METRICS},
             "error": out.get("error"), "error_kind": out.get("error_kind"), "wall_s": out.get("wall_s"),
         }
+        row.update(extra)  # metrics of other kinds of study (a layout search's step time)
         row.update(axes)  # an axis named like a fixed column (hw, dtype) holds the same value
         names = list(row)
         sql = (f"INSERT OR IGNORE INTO points ({', '.join(_q(n) for n in names)}) "
@@ -122,6 +124,9 @@ class Store:
             self.db.execute("DELETE FROM points WHERE key = ? AND error_kind = 'crash'", (key,))
             added = self.db.execute(sql, [row[n] for n in names]).rowcount == 1
         return added
+
+
+_TRANSIENT = ("pid",)  # worker details not worth a column
 
 
 def _public(cfg: Mapping[str, Any]) -> dict[str, Any]:
