@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_ops(sub)
     _add_hw(sub)
-    from sim.cli import results, sweep  # what-if studies: sim/study/
+    from sim.cli import plot, results, sweep  # what-if studies: sim/study/
 
-    for study_command in (sweep, results):
+    for study_command in (sweep, results, plot):
         study_command.add(sub)
     return parser
 
