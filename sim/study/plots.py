@@ -132,10 +132,12 @@ def plot_lines(df: Any, x: str, y: str, path: str | os.PathLike[str], *, hue: st
     if categorical:
         ax.set_xticks(range(len(cats)), cats, rotation=30 if max(map(len, cats)) > 6 else 0)
     elif xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 16:
-        from matplotlib.ticker import ScalarFormatter
+        from matplotlib.ticker import NullFormatter
 
         ax.set_xscale("log", base=2 if all(float(v).is_integer() for v in xs_all) else 10)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ticks = sorted(set(xs_all))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(_axis_label(x, xunit))
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"{ylabel.split(' (')[0]} vs {x}")
