@@ -208,26 +208,40 @@ def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
 
 def plot_pareto(df: Any, x: str, y: str, path: str | os.PathLike[str], *, axes: Sequence[str] = (),
                 title: str | None = None) -> list[str]:
-    """Every point by two metrics to minimise (time and energy per sample, say); the front
-    joined and labelled with its points' axis values."""
+    """Every point by two metrics to minimise (time and energy per sample, say), coloured by
+    the first axis that varies; the front is joined and its points labelled with their values
+    of the other axes. Axes spanning more than 20x are logarithmic."""
     df = df[df[x].notna() & df[y].notna()] if x in df.columns and y in df.columns else df
+    if not len(df):
+        raise SimError(f"no point has both {x} and {y}", where="--kind pareto")
+    df = df.reset_index(drop=True)
     xs, xlabel = _metric(df, x)
     ys, ylabel = _metric(df, y)
     fig, ax = _figure((7.5, 5.2))
-    ax.scatter(xs, ys, s=18, color="0.6", label="all points")
-    front = pareto_front(list(xs), list(ys))
-    fx, fy = xs.iloc[front], ys.iloc[front]
-    ax.plot(fx, fy, "o-", color="C3", label="Pareto front")
     shown = varying(df, axes)
-    for i in front[:12]:
+    colour_by = shown[0] if shown else None
+    if colour_by:
+        for i, (v, g) in enumerate(df.groupby(colour_by, sort=False)):
+            ax.scatter(xs[g.index], ys[g.index], s=28, color=f"C{i % 10}", label=f"{colour_by}={v}", zorder=3)
+    else:
+        ax.scatter(xs, ys, s=28, color="0.5", label="points", zorder=3)
+    front = pareto_front(list(xs), list(ys))
+    ax.plot(xs.iloc[front], ys.iloc[front], "-", color="k", lw=1.2, label="Pareto front", zorder=2)
+    ax.scatter(xs.iloc[front], ys.iloc[front], s=90, facecolors="none", edgecolors="k", zorder=4)
+    rest = [a for a in shown if a != colour_by] or shown
+    for n, i in enumerate(front[:14]):
         row = df.iloc[i]
-        ax.annotate(", ".join(str(row[a]) for a in shown), (xs.iloc[i], ys.iloc[i]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(", ".join(f"{a}={row[a]}" for a in rest), (xs.iloc[i], ys.iloc[i]), fontsize=7,
+                    xytext=(6, -10 if n % 2 else 5), textcoords="offset points")
+    for axis, vals in (("x", xs), ("y", ys)):
+        lo, hi = float(vals.min()), float(vals.max())
+        if lo > 0 and hi / lo > 20:
+            (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title or f"Pareto front: {xlabel.split(' (')[0]} vs {ylabel.split(' (')[0]}"
-                 + (f" (labels: {', '.join(shown)})" if shown else ""), fontsize=10)
-    ax.grid(True, alpha=0.3)
+    what = f"{xlabel.split(' (')[0]} vs {ylabel.split(' (')[0]}"
+    ax.set_title(title or f"Pareto front: {what} (lower is better)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
