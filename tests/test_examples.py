@@ -69,9 +69,9 @@ def test_hbm_decode_study(capsys, monkeypatch, tmp_path):
 
 
 def test_accelerator_bert_training(capsys, monkeypatch, tmp_path):
-    out = run_example("accelerator_bert_training.py", ["--hw", "a100,h100,alveo-u280", "--batches", "8",
-                                                       "--executor", "serial", "--store", str(tmp_path / "a.db"),
-                                                       "--plot", str(tmp_path / "a.png")], capsys, monkeypatch)
+    args = ["--hw", "a100,h100,alveo-u280", "--batches", "8", "--executor", "serial",
+            "--store", str(tmp_path / "a.db"), "--plot", str(tmp_path / "a.png")]
+    out = run_example("accelerator_bert_training.py", args, capsys, monkeypatch)
     ms = {hw: float(t) for hw, t in re.findall(r"^\s+(\S+)\s+8\s+(\d+\.\d+)\s", out, flags=re.M)}
     assert set(ms) == {"a100", "h100", "alveo-u280"}
     # H100 trains BERT faster than A100 (MLPerf Training v3.0: ~2-3x); the FPGA is far behind

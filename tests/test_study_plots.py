@@ -60,6 +60,7 @@ def test_sim_plot_refuses_what_it_cannot_draw(store, tmp_path, capsys):
     assert main(["plot", str(store), "--kind", "heatmap", "--x", "batch", "--hue", "batch",
                  "--out", str(tmp_path / "h.png")]) == 2
     assert main(["plot", str(store), "--x", "nosuch", "--out", str(tmp_path / "n.png")]) == 2
-    assert main(["plot", str(store), "--x", "batch", "--where", "batch=3", "--out", str(tmp_path / "w.png")]) == 2
+    assert main(["plot", str(store), "--x", "batch", "--where", "batch=3",
+                 "--out", str(tmp_path / "w.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(e.startswith("sim: error: ") for e in err)
