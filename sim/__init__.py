@@ -45,6 +45,14 @@ def training_graph(graph: Graph, loss: str = "cross_entropy", optimizer: str = "
     return _tg(graph, loss=loss, optimizer=optimizer, **hyper)
 
 
+def parallelize(graph: Graph, **layout: Any) -> Graph:
+    """Tensor x pipeline x data parallelism (``tp=, pp=, dp=, microbatches=, mbs=, zero=,
+    schedule=, devices=``) as one op-by-op graph; see ``sim.passes.compose.parallelize``."""
+    from sim.passes.compose import parallelize as _parallelize
+
+    return _parallelize(graph, **layout)
+
+
 def sweep(workload: str | None = None, hw: str = "h100", grid: Any = None, store: Any = None,
           executor: Any = "local", **kwargs: Any) -> Any:
     """A what-if study: every point of ``grid`` (field -> values) simulated on ``executor`` and kept
@@ -63,6 +71,6 @@ def load_module(module: Any, example_inputs: Any, **kwargs: Any) -> Graph:
 
 __all__ = [
     "Graph", "GraphError", "Node", "OutOfMemoryError", "SimError", "SpecError", "TensorSpec",
-    "UnsupportedOpError", "execute", "hardware", "load", "load_module", "simulate",
+    "UnsupportedOpError", "execute", "hardware", "load", "load_module", "parallelize", "simulate",
     "sweep", "training_graph",
 ]

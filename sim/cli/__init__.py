@@ -1,4 +1,4 @@
-"""Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``.
+"""Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``, ``sim calibrate``, ``sim validate``.
 
 Bad input (a SimError) prints one line and exits 2, with no traceback.
 """
@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_ops(sub)
     _add_hw(sub)
+    from sim.cli import calibrate, validate
+
+    calibrate.add_parser(sub)
+    validate.add_parser(sub)
     from sim.cli import plot, results, sweep  # what-if studies: sim/study/
 
     for study_command in (sweep, results, plot):
