@@ -42,9 +42,12 @@ def _add_run(sub: Any) -> None:
                    help="host time to issue each kernel, e.g. '8 us' (eager framework overhead)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="launch the whole graph once (no per-op host dispatch)")
-    p.add_argument("--parallel", metavar="dp=N|pp=S[,mb=M]",
-                   help="data parallel over N devices (with --train) or a GPipe pipeline of S "
-                        "stages and M microbatches (docs/parallel.md)")
+    p.add_argument("--parallel", metavar="tp=T,pp=P,dp=D[,mbs=B,...]",
+                   help="a 3-D parallel training step on a cluster: tp=T,pp=P,dp=D[,mbs=B]"
+                        "[,schedule=gpipe|1f1b|interleaved:V][,zero=0..3][,sp] with --set batch=GLOBAL; "
+                        "or, on one node, dp=N (with --train) / pp=S[,mb=M] op by op (docs/parallel.md)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed-precision training: --dtype compute, fp32 master weights and optimizer states")
     p.set_defaults(func=_cmd_run)
 
 
