@@ -257,13 +257,17 @@ def plot_search(df: Any, path: str | os.PathLike[str], *, top: int = 12, capacit
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.fonttype"] = "none"
+    if "layout" not in df.columns and "parallel" in df.columns:
+        df = df.assign(layout=df["parallel"])  # a results file: the layout is the point's parallel field
     need = ("step_time_s", "memory_per_gpu_bytes", "tp", "layout")
     if any(c not in df.columns for c in need):
         raise SimError("not a layout-search result (sim search writes one)", where="--kind search")
     ok = df[df["step_time_s"].notna()].sort_values("step_time_s", kind="stable")
     if not len(ok):
         raise SimError("no simulated layout to plot", where="--kind search")
-    pruned = int(df["error"].fillna("").str.startswith("pruned").sum()) if "error" in df.columns else 0
+    errors = df["error"].fillna("") if "error" in df.columns else None
+    pruned = int(errors.str.startswith("pruned (memory").sum()) if errors is not None else 0
+    failed = int((errors.ne("") & ~errors.str.startswith("pruned")).sum()) if errors is not None else 0
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.1]})
     mem = ok["memory_per_gpu_bytes"] / 2**30
     for tp in sorted(ok["tp"].unique()):
@@ -276,7 +280,8 @@ def plot_search(df: Any, path: str | os.PathLike[str], *, top: int = 12, capacit
         ax.axvline(capacity / 2**30, ls="--", color="C3", label=f"GPU memory {capacity / 2**30:.0f} GiB")
     ax.set_xlabel("memory per GPU (GiB, simulated)")
     ax.set_ylabel("step time (s)")
-    ax.set_title(f"{len(ok)} layouts simulated, {pruned} pruned by the memory model", fontsize=10)
+    ax.set_title(f"{len(ok)} layouts ran, {failed} out of memory in simulation, "
+                 f"{pruned} pruned by the memory model", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     head = ok.head(top).iloc[::-1]

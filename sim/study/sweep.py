@@ -55,7 +55,7 @@ def plan(workload: str | None, hw: str, grid: Mapping[str, Sequence[Any]], *,
     return Plan(study, list(grid), points, configs, keys, list(metrics or METRICS))
 
 
-def _progress(total: int, initial: int, show: bool | None) -> Any:
+def _progress(total: int, initial: int, show: bool | None, desc: str = "sweep") -> Any:
     """A tqdm bar on stderr (ETA, rate, failures so far); silent when stderr is not a terminal."""
     from tqdm import tqdm
 
@@ -63,7 +63,7 @@ def _progress(total: int, initial: int, show: bool | None) -> Any:
     if show is None:
         show = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, unit="pt", disable=not show, dynamic_ncols=True,
-                desc="sweep", file=sys.stderr)
+                desc=desc, file=sys.stderr)
 
 
 def execute(p: Plan, store: str | os.PathLike[str] | None = None, executor: Any = "local", *,
