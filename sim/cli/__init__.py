@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate.add_parser(sub)
     validate.add_parser(sub)
+    from sim.cli import plot, results, search, sweep  # what-if studies: sim/study/
+
+    for study_command in (sweep, results, plot, search):
+        study_command.add(sub)
     return parser
 
 
