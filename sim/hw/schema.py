@@ -109,8 +109,37 @@ def _tiles(v: Any, c: Ctx) -> dict[str, tuple[tuple[int, int], ...]]:
 
 # Fused kernels whose GEMMs a GPU spec may rate apart from the GEMM library's
 # (``GemmShape.kernel``): arch.kernel_efficiency maps each to a fraction of the matrix unit's
-# achievable rate.
-KERNELS = ("attention",)
+# achievable rate. "attention" rates every fused attention kernel alike; the named attention
+# kernels (FlashAttention-2/3, cuDNN, xFormers' memory-efficient) are picked by
+# ``arch.attention_kernel``; "conv_simt" rates a convolution's implicit GEMM on CUDA cores.
+ATTENTION_KERNELS = ("flash2", "flash3", "cudnn", "mem_efficient")
+KERNELS = ("attention", *ATTENTION_KERNELS, "conv_simt")
+
+
+def _attention_kernel(v: Any, c: Ctx) -> str:
+    name = read_str(v, c)
+    if name not in KERNELS:
+        raise c.error(f"unknown attention kernel {name!r} (known: {', '.join(KERNELS)})")
+    return name
+
+
+def _number_map(v: Any, c: Ctx) -> dict[str, float]:
+    """A mapping of names to non-negative numbers (per-unit cycle counts)."""
+    out = {}
+    for k, x in mapping(v, c).items():
+        f = _num(x, c.at(k))
+        if f < 0:
+            raise c.at(k).error(f"expected a number >= 0, got {x!r}")
+        out[str(k)] = f
+    return out
+
+
+ROWWISE_FIELDS = ("cycles_per_element", "cycles_per_row", "round_trips", "warp_row_max", "onchip_row_bytes")
+
+
+def _rowwise(v: Any, c: Ctx) -> dict[str, float]:
+    mapping(v, c, {k: None for k in ROWWISE_FIELDS})
+    return _number_map(v, c)
 
 
 def _kernel_map(v: Any, c: Ctx) -> dict[str, float]:
@@ -138,7 +167,9 @@ _ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
     "gpu": {"sms": read_int, "clock": _q("frequency"), "tiles": _tiles, "split_k_min": read_int,
             "sm_load_bytes_per_cycle": _num, "sfu_per_sm_per_cycle": _num,
             "tensor_cores_per_sm": read_int, "kernel_efficiency": _kernel_map,
-            "host_dispatch": _q("time")},
+            "host_dispatch": _q("time"), "k_align_bytes": read_int, "tile_overhead": _number_map,
+            "stream_inflight": _num, "rowwise": _rowwise, "attention_kernel": _attention_kernel,
+            "conv_split_k": _bool, "skinny_max": read_int},
     "tpu": {"cores": read_int, "mxus": read_int, "mxu_rows": read_int, "mxu_cols": read_int,
             "clock": _q("frequency"), "ici_links": read_int, "vector_lanes": read_int,
             "row_granule": read_int, "host_dispatch": _q("time")},

@@ -316,7 +316,8 @@ def conv_gemm(n: int, out_sp: tuple[int, ...], cin: int, cout: int, kernel: tupl
     >>> conv_gemm(1, (112, 112), 3, 64, (7, 7), 1).flops  # ResNet-50 stem
     236027904.0
     """
-    return GemmShape(n * math.prod(out_sp), cout // group, cin // group * math.prod(kernel), group)
+    taps = math.prod(kernel)
+    return GemmShape(n * math.prod(out_sp), cout // group, cin // group * taps, group, "conv", taps)
 
 
 def _conv_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
