@@ -88,14 +88,14 @@ BARE = {"arch.tiles.tensor": [[128, 128]], "launch": "0 us", "memory.hbm.latency
 
 def test_wave_quantization_one_more_tile_costs_a_wave():
     h = dev("h100", **BARE)
-    sms = h.arch["sms"]
+    sms = h.arch.sms
     # a K-deep GEMM with exactly one full wave of 128x128 tiles ...
     full = op_cost(gemm(128 * sms, 128, 8192), h, "bf16").compute_s
     # ... and one with a single extra tile: two waves, twice the time
     extra = op_cost(gemm(128 * sms + 1, 128, 8192), h, "bf16").compute_s
     assert extra == pytest.approx(2 * full, rel=1e-9)
     # a partial wave costs as much as a full one (K too shallow to split across idle SMs)
-    k = h.arch["split_k_min"]
+    k = h.arch.split_k_min
     full_k = op_cost(gemm(128 * sms, 128, k), h, "bf16").compute_s
     half = op_cost(gemm(128 * (sms // 2), 128, k), h, "bf16").compute_s
     assert half == pytest.approx(full_k, rel=1e-9)
@@ -103,7 +103,7 @@ def test_wave_quantization_one_more_tile_costs_a_wave():
     # one serial fix-up hand-off (two L2 round trips, the 128x128 fp32 partial read and written
     # back through the SM's 64 B/clk port)
     split = op_cost(gemm(128 * (sms // 2), 128, 8192), h, "bf16").compute_s
-    handoff = 2 * h.memory[1].latency_s + 2 * 128 * 128 * 4 / (64 * h.arch["clock"])
+    handoff = 2 * h.memory[1].latency_s + 2 * 128 * 128 * 4 / (64 * h.arch.clock)
     assert split == pytest.approx(full / 2 + handoff, rel=1e-9)
     assert split < full
 
@@ -349,7 +349,7 @@ def test_fused_kernel_gemms_run_at_their_own_efficiency():
     assert op_cost(work("attention"), h, "bf16").compute_s == pytest.approx(2 * tile_s, rel=1e-9)
     # which attention kernel runs is the spec's choice: cuDNN on the H100 (PyTorch >= 2.5 on
     # Hopper), FlashAttention-2 at its published 0.55 when the spec says so
-    assert dev("h100").arch["attention_kernel"] == "cudnn"
+    assert dev("h100").arch.attention_kernel == "cudnn"
     fa2 = dev("h100", **BARE, **{"arch.attention_kernel": "flash2"})
     assert op_cost(work("attention"), fa2, "bf16").compute_s == pytest.approx(tile_s / 0.55, rel=1e-9)
     with pytest.raises(SpecError, match="kernel_efficiency.flash"):

@@ -994,12 +994,20 @@ OPTIMIZERS = {
                  lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01)),
     "nesterov": ("momentum", {"lr": 0.05, "momentum": 0.8, "nesterov": 1},
                  lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True)),
+    # spelled as torch.optim spells it: "sgd" with a momentum (and dampening, nesterov)
+    "sgd_momentum_dampening": ("sgd", {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01},
+                               lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.3,
+                                                          weight_decay=0.01)),
+    "sgd_nesterov": ("SGD", {"lr": 0.05, "momentum": 0.8, "nesterov": True},
+                     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True)),
     "adam": ("adam", {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.01},
              lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)),
     "adamw": ("adamw", {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1},
               lambda ps: torch.optim.AdamW(ps, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)),
 }
 STATES = {"sgd": {}, "momentum": {"velocity": "momentum_buffer"}, "nesterov": {"velocity": "momentum_buffer"},
+          "sgd_momentum_dampening": {"velocity": "momentum_buffer"},
+          "sgd_nesterov": {"velocity": "momentum_buffer"},
           "adam": {"m": "exp_avg", "v": "exp_avg_sq"}, "adamw": {"m": "exp_avg", "v": "exp_avg_sq"}}
 
 

@@ -64,7 +64,7 @@ def test_h100_datasheet_numbers():
     assert h.unit("tensor").peak_flops["bf16"] == pytest.approx(989.4e12)
     assert h.unit("tensor").sparse_2_4
     assert h.power.tdp_w == 700
-    assert h.arch["sms"] == 132
+    assert h.arch.sms == 132
     assert h.host_link is not None and h.host_link.bandwidth_Bps == 64e9
 
 
@@ -87,7 +87,7 @@ def test_override_what_if():
     assert h2.main_memory.bandwidth_Bps == 6.7e12
     assert h2.unit("tensor").peak_flops["bf16"] == 2e15
     assert h2.launch_s == 1e-6
-    assert h2.arch["sms"] == 100
+    assert h2.arch.sms == 100
     assert h.main_memory.bandwidth_Bps == 3.35e12  # the original is untouched
     # the outermost level by field name, SI numbers, and the keyword form of load_hardware
     h3 = override(h, {"memory.bandwidth": 4e12})
@@ -211,11 +211,11 @@ def test_cpu_simd_peak_matches_width_fma_and_clock(name):
     c = load_hardware(name)
     assert isinstance(c, DeviceSpec)
     a = c.arch
-    lanes = a["simd_bits"] // 32
-    per_core = lanes * a["fma_units"] * 2  # FMA = 2 FLOP
+    lanes = a.simd_bits // 32
+    per_core = lanes * a.fma_units * 2  # FMA = 2 FLOP
     if name == "epyc-9654":
         per_core //= 2  # Zen 4 runs 512-bit ops on 256-bit pipes: half the 512-bit lanes per cycle
-    assert c.unit("simd").peak_flops["fp32"] == pytest.approx(a["cores"] * per_core * a["clock"])
+    assert c.unit("simd").peak_flops["fp32"] == pytest.approx(a.cores * per_core * a.clock)
 
 
 @pytest.mark.parametrize("name", ["tpu-v4", "tpu-v5e", "systolic-asic"])
@@ -224,11 +224,11 @@ def test_systolic_peak_matches_array_geometry(name):
     assert isinstance(d, DeviceSpec)
     a = d.arch
     if d.kind == "tpu":
-        arrays, rows, cols = a["mxus"], a["mxu_rows"], a["mxu_cols"]
+        arrays, rows, cols = a.mxus, a.mxu_rows, a.mxu_cols
     else:
-        arrays, rows, cols = a["arrays"], a["rows"], a["cols"]
+        arrays, rows, cols = a.arrays, a.rows, a.cols
     matrix = next(u for u in d.units if u.matrix)
-    assert matrix.peak_flops["bf16"] == pytest.approx(arrays * rows * cols * 2 * a["clock"], rel=0.01)
+    assert matrix.peak_flops["bf16"] == pytest.approx(arrays * rows * cols * 2 * a.clock, rel=0.01)
 
 
 def test_user_system_with_device_file_beside_it(tmp_path):

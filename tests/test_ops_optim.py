@@ -125,3 +125,25 @@ def test_depend_passes_its_first_input_through():
     np.testing.assert_array_equal(y, x)
     assert one_op_graph("Depend", [x, after]).work("node").bytes == 0
     check_grad("Depend", [x, after], wrt=[0])
+
+
+def test_sgd_spelled_as_torch_and_its_refusals():
+    from sim.graph import Graph, TensorSpec
+    from sim.passes.training import training_graph
+
+    g = Graph("lin")
+    g.add_input("x", TensorSpec((4, 3)))
+    g.add_param("w", TensorSpec((3, 2)))
+    g.add_node("MatMul", ["x", "w"], ["y"])
+    g.set_outputs(["y"])
+    ops = {n.op for n in training_graph(g, optimizer="sgd", momentum=0.9, dampening=0.1).nodes.values()}
+    assert "MomentumUpdate" in ops
+    ops = {n.op for n in training_graph(g, optimizer="SGD", momentum=0.0, nesterov=False).nodes.values()}
+    assert "SGDUpdate" in ops and "MomentumUpdate" not in ops
+    with pytest.raises(GraphError, match="nesterov momentum requires zero dampening"):
+        training_graph(g, optimizer="sgd", momentum=0.9, nesterov=True, dampening=0.5)
+    with pytest.raises(GraphError, match="need a nonzero momentum"):
+        training_graph(g, optimizer="sgd", nesterov=True)
+    # dampening costs one multiply per element (hand count: mu*v, (1-d)*g, add, lr*v, subtract)
+    w = one_op_graph("MomentumUpdate", [P, G, M], {"dampening": 0.1}).work("node")
+    assert w.flops == 5 * P.size

@@ -376,3 +376,69 @@ def test_backward_op_run_directly_matches_finite_differences(kind, grad_op):
         ym = run_op(kind, [xm, *ins[1:]], attrs, n_out=1)[0]
         num.reshape(-1)[j] = np.sum(dy * (yp - ym)) / (2 * eps)
     np.testing.assert_allclose(dx, num, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------ time: step by step
+
+
+def _lstm_layer(T_, B_, I_, H_, direction="forward"):
+    from sim.graph import Graph, TensorSpec
+
+    D = DIRS[direction]
+    g = Graph("lstm")
+    g.add_input("x", TensorSpec((T_, B_, I_)))
+    g.add_param("w", TensorSpec((D, 4 * H_, I_)))
+    g.add_param("r", TensorSpec((D, 4 * H_, H_)))
+    g.add_param("b", TensorSpec((D, 8 * H_)))
+    g.add_node("LSTM", ["x", "w", "r", "b"], ["y", "yh", "yc"], {"direction": direction}, name="lstm")
+    g.set_outputs(["y"])
+    return g
+
+
+def test_lstm_time_is_seq_dependent_steps_by_formula():
+    """An LSTM layer takes t(input projection) + T x (t(recurrent GEMM) + t(gate kernel)), each
+    step's kernels built here by hand from the layer's dimensions and timed as single kernels
+    (on a CPU spec: no cache reuse between steps to account for)."""
+    from sim.cost import op_cost
+    from sim.hw import load_hardware
+    from sim.ops.work import Work
+
+    T_, B_, I_, H_ = 35, 20, 64, 128
+    cpu = load_hardware("xeon-8480")
+    g = _lstm_layer(T_, B_, I_, H_)
+    work = g.work(g.nodes["lstm"])
+    f4 = 4  # fp32 bytes
+    proj = GemmShape(T_ * B_, 4 * H_, I_)
+    # the input projection of all steps as one GEMM (with the layer's own input/output bytes)
+    first = Work(proj.flops, proj.flops, bytes_read=work.bytes_read,
+                 bytes_written=work.bytes_written, gemms=(proj,))
+    rec = GemmShape(B_, 4 * H_, H_)
+    step_gemm = Work(rec.flops, rec.flops, bytes_read=f4 * (4 * H_ * H_ + B_ * H_),
+                     bytes_written=f4 * B_ * 4 * H_, gemms=(rec,))
+    # gates: 4 pre-activation adds + 4 bias adds, 3 sigmoids (4) + 2 tanh (1), 4 products = 26
+    step_pw = Work(26 * B_ * H_, transcendentals=5 * B_ * H_,
+                   bytes_read=f4 * B_ * (8 * H_ + H_), bytes_written=f4 * B_ * 2 * H_)
+    want = (op_cost(first, cpu, "fp32").time_s
+            + T_ * (op_cost(step_gemm, cpu, "fp32").time_s + op_cost(step_pw, cpu, "fp32").time_s))
+    got = op_cost(work, cpu, "fp32").time_s
+    assert got == pytest.approx(want, rel=1e-9)
+    # one GEMM over all steps (the parallel estimate) is far faster than the recurrence
+    parallel = Work(work.flops, work.matmul_flops, work.transcendentals, work.bytes_read,
+                    work.bytes_written, work.gemms)
+    assert got > 5 * op_cost(parallel, cpu, "fp32").time_s
+
+
+def test_lstm_steps_pay_launches_on_a_gpu_and_directions_run_together():
+    import sim
+
+    h100 = sim.hardware("h100")
+    T_, B_, H_ = 35, 20, 650
+    fwd = sim.simulate(_lstm_layer(T_, B_, H_, H_), h100)
+    (rec,) = [r for r in fwd.ops if r["op"] == "LSTM"]
+    t = rec["end_s"] - rec["start_s"]
+    # every step launches a recurrent GEMM and a gate kernel, one after another
+    assert t >= 2 * T_ * h100.launch_s
+    bi = sim.simulate(_lstm_layer(T_, B_, H_, H_, "bidirectional"), h100)
+    (rb,) = [r for r in bi.ops if r["op"] == "LSTM"]
+    # both directions share each step's launches: well under twice the time
+    assert rb["end_s"] - rb["start_s"] < 1.6 * t

@@ -15,15 +15,6 @@ from __future__ import annotations
 
 import math
 
-from sim.hw.spec import DeviceSpec
-
-
-def dsp_rate(device: DeviceSpec, dtype: str) -> float:
-    """DSP-bound achievable FLOP/s: dsps x MACs/DSP/cycle x 2 x design clock x utilisation."""
-    a = device.arch
-    macs = float(a.get("macs_per_dsp", {}).get(dtype, 0.0))
-    return float(a["dsps"]) * macs * 2.0 * float(a["design_clock"]) * float(a["utilisation"])
-
 
 def matmul_time(matmul_flops: float, rate: float) -> float:
     """Seconds of MAC-array work at achievable ``rate`` (the array is fully pipelined)."""

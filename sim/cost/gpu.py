@@ -52,25 +52,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sim.cost.roofline import achievable, vector_unit
+from sim.cost.roofline import achievable, flops_time, vector_unit
+from sim.hw.arch import GpuArch
 from sim.hw.spec import ComputeUnit, DeviceSpec
 from sim.ops.work import GemmShape, Work
 
-DEFAULT_TILES = ((128, 128),)
-GEMV_MAX = 8  # widest skinny side that a GEMM library dispatches to a matrix-vector kernel
+GEMV_MAX = 8  # widest skinny side a GEMM library runs as a matrix-vector kernel (spec: arch.gemv_max)
 SIMT_THREADS = 128  # threads of a cuBLAS SIMT GEMM tile (4 warps: 8 x 16 outputs each on a 128 x 128 tile)
 ACCUM_BYTES = 4  # a split-K partial tile is kept in fp32, the tensor cores' accumulator format
-
-
-def arch_value(device: DeviceSpec, key: str, default: Any = None) -> Any:
-    """One field of the spec's ``arch`` section (``default`` when the spec does not say)."""
-    arch = device.arch
-    if isinstance(arch, dict):
-        return arch.get(key, default)
-    value = getattr(arch, key, None)
-    return default if value is None else value
 
 
 def split_k_fixup(tm: int, tn: int, split: int, *, port_Bps: float, latency_s: float) -> float:
@@ -108,6 +98,7 @@ class GemmModel:
     gemv_rate: float = 0.0
     k_align: int = 1
     skinny_max: int = 0
+    gemv_max: int = GEMV_MAX
 
 
 def padded_k(g: GemmShape, align: int) -> int:
@@ -141,7 +132,7 @@ def gemm_time(g: GemmShape, gm: GemmModel) -> float:
     if min(g.m, g.n) <= gm.skinny_max:
         stream_s = (g.m * k + k * g.n + g.m * g.n) * g.batch * gm.elem_bytes * gm.stream_s_per_byte
     best = math.inf
-    if gm.gemv_rate > 0 and min(g.m, g.n) <= GEMV_MAX:
+    if gm.gemv_rate > 0 and min(g.m, g.n) <= gm.gemv_max:
         best = max(g.flops / gm.gemv_rate, stream_s)
     for tm, tn in gm.tiles:
         grid = math.ceil(g.m / tm) * math.ceil(g.n / tn) * g.batch
@@ -159,66 +150,60 @@ def gemm_time(g: GemmShape, gm: GemmModel) -> float:
     return best + 2.0 * gm.latency_s
 
 
-def stream_s_per_byte(device: DeviceSpec, elem_bytes: int) -> float:
+def stream_s_per_byte(device: DeviceSpec, arch: GpuArch, elem_bytes: int, dtype: str) -> float:
     """Seconds per byte of a skinny GEMM's operand stream: the HBM peak in series with what
-    memory-level parallelism allows (``stream_inflight`` elements per SM, each waiting the HBM
-    latency)."""
+    memory-level parallelism allows (``stream_inflight`` elements of ``dtype`` per SM, each
+    waiting the HBM latency)."""
     main = device.main_memory
     per_byte = 1.0 / main.bandwidth_Bps if main.bandwidth_Bps > 0 else 0.0
-    inflight = float(arch_value(device, "stream_inflight", 0.0))
-    sms = int(arch_value(device, "sms", 1))
+    inflight = arch.stream_inflight.get(dtype, arch.stream_inflight.get("default", 0.0))
     if inflight > 0 and main.latency_s > 0:
-        per_byte += main.latency_s / (sms * inflight * elem_bytes)
+        per_byte += main.latency_s / (arch.sms * inflight * elem_bytes)
     return per_byte
 
 
-def attention_efficiency(device: DeviceSpec) -> float:
+def attention_efficiency(arch: GpuArch) -> float:
     """Fraction of the GEMM library's rate the fused attention kernel of this GPU reaches."""
-    eff = arch_value(device, "kernel_efficiency", {}) or {}
-    name = arch_value(device, "attention_kernel", "attention")
+    eff = arch.kernel_efficiency
+    name = arch.attention_kernel or "attention"
     return float(eff.get(name, eff.get("attention", 1.0)))
 
 
-# a split_k_min no K reaches: the kernel never splits K
-no_split = 1 << 62
+NO_SPLIT = 1 << 62  # a split_k_min no K reaches: the kernel never splits K
 
 
-def gemm_model(device: DeviceSpec, unit: ComputeUnit, rate: float, elem_bytes: int, dtype: str,
-               kernel: str = "") -> GemmModel:
-    """The ``GemmModel`` of ``unit`` on ``device`` at achievable ``rate`` for one kind of kernel."""
-    sms = int(arch_value(device, "sms", 1))
-    clock = float(arch_value(device, "clock", 1e9))
-    tiles_all = arch_value(device, "tiles", {}) or {}
-    tiles = tuple(tuple(t) for t in tiles_all.get(unit.name, DEFAULT_TILES))
-    overhead = arch_value(device, "tile_overhead", {}) or {}
+def gemm_model(device: DeviceSpec, arch: GpuArch, unit: ComputeUnit, rate: float, elem_bytes: int,
+               dtype: str, kernel: str = "") -> GemmModel:
+    """The ``GemmModel`` of ``unit`` on ``device`` at achievable ``rate`` for one kind of kernel
+    (``GemmShape.kernel``)."""
     main = device.main_memory
     # split-K partials are exchanged through the first on-chip level (L2); a spec that gives it
     # no latency falls back to main memory's
     onchip = device.memory[1] if len(device.memory) > 1 else main
     smem = next((lv for lv in device.memory if lv.name == "smem"), None)
-    eff = attention_efficiency(device) if kernel == "attention" else 1.0
+    eff = attention_efficiency(arch) if kernel == "attention" else 1.0
     if kernel == "conv" and not unit.matrix:  # cuDNN's CUDA-core implicit GEMM (im2col gathers)
-        eff = float((arch_value(device, "kernel_efficiency", {}) or {}).get("conv_simt", 1.0))
+        eff = arch.kernel_efficiency.get("conv_simt", 1.0)
     vec_dt = "fp32" if dtype in ("tf32", "") else dtype
-    align_bytes = int(arch_value(device, "k_align_bytes", 0))
+    overhead = arch.tile_overhead.get(dtype, arch.tile_overhead.get(unit.name, 0.0))
+    attention = kernel == "attention"
     return GemmModel(
-        rate_per_sm=rate * eff / sms, sms=sms, tiles=tiles,  # type: ignore[arg-type]
-        load_Bps=float(arch_value(device, "sm_load_bytes_per_cycle", 64)) * clock,
+        rate_per_sm=rate * eff / arch.sms, sms=arch.sms, tiles=arch.tiles_for(unit.name),
+        load_Bps=arch.sm_load_bytes_per_cycle * arch.clock,
         elem_bytes=elem_bytes,
-        split_k_min=no_split if kernel == "conv" and not arch_value(device, "conv_split_k", True)
-        else int(arch_value(device, "split_k_min", 256)),
+        split_k_min=NO_SPLIT if kernel == "conv" and not arch.conv_split_k else arch.split_k_min,
         latency_s=main.latency_s, fixup_latency_s=onchip.latency_s or main.latency_s,
         # a fused attention kernel's GEMM "tiles" are its inner loop over keys: no per-tile
-        # prologue or epilogue of their own
-        tile_overhead_s=0.0 if kernel == "attention" else float(
-            overhead.get(dtype, overhead.get(unit.name, 0.0))) / clock,
-        smem_Bps=smem.bandwidth_Bps / sms if smem is not None else 0.0,
-        # a fused attention kernel's score tiles never leave the SM: the op's own bytes are its stream
+        # prologue or epilogue of their own, and its score tiles never leave the SM (the op's
+        # own bytes are its stream)
+        tile_overhead_s=0.0 if attention else overhead / arch.clock,
+        smem_Bps=smem.bandwidth_Bps / arch.sms if smem is not None else 0.0,
         simt=not unit.matrix,
-        stream_s_per_byte=0.0 if kernel == "attention" else stream_s_per_byte(device, elem_bytes),
+        stream_s_per_byte=0.0 if attention else stream_s_per_byte(device, arch, elem_bytes, dtype),
         gemv_rate=achievable(vector_unit(device, vec_dt), vec_dt) * eff,
-        k_align=max(1, align_bytes // elem_bytes) if unit.matrix else 1,
-        skinny_max=int(arch_value(device, "skinny_max", 0)),
+        k_align=max(1, (arch.k_align_bytes or 0) // elem_bytes) if unit.matrix else 1,
+        skinny_max=arch.skinny_max or 0,
+        gemv_max=int(arch.gemv_max.get(unit.name, GEMV_MAX)),
     )
 
 
@@ -227,13 +212,16 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     """Seconds of matrix work on ``unit`` at achievable device rate ``rate`` (FLOP/s)."""
     if rate <= 0:
         return math.inf
+    arch = device.arch
+    if not isinstance(arch, GpuArch):
+        return flops_time(matmul_flops, rate)  # a spec without SM detail: the plain roofline
     models: dict[str, GemmModel] = {}
     total = 0.0
     shaped = 0.0
     for g in gemms:
         gm = models.get(g.kernel)
         if gm is None:
-            gm = models[g.kernel] = gemm_model(device, unit, rate, elem_bytes, dtype, g.kernel)
+            gm = models[g.kernel] = gemm_model(device, arch, unit, rate, elem_bytes, dtype, g.kernel)
         total += gemm_time(g, gm)
         shaped += g.flops
     rest = matmul_flops - shaped
@@ -255,15 +243,15 @@ class RowWise:
 def rowwise(work: Work, device: DeviceSpec, elem_bytes: int) -> RowWise | None:
     """The row-wise kernel model of ``work`` (see the module docstring), None when the spec has
     no ``rowwise`` section or ``work`` is not row-wise."""
-    rw = arch_value(device, "rowwise", None)
-    if not rw or work.rows <= 0 or work.gemms:
+    arch = device.arch
+    if not isinstance(arch, GpuArch) or not arch.rowwise or work.rows <= 0 or work.gemms:
         return None
-    sms = int(arch_value(device, "sms", 1))
-    clock = float(arch_value(device, "clock", 1e9))
+    rw = arch.rowwise
+    sms, clock = arch.sms, arch.clock
     elems = work.bytes_written / max(elem_bytes, 1)
     row_len = elems / work.rows
-    hbm_bytes = work.bytes  # every pass the op reads streams from HBM ...
-    if row_len * elem_bytes <= float(rw.get("onchip_row_bytes", math.inf)):  # ... unless the row stays on chip
+    hbm_bytes = work.bytes  # every pass the op reads streams from HBM, unless the row stays on chip
+    if row_len * elem_bytes <= float(rw.get("onchip_row_bytes", math.inf)):
         hbm_bytes = min(work.bytes, work.bytes_written + work.bytes_read / _reads_per_elem(work))
     elem_s = elems * float(rw.get("cycles_per_element", 0.0)) / (sms * clock)
     block_rows = work.kernel != "softmax" or row_len > float(rw.get("warp_row_max", 1024))
@@ -301,5 +289,7 @@ def cross_sm_passes(work_bytes_read: float, work_bytes_written: float, elem_byte
 
 def sfu_rate(device: DeviceSpec) -> float:
     """Transcendentals per second (special-function units), 0 if the spec does not say."""
-    per = float(arch_value(device, "sfu_per_sm_per_cycle", 0.0))
-    return per * int(arch_value(device, "sms", 0)) * float(arch_value(device, "clock", 0.0))
+    arch = device.arch
+    if not isinstance(arch, GpuArch):
+        return 0.0
+    return arch.sfu_per_sm_per_cycle * arch.sms * arch.clock

@@ -35,6 +35,7 @@ from sim.cost.roofline import (
 )
 from sim.dtypes import canonical
 from sim.errors import SpecError
+from sim.hw.arch import GpuArch
 from sim.hw.spec import ComputeUnit, DeviceSpec, LinkSpec, MemoryLevel
 from sim.ops.work import Work
 
@@ -159,7 +160,10 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
     level (``reuse_level``) and stream from it at its achievable bandwidth; the rest, and all
     writes (write-back: dirty lines reach main memory eventually), stream from main memory.
     No effect on a device without a reuse level.
+    ``work.serial`` steps (a recurrence) are timed one by one (``serial_cost``).
     """
+    if work.serial:
+        return serial_cost(work, device, dtype, sparsity=sparsity, cached_read_bytes=cached_read_bytes)
     dt = "tf32" if dtype == "tf32" else canonical(dtype)
     mm_s, mm_unit, mm_flops = _matmul(work, device, dt, sparsity)
 
@@ -195,9 +199,9 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
     if work.flops <= 0 and work.bytes <= 0:
         return OpCost(0.0, "memory", "launch", 0.0, 0.0, 0.0, 0.0, 0.0, memory_level=level.name)
     launch_s = device.launch_s
-    if device.kind == "gpu" and work.flops > 0:
+    if isinstance(device.arch, GpuArch) and work.flops > 0:
         passes = gpu.cross_sm_passes(work.bytes_read, work.bytes_written, storage_bytes(dt),
-                                     int(gpu.arch_value(device, "sms", 1)), bool(work.gemms))
+                                     device.arch.sms, bool(work.gemms))
         launch_s *= 1 + passes
     time_s, bound = combine(compute_s, memory_s, launch_s)
     if mm_unit is not None and mm_s >= vec_s:
@@ -216,6 +220,41 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
         time_s=time_s, unit=unit_name, bound=bound, compute_s=compute_s, memory_s=memory_s,
         flops=work.flops, bytes=work.bytes, energy_j=energy, launch_s=launch_s,
         matmul_s=mm_s, vector_s=vec_s, memory_level=level.name, cached_bytes=cached,
+    )
+
+
+def serial_cost(work: Work, device: DeviceSpec, dtype: str, *,
+                sparsity: dict[str, Any] | None = None, cached_read_bytes: float = 0.0) -> OpCost:
+    """``op_cost`` of work with dependent steps (``Work.serial``): the parallel part as one
+    kernel, then each step's kernels one after another, ``count`` times, each paying its launch.
+
+    The first step reads from main memory; later steps find what a step reads (the recurrent
+    weights, the state the previous step wrote) in the reuse level (a GPU's L2) when one step's
+    bytes fit in it, as a recurrent layer's weights stay on chip across its steps.
+    """
+    parts = [op_cost(work.parallel_part(), device, dtype, sparsity=sparsity,
+                     cached_read_bytes=cached_read_bytes)]
+    weights = [1.0]
+    for s in work.serial:
+        step_bytes = sum(k.bytes for k in s.kernels)
+        warm = s.count > 1 and 0 < step_bytes <= reuse_capacity(device)
+        for k in s.kernels:
+            parts.append(op_cost(k, device, dtype, sparsity=sparsity))
+            weights.append(1.0)
+            later = op_cost(k, device, dtype, sparsity=sparsity,
+                            cached_read_bytes=k.bytes_read if warm else 0.0)
+            parts.append(later)
+            weights.append(float(s.count - 1))
+
+    def total(field: str) -> float:
+        return sum(w * getattr(c, field) for c, w in zip(parts, weights))
+
+    main = max(zip(parts, weights), key=lambda cw: cw[0].time_s * cw[1])[0]
+    return OpCost(
+        time_s=total("time_s"), unit=main.unit, bound=main.bound, compute_s=total("compute_s"),
+        memory_s=total("memory_s"), flops=work.flops, bytes=work.bytes, energy_j=total("energy_j"),
+        launch_s=total("launch_s"), matmul_s=total("matmul_s"), vector_s=total("vector_s"),
+        memory_level=parts[0].memory_level, cached_bytes=total("cached_bytes"),
     )
 
 

@@ -14,16 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from sim.cost.roofline import flops_time
+from sim.hw.arch import AsicArch, TpuArch
 from sim.hw.spec import ComputeUnit, DeviceSpec
 from sim.ops.work import GemmShape
-
-
-def array_geometry(device: DeviceSpec) -> tuple[int, int, int, float]:
-    """(arrays, rows, cols, clock_hz) from a TPU or ASIC spec's ``arch``."""
-    a = device.arch
-    if device.kind == "tpu":
-        return int(a["mxus"]), int(a["mxu_rows"]), int(a["mxu_cols"]), float(a["clock"])
-    return int(a["arrays"]), int(a["rows"]), int(a["cols"]), float(a["clock"])
 
 
 def gemm_cycles(g: GemmShape, arrays: int, rows: int, cols: int, granule: int = 1) -> float:
@@ -48,8 +42,10 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     """Seconds of matrix work on the arrays; ``rate`` is achievable FLOP/s, ``peak`` the dtype's peak."""
     if rate <= 0:
         return math.inf
-    arrays, rows, cols, clock = array_geometry(device)
-    granule = int(device.arch.get("row_granule", 1))
+    a = device.arch
+    if not isinstance(a, (TpuArch, AsicArch)):
+        return flops_time(matmul_flops, rate)  # a spec without array detail: the plain roofline
+    arrays, rows, cols, clock, granule = a.arrays, a.rows, a.cols, a.clock, a.row_granule
     dense_peak = arrays * rows * cols * 2.0 * clock  # one MAC per PE per cycle
     macs_per_cycle = peak / dense_peak  # 1 for bf16, 2 for int8 on v5e, 1/6 for 6-pass fp32
     eff = rate / peak

@@ -28,10 +28,8 @@ NO_KERNEL = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",
 
 
 def spec_dispatch(spec: DeviceSpec) -> float:
-    """The device's per-op host issue time: ``arch["host_dispatch"]`` (seconds or a time
-    string such as ``"8 us"``), 0 when absent."""
-    v = spec.arch.get("host_dispatch", 0.0) if spec.arch else 0.0
-    return as_seconds(v, where=f"{spec.name}: arch.host_dispatch")
+    """The device's per-op host issue time, seconds: ``arch.host_dispatch`` (0 when not given)."""
+    return spec.arch.host_dispatch
 
 
 def as_seconds(v: Any, where: str = "dispatch") -> float:

@@ -378,6 +378,11 @@ def position_embedding(ctx: LayerContext, inputs: list[str], out: str) -> str:
     if xs.shape[1] > max_len:
         raise GraphError(f"sequence length {xs.shape[1]} exceeds max_len {max_len}")
     w = ctx.param("weight", [max_len, xs.shape[2]], "normal", xs.dtype, std=0.02)
+    if a.integer("kv_cache", 0) > 0:
+        # with a KV cache the new tokens sit after the cached ones: rows cache_lens + i
+        pos = ctx.op("Gather", [w, cache_positions(ctx, xs.shape[0], xs.shape[1])], suffix="rows",
+                     axis=0)
+        return ctx.op("Add", [x, pos], out=out)
     pos = ctx.op("Slice", [w], suffix="slice", starts=[0], ends=[xs.shape[1]], axes=[0], steps=[1])
     return ctx.op("Add", [x, pos], out=out)
 
@@ -402,6 +407,53 @@ def _rotary_positions(ctx: LayerContext, batch: int, seq: int) -> str:
     if name not in g.params:
         pos = np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy()
         g.add_param(name, TensorSpec((batch, seq), "int64"), "constant", trainable=False, value=pos)
+    return name
+
+
+CACHE_LENS = "cache_lens"
+
+
+def cache_lens(ctx: LayerContext, batch: int) -> str:
+    """Graph input ``cache_lens`` [batch] (int64): tokens already in each sequence's KV cache,
+    which is also where this step's keys and values are written (one per graph)."""
+    g = ctx.graph
+    if CACHE_LENS not in g.tensors:
+        g.add_input(CACHE_LENS, TensorSpec((batch,), "int64"))
+    spec = g.tensors[CACHE_LENS]
+    if spec.shape != (batch,):
+        raise GraphError(f"{CACHE_LENS} is {list(spec.shape)}, this layer's batch is {batch}")
+    return CACHE_LENS
+
+
+def cache_positions(ctx: LayerContext, batch: int, seq: int) -> str:
+    """``cache_lens[:, None] + arange(seq)`` [batch, seq]: absolute positions of the new tokens
+    (shared by every layer of the graph)."""
+    g = ctx.graph
+    name = f"kv.positions_{batch}x{seq}"
+    if name not in g.tensors:
+        lens = cache_lens(ctx, batch)
+        ar = f"kv.arange_{seq}"
+        g.add_param(ar, TensorSpec((1, seq), "int64"), "constant", trainable=False,
+                    value=np.arange(seq, dtype=np.int64)[None, :])
+        col = g.add_node("Unsqueeze", [lens], ["kv.lens_col"], {"axes": [1]}, name="kv.lens_col")[0]
+        g.add_node("Add", [col, ar], [name], name=name)
+    return name
+
+
+def _int_const(g: Graph, name: str, value: list[int]) -> str:
+    if name not in g.tensors:
+        g.add_param(name, TensorSpec((len(value),), "int64"), "constant", trainable=False,
+                    value=np.asarray(value, dtype=np.int64))
+    return name
+
+
+def _total_lens(ctx: LayerContext, batch: int, seq: int) -> str:
+    """``cache_lens + seq`` [batch]: valid keys per sequence after this step's append."""
+    g = ctx.graph
+    name = f"kv.total_lens_{seq}"
+    if name not in g.tensors:
+        g.add_node("Add", [cache_lens(ctx, batch), _int_const(g, f"kv.seq_{seq}", [seq])], [name],
+                   name=name)
     return name
 
 
@@ -437,6 +489,9 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
     causal = a.flag("causal", False)
     rotary = a.flag("rotary", False)
     base = a.number("rotary_base", 10000.0)
+    kv_cache = a.integer("kv_cache", 0)
+    if kv_cache < 0 or 0 < kv_cache < seq:
+        raise GraphError(f"kv_cache {kv_cache} must be 0 (no cache) or at least seq ({seq})")
 
     def heads_of(t: str, n: int, tag: str) -> str:
         r = ctx.op("Reshape", [t], suffix=f"{tag}_split", shape=[bsz, seq, n, hd])
@@ -446,12 +501,42 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
     k = heads_of(ctx.call("linear", "k", [x], out_features=kv_heads * hd, bias=bias), kv_heads, "k")
     v = heads_of(ctx.call("linear", "v", [x], out_features=kv_heads * hd, bias=bias), kv_heads, "v")
     if rotary:
-        cos, sin = _rotary_cache(ctx, seq, hd, base, ctx.float_dtype(x))
-        pos = _rotary_positions(ctx, bsz, seq)
+        cos, sin = _rotary_cache(ctx, kv_cache or seq, hd, base, ctx.float_dtype(x))
+        pos = cache_positions(ctx, bsz, seq) if kv_cache else _rotary_positions(ctx, bsz, seq)
         q = ctx.op("RotaryEmbedding", [q, cos, sin, pos], suffix="q_rope")
         k = ctx.op("RotaryEmbedding", [k, cos, sin, pos], suffix="k_rope")
+    if kv_cache:
+        if len(inputs) == 2:
+            raise GraphError("attention with kv_cache takes no mask (the cache lengths mask it)")
+        return _cached_attention(ctx, q, k, v, out, kv_cache, causal, bias, dim)
     att_in = [q, k, v] + ([inputs[1]] if len(inputs) == 2 else [])
     o = ctx.op("Attention", att_in, suffix="sdpa", is_causal=int(causal), scale=1.0 / math.sqrt(hd))
+    o = ctx.op("Transpose", [o], suffix="merge", perm=[0, 2, 1, 3])
+    o = ctx.op("Reshape", [o], suffix="concat", shape=[bsz, seq, heads * hd])
+    return ctx.call("linear", "o", [o], out=out, out_features=dim, bias=bias)
+
+
+def _cached_attention(ctx: LayerContext, q: str, k: str, v: str, out: str, kv_cache: int,
+                      causal: bool, bias: bool, dim: int) -> str:
+    """Attention over a contiguous KV cache, in ONNX opset-24 form: graph inputs
+    ``<layer>.past_key`` / ``<layer>.past_value`` [batch, kv_heads, kv_cache, head_dim] hold the
+    cache; ``TensorScatter`` writes this step's keys/values at ``cache_lens`` (giving
+    ``<layer>.present_key`` / ``.present_value``, listed in ``graph.meta["kv_cache"]``), and
+    ``Attention`` reads the first ``cache_lens + seq`` keys of each sequence
+    (``nonpad_kv_seqlen``), causally aligned at the end."""
+    g = ctx.graph
+    bsz, kvh, seq, hd = ctx.spec(k).shape
+    heads = ctx.spec(q).shape[1]
+    lens = cache_lens(ctx, bsz)
+    spec = TensorSpec((bsz, kvh, kv_cache, hd), ctx.spec(k).dtype)
+    past_k = g.add_input(f"{ctx.name}.past_key", spec)
+    past_v = g.add_input(f"{ctx.name}.past_value", spec)
+    pres_k = ctx.op("TensorScatter", [past_k, k, lens], out=f"{ctx.name}.present_key", axis=2)
+    pres_v = ctx.op("TensorScatter", [past_v, v, lens], out=f"{ctx.name}.present_value", axis=2)
+    g.meta.setdefault("kv_cache", []).append((past_k, pres_k, past_v, pres_v))
+    total = _total_lens(ctx, bsz, seq)
+    o = ctx.op("Attention", [q, pres_k, pres_v, "", "", "", total], suffix="sdpa",
+               is_causal=int(causal), scale=1.0 / math.sqrt(hd))
     o = ctx.op("Transpose", [o], suffix="merge", perm=[0, 2, 1, 3])
     o = ctx.op("Reshape", [o], suffix="concat", shape=[bsz, seq, heads * hd])
     return ctx.call("linear", "o", [o], out=out, out_features=dim, bias=bias)
@@ -478,9 +563,36 @@ def mlp(ctx: LayerContext, inputs: list[str], out: str) -> str:
     return ctx.call("linear", "fc2", [h], out=out, out_features=out_f, bias=bias)
 
 
+@layer("moe")
+def moe(ctx: LayerContext, inputs: list[str], out: str) -> str:
+    """Mixture-of-experts FFN (Mixtral): a router ``linear`` to ``experts`` logits, then the
+    ``MoE`` op sending each token to its ``top_k`` experts (softmax over the chosen k), each
+    expert a SwiGLU (``act: swiglu``, weights ``w1`` gate, ``w3`` up, ``w2`` down) or a plain
+    ``act`` MLP (relu, gelu, silu) of width ``hidden``."""
+    a = ctx.args
+    x = _one(inputs, "moe")
+    d = ctx.spec(x).shape[-1]
+    hidden = a.integer("hidden")
+    n_exp = a.integer("experts")
+    k = a.integer("top_k", 2)
+    act = a.text("act", "swiglu", choices=("swiglu", "relu", "gelu", "silu"))
+    if n_exp < 1 or not 1 <= k <= n_exp:
+        raise GraphError(f"moe needs experts >= 1 and 1 <= top_k <= experts, got {n_exp} and {k}")
+    dt = ctx.float_dtype(x)
+    router = ctx.call("linear", "router", [x], out_features=n_exp, bias=False)
+    w1 = ctx.param("w1", [n_exp, d, hidden], "he", dt, fan_in=d, fan_out=hidden)
+    w2 = ctx.param("w2", [n_exp, hidden, d], "he", dt, fan_in=hidden, fan_out=d)
+    ins = [x, router, w1, "", w2, ""]
+    if act == "swiglu":
+        ins += [ctx.param("w3", [n_exp, d, hidden], "he", dt, fan_in=d, fan_out=hidden)]
+    return ctx.op("MoE", ins, out=out, k=k, normalize_routing_weights=1,
+                  activation_type="silu" if act == "swiglu" else act)
+
+
 @layer("transformer_block")
 def transformer_block(ctx: LayerContext, inputs: list[str], out: str) -> str:
-    """Attention + MLP with residual adds. ``prenorm: true`` (GPT-2, Llama):
+    """Attention + MLP (or ``experts: E`` with ``top_k``: a ``moe`` FFN) with residual adds.
+    ``prenorm: true`` (GPT-2, Llama):
     ``h = x + attn(norm1(x)); y = h + mlp(norm2(h))``; ``prenorm: false`` (BERT):
     ``h = norm1(x + attn(x)); y = norm2(h + mlp(h))``."""
     a = ctx.args
@@ -493,21 +605,27 @@ def transformer_block(ctx: LayerContext, inputs: list[str], out: str) -> str:
     att: dict[str, Any] = {"heads": a.integer("heads"), "kv_heads": _kv_heads(a, a.integer("heads")),
                            "causal": a.flag("causal", False), "bias": bias,
                            "rotary": a.flag("rotary", False),
-                           "rotary_base": a.number("rotary_base", 10000.0)}
+                           "rotary_base": a.number("rotary_base", 10000.0),
+                           "kv_cache": a.integer("kv_cache", 0)}
     if a.has("head_dim"):
         att["head_dim"] = a.integer("head_dim")
     ff: dict[str, Any] = {"hidden": a.integer("hidden", 4 * d), "act": a.text("act", "gelu"), "bias": bias}
+    ffn = "mlp"
+    if a.integer("experts", 0):
+        ffn = "moe"
+        ff = {"hidden": ff["hidden"], "act": ff["act"], "experts": a.integer("experts"),
+              "top_k": a.integer("top_k", 2)}
     nargs: dict[str, Any] = {"eps": eps}
     if norm == "layernorm":
         nargs["bias"] = a.flag("norm_bias", True)
     if prenorm:
         h = ctx.call("attention", "attn", [ctx.call(norm, "norm1", [x], **nargs)], **att)
         h = ctx.op("Add", [x, h], suffix="add1")
-        m = ctx.call("mlp", "mlp", [ctx.call(norm, "norm2", [h], **nargs)], **ff)
+        m = ctx.call(ffn, ffn, [ctx.call(norm, "norm2", [h], **nargs)], **ff)
         return ctx.op("Add", [h, m], out=out)
     h = ctx.op("Add", [x, ctx.call("attention", "attn", [x], **att)], suffix="add1")
     h = ctx.call(norm, "norm1", [h], **nargs)
-    m = ctx.op("Add", [h, ctx.call("mlp", "mlp", [h], **ff)], suffix="add2")
+    m = ctx.op("Add", [h, ctx.call(ffn, ffn, [h], **ff)], suffix="add2")
     return ctx.call(norm, "norm2", [m], out=out, **nargs)
 
 

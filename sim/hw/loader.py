@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from sim.errors import SpecError
+from sim.hw.arch import ARCH_CLASSES
 from sim.hw.schema import MEMORY_FIELDS, Ctx, build_device, mapping
 from sim.hw.spec import DeviceSpec, SystemSpec
 from sim.hw.system import GROUP_KEYS, HOST_KEYS, SPEC_DIR, build_system
@@ -136,8 +137,10 @@ def override(spec: Spec, changes: Mapping[str, Any]) -> Spec:
 _SI = {"size": "B", "bandwidth": "B/s", "compute": "FLOP/s", "frequency": "Hz", "time": "s",
        "power": "W", "energy": "J", "energy_per_byte": "J/B", "": ""}
 _FIELD_KIND = {"capacity": "size", "bandwidth": "bandwidth", "latency": "time", "energy_per_byte":
-               "energy_per_byte", "launch": "time", "idle": "power", "tdp": "power", "clock": "frequency",
-               "design_clock": "frequency"}
+               "energy_per_byte", "launch": "time", "idle": "power", "tdp": "power"}
+# arch fields with units (clock, design_clock, host_dispatch...), from their declared readers
+_FIELD_KIND.update({f.name: f.metadata["reader"] for cls in ARCH_CLASSES.values() for f in cls.spec_fields()
+                    if f.metadata["reader"] in ("frequency", "time")})
 
 
 def _unit_kind(spec: Spec, path: str) -> str | None:

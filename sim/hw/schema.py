@@ -12,6 +12,7 @@ from typing import Any
 
 from sim.dtypes import ITEMSIZE
 from sim.errors import SpecError
+from sim.hw.arch import ARCH_CLASSES, Arch, CpuArch, FpgaArch
 from sim.hw.spec import DEVICE_KINDS, ComputeUnit, DeviceSpec, LinkSpec, MemoryLevel, PowerSpec
 from sim.hw.units import parse_number, parse_quantity
 
@@ -163,29 +164,16 @@ _UNIT = {"name": read_str, "matrix": _bool, "peak": _dtype_map(_q("compute")),
          "efficiency": _dtype_map(_ratio, ("default",)), "sparse_2_4": _bool, "sparse_density": _ratio}
 _POWER = {"idle": _q("power"), "tdp": _q("power"), "energy_per_flop": _dtype_map(_q("energy"))}
 
-_ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
-    "gpu": {"sms": read_int, "clock": _q("frequency"), "tiles": _tiles, "split_k_min": read_int,
-            "sm_load_bytes_per_cycle": _num, "sfu_per_sm_per_cycle": _num,
-            "tensor_cores_per_sm": read_int, "kernel_efficiency": _kernel_map,
-            "host_dispatch": _q("time"), "k_align_bytes": read_int, "tile_overhead": _number_map,
-            "stream_inflight": _num, "rowwise": _rowwise, "attention_kernel": _attention_kernel,
-            "conv_split_k": _bool, "skinny_max": read_int},
-    "tpu": {"cores": read_int, "mxus": read_int, "mxu_rows": read_int, "mxu_cols": read_int,
-            "clock": _q("frequency"), "ici_links": read_int, "vector_lanes": read_int,
-            "row_granule": read_int, "host_dispatch": _q("time")},
-    "asic": {"arrays": read_int, "rows": read_int, "cols": read_int, "clock": _q("frequency"),
-             "row_granule": read_int},
-    "cpu": {"sockets": read_int, "cores": read_int, "clock": _q("frequency"), "simd_bits": read_int,
-            "fma_units": read_int, "threads_per_core": read_int},
-    "fpga": {"dsps": read_int, "design_clock": _q("frequency"), "macs_per_dsp": _dtype_map(_num),
-             "utilisation": _ratio, "luts": read_int},
+# Reader names used by ``sim.hw.arch.arch_field`` -> the reader that parses such a field.
+ARCH_READERS: dict[str, Callable[[Any, Ctx], Any]] = {
+    "int": read_int, "number": _num, "ratio": _ratio, "frequency": _q("frequency"), "time": _q("time"),
+    "tiles": _tiles, "kernels": _kernel_map, "dtype_numbers": _dtype_map(_num),
+    "bool": _bool, "number_map": _number_map, "rowwise": _rowwise, "attention_kernel": _attention_kernel,
 }
-_ARCH_REQUIRED = {
-    "gpu": ("sms", "clock"),
-    "tpu": ("mxus", "mxu_rows", "mxu_cols", "clock"),
-    "asic": ("arrays", "rows", "cols", "clock"),
-    "cpu": ("cores", "clock"),
-    "fpga": ("dsps", "design_clock", "macs_per_dsp", "utilisation"),
+# kind -> {arch key: reader}; a field naming an unknown reader fails here, at import
+_ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
+    kind: {f.name: ARCH_READERS[f.metadata["reader"]] for f in cls.spec_fields()}
+    for kind, cls in ARCH_CLASSES.items()
 }
 _DEVICE_KEYS = ("version", "name", "kind", "description", "launch", "memory", "units",
                 "host_link", "device_link", "power", "arch")
@@ -230,7 +218,15 @@ def read_link(v: Any, ctx: Ctx) -> LinkSpec:
     )
 
 
-def _unit(v: Any, ctx: Ctx, kind: str, arch: dict[str, Any]) -> ComputeUnit:
+def _arch_count(arch: Arch, key: str, ctx: Ctx) -> float:
+    """The arch field ``key`` as a multiplier for ``per``, an error naming ``ctx`` if absent."""
+    value = getattr(arch, key, None) if key in {f.name for f in arch.spec_fields()} else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ctx.error(f"arch has no {key!r} to multiply by")
+    return float(value)
+
+
+def _unit(v: Any, ctx: Ctx, arch: Arch) -> ComputeUnit:
     m = mapping(v, ctx, _UNIT, ("name",))
     name = read_str(m["name"], ctx.at("name"))
     peak: dict[str, float] = read(m, "peak", _UNIT["peak"], ctx, {})
@@ -242,21 +238,18 @@ def _unit(v: Any, ctx: Ctx, kind: str, arch: dict[str, Any]) -> ComputeUnit:
         count = 1.0
         for key in str(m.get("per", "")).split("*"):
             key = key.strip()
-            if not key:
-                continue
-            if key not in arch:
-                raise ctx.at("per").error(f"arch has no {key!r} to multiply by")
-            count *= float(arch[key])
-        clock = arch.get("clock", arch.get("design_clock"))
+            if key:
+                count *= _arch_count(arch, key, ctx.at("per"))
+        clock = getattr(arch, "clock", getattr(arch, "design_clock", None))
         if clock is None:
             raise ctx.at("per_cycle").error("per_cycle needs arch.clock")
         peak = {d: n * count * clock for d, n in per_cycle.items()}
     elif "per" in m:
         raise ctx.at("per").error("per is only meaningful with per_cycle")
-    if kind == "fpga" and not peak:
+    if isinstance(arch, FpgaArch) and not peak:
         # DSP-limited: every DSP slice does macs_per_dsp multiply-adds (2 FLOP) per design clock.
-        peak = {d: arch["dsps"] * n * 2.0 * arch["design_clock"] for d, n in arch["macs_per_dsp"].items()}
-        eff.setdefault("default", arch["utilisation"])
+        peak = {d: arch.dsps * n * 2.0 * arch.design_clock for d, n in arch.macs_per_dsp.items()}
+        eff.setdefault("default", arch.utilisation)
     if not peak:
         raise ctx.at("peak").error("a compute unit needs peak rates (or per_cycle)")
     return ComputeUnit(
@@ -267,6 +260,15 @@ def _unit(v: Any, ctx: Ctx, kind: str, arch: dict[str, Any]) -> ComputeUnit:
         sparse_2_4=read(m, "sparse_2_4", _bool, ctx, False),
         sparse_density=read(m, "sparse_density", _ratio, ctx, 0.0),
     )
+
+
+def read_arch(raw: Any, kind: str, ctx: Ctx) -> Arch:
+    """The ``arch:`` block of a ``kind`` device as its dataclass (``sim.hw.arch``): unknown keys
+    and missing required fields are errors; absent optional fields take the class defaults."""
+    readers = _ARCH[kind]
+    cls = ARCH_CLASSES[kind]
+    m = mapping(raw, ctx, readers, cls.required())
+    return cls(**{k: readers[k](v, ctx.at(k)) for k, v in m.items() if v is not None})
 
 
 def check_version(raw: Mapping[str, Any], ctx: Ctx) -> None:
@@ -286,11 +288,8 @@ def build_device(raw: dict[str, Any], file: str, default_name: str = "") -> Devi
     if kind not in DEVICE_KINDS:
         raise ctx.at("kind").error(f"unknown device kind {kind!r} (known: {', '.join(DEVICE_KINDS)})")
     arch_ctx = ctx.at("arch")
-    arch_raw = mapping(m.get("arch") or {}, arch_ctx, _ARCH[kind], _ARCH_REQUIRED[kind])
-    arch = {k: _ARCH[kind][k](v, arch_ctx.at(k)) for k, v in arch_raw.items()}
-    if kind == "cpu":
-        arch.setdefault("sockets", 1)
-    scale = float(arch.get("sockets", 1)) if kind == "cpu" else 1.0  # CPU memory is per socket
+    arch = read_arch(m.get("arch") or {}, kind, arch_ctx)
+    scale = float(arch.sockets) if isinstance(arch, CpuArch) else 1.0  # CPU memory is per socket
 
     mem_ctx = ctx.at("memory")
     if not isinstance(m["memory"], list) or not m["memory"]:
@@ -309,11 +308,11 @@ def build_device(raw: dict[str, Any], file: str, default_name: str = "") -> Devi
     units = []
     for i, u in enumerate(m["units"]):
         name = u.get("name", i) if isinstance(u, dict) else i
-        units.append(_unit(u, units_ctx.at(name), kind, arch))
+        units.append(_unit(u, units_ctx.at(name), arch))
     unit_names = [u.name for u in units]
     if len(set(unit_names)) != len(unit_names):
         raise units_ctx.error(f"compute unit names repeat: {unit_names}")
-    for tiled in arch.get("tiles", {}):
+    for tiled in getattr(arch, "tiles", {}):
         if tiled not in unit_names:
             known = ", ".join(unit_names)
             raise arch_ctx.at("tiles").at(tiled).error(f"no compute unit {tiled!r} (units: {known})")

@@ -5,9 +5,10 @@ seconds, bytes, bytes/s, FLOP/s, hertz, watts, joules). Frozen: a what-if builds
 via ``sim.hw.loader.override``.
 
 The engine relies on these fields only: ``DeviceSpec.name, kind, memory, launch_s, host_link,
-device_link, power, units``; ``SystemSpec.devices, host, links``. Kind-specific detail
-(SM count and tile sizes, systolic array dimensions, DSP counts, SIMD widths...) lives in
-``DeviceSpec.arch`` and is read only by ``sim.cost``.
+device_link, power, units``, ``arch.host_dispatch``; ``SystemSpec.devices, host, links``.
+Kind-specific detail (SM count and tile sizes, systolic array dimensions, DSP counts, SIMD
+widths...) lives in ``DeviceSpec.arch``, one typed dataclass per kind (``sim.hw.arch``, where
+each field's default and meaning are declared), and is read by ``sim.cost``.
 
 Bandwidths (``MemoryLevel.bandwidth_Bps``, ``LinkSpec.bandwidth_Bps``) are the datasheet peaks;
 ``efficiency`` is the fitted achievable fraction and ``achievable_Bps`` their product, which is
@@ -18,6 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from sim.errors import SpecError
+from sim.hw.arch import ARCH_CLASSES, Arch
 
 DEVICE_KINDS = ("cpu", "gpu", "tpu", "fpga", "asic")
 
@@ -102,10 +106,16 @@ class DeviceSpec:
     host_link: LinkSpec | None = None
     device_link: LinkSpec | None = None
     power: PowerSpec = field(default_factory=PowerSpec)
-    arch: dict[str, Any] = field(default_factory=dict)  # kind-specific detail for sim.cost
+    arch: Arch = field(default_factory=Arch)  # kind-specific detail (``sim.hw.arch``) for sim.cost
     source: str = ""  # file it was loaded from
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the YAML, for overrides
+
+    def __post_init__(self) -> None:
+        expected = ARCH_CLASSES.get(self.kind)
+        if type(self.arch) is not Arch and expected is not None and not isinstance(self.arch, expected):
+            raise SpecError(f"a {self.kind} device takes {expected.__name__} detail, got "
+                            f"{type(self.arch).__name__}", where=f"{self.source or self.name}: arch")
 
     @property
     def main_memory(self) -> MemoryLevel:

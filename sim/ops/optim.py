@@ -7,8 +7,10 @@ correction reads it). The training pass marks each update node with
 the engine allocates nothing for the outputs. The formulas are torch.optim's:
 
 * SGD: ``g' = g + wd p``; ``p -= lr g'``.
-* Momentum (torch SGD with momentum, dampening 0): ``v = mu v + g'``;
-  ``p -= lr v`` (nesterov: ``p -= lr (g' + mu v)``).
+* Momentum (torch SGD with ``momentum`` > 0): ``v = mu v + (1 - dampening) g'``, except on
+  step 1, where ``v = g'`` (torch starts the buffer from the first gradient, undampened;
+  without the ``step`` input every step takes the general form); ``p -= lr v``
+  (nesterov: ``p -= lr (g' + mu v)``; torch allows nesterov only with dampening 0).
 * Adam (L2 weight decay folded into the gradient): ``m = b1 m + (1 - b1) g'``,
   ``v = b2 v + (1 - b2) g'^2``, ``p -= lr m_hat / (sqrt(v_hat) + eps)`` with
   ``m_hat = m / (1 - b1^t)``, ``v_hat = v / (1 - b2^t)``.
@@ -18,7 +20,8 @@ FLOPs per parameter element (multiplies, adds, divides and sqrt count 1 each; pe
 work such as ``1 - b1^t`` is negligible and not counted):
 
 * SGD: 2 (``lr*g``, subtract), + 2 with weight decay (``wd*p``, add).
-* Momentum: 4 (``mu*v``, add, ``lr*v``, subtract), + 2 with nesterov, + 2 with weight decay.
+* Momentum: 4 (``mu*v``, add, ``lr*v``, subtract), + 2 with nesterov, + 2 with weight decay,
+  + 1 with dampening (``(1 - dampening) * g'``).
 * Adam: 14 = m (3: two multiplies, add) + v (4: square, two multiplies, add) + bias
   corrections (2) + sqrt (1, also 1 transcendental) + ``+eps`` (1) + divide (1) + ``lr*``
   (1) + subtract (1); + 2 with weight decay.
@@ -48,7 +51,8 @@ from sim.ops.work import Work
 N_STATES = {"SGDUpdate": 0, "MomentumUpdate": 1, "AdamUpdate": 2, "AdamWUpdate": 2}
 DEFAULTS: dict[str, dict[str, float]] = {
     "SGDUpdate": {"lr": 0.01, "weight_decay": 0.0},
-    "MomentumUpdate": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "nesterov": 0},
+    "MomentumUpdate": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "nesterov": 0,
+                       "dampening": 0.0},
     "AdamUpdate": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "weight_decay": 0.0},
     "AdamWUpdate": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "weight_decay": 0.01},
 }
@@ -90,7 +94,8 @@ def flops_per_element(op: str, attrs: dict[str, Any]) -> tuple[float, float]:
     if op == "SGDUpdate":
         return 2 + 2 * wd + unscale, 0
     if op == "MomentumUpdate":
-        return 4 + 2 * bool(attrs.get("nesterov", 0)) + 2 * wd + unscale, 0
+        damp = float(attrs.get("dampening", 0.0)) != 0.0
+        return 4 + 2 * bool(attrs.get("nesterov", 0)) + 2 * wd + damp + unscale, 0
     return 14 + 2 * wd + unscale, 1  # Adam (L2 on the gradient) and AdamW (decoupled): same count
 
 
@@ -123,9 +128,14 @@ def _momentum(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
     p, g, v = xs[0], _grad(xs, attrs), xs[2]
     op = "MomentumUpdate"
     wd, mu, lr = _attr(op, attrs, "weight_decay"), _attr(op, attrs, "momentum"), _attr(op, attrs, "lr")
+    damp = _attr(op, attrs, "dampening")
     if wd:
         g = g + wd * p
-    v = mu * v + g
+    first = len(xs) > 3 and xs[3] is not None and int(np.asarray(xs[3]).reshape(-1)[0]) == 1
+    if first:
+        v = np.array(g, copy=True)  # torch: buf = clone(d_p) on the first step
+    else:
+        v = mu * v + ((1.0 - damp) * g if damp else g)
     step = g + mu * v if attrs.get("nesterov", 0) else v
     return [p - lr * step, v]
 
@@ -167,7 +177,7 @@ _KERNELS = {"SGDUpdate": _sgd, "MomentumUpdate": _momentum, "AdamUpdate": _adam,
 _DOCS = {
     "SGDUpdate": "inputs (param, grad[, step]); attrs lr, weight_decay; output new param.",
     "MomentumUpdate": "inputs (param, grad, velocity[, step]); attrs lr, momentum, weight_decay, "
-                      "nesterov; outputs (new param, new velocity).",
+                      "nesterov, dampening; outputs (new param, new velocity).",
     "AdamUpdate": "inputs (param, grad, m, v, step); attrs lr, beta1, beta2, epsilon, "
                   "weight_decay (L2); outputs (new param, new m, new v).",
     "AdamWUpdate": "as AdamUpdate with decoupled weight decay (default 0.01).",

@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from sim.dtypes import is_float
+from sim.dtypes import is_float, itemsize
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import io_bytes, need
 from sim.ops.registry import defop
-from sim.ops.work import GemmShape, Work
+from sim.ops.work import GemmShape, Serial, Work
 
 # ---------------------------------------------------------------------------- activations
 
@@ -251,6 +251,29 @@ def _elementwise_counts(kind: str, specs: list[TensorSpec | None], attrs: dict[s
     return flops + af, at, bwd + ag
 
 
+def _step_kernels(kind: str, d: dict[str, int], vec: float, trans: float, isz: int,
+                  backward: bool) -> tuple[Work, Work]:
+    """The two kernels of one time step (all directions at once), as cuDNN runs a recurrence:
+    the recurrent GEMM, then the pointwise gate kernel (forward), or the pointwise chain rule,
+    then the GEMM that carries dH to the previous step (backward)."""
+    Bt, H, D, G = d["B"], d["H"], d["D"], d["G"]
+    GH = G * H
+    states = 2 if kind == "LSTM" else 1
+    if backward:
+        g = GemmShape(Bt, H, GH, D)  # dH_prev = dgates @ R
+        gemm = Work(g.flops, g.flops, bytes_read=D * (GH * H + Bt * GH) * isz,
+                    bytes_written=D * Bt * H * isz, gemms=(g,))
+        pw = Work(vec * Bt * H * D, bytes_read=D * Bt * (GH + (states + 1) * H) * isz,
+                  bytes_written=D * Bt * (GH + (states - 1) * H) * isz)
+        return pw, gemm
+    g = GemmShape(Bt, GH, H, D)  # h_{t-1} @ R^T
+    gemm = Work(g.flops, g.flops, bytes_read=D * (GH * H + Bt * H) * isz, bytes_written=D * Bt * GH * isz,
+                gemms=(g,))
+    pw = Work(vec * Bt * H * D, transcendentals=trans * Bt * H * D,
+              bytes_read=D * Bt * (2 * GH + (states - 1) * H) * isz, bytes_written=D * Bt * states * H * isz)
+    return gemm, pw
+
+
 def _work(kind: str, backward: bool):
     def work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str, Any]) -> Work:
         n_fwd = len(_KINDS[kind][3])
@@ -260,6 +283,10 @@ def _work(kind: str, backward: bool):
         vec, trans, bvec = _elementwise_counts(kind, ins[:n_fwd], attrs, d)
         gemms = [GemmShape(T * Bt, G * H, I, D), GemmShape(Bt, G * H, H, T * D)]
         vector = vec * units
+        x = ins[0]
+        assert x is not None
+        isz = itemsize(x.dtype)
+        serial = [Serial(T, _step_kernels(kind, d, vec, trans, isz, backward=False))]
         if backward:
             gemms += [
                 GemmShape(Bt, H, G * H, T * D),  # dH_prev = dgates @ R, serial over steps
@@ -268,10 +295,11 @@ def _work(kind: str, backward: bool):
                 GemmShape(T * Bt, I, G * H, D),  # dX = dgates @ W
             ]
             vector += bvec * units + (D - 1) * T * Bt * I  # sum dX over directions
+            serial.append(Serial(T, _step_kernels(kind, d, bvec, 0.0, isz, backward=True)))
         mm = sum(g.flops for g in gemms)
         r, w = io_bytes(ins, outs)
         return Work(flops=mm + vector, matmul_flops=mm, transcendentals=trans * units,
-                    bytes_read=r, bytes_written=w, gemms=tuple(gemms))
+                    bytes_read=r, bytes_written=w, gemms=tuple(gemms), serial=tuple(serial))
 
     work.__doc__ = _WORK_DOC
     return work
@@ -290,12 +318,20 @@ Transcendentals: one per activation evaluation (LSTM 3 sigmoid + 2 tanh, GRU 2 +
 input_forget drops the forget gate's). Bytes: every input read once, every output written
 once (weights stay on chip across steps).
 
+Time steps run one after another (``Work.serial``), as cuDNN's standard (non-persistent)
+algorithm runs them: the input projection of all steps is one GEMM up front, then each step
+launches the recurrent GEMM h_{t-1} R^T (batch = dirs: the directions run together) and one
+pointwise kernel for the gates and the state update; a cost model times ``seq`` such steps
+(the sum of their times, each with its launch), not one GEMM over all steps.
+
 Backward (``*Grad``) = the forward recompute plus four GEMMs per direction: dH_prev =
 dgates R (batch, H, G*H; serial over seq), dR = dgates^T H_prev and dW = dgates^T X
 (G*H, H or input, seq*batch), dX = dgates W (seq*batch, input, G*H): backward GEMM FLOPs are
 2x the forward's, 3x with the recompute. Backward vector FLOPs: 3 per sigmoid/tanh derivative
 (as SigmoidGrad/TanhGrad), plus the chain rule (LSTM 14, +12 with peepholes; GRU 10; RNN 1),
-the bias sums (G) and one per clipped value with clip.
+the bias sums (G) and one per clipped value with clip. Its steps: the forward recompute (as
+above), then ``seq`` backward steps of a pointwise chain-rule kernel and the dH_prev GEMM; the
+weight and input gradients (dR, dW, dX) are batched over all steps.
 """
 
 

@@ -38,6 +38,31 @@ class GemmShape:
 
 
 @dataclass(frozen=True)
+class Serial:
+    """Part of an op's work that runs as ``count`` dependent steps (a recurrence: step t needs
+    step t-1's result), each step launching ``kernels`` one after another.
+
+    The op's FLOP totals include these steps (``count`` x each kernel, and a step GEMM appears
+    in ``Work.gemms`` with its batch multiplied by ``count``); its bytes stay the op's minimal
+    traffic (inputs read once, outputs written once), while each step kernel's bytes are the
+    traffic of one step (weights, state and gates, largely served on chip).
+    ``Work.parallel_part`` is what is left to run as one kernel. A cost model times the steps
+    one by one.
+    """
+
+    count: int
+    kernels: tuple[Work, ...]
+
+    @property
+    def total(self) -> Work:
+        """The work of all the steps together."""
+        one = ZERO
+        for k in self.kernels:
+            one = one + k
+        return one.scaled(self.count)
+
+
+@dataclass(frozen=True)
 class Work:
     """Frozen, addable record of an op's work.
 
@@ -58,6 +83,7 @@ class Work:
     bytes_read: float = 0.0
     bytes_written: float = 0.0
     gemms: tuple[GemmShape, ...] = field(default=())
+    serial: tuple[Serial, ...] = field(default=(), repr=False)
     rows: float = 0.0
     kernel: str = ""
 
@@ -65,6 +91,7 @@ class Work:
         for name in ("flops", "matmul_flops", "transcendentals", "bytes_read", "bytes_written", "rows"):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "gemms", tuple(self.gemms))
+        object.__setattr__(self, "serial", tuple(self.serial))
 
     def __add__(self, other: Work) -> Work:
         return Work(
@@ -74,6 +101,7 @@ class Work:
             self.bytes_read + other.bytes_read,
             self.bytes_written + other.bytes_written,
             self.gemms + other.gemms,
+            self.serial + other.serial,
             self.rows + other.rows,
             self.kernel or other.kernel,
         )
@@ -101,7 +129,42 @@ class Work:
             self.bytes_read * factor,
             self.bytes_written * factor,
             gemms,
+            tuple(Serial(s.count, tuple(k.scaled(factor) for k in s.kernels)) for s in self.serial),
+            self.rows * factor,
+            self.kernel,
         )
+
+    def parallel_part(self) -> Work:
+        """This work less its ``serial`` steps' FLOPs and GEMMs: what runs as one parallel
+        kernel (it keeps the op's bytes: see ``Serial``).
+
+        >>> step = Work(flops=8, matmul_flops=8, bytes_read=4, gemms=(GemmShape(1, 2, 2),))
+        >>> w = Work(flops=100, matmul_flops=40, bytes_read=50,
+        ...          gemms=(GemmShape(4, 2, 2), GemmShape(1, 2, 2, batch=3)), serial=(Serial(3, (step,)),))
+        >>> p = w.parallel_part()
+        >>> p.flops, p.matmul_flops, p.bytes_read, p.gemms
+        (76.0, 16.0, 50.0, (GemmShape(m=4, n=2, k=2, batch=1, kernel='', k_runs=1),))
+        """
+        if not self.serial:
+            return self
+        gemms = list(self.gemms)
+        flops, mm, trans = self.flops, self.matmul_flops, self.transcendentals
+        for s in self.serial:
+            t = s.total
+            flops, mm, trans = flops - t.flops, mm - t.matmul_flops, trans - t.transcendentals
+            for g in t.gemms:
+                gemms = _remove_gemm(gemms, g)
+        return Work(max(flops, 0.0), max(mm, 0.0), max(trans, 0.0), self.bytes_read, self.bytes_written,
+                    tuple(gemms))
+
+
+def _remove_gemm(gemms: list[GemmShape], g: GemmShape) -> list[GemmShape]:
+    """``gemms`` with ``g.batch`` instances of ``g``'s shape taken out of the first that has them."""
+    for i, h in enumerate(gemms):
+        if (h.m, h.n, h.k, h.kernel) == (g.m, g.n, g.k, g.kernel) and h.batch >= g.batch:
+            rest = h.batch - g.batch
+            return gemms[:i] + ([replace(h, batch=rest)] if rest else []) + gemms[i + 1:]
+    return gemms
 
 
 ZERO = Work()

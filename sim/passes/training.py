@@ -51,6 +51,36 @@ def trainable_params(graph: Graph) -> list[str]:
     return [n for n, s in graph.params.items() if graph.param_info[n].trainable and is_float(s.dtype)]
 
 
+def resolve_optimizer(optimizer: str, hyper: dict[str, Any]) -> str:
+    """The update op for ``optimizer`` spelled as torch.optim spells it (case-insensitive):
+    ``"sgd"`` with a nonzero ``momentum`` is ``MomentumUpdate`` (as ``torch.optim.SGD(momentum=
+    0.9)``), without it plain ``SGDUpdate``; ``"momentum"`` is SGD with momentum (default 0.9).
+    torch's rules for nesterov and dampening are kept: nesterov needs momentum > 0 and
+    dampening 0.
+
+    >>> resolve_optimizer("SGD", {"momentum": 0.9}), resolve_optimizer("sgd", {})
+    ('MomentumUpdate', 'SGDUpdate')
+    """
+    name = str(optimizer).lower()
+    if name not in OPTIMIZERS:
+        raise GraphError(f"unknown optimizer {optimizer!r} (choose from {', '.join(OPTIMIZERS)})",
+                         where="training_graph")
+    mu = float(hyper.get("momentum", hyper.get("beta", 0.0)) or 0.0) if name == "sgd" else None
+    if name == "sgd" and mu:
+        name = "momentum"
+    elif name == "sgd" and (hyper.get("nesterov") or hyper.get("dampening")):
+        raise GraphError("sgd: nesterov and dampening need a nonzero momentum (as torch.optim.SGD)",
+                         where="training_graph")
+    if name == "sgd":  # torch.optim.SGD's defaults (momentum=0, dampening=0, nesterov=False)
+        for key in ("momentum", "beta", "dampening", "nesterov"):
+            hyper.pop(key, None)
+    op = OPTIMIZERS[name]
+    if op == "MomentumUpdate" and hyper.get("nesterov") and float(hyper.get("dampening", 0.0) or 0.0):
+        raise GraphError("nesterov momentum requires zero dampening (as torch.optim.SGD)",
+                         where="training_graph")
+    return op
+
+
 def _optimizer_attrs(op: str, hyper: dict[str, Any]) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     for key, value in hyper.items():
@@ -202,8 +232,10 @@ def training_graph(
     Cross-entropy scores the first output along ``class_axis``: by default axis 1 (``[N, C]``,
     ``[N, C, H, W]``) except for rank-3 outputs, taken as a sequence model's
     ``[batch, seq, vocab]`` (classes last; ``labels`` is ``[batch, seq]``).
-    ``hyper`` are the optimizer's attributes (``lr``, ``weight_decay``, ``momentum``,
-    ``nesterov``, ``beta1``/``beta2`` or ``betas``, ``epsilon``/``eps``). A forward graph made
+    ``optimizer`` is spelled as torch.optim spells it (``"sgd"`` with ``momentum=0.9`` is SGD
+    with momentum; ``"momentum"`` is accepted too; see ``resolve_optimizer``); ``hyper`` are
+    its attributes (``lr``, ``weight_decay``, ``momentum``, ``dampening``, ``nesterov``,
+    ``beta1``/``beta2`` or ``betas``, ``epsilon``/``eps``). A forward graph made
     by ``sim.passes.precision.amp`` carries ``meta["loss_scale"]``: the backward pass is
     seeded with that scale and the updates unscale the gradients (``grad_scale``).
     By default the updates run after the whole backward pass (``optimizer.step()`` after
@@ -225,10 +257,12 @@ def training_graph(
     >>> sorted(t.meta["updates"].items())[:2]
     [('optimizer.step.new', 'optimizer.step'), ('w.m.new', 'w.m')]
     """
-    if optimizer not in OPTIMIZERS:
-        raise GraphError(f"unknown optimizer {optimizer!r} (choose from {', '.join(OPTIMIZERS)})",
-                         where="training_graph")
-    op = OPTIMIZERS[optimizer]
+    if any("device" in n.meta for n in graph.nodes.values()):
+        raise GraphError("training_graph takes a graph not yet placed on devices (its backward nodes "
+                         "would have no device): build the step first, then parallelize it",
+                         where=graph.source or graph.name)
+    hyper = dict(hyper)
+    op = resolve_optimizer(optimizer, hyper)
     attrs = _optimizer_attrs(op, hyper)
     running: dict[str, str] = {}
     if train:
