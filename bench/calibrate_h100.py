@@ -69,6 +69,14 @@ SPEC = ROOT / "hwspecs" / "h100.yaml"
 # Specs that take every fitted H100 value: the H200 is the same GH100 die at the same clocks
 # with the same libraries (only its HBM3e differs, and the HBM efficiency carries over).
 SAME_DIE = (ROOT / "hwspecs" / "h200.yaml",)
+# Specs that take the cycle- and dtype-level kernel-model values (``arch.*``) as estimates: the
+# same CUDA libraries a generation earlier, not measured (the attention kernel differs).
+ARCH_ESTIMATES = (ROOT / "hwspecs" / "a100.yaml",)
+
+
+def estimated_paths(values: Mapping[str, float]) -> dict[str, float]:
+    """The fitted values an ARCH_ESTIMATES spec takes."""
+    return {k: v for k, v in values.items() if k.startswith("arch.") and "kernel_efficiency.cudnn" not in k}
 FILES = ("h100_microbench.jsonl", "h100_kernels.jsonl")
 
 ELEMENTWISE_OPS = {"add": ("Add", 2), "mul": ("Mul", 2), "relu": ("Relu", 1), "gelu": ("Gelu", 1),
@@ -397,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
             for spec in (SPEC, *SAME_DIE):
                 write_spec(values, spec)
                 print(f"written to {spec}")
+            for spec in ARCH_ESTIMATES:
+                write_spec(estimated_paths(values), spec)
+                print(f"arch estimates written to {spec}")
     pred = predict_on(dev, pts)
     if args.verbose:
         for p, t in zip(pts, pred):

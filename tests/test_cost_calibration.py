@@ -50,6 +50,11 @@ def test_specs_hold_what_the_fit_produces(points, h100):
         held = CAL.spec_values(dev, list(fitted))
         for path, want in fitted.items():
             assert held[path] == pytest.approx(want, rel=0.01, abs=1e-9), (spec.name, path)
+    for spec in CAL.ARCH_ESTIMATES:  # A100: the cycle-level values as estimates
+        estimates = CAL.estimated_paths(fitted)
+        held = CAL.spec_values(load_hardware(spec), list(estimates))
+        for path, want in estimates.items():
+            assert held[path] == pytest.approx(want, rel=0.01, abs=1e-9), (spec.name, path)
 
 
 def test_simulating_a_one_op_graph_gives_the_fitted_time(points, h100):

@@ -119,8 +119,8 @@ KERNELS = ("attention", *ATTENTION_KERNELS, "conv_simt")
 
 def _attention_kernel(v: Any, c: Ctx) -> str:
     name = read_str(v, c)
-    if name not in KERNELS:
-        raise c.error(f"unknown attention kernel {name!r} (known: {', '.join(KERNELS)})")
+    if name not in ATTENTION_KERNELS:
+        raise c.error(f"unknown attention kernel {name!r} (known: {', '.join(ATTENTION_KERNELS)})")
     return name
 
 
