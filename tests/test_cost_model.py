@@ -299,6 +299,7 @@ def test_all_devices_give_finite_costs_for_common_dtypes():
     w = gemm(512, 512, 512)
     for name in list_hardware():
         spec = load_hardware(name)
+        spec = getattr(spec, "node", spec)  # a cluster: its node system
         devices = spec.devices.values() if isinstance(spec, SystemSpec) else [spec]
         for d in devices:
             for dt in ("fp64", "fp32", "bf16", "fp16", "int8", "tf32", "fp8", "fp8e5m2", "int64", "bool"):
@@ -356,3 +357,78 @@ def test_fused_kernel_gemms_run_at_their_own_efficiency():
         dev("h100", **{"arch.kernel_efficiency.flash": 0.5})
     with pytest.raises(SpecError, match="attention_kernel"):
         dev("h100", **{"arch.attention_kernel": "flash9"})
+
+
+def test_tile_overhead_is_paid_once_per_tile_per_wave():
+    # One full wave of 132 128x128 tiles, K = 8192, bf16: the bare main loop (see BARE) plus
+    # 1000 cycles of prologue/epilogue at 1.98 GHz = 0.505 us per wave; two waves pay it twice.
+    h = dev("h100", **BARE)
+    ho = dev("h100", **{**BARE, "arch.tile_overhead.bf16": 1000})
+    per_wave = 1000 / 1.98e9
+    for m, waves in ((128 * 132, 1), (128 * 133, 2)):
+        plain = op_cost(gemm(m, 128, 8192), h, "bf16").compute_s
+        assert op_cost(gemm(m, 128, 8192), ho, "bf16").compute_s == pytest.approx(
+            plain + waves * per_wave, rel=1e-9)
+
+
+def test_skinny_gemm_streams_at_the_little_law_bandwidth():
+    # M = 16 against a 12288 x 4096 bf16 weight, no launch floor: a skinny GEMM (min(M, N) <=
+    # skinny_max) streams its operands at 1 / (1 / peak + latency / (sms x inflight x 2 B)).
+    # By hand with 20000 elements in flight per SM, 0.6 us HBM latency, 3.35 TB/s:
+    # 1 / (1 / 3.35e12 + 0.6e-6 / (132 x 20000 x 2)) = 2.427 TB/s; bytes (16 x 4096 +
+    # 4096 x 12288 + 16 x 12288) x 2 = 100.86 MB -> 41.56 us, plus 2 x 0.6 us fill/drain.
+    h = dev("h100", **{"launch": "0 us", "arch.stream_inflight.bf16": 20000})
+    c = op_cost(gemm(16, 12288, 4096), h, "bf16")
+    bw = 1 / (1 / 3.35e12 + 0.6e-6 / (132 * 20000 * 2))
+    nbytes = (16 * 4096 + 4096 * 12288 + 16 * 12288) * 2
+    assert c.compute_s == pytest.approx(nbytes / bw + 1.2e-6, rel=1e-6)
+    # the same GEMM 256 rows tall is no longer skinny: tiles, not the stream, bound it
+    wide = op_cost(gemm(256, 12288, 4096), h, "bf16")
+    assert wide.compute_s < (256 * 4096 + 4096 * 12288 + 256 * 12288) * 2 / bw
+
+
+def test_stem_convolution_pads_its_three_channels_on_tensor_cores():
+    # ResNet-50's stem: K = 3 channels x 49 taps = 147; cuDNN's fp16 tensor-core kernels pad each
+    # tap's channels to 16 B = 8 halves: K = 392. On the CUDA cores (fp32) nothing pads.
+    from sim.cost.gpu import padded_k
+
+    g = GemmShape(32 * 112 * 112, 64, 147, 1, "conv", 49)
+    assert padded_k(g, 8) == 392
+    assert padded_k(g, 1) == 147
+    assert padded_k(GemmShape(64, 64, 576, 1, "conv", 9), 8) == 576  # 64 channels: no padding
+
+
+def test_convolutions_keep_k_whole_on_h100():
+    # a 7x7x512 -> 512 3x3 conv at batch 1 as implicit GEMM: M = 49, N = 512, K = 4608. Split-K
+    # would spread its 8-16 tiles over idle SMs; cuDNN does not, so the conv costs more than
+    # the same GEMM shape run by cuBLAS (which may split).
+    h = dev("h100", **BARE)
+    fl = 2.0 * 49 * 512 * 4608
+
+    def work(kernel):
+        return Work(flops=fl, matmul_flops=fl, gemms=(GemmShape(49, 512, 4608, 1, kernel, 9),))
+
+    conv = op_cost(work("conv"), h, "bf16").compute_s
+    plain = op_cost(work(""), h, "bf16").compute_s
+    assert conv > 2 * plain
+    split = op_cost(work("conv"), dev("h100", **BARE, **{"arch.conv_split_k": True}), "bf16").compute_s
+    assert split == pytest.approx(plain, rel=1e-9)
+
+
+def test_rowwise_kernel_by_hand():
+    # fp32 layer norm over 49152 rows of 128: 50.3 MB moved once each way (rows of 512 B stay on
+    # chip, though the op's Work reads X twice). Per row 380 SM-cycles: 49152 x 380 /
+    # (132 x 1.98 GHz) = 71.5 us, longer than the stream (16.8 us) and the per-element work
+    # (0.544 cycles x 6.3M / 261 G = 13.1 us); plus 3.4 x 0.6 us of round trips.
+    h = dev("h100", **{"arch.rowwise.cycles_per_row": 380, "arch.rowwise.cycles_per_element": 0.544,
+                       "arch.rowwise.round_trips": 3.4})
+    n, rows = 49152 * 128, 49152
+    w = Work(flops=7.0 * n, bytes_read=2 * 4 * n + 2 * 128 * 4, bytes_written=4 * n, rows=rows, kernel="norm")
+    c = op_cost(w, h, "fp32")
+    row_s = rows * 380 / (132 * 1.98e9)
+    assert c.memory_s == pytest.approx(row_s + 3.4 * 0.6e-6, rel=1e-9)
+    # a softmax of the same shape runs a warp per row (rows <= 1024 elements): no per-row term
+    sm = op_cost(Work(flops=5.0 * n, transcendentals=n, bytes_read=4 * n, bytes_written=4 * n,
+                      rows=rows, kernel="softmax"), h, "fp32")
+    stream = 8 * n / h.main_memory.achievable_Bps
+    assert sm.memory_s == pytest.approx(max(stream, n * 0.544 / (132 * 1.98e9)) + 3.4 * 0.6e-6, rel=1e-9)

@@ -199,7 +199,10 @@ def gemm_model(device: DeviceSpec, arch: GpuArch, unit: ComputeUnit, rate: float
         tile_overhead_s=0.0 if attention else overhead / arch.clock,
         smem_Bps=smem.bandwidth_Bps / arch.sms if smem is not None else 0.0,
         simt=not unit.matrix,
-        stream_s_per_byte=0.0 if attention else stream_s_per_byte(device, arch, elem_bytes, dtype),
+        # a convolution's A operand is its im2col view, never streamed as such: its HBM
+        # traffic is the op's own bytes (the memory term)
+        stream_s_per_byte=0.0 if attention or kernel == "conv" else stream_s_per_byte(
+            device, arch, elem_bytes, dtype),
         gemv_rate=achievable(vector_unit(device, vec_dt), vec_dt) * eff,
         k_align=max(1, (arch.k_align_bytes or 0) // elem_bytes) if unit.matrix else 1,
         skinny_max=arch.skinny_max or 0,

@@ -112,9 +112,11 @@ def _tiles(v: Any, c: Ctx) -> dict[str, tuple[tuple[int, int], ...]]:
 # (``GemmShape.kernel``): arch.kernel_efficiency maps each to a fraction of the matrix unit's
 # achievable rate. "attention" rates every fused attention kernel alike; the named attention
 # kernels (FlashAttention-2/3, cuDNN, xFormers' memory-efficient) are picked by
-# ``arch.attention_kernel``; "conv_simt" rates a convolution's implicit GEMM on CUDA cores.
+# ``arch.attention_kernel``; "conv" rates every convolution GEMM (forward, data and weight
+# gradients: ``conv``, ``conv_dgrad``, ``conv_wgrad``), "conv_simt" a convolution's implicit
+# GEMM on a GPU's CUDA cores.
 ATTENTION_KERNELS = ("flash2", "flash3", "cudnn", "mem_efficient")
-KERNELS = ("attention", *ATTENTION_KERNELS, "conv_simt")
+KERNELS = ("attention", *ATTENTION_KERNELS, "conv", "conv_simt")
 
 
 def _attention_kernel(v: Any, c: Ctx) -> str:
