@@ -43,7 +43,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run ``sim run`` with parsed ``args``; returns the exit code (errors raise SimError)."""
-    from sim.engine import simulate
+    from sim import simulate
 
     dispatch = getattr(args, "dispatch", None)
     dispatch_s = parse_dispatch(dispatch) if dispatch is not None else None
