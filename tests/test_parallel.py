@@ -502,7 +502,7 @@ def test_tensor_parallel_structure_and_flops():
     assert len(tp.nodes["gpu1/h.0.mlp.fc2.gemm"].inputs) == 2
     assert {"wte.weight", "wpe.weight", "h.0.norm1.weight", "ln_f.weight"} <= set(tp.params)
     assert tp.nodes["gpu2/h.1.attn.sdpa"].meta == {**g.nodes["h.1.attn.sdpa"].meta, "device": "gpu2",
-                                                 "tp": "sharded", "tp_rank": 2}
+                                                 "tp": "sharded", "tp_rank": 2, "origin": "h.1.attn.sdpa"}
     assert tp.tensors["gpu2/h.1.attn.sdpa"].shape == (b, 4 // n, s, d // 4)
     # the split work adds up exactly; the replicated work is done n times; each all-reduce adds
     # (n - 1) per element of one member's tensor
@@ -521,8 +521,9 @@ def test_tensor_parallel_structure_and_flops():
 def test_tensor_parallel_rejects_bad_inputs():
     with pytest.raises(sim.errors.GraphError, match="does not split"):
         tensor_parallel(tiny_gpt2(), names(3))
-    with pytest.raises(sim.errors.GraphError, match="forward graph"):
-        tensor_parallel(training_graph(tiny_gpt2(), "cross_entropy", "sgd"), names(2))
+    with pytest.raises(sim.errors.GraphError, match="not yet placed"):
+        tensor_parallel(data_parallel(training_graph(tiny_gpt2(), "cross_entropy", "sgd"), names(2)),
+                        names(2))
     with pytest.raises(sim.errors.GraphError, match="no attention or mlp"):
         tensor_parallel(relu_chain(2), names(2))
 
