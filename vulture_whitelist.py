@@ -39,3 +39,9 @@ from sim.serve.model import ModelInfo  # noqa: E402
 
 ModelInfo.kv_bytes_per_token
 ModelInfo.max_context
+
+# The graph builder's one way to make a constant (sim/graph/rewrite.py); no caller in the tree
+# yet.
+from sim.graph.rewrite import GraphBuilder  # noqa: E402
+
+GraphBuilder.constant
