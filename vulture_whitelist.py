@@ -45,3 +45,17 @@ ModelInfo.max_context
 from sim.graph.rewrite import GraphBuilder  # noqa: E402
 
 GraphBuilder.constant
+
+# Cluster results: fields and properties that callers and notebooks read off a result (bus
+# bandwidth as nccl-tests prints it, engine and wall time of a run, graph sizes, backward
+# FLOPs), and the layer-prefix helper of the stage model.
+from sim.cluster.collectives import CollectiveTime  # noqa: E402
+from sim.cluster.report import ClusterResult  # noqa: E402
+from sim.cluster.stage import PartCost, StageModel, block_prefix  # noqa: E402
+
+CollectiveTime.bus_Bps
+CollectiveTime.bus_bandwidth_Bps
+ClusterResult.engine_s
+StageModel.graph_nodes
+PartCost.flops_bwd
+block_prefix

@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "graph": 4, "cost": 4,
     "frontends": 5, "passes": 5, "exec": 5, "report": 5,
     "engine": 6,
-    "training": 7, "serve": 7,
+    "training": 7, "serve": 7, "cluster": 7, "calib": 7,
     "sim": 8,
     "cli": 9,
 }
