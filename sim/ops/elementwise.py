@@ -61,9 +61,11 @@ import numpy as np
 from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.ops.common import broadcast_shapes, elementwise_work, io_bytes, need, same_as_first
-from sim.ops.registry import defop
+from sim.ops.registry import add_traits, defop, registered_count, registered_since
 from sim.ops.work import Work
 from sim.tensor import TensorSpec
+
+_FIRST = registered_count()  # this module's ops are the ones registered after the mark
 
 Arr = np.ndarray
 Attrs = dict[str, Any]
@@ -720,3 +722,5 @@ defop(
     no_grad="backward op",
     doc="(dy, y, x0..xk-1) -> k gradients: dy goes to the first input equal to y (Max or Min).",
 )
+
+add_traits("elementwise", *registered_since(_FIRST))
