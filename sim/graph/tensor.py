@@ -1,44 +1,6 @@
-"""TensorSpec: the static type of a tensor (shape and dtype)."""
+"""``TensorSpec`` lives in ``sim.tensor`` (below the op library, which the graph uses); this
+name is kept so ``from sim.graph.tensor import TensorSpec`` still works."""
 
-from __future__ import annotations
+from sim.tensor import TensorSpec
 
-import math
-from dataclasses import dataclass
-
-from sim.dtypes import itemsize
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Shape (concrete ints) and dtype name of a tensor.
-
-    >>> TensorSpec((2, 3), "fp32").nbytes
-    24
-    """
-
-    shape: tuple[int, ...]
-    dtype: str = "fp32"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * itemsize(self.dtype)
-
-    def with_dtype(self, dtype: str) -> TensorSpec:
-        return TensorSpec(self.shape, dtype)
-
-    def with_shape(self, shape: tuple[int, ...] | list[int]) -> TensorSpec:
-        return TensorSpec(tuple(shape), self.dtype)
-
-    def __str__(self) -> str:
-        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+__all__ = ["TensorSpec"]

@@ -13,14 +13,12 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sim.graph.batch import infer_batch
 from sim.report.record import OpRecord
 
 if TYPE_CHECKING:
     from sim.graph import Graph
     from sim.hw.spec import SystemSpec
-
-RECORD_FIELDS = ("name", "op", "layer", "device", "unit", "start_s", "end_s", "flops", "bytes",
-                 "bound", "energy_j")
 
 
 @dataclass
@@ -76,8 +74,9 @@ class Result:
 
     @property
     def throughput(self) -> float | None:
-        """Samples per second (batch / makespan) when the batch is known."""
-        if self.batch is None or self.makespan_s <= 0:
+        """Samples per second (batch / makespan) when the batch is known and the step ran to
+        its end (not a run stopped out of memory)."""
+        if self.batch is None or self.makespan_s <= 0 or (self.meta.get("oom") or {}).get("mode") == "stop":
             return None
         return self.batch / self.makespan_s
 
@@ -161,11 +160,10 @@ class Result:
 
 
 def _write(path: str | os.PathLike[str], text: str) -> None:
-    d = os.path.dirname(os.fspath(path))
-    if d:
-        os.makedirs(d, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    """Write ``text`` atomically (a temporary file in the same folder, then a rename)."""
+    from sim.io import atomic_write
+
+    atomic_write(path, text)
 
 
 def _busy(intervals: list[tuple[float, float]]) -> float:
@@ -181,17 +179,6 @@ def _busy(intervals: list[tuple[float, float]]) -> float:
     if cur_e is not None and cur_s is not None:
         total += cur_e - cur_s
     return total
-
-
-def infer_batch(graph: Graph) -> int | None:
-    """``graph.meta["batch"]`` (or ``meta["params"]["batch"]``), else the leading dimension the
-    graph inputs share, else None."""
-    for src in (graph.meta, graph.meta.get("params") or {}):
-        b = src.get("batch") if isinstance(src, dict) else None
-        if isinstance(b, int) and b > 0:
-            return b
-    lead = {s.shape[0] for s in graph.inputs.values() if s.rank >= 1}
-    return lead.pop() if len(lead) == 1 else None
 
 
 def build_result(
