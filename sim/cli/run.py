@@ -110,14 +110,17 @@ def check_plot_format(path: str) -> None:
 
 
 def _cluster_route(args: argparse.Namespace) -> bool:
-    """``--parallel`` asks for the cluster simulator: a tp/schedule/zero/mbs field, both pp and
-    dp, or a cluster spec (``sim.cluster``); plain ``dp=N`` / ``pp=S,mb=M`` stay op by op."""
+    """``--parallel`` asks for the cluster simulator: a schedule/zero/mbs field, both pp and dp,
+    tp with ``--train``, or a cluster spec (``sim.cluster``); plain ``dp=N`` / ``pp=S,mb=M``
+    and a forward ``tp=N`` stay op by op."""
     spec = getattr(args, "parallel", None)
     if not spec:
         return False
     keys = {item.split("=")[0].strip().lower() for item in spec.split(",") if item.strip()}
-    if keys & {"tp", "mbs", "schedule", "zero", "sp", "order"} or {"pp", "dp"} <= keys:
+    if keys & {"mbs", "schedule", "zero", "sp", "order"} or {"pp", "dp"} <= keys:
         return True
+    if "tp" in keys and getattr(args, "train", False):
+        return True  # a forward-only tp=N stays the op-by-op split
     from sim.hw import load_hardware
     from sim.hw.spec import ClusterSpec
 
@@ -168,7 +171,7 @@ def run_command(args: argparse.Namespace) -> int:
     A step that does not fit a device's memory is a result, not an error: the run stops at the
     op that fails (or, with ``--ignore-oom``, keeps going and reports the would-be peak), the
     summary says how much memory the step needs, and every output asked for is written."""
-    from sim.engine import simulate
+    from sim import simulate
 
     check_run_args(args)
     if _cluster_route(args):
