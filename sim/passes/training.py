@@ -11,6 +11,15 @@ steps). The graph outputs are the loss followed by every updated parameter and s
 how ``sim.training.Trainer`` carries values from one step to the next. Update nodes
 carry ``meta["inplace"] = {out_index: in_index}`` so the engine allocates nothing for them.
 
+By default the updates run after the whole backward pass (``optimizer.step()`` after
+``loss.backward()``), so every gradient is alive at once; ``fused_update=True`` lets each
+parameter update as soon as its gradient exists (optimizer fused into the backward pass),
+which frees gradients early and lowers peak memory. With ``train=True`` (the default, as
+``model.train()``) the forward pass runs in training mode first (``train_mode``): batch
+normalisation uses batch statistics and outputs its updated running statistics (graph outputs
+after the loss, in ``meta["updates"]``), and dropout drops; ``train=False`` keeps the forward
+graph's inference-mode nodes.
+
 Activation checkpointing (``checkpoint=True``) splits the forward nodes into segments of
 ``segment`` nodes (default: about sqrt(number of forward nodes)). Only tensors that cross a
 segment boundary stay alive until the backward pass; every other activation the backward
@@ -243,14 +252,7 @@ def training_graph(
     ``beta1``/``beta2`` or ``betas``, ``epsilon``/``eps``). A forward graph made
     by ``sim.passes.precision.amp`` carries ``meta["loss_scale"]``: the backward pass is
     seeded with that scale and the updates unscale the gradients (``grad_scale``).
-    By default the updates run after the whole backward pass (``optimizer.step()`` after
-    ``loss.backward()``), so every gradient is alive at once; ``fused_update=True`` lets each
-    parameter update as soon as its gradient exists (optimizer fused into the backward pass),
-    which frees gradients early and lowers peak memory.
-    With ``train=True`` (the default, as ``model.train()``) the forward pass runs in training
-    mode first (``train_mode``): batch normalisation uses batch statistics and outputs its
-    updated running statistics (graph outputs after the loss, in ``meta["updates"]``), and
-    dropout drops; ``train=False`` keeps the forward graph's inference-mode nodes.
+    ``fused_update`` and ``train``: see the module docstring.
 
     >>> from sim.graph import Graph, TensorSpec
     >>> g = Graph("lin"); _ = g.add_input("x", TensorSpec((8, 4)))
