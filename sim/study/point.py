@@ -163,9 +163,9 @@ def metrics_of(result: Any) -> dict[str, Any]:
     """
     by = dict.fromkeys(BOUNDS, 0.0)
     for r in result.ops:
-        by[r["bound"]] = by.get(r["bound"], 0.0) + (r["end_s"] - r["start_s"])
+        by[r.bound] = by.get(r.bound, 0.0) + r.duration_s
     total = sum(by.values()) or 1.0
-    used = sorted({r["device"] for r in result.ops if r["op"] != "Transfer" and r["bound"] != "comm"})
+    used = sorted({r.device for r in result.ops if r.op != "Transfer" and r.bound != "comm"})
     peak = 0.0
     for d in used:
         peaks = [u["peak_flops_per_s"] for u in result.utilisation.get(d, {}).values()
