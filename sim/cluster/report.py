@@ -91,6 +91,14 @@ class ClusterResult:
     def tokens_per_s(self) -> float:
         return self.batch * self.seq / self.makespan_s if self.makespan_s > 0 else 0.0
 
+    def memory_blocks(self) -> list[RankMemory]:
+        """The memory blocks the summary shows: the first stage, the fullest, the last."""
+        if len(self.memory) <= 3:
+            return list(self.memory)
+        full = max(self.memory, key=lambda m: m.total)
+        picked = [self.memory[0], full, self.memory[-1]]
+        return [m for i, m in enumerate(picked) if m not in picked[:i]]
+
     def exposed_comm(self) -> dict[str, float]:
         """Communication time not hidden behind compute, by kind (the slowest stage's)."""
         e = self.schedule.exposed
@@ -156,8 +164,9 @@ class ClusterResult:
         )
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        from sim.io import atomic_write
+
+        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False))
 
     def summary(self) -> str:
         lay = self.layout
@@ -173,10 +182,15 @@ class ClusterResult:
             f"  pipeline bubble  {self.bubble_fraction * 100:.1f}%",
             "  exposed comm     " + ", ".join(f"{k} {v:.3f} s" for k, v in self.exposed_comm().items()),
         ]
-        for m in self.memory:
+        for m in self.memory_blocks():
             parts = ", ".join(f"{k} {v / gib:.1f}" for k, v in m.components.items())
             lines.append(
                 f"  memory {m.rank}: {m.total / gib:.1f} GiB of {m.capacity / gib:.0f} GiB ({parts} GiB)"
+            )
+        if len(self.memory) > len(self.memory_blocks()):
+            lines.append(
+                f"  ({len(self.memory)} distinct stages: the first, the fullest and the last shown; "
+                "every stage in the JSON)"
             )
         st0 = self.stages[0]
         lines.append(
@@ -220,8 +234,9 @@ class ClusterResult:
                     "dur": round((e.end_s - e.start_s) * 1e6, 3),
                 }
             )
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"traceEvents": ev, "displayTimeUnit": "ms"}, f)
+        from sim.io import atomic_write
+
+        atomic_write(path, json.dumps({"traceEvents": ev, "displayTimeUnit": "ms"}, allow_nan=False))
 
     def plot(self, path: str | os.PathLike[str]) -> None:
         """A timeline with one row per pipeline stage (forward, backward, optimizer, exposed
