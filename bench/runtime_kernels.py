@@ -6,7 +6,8 @@ For each network: the torch model of ``tests/torch_nets.py`` exported to ONNX (o
 operators PyTorch eager dispatches for one forward pass of the same model (counted with a
 ``TorchDispatchMode`` on the CPU build, views and metadata ops excluded): on a CUDA device
 each such operator launches at least one kernel. Also the simulated H100 bf16 batch-1 time of
-each mode (counts are of the fp32 graph; a bf16 cast can add Cast kernels). Run: ``.venv/bin/python bench/runtime_kernels.py`` (about a minute).
+each mode (counts are of the fp32 graph; a bf16 cast can add Cast kernels).
+Run: ``.venv/bin/python bench/runtime_kernels.py`` (about a minute).
 """
 
 from __future__ import annotations

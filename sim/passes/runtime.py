@@ -85,11 +85,11 @@ def prepare(graph: Graph, mode: str, hw: Any = None,
 
 def kernel_count(graph: Graph) -> int:
     """Kernels ``graph`` launches: ops with work that are neither views nor metadata."""
-    from sim.engine.dispatch import NO_KERNEL
+    from sim.engine.dispatch import launches_kernel
 
     n = 0
     for node in graph.nodes.values():
-        if node.op in NO_KERNEL or node.op == "Constant" or "alias_of" in node.meta:
+        if not launches_kernel(node, "alias_of" in node.meta) or node.op == "Constant":
             continue
         w = graph.work(node)
         if w.flops > 0 or w.bytes > 0:
