@@ -34,9 +34,13 @@ def simulate(graph: Graph, hw: Any, dtype: str | None = None, runtime: str | Non
              **options: Any) -> Any:
     """Schedule ``graph`` on ``hw`` (a spec, or a name/path for ``hardware``); returns a Result.
 
+    ``dtype`` casts every floating tensor first (``sim.passes.precision.cast_graph``: "bf16",
+    "fp16", "tf32", "fp8"...); ``options`` go to ``sim.engine.simulate`` (placement, streams,
+    cost_fn, ...), which schedules the graph as given.
     ``runtime`` (``"eager"``, ``"compiled"``, ``"tensorrt"``) runs the graph as that framework
     would: its rewrites, fusion and host dispatch (``sim.passes.runtime``); ``options`` given
-    explicitly (``dispatch_s``, ``cuda_graphs``) win over the runtime's."""
+    explicitly (``dispatch_s``, ``cuda_graphs``) win over the runtime's.
+    """
     from sim.engine import simulate as _simulate
 
     if runtime is not None:
@@ -44,8 +48,12 @@ def simulate(graph: Graph, hw: Any, dtype: str | None = None, runtime: str | Non
 
         spec = hardware(hw) if isinstance(hw, str) else hw
         graph, opts = prepare(graph, runtime, spec, dtype)
-        return _simulate(graph, spec, dtype=dtype, **{**opts, **options})
-    return _simulate(graph, hw, dtype=dtype, **options)
+        return _simulate(graph, spec, **{**opts, **options})
+    if dtype:
+        from sim.passes.precision import cast_graph
+
+        graph = cast_graph(graph, dtype)
+    return _simulate(graph, hw, **options)
 
 
 def training_graph(graph: Graph, loss: str = "cross_entropy", optimizer: str = "adam",
