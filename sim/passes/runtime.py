@@ -68,10 +68,8 @@ def engine_options(mode: str, hw: Any = None) -> dict[str, Any]:
     check_mode(mode)
     per_op = EAGER_DISPATCH_S
     if hw is not None:
-        from sim.engine.dispatch import spec_dispatch
-        from sim.engine.topology import as_system
-
-        stated = [spec_dispatch(d) for d in as_system(hw).devices.values() if d.kind != "cpu"]
+        devices = list(getattr(hw, "devices", {}).values()) or [hw]
+        stated = [float(getattr(d.arch, "host_dispatch", 0.0) or 0.0) for d in devices if d.kind != "cpu"]
         if stated and stated[0] > 0:
             per_op = stated[0]
     return {"dispatch_s": per_op, "cuda_graphs": mode == "tensorrt"}
@@ -85,11 +83,11 @@ def prepare(graph: Graph, mode: str, hw: Any = None,
 
 def kernel_count(graph: Graph) -> int:
     """Kernels ``graph`` launches: ops with work that are neither views nor metadata."""
-    from sim.engine.dispatch import launches_kernel
+    from sim.ops.registry import has_trait
 
     n = 0
     for node in graph.nodes.values():
-        if not launches_kernel(node, "alias_of" in node.meta) or node.op == "Constant":
+        if has_trait(node.op, "no_kernel") or "alias_of" in node.meta or node.op == "Constant":
             continue
         w = graph.work(node)
         if w.flops > 0 or w.bytes > 0:
