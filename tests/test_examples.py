@@ -50,3 +50,14 @@ def test_training_tradeoffs(capsys, monkeypatch):
     out = run_example("training_tradeoffs.py", ["--epochs", "1", "--sim-workload", "mlp-mnist"],
                       capsys, monkeypatch)
     assert "test accuracy" in out and "2:4" in out
+
+
+def test_inference_roofline(capsys, monkeypatch):
+    out = run_example("inference_roofline.py", ["--layers", "2", "--prompt", "512", "--batches", "1,8"],
+                      capsys, monkeypatch)
+    steps = {m[0]: m[1] for m in re.findall(r"^\s+(prefill \d+ tokens|decode batch \d+)\s+[\d.]+\s+(\w+)",
+                                             out, flags=re.M)}
+    assert steps == {"prefill 512 tokens": "compute", "decode batch 1": "memory", "decode batch 8": "memory"}
+    whatif = [float(x) for x in re.findall(r"^\s+[\d.]+x\s+\d+\s+([\d.]+)", out, flags=re.M)]
+    # more HBM bandwidth speeds decode up
+    assert whatif[0] == 1.0 and whatif[2] > 1.3

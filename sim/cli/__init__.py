@@ -1,4 +1,4 @@
-"""Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``.
+"""Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``, ``sim serve``.
 
 Bad input (a SimError) prints one line and exits 2, with no traceback.
 """
@@ -110,12 +110,15 @@ def _cmd_hw(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sim.cli.serve import add_parser as add_serve
+
     parser = argparse.ArgumentParser(prog="sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_train(sub)
     _add_ops(sub)
     _add_hw(sub)
+    add_serve(sub)
     return parser
 
 

@@ -92,10 +92,10 @@ def defop(
     doc: str = "",
 ) -> OpDef:
     """Register an op from its parts; the family is the calling module's name."""
-    import inspect
+    import sys
 
-    frame = inspect.stack()[1]
-    family = frame.frame.f_globals.get("__name__", "").rsplit(".", 1)[-1]
+    # the caller's module (sys._getframe: inspect.stack() reads every frame's source lines)
+    family = sys._getframe(1).f_globals.get("__name__", "").rsplit(".", 1)[-1]
     return register(OpDef(name, infer, work, kernel, grad, no_grad, family, doc))
 
 

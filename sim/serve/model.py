@@ -18,7 +18,7 @@ import numpy as np
 from sim.errors import GraphError
 from sim.exec.executor import Executor
 from sim.frontends import load
-from sim.graph import Graph
+from sim.graph import Graph, TensorSpec
 
 LOGITS = "logits"
 
@@ -56,6 +56,10 @@ class ServeModel:
         if "n_layer" not in params:
             raise GraphError("a servable workload needs an n_layer param", where=workload)
         _, kvh, _, hd = probe.tensors[caches[0][0]].shape
+        att = next(n for n in probe.nodes.values() if n.op == "Attention")
+        self._attn_attrs = dict(att.attrs)
+        self._q_heads = probe.tensors[att.inputs[0]].shape[1]
+        self._float = probe.tensors[att.inputs[0]].dtype
         self.info = ModelInfo(name=probe.name, n_layer=int(params["n_layer"]), kv_heads=kvh,
                               head_dim=hd, params=probe.param_count,
                               max_context=int(params.get("n_ctx", params.get("max_context", 0)) or 0))
@@ -68,6 +72,20 @@ class ServeModel:
         extra = [t for entry in g.meta.get("kv_cache", []) for t in (entry[1], entry[3])]
         g.set_outputs([*g.outputs, *extra])
         return g
+
+    def attention_graph(self, batch: int, seq: int, cache: int) -> Graph:
+        """The step graph's ``Attention`` node alone, for ``batch`` sequences of ``seq`` new
+        tokens over caches of ``cache`` positions (all valid): inputs Q [batch, q_heads, seq,
+        head_dim], the caches [batch, kv_heads, cache, head_dim] and their lengths."""
+        i = self.info
+        g = Graph(f"{i.name}.attention")
+        q = g.add_input("q", TensorSpec((batch, self._q_heads, seq, i.head_dim), self._float))
+        kv = TensorSpec((batch, i.kv_heads, cache, i.head_dim), self._float)
+        k, v = g.add_input("present_key", kv), g.add_input("present_value", kv)
+        lens = g.add_input("total_lens", TensorSpec((batch,), "int64"))
+        g.add_node("Attention", [q, k, v, "", "", "", lens], ["y"], self._attn_attrs, name="sdpa")
+        g.set_outputs(["y"])
+        return g.verify()
 
     def full_graph(self, batch: int, seq: int) -> Graph:
         """The graph without a cache (every position recomputed)."""
