@@ -36,10 +36,10 @@ def main() -> None:
         g = sim.load(args.workload, batch=b)
         r = sim.simulate(g, hw, dtype=args.dtype)
         results.append(r)
-        ops = [o for o in r.ops if o["op"] != "Transfer"]
-        intensity = sum(o["flops"] for o in ops) / max(sum(o["bytes"] for o in ops), 1.0)
-        busy = sum(o["end_s"] - o["start_s"] for o in ops) or 1.0
-        compute = sum(o["end_s"] - o["start_s"] for o in ops if o["bound"] == "compute") / busy
+        ops = [o for o in r.ops if o.op != "Transfer"]
+        intensity = sum(o.flops for o in ops) / max(sum(o.bytes for o in ops), 1.0)
+        busy = sum(o.end_s - o.start_s for o in ops) or 1.0
+        compute = sum(o.end_s - o.start_s for o in ops if o.bound == "compute") / busy
         print(f"{b:6d} {r.makespan_s * 1e3:9.3f} {b / r.makespan_s:11.1f} "
               f"{r.flops / r.makespan_s / 1e12:8.1f} {intensity:10.1f} {100 * compute:13.1f}% "
               f"{r.peak_memory_bytes / 2**20:9.1f}")

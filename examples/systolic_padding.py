@@ -35,8 +35,8 @@ def main() -> None:
         cells = []
         for name in names:
             r = sim.simulate(g, hws[name], dtype="bf16", host_inputs=False)
-            (rec,) = [o for o in r.ops if o["op"] == "MatMul"]
-            t = rec["end_s"] - rec["start_s"]
+            (rec,) = [o for o in r.ops if o.op == "MatMul"]
+            t = rec.end_s - rec.start_s
             peak = max(u.peak_flops.get("bf16", 0.0) for u in hws[name].units)
             cells.append(f"{t * 1e6:10.2f} {100 * rec['flops'] / t / peak:9.1f}%")
         print(f"{s:6d} " + " ".join(f"{c:>22}" for c in cells))

@@ -19,7 +19,7 @@ from sim.report import Result
 def shares(result: Result) -> str:
     by = Counter[str]()
     for rec in result.ops:
-        by[rec["bound"]] += rec["end_s"] - rec["start_s"]
+        by[rec.bound] += rec.end_s - rec.start_s
     total = sum(by.values()) or 1.0
     return "  ".join(f"{k} {100 * v / total:4.1f}%" for k, v in sorted(by.items()))
 

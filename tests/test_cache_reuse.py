@@ -102,7 +102,7 @@ def relu_chain(n: int) -> Graph:
 
 
 def ops_by_name(r) -> dict:
-    return {o["name"]: o for o in r.ops if o["op"] != "Transfer"}
+    return {o.name: o for o in r.ops if o.op != "Transfer"}
 
 
 def test_second_op_of_a_chain_reads_from_l2_at_the_l2_rate():
@@ -170,13 +170,13 @@ def test_cache_reuse_off_is_the_cold_model_and_runs_are_deterministic():
     spec = h100()
     nodes = {n.name: n for n in cast}
     for o in r.ops:
-        if o["op"] == "Transfer":
+        if o.op == "Transfer":
             continue
-        assert o["cached_bytes"] == 0.0
-        node = nodes[o["name"]]
+        assert o.cached_bytes == 0.0
+        node = nodes[o.name]
         c = op_cost(cast.work(node), spec, compute_dtype(cast, node),
                     sparsity=node.meta.get("sparsity"))
-        assert o["end_s"] - o["start_s"] == pytest.approx(c.time_s, rel=1e-12, abs=1e-15)
+        assert o.end_s - o.start_s == pytest.approx(c.time_s, rel=1e-12, abs=1e-15)
     on1 = simulate(g, "h100", "bf16")
     on2 = simulate(g, "h100", "bf16")
     assert on1.to_json() == on2.to_json()

@@ -43,7 +43,7 @@ def chain() -> Graph:
 
 
 def spans(r) -> list[tuple[str, float, float]]:
-    return [(o["name"], o["start_s"], o["end_s"]) for o in r.ops]
+    return [(o.name, o.start_s, o.end_s) for o in r.ops]
 
 
 def test_chain_on_one_unit_exact_times():
@@ -136,7 +136,7 @@ def test_placement_on_two_devices_makes_a_transfer():
     r = simulate(g, system_two(), cost_fn=table({"embed.relu": 1.0, "body.relu": 2.0}),
                  placement={"embed": "cpu0"}, host_inputs=False,
                  transfer_fn=lambda link, n: link.latency_s + n / link.bandwidth_Bps)
-    assert [(o["name"], o["device"], o["start_s"], o["end_s"]) for o in r.ops] == [
+    assert [(o.name, o.device, o.start_s, o.end_s) for o in r.ops] == [
         ("embed.relu", "cpu0", 0.0, 1.0),
         ("a->gpu0", "cpu0", 1.0, 2.5),  # 0.5 s latency + 1000 B / 1000 B/s
         ("body.relu", "gpu0", 2.5, 4.5),
@@ -147,7 +147,7 @@ def test_placement_on_two_devices_makes_a_transfer():
     r2 = simulate(g, system_two(), cost_fn=table({"embed.relu": 1.0, "body.relu": 2.0}),
                   placement={"embed.*": "cpu0"}, host_inputs=False,
                   transfer_fn=lambda link, n: link.latency_s + n / link.bandwidth_Bps)
-    assert [o["device"] for o in r2.ops] == ["cpu0", "cpu0", "gpu0"]
+    assert [o.device for o in r2.ops] == ["cpu0", "cpu0", "gpu0"]
     # a's buffer on cpu0 is freed after the copy; gpu0 holds the copy and b
     assert r.peak_memory_by_device == {"cpu0": 2000.0, "gpu0": 2000.0}
 
@@ -314,7 +314,7 @@ def test_route_through_the_host_when_devices_have_no_direct_link():
     r = simulate(g, sysm, cost_fn=table({"A": 1.0, "B": 1.0}), placement={"B": "gpu1"},
                  host_inputs=False, transfer_fn=lambda link, n: n / link.bandwidth_Bps)
     # 1000 B: gpu0 -> host at 1000 B/s (1 s), host -> gpu1 at 500 B/s (2 s)
-    assert [(o["name"], o["src"] if "src" in o else o["device"], o["start_s"], o["end_s"])
+    assert [(o.name, o.src or o.device, o.start_s, o.end_s)
             for o in r.ops] == [("A", "gpu0", 0.0, 1.0), ("a->gpu1", "gpu0", 1.0, 2.0),
                                 ("a->gpu1", "host", 2.0, 4.0), ("B", "gpu1", 4.0, 5.0)]
 

@@ -45,11 +45,11 @@ def relus(n: int) -> Graph:
 
 
 def spans(r) -> list[tuple[str, float, float]]:
-    return [(o["name"], o["start_s"], o["end_s"]) for o in r.ops]
+    return [(o.name, o.start_s, o.end_s) for o in r.ops]
 
 
 def waits(r) -> list[float]:
-    return [o["host_wait_s"] for o in r.ops]
+    return [o.host_wait_s for o in r.ops]
 
 
 def test_short_kernels_are_host_bound():
@@ -60,7 +60,7 @@ def test_short_kernels_are_host_bound():
     # the stream sat idle 0-5, 6-10, 11-15 waiting for the host
     assert waits(r) == [5.0, 4.0, 4.0]
     assert r.host_bound_s == 13.0 and r.host_bound_by_device == {"gpu0": 13.0}
-    assert [o["bound"] for o in r.ops] == ["compute"] * 3  # each op keeps its own bound
+    assert [o.bound for o in r.ops] == ["compute"] * 3  # each op keeps its own bound
     assert "host-bound   gpu0: 81.2% of the makespan" in r.summary()
     d = json.loads(r.to_json())
     assert d["host_bound_s"] == 13.0 and d["host_bound_by_device"] == {"gpu0": 13.0}
@@ -83,7 +83,7 @@ def test_views_and_depend_cost_no_dispatch():
               ("F", "Flatten", {"axis": 0}), ("I", "Identity", {}), ("B", "Relu", {}))
     r = simulate(g, device(), cost_fn=table({"A": 1.0, "V": 0.0, "F": 0.0, "I": 0.0, "B": 1.0}),
                  host_inputs=False, dispatch_s=5.0)
-    by = {o["name"]: (o["start_s"], o["end_s"], o["host_wait_s"]) for o in r.ops}
+    by = {o.name: (o.start_s, o.end_s, o.host_wait_s) for o in r.ops}
     # B is the host's second kernel: issued at 10, not 25
     assert by["A"] == (5.0, 6.0, 5.0)
     assert by["V"] == by["F"] == by["I"] == (6.0, 6.0, 0.0)
@@ -100,7 +100,7 @@ def test_depend_costs_no_dispatch():
     g.set_outputs(["c"])
     r = simulate(g, device(), cost_fn=table({"A": 1.0, "B": 1.0, "D": 0.0, "C": 1.0}),
                  host_inputs=False, dispatch_s=5.0)
-    by = {o["name"]: (o["start_s"], o["end_s"]) for o in r.ops}
+    by = {o.name: (o.start_s, o.end_s) for o in r.ops}
     assert by["A"] == (5.0, 6.0) and by["B"] == (10.0, 11.0)
     assert by["D"] == (11.0, 11.0) and by["C"] == (15.0, 16.0)
 
@@ -164,9 +164,9 @@ def test_zero_dispatch_is_todays_timeline(workload):
     assert "host-bound" not in base.summary()
     # with 8 us per kernel the host needs (kernels x 8 us) before the last kernel can start
     slow = simulate(g, "h100", "bf16", dispatch_s=8e-6)
-    kernels = [o for o in slow.ops if o["op"] not in
+    kernels = [o for o in slow.ops if o.op not in
                ("Transfer", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Depend")]
-    last = max(o["start_s"] for o in kernels)
+    last = max(o.start_s for o in kernels)
     assert last >= len(kernels) * 8e-6 * (1 - 1e-9)
     assert slow.makespan_s > base.makespan_s and slow.host_bound_s > 0
 

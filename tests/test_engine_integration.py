@@ -47,7 +47,7 @@ def gpt3_weights(layers: int = 96, d: int = 12288, tokens: int = 2048) -> Graph:
 
 
 def by_name(result) -> dict:
-    return {o["name"]: o for o in result.ops}
+    return {o.name: o for o in result.ops}
 
 
 def test_convs_are_compute_bound_and_elementwise_memory_bound():
@@ -57,8 +57,8 @@ def test_convs_are_compute_bound_and_elementwise_memory_bound():
     assert ops["conv1"]["unit"] == "tensor"
     assert ops["relu1"]["bound"] == "memory" and ops["add"]["bound"] == "memory"
     # the engine keeps each op's own cost: makespan = input copy + the chain of ops
-    chain = sum(o["end_s"] - o["start_s"] for o in r.ops if o["op"] != "Transfer")
-    copy = sum(o["end_s"] - o["start_s"] for o in r.ops if o["op"] == "Transfer")
+    chain = sum(o.end_s - o.start_s for o in r.ops if o.op != "Transfer")
+    copy = sum(o.end_s - o.start_s for o in r.ops if o.op == "Transfer")
     assert r.makespan_s == pytest.approx(chain + copy)
     assert copy > 0
     r = sim.simulate(conv_block(), "h100", "bf16", host_inputs=False)
@@ -77,10 +77,10 @@ def test_resnet50_h100_beats_a100_beats_v100():
     t = {hw: sim.simulate(g, hw, "fp16").makespan_s for hw in ("h100", "a100", "v100")}
     assert t["h100"] < t["a100"] < t["v100"]
     r = sim.simulate(g, "h100", "bf16")
-    convs = [o for o in r.ops if o["op"] == "Conv"]
-    assert len(convs) == 53 and sum(o["bound"] == "compute" for o in convs) >= 10
-    eltwise = [o for o in r.ops if o["op"] in ("Relu", "Add", "BatchNormalization")]
-    assert eltwise and all(o["bound"] in ("memory", "launch") for o in eltwise)
+    convs = [o for o in r.ops if o.op == "Conv"]
+    assert len(convs) == 53 and sum(o.bound == "compute" for o in convs) >= 10
+    eltwise = [o for o in r.ops if o.op in ("Relu", "Add", "BatchNormalization")]
+    assert eltwise and all(o.bound in ("memory", "launch") for o in eltwise)
     assert r.throughput is not None and r.batch == 32
 
 

@@ -71,14 +71,14 @@ def test_ring_allreduce_1gb_over_100gbs_links():
     r = simulate(g, ring_system(4, lat=lat), host_inputs=False, transfer_fn=linear)
     want = 2 * 3 / 4 * GB / 100e9 + 6 * lat  # 15 ms + 6 latencies
     assert r.makespan_s == pytest.approx(want, rel=1e-12)
-    assert [o["device"] for o in r.ops] == names(4)
+    assert [o.device for o in r.ops] == names(4)
     for o in r.ops:
-        assert (o["op"], o["bound"], o["unit"]) == ("AllReduce", "comm", "collective")
-        assert o["start_s"] == 0.0 and o["end_s"] == pytest.approx(want, rel=1e-12)
-        assert o["bytes"] == 6 * 0.25 * GB  # 2(n-1) chunks of S/n sent by each member
-        assert o["energy_j"] == pytest.approx(6 * 0.25 * GB * 1e-12)
-        assert o["steps"] == 6 and o["chunk_bytes"] == 0.25 * GB
-    assert sum(o["flops"] for o in r.ops) == 3 * 250_000_000
+        assert (o.op, o.bound, o.unit) == ("AllReduce", "comm", "collective")
+        assert o.start_s == 0.0 and o.end_s == pytest.approx(want, rel=1e-12)
+        assert o.bytes == 6 * 0.25 * GB  # 2(n-1) chunks of S/n sent by each member
+        assert o.energy_j == pytest.approx(6 * 0.25 * GB * 1e-12)
+        assert o.steps == 6 and o.chunk_bytes == 0.25 * GB
+    assert sum(o.flops for o in r.ops) == 3 * 250_000_000
     # outputs live on their members (inputs too: resident)
     assert r.peak_memory_by_device == {d: 2 * GB for d in names(4)}
 
@@ -113,7 +113,7 @@ def test_group_of_one_and_one_member_form():
     g.set_outputs(["y"])
     r = simulate(g, ring_system(4), host_inputs=False, transfer_fn=linear)
     assert r.makespan_s == pytest.approx(0.015, rel=1e-12)
-    assert sorted(o["device"] for o in r.ops) == names(4)
+    assert sorted(o.device for o in r.ops) == names(4)
     assert r.peak_memory_by_device["gpu0"] == 2 * GB and r.peak_memory_by_device["gpu1"] == 0
 
 
@@ -131,8 +131,8 @@ def test_collective_waits_for_every_member():
         return FixedCost(times[node.name])
 
     r = simulate(g, ring_system(4), host_inputs=False, transfer_fn=linear, cost_fn=cost)
-    ar = [o for o in r.ops if o["op"] == "AllReduce"]
-    assert {o["start_s"] for o in ar} == {1.0}
+    ar = [o for o in r.ops if o.op == "AllReduce"]
+    assert {o.start_s for o in ar} == {1.0}
     assert r.makespan_s == pytest.approx(1.015, rel=1e-12)
 
 
@@ -148,10 +148,10 @@ def test_collective_contends_with_copies_on_its_links():
         return FixedCost(0.0)
 
     r = simulate(g, ring_system(4), host_inputs=False, transfer_fn=linear, cost_fn=cost)
-    copy = [o for o in r.ops if o["op"] == "Transfer"]
+    copy = [o for o in r.ops if o.op == "Transfer"]
     assert len(copy) == 1 and copy[0]["end_s"] - copy[0]["start_s"] == pytest.approx(0.01)
     # the ring waits 10 ms for the copy on link gpu0 -> gpu1: 15 ms + 10 ms
-    ar_end = max(o["end_s"] for o in r.ops if o["op"] == "AllReduce")
+    ar_end = max(o.end_s for o in r.ops if o.op == "AllReduce")
     assert ar_end == pytest.approx(0.025, rel=1e-12)
     alone = simulate(collective_graph("AllReduce", 4, 250_000_000), ring_system(4),
                      host_inputs=False, transfer_fn=linear)
@@ -216,7 +216,7 @@ def _mlp_step(batch: int) -> Graph:
 
 
 def _compute_s(r, dev: str) -> float:
-    return sum(o["end_s"] - o["start_s"] for o in r.ops if o["device"] == dev and o["bound"] != "comm")
+    return sum(o.end_s - o.start_s for o in r.ops if o.device == dev and o.bound != "comm")
 
 
 def test_data_parallel_on_dgx_h100():
@@ -232,17 +232,17 @@ def test_data_parallel_on_dgx_h100():
     ratio = _compute_s(one, "gpu0") / per_dev[0]
     assert 6.0 < ratio <= 8.0  # ~n-fold (launch floors and the loss keep it under 8)
     switch = load_hardware("dgx-h100").switch
-    ars = [o for o in dp.ops if o["op"] == "AllReduce" and o["device"] == "gpu0"]
+    ars = [o for o in dp.ops if o.op == "AllReduce" and o.device == "gpu0"]
     assert len(ars) == 4  # fc1/fc2 weight and bias
     for o in ars:
-        assert o["steps"] == 14 and o["bound"] == "comm"
+        assert o.steps == 14 and o.bound == "comm"
     # the first all-reduce (fc2's bias, issued first) runs alone: the ring formula exactly
-    first = min(ars, key=lambda o: o["start_s"])
+    first = min(ars, key=lambda o: o.start_s)
     assert first["end_s"] - first["start_s"] == pytest.approx(
         14 * transfer_time(switch, first["chunk_bytes"]), rel=1e-9)
     # they queue on the switch ports: together they last at least the formula's sum
-    window = max(o["end_s"] for o in ars) - min(o["start_s"] for o in ars)
-    total = sum(14 * transfer_time(switch, o["chunk_bytes"]) for o in ars)
+    window = max(o.end_s for o in ars) - min(o.start_s for o in ars)
+    total = sum(14 * transfer_time(switch, o.chunk_bytes) for o in ars)
     assert window >= total * (1 - 1e-9)
     assert dp.makespan_s <= per_dev[0] + total * (1 + 1e-9)
     assert dp.throughput > one.throughput
@@ -259,10 +259,10 @@ def test_single_weight_allreduce_time_on_dgx_h100():
     g.set_outputs(["y"])
     dp = data_parallel(training_graph(g, "mse"), names(8))
     r = simulate(dp, "dgx-h100", host_inputs=False)
-    (ar,) = [o for o in r.ops if o["op"] == "AllReduce" and o["device"] == "gpu3"]
+    (ar,) = [o for o in r.ops if o.op == "AllReduce" and o.device == "gpu3"]
     switch = load_hardware("dgx-h100").switch
-    assert ar["chunk_bytes"] == 1024 * 1024 * 4 / 8
-    assert ar["end_s"] - ar["start_s"] == pytest.approx(14 * transfer_time(switch, 1024 * 1024 * 4 / 8),
+    assert ar.chunk_bytes == 1024 * 1024 * 4 / 8
+    assert ar.end_s - ar.start_s == pytest.approx(14 * transfer_time(switch, 1024 * 1024 * 4 / 8),
                                                        rel=1e-12)
 
 
@@ -429,17 +429,17 @@ def test_pipeline_training_overlaps_stages():
         return FixedCost(1.0 if node.op in ("MatMul", "Gemm") else 0.0)
 
     r = simulate(p, switch_system(2), host_inputs=False, cost_fn=cost, transfer_fn=zero)
-    serial = sum(1.0 for o in r.ops if o["op"] in ("MatMul", "Gemm"))
+    serial = sum(1.0 for o in r.ops if o.op in ("MatMul", "Gemm"))
     assert serial == 4 * 11  # per microbatch: 4 forward + 7 backward GEMMs (none for dx)
     # two devices share the work: faster than one, never faster than half
     assert serial / 2 <= r.makespan_s < serial
     assert bubble_fraction(r, names(2)) < 0.5
     # stage 1 (mm2, mm3: 2 forward + 4 backward GEMMs per microbatch) is the bottleneck, and
     # it cannot start before stage 0's first forward (2 GEMMs)
-    stage1 = [o for o in r.ops if o["device"] == "gpu1" and o["op"] in ("MatMul", "Gemm")]
+    stage1 = [o for o in r.ops if o.device == "gpu1" and o.op in ("MatMul", "Gemm")]
     assert len(stage1) == 4 * 6 and r.makespan_s >= 4 * 6 + 2
     # gradients stay on their stage: only activations and their gradients cross
-    crossing = [o["tensor"] for o in r.ops if o["op"] == "Transfer"]
+    crossing = [o.tensor for o in r.ops if o.op == "Transfer"]
     assert crossing and not any("grad_acc" in t for t in crossing)
 
 
@@ -502,7 +502,7 @@ def test_tensor_parallel_structure_and_flops():
     assert len(tp.nodes["gpu1/h.0.mlp.fc2.gemm"].inputs) == 2
     assert {"wte.weight", "wpe.weight", "h.0.norm1.weight", "ln_f.weight"} <= set(tp.params)
     assert tp.nodes["gpu2/h.1.attn.sdpa"].meta == {**g.nodes["h.1.attn.sdpa"].meta, "device": "gpu2",
-                                                 "tp": "sharded", "tp_rank": 2}
+                                                 "tp": "sharded", "tp_rank": 2, "origin": "h.1.attn.sdpa"}
     assert tp.tensors["gpu2/h.1.attn.sdpa"].shape == (b, 4 // n, s, d // 4)
     # the split work adds up exactly; the replicated work is done n times; each all-reduce adds
     # (n - 1) per element of one member's tensor
@@ -521,8 +521,9 @@ def test_tensor_parallel_structure_and_flops():
 def test_tensor_parallel_rejects_bad_inputs():
     with pytest.raises(sim.errors.GraphError, match="does not split"):
         tensor_parallel(tiny_gpt2(), names(3))
-    with pytest.raises(sim.errors.GraphError, match="forward graph"):
-        tensor_parallel(training_graph(tiny_gpt2(), "cross_entropy", "sgd"), names(2))
+    with pytest.raises(sim.errors.GraphError, match="not yet placed"):
+        tensor_parallel(data_parallel(training_graph(tiny_gpt2(), "cross_entropy", "sgd"), names(2)),
+                        names(2))
     with pytest.raises(sim.errors.GraphError, match="no attention or mlp"):
         tensor_parallel(relu_chain(2), names(2))
 
@@ -541,22 +542,22 @@ def test_tensor_parallel_timing_on_dgx_h100(n):
     r = simulate(tp, "dgx-h100", "bf16", host_inputs=False)
 
     def block_gemm_s(res, graph, dev):
-        return sum(o["end_s"] - o["start_s"] for o in res.ops if o["device"] == dev
-                   and o["op"] in ("Gemm", "MatMul") and graph.nodes[o["name"]].meta["tp"] != "replicated")
+        return sum(o.end_s - o.start_s for o in res.ops if o.device == dev
+                   and o.op in ("Gemm", "MatMul") and graph.nodes[o.name].meta["tp"] != "replicated")
 
     base = block_gemm_s(one, single, "gpu0")
     for dev in names(n):
         # ~1/n of the GEMM time (the cost model runs narrower GEMMs less efficiently)
         t = block_gemm_s(r, tp, dev)
         assert base / n <= t * (1 + 1e-9) and t < 2 * base / n
-    ars = [o for o in r.ops if o["op"] == "AllReduce" and o["device"] == "gpu0"]
+    ars = [o for o in r.ops if o.op == "AllReduce" and o.device == "gpu0"]
     assert len(ars) == 2  # two per block
     switch = load_hardware("dgx-h100").switch
     chunk = b * s * d * 2 / n  # bf16 activations, S/n per step
     for o in ars:  # each runs alone (the next layer waits for it): the ring formula exactly
-        assert o["chunk_bytes"] == chunk and o["steps"] == 2 * (n - 1)
+        assert o.chunk_bytes == chunk and o.steps == 2 * (n - 1)
         ring = 2 * (n - 1) * transfer_time(switch, chunk)
-        assert o["end_s"] - o["start_s"] == pytest.approx(ring, rel=1e-9)
+        assert o.end_s - o.start_s == pytest.approx(ring, rel=1e-9)
 
 
 def test_parse_parallel_tp():
@@ -579,7 +580,7 @@ def test_data_parallel_buckets_gpt2_dp8_no_slower():
     assert sum(len(b) for b in bucketed.meta["buckets"]) == len(set(step.meta["grads"].values()))
     ra = simulate(per_param, "dgx-h100", "bf16", host_inputs=False)
     rb = simulate(bucketed, "dgx-h100", "bf16", host_inputs=False)
-    count = lambda r: sum(1 for o in r.ops if o["op"] == "AllReduce" and o["device"] == "gpu0")  # noqa: E731
+    count = lambda r: sum(1 for o in r.ops if o.op == "AllReduce" and o.device == "gpu0")  # noqa: E731
     assert count(ra) == len(per_param.meta["buckets"]) == 196
     assert count(rb) == n_buckets
     assert rb.makespan_s <= ra.makespan_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import matplotlib
@@ -11,6 +12,7 @@ from sim.engine import FixedCost, simulate
 from sim.graph import Graph, TensorSpec
 from sim.hw.spec import ComputeUnit, DeviceSpec, LinkSpec, MemoryLevel, PowerSpec, SystemSpec
 from sim.report.plots import plot_memory, plot_roofline, plot_timeline
+from sim.report.record import OpRecord
 from sim.report.summary import fmt_bytes, fmt_si, fmt_time
 from sim.report.trace import trace_events
 
@@ -52,16 +54,29 @@ def result():
                     transfer_fn=lambda link, n: n / link.bandwidth_Bps)
 
 
-def test_records_are_plain_and_complete(result):
+def test_records_are_typed_and_complete(result):
     # x is 4*8*4 = 128 B over 1000 B/s: 0.128 s, then 2 + 1 + 2 s
-    assert [(o["name"], o["unit"]) for o in result.ops] == [
+    assert [(o.name, o.unit) for o in result.ops] == [
         ("x->gpu0", "copy:pcie in"), ("fc1", "tensor"), ("relu", "vector"), ("fc2", "tensor")]
+    assert all(type(o) is OpRecord for o in result.ops)
     assert result.makespan_s == pytest.approx(5.128)
-    for o in result.ops:
-        assert {"name", "op", "layer", "device", "unit", "start_s", "end_s", "flops", "bytes",
-                "bound", "energy_j"} <= set(o)
-    assert result.ops[1]["layer"] == "fc1" and result.ops[1]["flops"] == 2 * 4 * 8 * 8
-    assert json.loads(json.dumps(result.ops)) == result.ops
+    assert result.ops[0].duration_s == pytest.approx(0.128)
+    assert (result.ops[0].src, result.ops[0].dst, result.ops[0].tensor) == ("host", "gpu0", "x")
+    assert result.ops[1].layer == "fc1" and result.ops[1].flops == 2 * 4 * 8 * 8
+    assert result.ops[1]["flops"] == result.ops[1].flops  # reads like the earlier dict records
+    rows = result.records()
+    assert all(set(r) == {f.name for f in dataclasses.fields(OpRecord)} for r in rows)  # one schema
+    assert json.loads(json.dumps(rows)) == rows
+    assert json.loads(result.to_json())["ops"] == rows
+
+
+def test_records_load_into_pandas(result):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(result.ops)
+    assert list(df["name"]) == ["x->gpu0", "fc1", "relu", "fc2"]
+    assert df["flops"].sum() == 512 + 32 + 128  # 2*4*8*8 + 4*8 (Relu) + 2*4*8*2
+    assert (df["end_s"] - df["start_s"]).sum() == pytest.approx(5.128)
+    assert pd.DataFrame(result.records()).equals(df)
 
 
 def test_energy_utilisation_and_aggregation(result):
@@ -118,7 +133,7 @@ def test_two_streams_get_two_tracks():
     ev = trace_events(r)
     xs = [e for e in ev if e["ph"] == "X"]
     assert len({e["tid"] for e in xs}) == 2
-    assert sorted(o["stream"] for o in r.ops) == [0, 1]
+    assert sorted(o.stream for o in r.ops) == [0, 1]
 
 
 def test_multi_device_trace_has_a_process_per_device():
@@ -128,7 +143,7 @@ def test_multi_device_trace_has_a_process_per_device():
                  transfer_fn=lambda link, n: n / link.bandwidth_Bps)
     # "fc1" matches node fc1 and, by layer, relu. x starts on the host cpu0 (no copy);
     # relu's output r is copied to gpu0 for fc2.
-    assert [(o["name"], o["device"]) for o in r.ops] == [
+    assert [(o.name, o.device) for o in r.ops] == [
         ("fc1", "cpu0"), ("relu", "cpu0"), ("r->gpu0", "cpu0"), ("fc2", "gpu0")]
     assert r.ops[2]["end_s"] - r.ops[2]["start_s"] == pytest.approx(4 * 8 * 4 / 1000.0)
     ev = trace_events(r)

@@ -2,7 +2,7 @@
 
 >>> import sim
 >>> r = sim.simulate(sim.load("mlp-mnist", batch=8), "h100")
->>> {rec["bound"] for rec in r.ops} <= {"comm", "compute", "launch", "memory"}
+>>> {rec.bound for rec in r.ops} <= {"comm", "compute", "launch", "memory"}
 True
 """
 

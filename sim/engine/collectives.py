@@ -36,6 +36,7 @@ import simpy
 from sim.errors import OutOfMemoryError, SpecError
 from sim.graph import Node
 from sim.ops.collective import COLLECTIVES, group_of
+from sim.report.record import OpRecord
 
 if TYPE_CHECKING:
     from sim.engine.scheduler import _Engine
@@ -137,14 +138,12 @@ def run_collective(eng: _Engine, i: int) -> Any:
     for k, d in enumerate(group):
         # the node's FLOPs: shared by the members (all-members form) or its own device's
         flops = float(cost.cost.flops) / n if all_members else (float(cost.cost.flops) if d == dev else 0.0)
-        eng.records.append({
-            "name": node.name, "op": node.op, "layer": node.meta.get("layer") or "",
-            "device": d, "unit": UNIT, "start_s": start, "end_s": ends[k],
-            "flops": flops, "bytes": float(steps * chunk),
-            "bound": "comm", "energy_j": energy[k], "dtype": cost.dtype,
-            "compute_s": 0.0, "memory_s": 0.0,
-            "group": list(group), "steps": steps, "chunk_bytes": float(chunk),
-        })
+        eng.records.append(OpRecord(
+            name=node.name, op=node.op, layer=node.meta.get("layer") or "",
+            device=d, unit=UNIT, start_s=start, end_s=ends[k],
+            flops=flops, bytes=float(steps * chunk), bound="comm", energy_j=energy[k],
+            dtype=cost.dtype, group=list(group), steps=steps, chunk_bytes=float(chunk),
+        ))
     for t, d in eng.uses[i]:
         eng._done_with(t, d, end)
     for t, d in zip(node.outputs, slots):

@@ -38,6 +38,7 @@ from sim.errors import OutOfMemoryError, SimError
 from sim.graph import Graph, Node
 from sim.hw.spec import DeviceSpec, LinkSpec, SystemSpec
 from sim.ops.work import Work
+from sim.report.record import OpRecord
 from sim.report.result import Result, build_result
 
 from .bandwidth import SharedBandwidth
@@ -131,7 +132,7 @@ class _Engine:
         }
         self.cache = {d: ReuseCache(cap) for d, cap in (cache_capacity or {}).items() if cap > 0}
         self.recost = recost
-        self.records: list[dict[str, Any]] = []
+        self.records: list[OpRecord] = []
         self.error: SimError | None = None
         self.keep = set(graph.outputs)
         self.host_src = system.host if system.host in system.devices else HOST
@@ -323,14 +324,14 @@ class _Engine:
         elif c.time_s > 0:
             yield env.timeout(c.time_s)
         end = float(env.now)
-        self.records.append({
-            "name": node.name, "op": node.op, "layer": node.meta.get("layer") or "",
-            "device": dev, "unit": c.unit, "start_s": start, "end_s": end,
-            "flops": float(c.flops), "bytes": float(c.bytes), "bound": c.bound,
-            "energy_j": float(c.energy_j), "dtype": cost.dtype,
-            "compute_s": float(c.compute_s), "memory_s": float(c.memory_s), "stream": slot,
-            "cached_bytes": float(cached), "host_wait_s": host_wait,
-        })
+        self.records.append(OpRecord(
+            name=node.name, op=node.op, layer=node.meta.get("layer") or "",
+            device=dev, unit=c.unit, start_s=start, end_s=end,
+            flops=float(c.flops), bytes=float(c.bytes), bound=c.bound,
+            energy_j=float(c.energy_j), dtype=cost.dtype,
+            compute_s=float(c.compute_s), memory_s=float(c.memory_s), stream=slot,
+            cached_bytes=float(cached), host_wait_s=host_wait,
+        ))
         self._touch(i, dev)
         for t, d in self.uses[i]:
             self._done_with(t, d, end)
@@ -389,14 +390,12 @@ class _Engine:
                 yield env.timeout(dur)
             end = float(env.now)
             a, b, owner, unit = self._hop_ends(key, link, src, dst)
-            self.records.append({
-                "name": f"{t}->{dst}", "op": "Transfer", "layer": layer,
-                "device": owner, "unit": unit,
-                "start_s": start, "end_s": end, "flops": 0.0, "bytes": float(nbytes),
-                "bound": "comm", "energy_j": float(nbytes * link.energy_per_byte_j),
-                "dtype": self.graph.tensors[t].dtype, "compute_s": 0.0, "memory_s": 0.0,
-                "src": a, "dst": b, "tensor": t,
-            })
+            self.records.append(OpRecord(
+                name=f"{t}->{dst}", op="Transfer", layer=layer, device=owner, unit=unit,
+                start_s=start, end_s=end, flops=0.0, bytes=float(nbytes),
+                bound="comm", energy_j=float(nbytes * link.energy_per_byte_j),
+                dtype=self.graph.tensors[t].dtype, src=a, dst=b, tensor=t,
+            ))
             res.release(req)
         if src in self.mem:
             self._done_with(t, src, env.now)

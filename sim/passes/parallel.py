@@ -41,6 +41,7 @@ import numpy as np
 
 from sim.errors import GraphError
 from sim.graph import Graph, Node, ParamInfo, TensorSpec
+from sim.passes.tensor_parallel import tensor_parallel
 
 
 def _copy_params(src: Graph, dst: Graph) -> None:
@@ -451,8 +452,8 @@ def bubble_fraction(result: Any, devices: Sequence[str]) -> float:
         return 0.0
     busy = 0.0
     for d in devs:
-        spans = sorted((r["start_s"], r["end_s"]) for r in result.ops
-                       if r["device"] == d and r["op"] != "Transfer" and r["bound"] != "comm")
+        spans = sorted((r.start_s, r.end_s) for r in result.ops
+                       if r.device == d and r.op != "Transfer" and r.bound != "comm")
         end = float("-inf")
         for a, b in spans:
             if b <= end:
@@ -527,180 +528,3 @@ def parallel_graph(spec: str, load: Callable[[int | None], Graph],
             raise SpecError("dp needs a training step (add --train)", where="--parallel")
         return data_parallel(g, devs[:count])
     return pipeline_parallel(g, devs[:count], micro)
-
-
-# ---------------------------------------------------------------------- tensor parallelism
-_COLUMN = {"attention": ("q", "k", "v"), "mlp": ("fc1", "gate", "up")}
-_ROW = {"attention": ("o",), "mlp": ("fc2", "down")}
-
-
-def _tp_roles(g: Graph) -> dict[str, str]:
-    """Node name -> ``"column"``, ``"row"``, ``"sharded"`` (an attention's or MLP's own
-    nodes between its projections) or ``"replicated"``; ``"row:<layer>"`` keys name nothing."""
-    kinds: dict[str, str] = {}
-    for nd in g.nodes.values():
-        lt = nd.meta.get("layer_type")
-        if lt in _COLUMN:
-            kinds[str(nd.meta["layer"])] = str(lt)
-    roles: dict[str, str] = {}
-    for nd in g.nodes.values():
-        layer = str(nd.meta.get("layer", ""))
-        parent, _, suffix = layer.rpartition(".")
-        if layer in kinds:
-            roles[nd.name] = "sharded"
-        elif parent in kinds and nd.meta.get("layer_type") == "linear" and suffix in _COLUMN[kinds[parent]]:
-            roles[nd.name] = "column"
-        elif parent in kinds and nd.meta.get("layer_type") == "linear" and suffix in _ROW[kinds[parent]]:
-            roles[nd.name] = "row"
-        else:
-            roles[nd.name] = "replicated"
-    return roles
-
-
-def tensor_parallel(graph: Graph, devices: Sequence[str]) -> Graph:
-    """Megatron-LM tensor parallelism (Shoeybi et al. 2019) of a forward graph built from the
-    YAML layers, over ``devices`` (``N`` of them).
-
-    In every ``attention`` layer the q/k/v projections are split by heads (column-parallel:
-    weight columns, bias) and the output projection by rows (row-parallel); in every ``mlp``
-    the first linear(s) (``fc1``, or ``gate``/``up``) column-wise and the second (``fc2`` /
-    ``down``) row-wise. Each row-parallel linear's partial products go through one
-    ``AllReduce`` (``reduction="sum"``, all-members form: exact), so a transformer block
-    costs two forward all-reduces. The row-parallel bias is added once, by rank 0's GEMM.
-    Everything else (embeddings, norms, residual adds, the LM head) is replicated on every
-    device. Nodes are ``<device>/<name>`` with ``meta["device"]``, ``meta["tp"]`` (the role
-    above) and ``meta["tp_rank"]``; graph inputs ``<device>/<input>`` (every rank reads the
-    same batch); shards are parameters ``<param>.tp<i>``, listed in ``meta["shards"]``
-    (shard -> ``(param, axis, i)``: the ``i``-th of ``N`` equal slices on ``axis``);
-    replicated parameters keep their names. Heads (and kv heads) and the MLP width must
-    divide by ``N``.
-
-    FLOPs: the split nodes' work divides exactly (the GEMMs, attention, activations and bias
-    adds of the shards add up to the original), so
-    ``tp.flops == graph.flops + (N - 1) * replicated_flops + allreduce_flops``, with
-    ``allreduce_flops`` = ``(N - 1)`` adds per element of each all-reduced tensor.
-    """
-    devs = _check_devices(devices, "tensor_parallel")
-    n = len(devs)
-    g = graph
-    if g.meta.get("grads"):
-        raise GraphError("tensor_parallel takes a forward graph, not a training step",
-                         where=g.source or g.name)
-    roles = _tp_roles(g)
-    if n > 1 and not any(r == "row" for r in roles.values()):
-        raise GraphError("tensor_parallel found no attention or mlp layer to split",
-                         where=g.source or g.name)
-
-    # ---- plan the parameter shards: (node, input index) -> (param, axis) or "rank0"
-    split_in: dict[tuple[str, int], tuple[str, int] | None] = {}
-    for nd in g.nodes.values():
-        role = roles[nd.name]
-        if role not in ("column", "row") or nd.op not in ("Gemm", "MatMul"):
-            continue
-        tb = int(nd.attrs.get("transB", 0)) if nd.op == "Gemm" else 0
-        w = nd.inputs[1]
-        if w in g.params:
-            out_axis, in_axis = (0, 1) if tb else (1, 0)
-            split_in[(nd.name, 1)] = (w, out_axis if role == "column" else in_axis)
-        if len(nd.inputs) > 2 and nd.inputs[2] in g.params:
-            split_in[(nd.name, 2)] = (nd.inputs[2], 0) if role == "column" else None
-    shards: dict[str, tuple[str, int, int]] = {}
-    used_whole: set[str] = set()
-    for nd in g.nodes.values():
-        for j, t in enumerate(nd.inputs):
-            if t in g.params and ((nd.name, j) not in split_in or split_in[(nd.name, j)] is None):
-                used_whole.add(t)
-
-    out = Graph(f"{g.name}.tp{n}", g.source)
-    out.meta = dict(g.meta)
-    for name in g.params:
-        if name in used_whole:
-            info = g.param_info[name]
-            out.add_param(name, g.params[name], info.init, trainable=info.trainable,
-                          value=g.initializers.get(name), **dict(info.options))
-    for plan in split_in.values():
-        if plan is None:
-            continue
-        p, axis = plan
-        spec, info = g.params[p], g.param_info[p]
-        if spec.shape[axis] % n:
-            raise GraphError(f"parameter {p!r} axis {axis} ({spec.shape[axis]}) does not split "
-                             f"into {n} parts", where="tensor_parallel")
-        shape = list(spec.shape)
-        shape[axis] //= n
-        for i in range(n):
-            sname = f"{p}.tp{i}"
-            if sname in shards:
-                continue
-            val = g.initializers.get(p)
-            out.add_param(sname, TensorSpec(tuple(shape), spec.dtype), info.init, trainable=info.trainable,
-                          value=None if val is None else np.split(np.asarray(val), n, axis=axis)[i],
-                          **dict(info.options))
-            shards[sname] = (p, axis, i)
-    for dev in devs:
-        for name, spec in g.inputs.items():
-            out.add_input(f"{dev}/{name}", spec)
-
-    sharded: set[str] = set()  # original tensors whose per-device copies are 1/N slices
-    reduced: dict[str, list[str]] = {}
-    allreduce: dict[str, str] = {}
-    for node in g.topo_order():
-        role = roles[node.name]
-        for k, dev in enumerate(devs):
-            ins: list[str] = []
-            for j, t in enumerate(node.inputs):
-                if not t:
-                    ins.append("")
-                elif (node.name, j) in split_in:
-                    plan = split_in[(node.name, j)]
-                    if plan is None:  # row-parallel bias: rank 0 adds it
-                        if k == 0:
-                            ins.append(t)
-                    else:
-                        ins.append(f"{plan[0]}.tp{k}")
-                elif t in g.params:
-                    ins.append(t)
-                elif t in reduced:
-                    ins.append(reduced[t][k])
-                else:
-                    ins.append(f"{dev}/{t}")
-            attrs = dict(node.attrs)
-            if node.op == "Reshape" and role != "replicated" and node.inputs[0] in sharded:
-                shape = list(attrs["shape"])
-                ax = 2 if len(shape) == 4 else len(shape) - 1
-                if shape[ax] % n:
-                    raise GraphError(f"dimension {shape[ax]} does not split into {n} parts "
-                                     "(heads and widths must divide by the device count)",
-                                     where=f"node {node.name!r}")
-                shape[ax] //= n
-                attrs["shape"] = shape
-            m = dict(node.meta)
-            m.update({"device": dev, "tp": role, "tp_rank": k})
-            out.add_node(node.op, ins, [f"{dev}/{t}" if t else "" for t in node.outputs], attrs,
-                         name=f"{dev}/{node.name}", meta=m)
-        if role == "column" and node.op in ("Gemm", "MatMul"):
-            sharded.update(t for t in node.outputs if t)
-        elif role in ("column", "sharded", "row") and any(t in sharded for t in node.inputs if t):
-            if not (role == "row" and node.op in ("Gemm", "MatMul")):
-                sharded.update(t for t in node.outputs if t)
-        if role != "row" or n == 1:
-            continue
-        layer = str(node.meta.get("layer", ""))
-        for t in node.outputs:
-            if not t or t in sharded:
-                continue
-            leaves = t in g.outputs or any(roles[c.name] != "row" or c.meta.get("layer") != layer
-                                           for c in g.consumers(t))
-            if not leaves:
-                continue
-            name = out.unique_name(f"{layer}.allreduce")
-            outs = [f"{d}/{t}.reduced" for d in devs]
-            out.add_node("AllReduce", [f"{d}/{t}" for d in devs], outs,
-                         {"group": list(devs), "algorithm": "ring", "reduction": "sum"}, name=name,
-                         meta={"device": devs[0], "role": "collective", "layer": layer, "tp": "allreduce"})
-            reduced[t] = outs
-            allreduce[layer] = name
-    out.set_outputs([reduced[t][k] if t in reduced else f"{d}/{t}"
-                     for k, d in enumerate(devs) for t in g.outputs])
-    out.meta.update({"tp_devices": devs, "shards": shards, "allreduce": allreduce})
-    return out.verify()

@@ -257,6 +257,10 @@ def training_graph(
     >>> sorted(t.meta["updates"].items())[:2]
     [('optimizer.step.new', 'optimizer.step'), ('w.m.new', 'w.m')]
     """
+    if any("device" in n.meta for n in graph.nodes.values()):
+        raise GraphError("training_graph takes a graph not yet placed on devices (its backward nodes "
+                         "would have no device): build the step first, then parallelize it",
+                         where=graph.source or graph.name)
     hyper = dict(hyper)
     op = resolve_optimizer(optimizer, hyper)
     attrs = _optimizer_attrs(op, hyper)

@@ -33,11 +33,11 @@ def plot_timeline(result: Result, ax: Any) -> None:
     """A Gantt chart: one row per device unit, bars coloured by what bound each op."""
     tracks: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
     for r in result.ops:
-        if r["end_s"] <= r["start_s"]:
+        if r.end_s <= r.start_s:
             continue  # zero-time ops (views, reshapes) draw nothing and get no row
-        key = (r["device"], r["unit"])
-        tracks.setdefault(key, {}).setdefault(r["bound"], []).append(
-            (r["start_s"] * 1e3, (r["end_s"] - r["start_s"]) * 1e3))
+        key = (r.device, r.unit)
+        tracks.setdefault(key, {}).setdefault(r.bound, []).append(
+            (r.start_s * 1e3, (r.end_s - r.start_s) * 1e3))
     keys = sorted(tracks, key=lambda k: (k[0], k[1].startswith("copy:"), k[1]))
     for i, key in enumerate(keys):
         for bound, bars in sorted(tracks[key].items()):
@@ -47,7 +47,7 @@ def plot_timeline(result: Result, ax: Any) -> None:
     ax.set_xlabel("time (ms)")
     ax.set_xlim(0, max(result.makespan_s * 1e3, 1e-9))
     ax.set_title("timeline")
-    seen = sorted({r["bound"] for r in result.ops})
+    seen = sorted({r.bound for r in result.ops})
     for b in seen:
         ax.bar(0, 0, color=_color(b), label=b)
     if seen:
@@ -56,26 +56,26 @@ def plot_timeline(result: Result, ax: Any) -> None:
 
 def plot_roofline(result: Result, ax: Any, device: str | None = None) -> None:
     """Ops as points (FLOP/byte, achieved FLOP/s) under the device's compute and memory roofs."""
-    ops = [r for r in result.ops if r["op"] != "Transfer"]
+    ops = [r for r in result.ops if r.op != "Transfer"]
     if device is None:
         device = ops[0]["device"] if ops else next(iter(result.devices), None)
-    pts = [r for r in ops if r["device"] == device and r["flops"] > 0 and r["bytes"] > 0
-           and r["end_s"] > r["start_s"]]
+    pts = [r for r in ops if r.device == device and r.flops > 0 and r.bytes > 0
+           and r.end_s > r.start_s]
     info = result.devices.get(device or "", {})
-    for bound in sorted({r["bound"] for r in pts}):
-        sel = [r for r in pts if r["bound"] == bound]
-        ax.scatter([r["flops"] / r["bytes"] for r in sel],
-                   [r["flops"] / (r["end_s"] - r["start_s"]) for r in sel],
+    for bound in sorted({r.bound for r in pts}):
+        sel = [r for r in pts if r.bound == bound]
+        ax.scatter([r.flops / r.bytes for r in sel],
+                   [r.flops / (r.end_s - r.start_s) for r in sel],
                    s=8, color=_color(bound), label=bound, alpha=0.7)
     bw = info.get("bandwidth_Bps")
     dtypes: dict[str, float] = {}
     for r in pts:
-        dtypes[r.get("dtype", "")] = dtypes.get(r.get("dtype", ""), 0.0) + r["flops"]
+        dtypes[r.dtype] = dtypes.get(r.dtype, 0.0) + r.flops
     dtype = max(sorted(dtypes), key=lambda k: dtypes[k]) if dtypes else ""
     peak = max((rates.get(dtype, 0.0) for rates in info.get("peak_flops", {}).values()), default=0.0)
     if bw and peak:
-        lo = min([1e-2] + [r["flops"] / r["bytes"] for r in pts])
-        hi = max([1e4] + [r["flops"] / r["bytes"] for r in pts])
+        lo = min([1e-2] + [r.flops / r.bytes for r in pts])
+        hi = max([1e4] + [r.flops / r.bytes for r in pts])
         ridge = peak / bw
         xs = [lo, ridge, hi]
         ax.plot(xs, [min(peak, x * bw) for x in xs], color="black", linewidth=1,

@@ -1,8 +1,9 @@
-"""``Result``: what a simulation produced, as plain records and totals.
+"""``Result``: what a simulation produced, as typed records and totals.
 
-Every op (and every transfer, ``op == "Transfer"``) is a plain dict, so
-``pandas.DataFrame(result.ops)`` works without help. Totals are derived once, when the result
-is built; nothing here re-simulates.
+Every op (and every transfer hop, ``op == "Transfer"``, and collective member) is an
+``OpRecord`` (``sim.report.record``), a dataclass with one schema, so
+``pandas.DataFrame(result.ops)`` (or ``result.records()``, plain dicts) works without help.
+Totals are derived once, when the result is built; nothing here re-simulates.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from sim.report.record import OpRecord
 
 if TYPE_CHECKING:
     from sim.graph import Graph
@@ -24,8 +27,9 @@ RECORD_FIELDS = ("name", "op", "layer", "device", "unit", "start_s", "end_s", "f
 class Result:
     """The outcome of ``sim.simulate``.
 
-    ``ops``: records (name, op, layer, device, unit, start_s, end_s, flops, bytes, bound,
-    energy_j, plus dtype, compute_s, memory_s; transfers add src, dst, tensor), by start time.
+    ``ops``: ``OpRecord`` s (name, op, layer, device, unit, start_s, end_s, flops, bytes,
+    bound, energy_j, dtype, compute_s, memory_s, ...; transfers fill src, dst, tensor), by
+    start time; ``records()`` gives them as plain dicts.
     ``memory_timeline``: device -> [(time_s, bytes in use)] steps.
     ``utilisation``: device -> unit -> busy_s, busy (fraction of the makespan), flops,
     achieved_flops_per_s, peak_flops_per_s, flops_utilisation.
@@ -45,7 +49,7 @@ class Result:
     hardware: str
     dtype: str | None
     makespan_s: float
-    ops: list[dict[str, Any]]
+    ops: list[OpRecord]
     memory_timeline: dict[str, list[tuple[float, float]]]
     peak_memory_by_device: dict[str, float]
     energy_j: float
@@ -82,21 +86,25 @@ class Result:
         agg: dict[str, dict[str, Any]] = {}
         bounds: dict[str, dict[str, float]] = {}
         for r in self.ops:
-            a = agg.setdefault(r["op"], {"count": 0, "time_s": 0.0, "flops": 0.0, "bytes": 0.0,
-                                         "energy_j": 0.0})
-            dur = r["end_s"] - r["start_s"]
+            a = agg.setdefault(r.op, {"count": 0, "time_s": 0.0, "flops": 0.0, "bytes": 0.0,
+                                      "energy_j": 0.0})
+            dur = r.duration_s
             a["count"] += 1
             a["time_s"] += dur
-            a["flops"] += r["flops"]
-            a["bytes"] += r["bytes"]
-            a["energy_j"] += r["energy_j"]
-            b = bounds.setdefault(r["op"], {})
-            b[r["bound"]] = b.get(r["bound"], 0.0) + dur
+            a["flops"] += r.flops
+            a["bytes"] += r.bytes
+            a["energy_j"] += r.energy_j
+            b = bounds.setdefault(r.op, {})
+            b[r.bound] = b.get(r.bound, 0.0) + dur
         for op, a in agg.items():
             a["bound"] = max(sorted(bounds[op]), key=lambda k: bounds[op][k])
         return dict(sorted(agg.items(), key=lambda kv: (-kv[1]["time_s"], kv[0])))
 
     # ------------------------------------------------------------------ output
+    def records(self) -> list[dict[str, Any]]:
+        """The op records as plain dicts (one schema: ``pandas.DataFrame(result.records())``)."""
+        return [r.as_dict() for r in self.ops]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "graph": self.graph,
@@ -118,7 +126,7 @@ class Result:
             "devices": self.devices,
             "by_op_type": self.by_op_type(),
             "memory_timeline": {d: [list(p) for p in tl] for d, tl in self.memory_timeline.items()},
-            "ops": self.ops,
+            "ops": self.records(),
             "meta": self.meta,
         }
 
@@ -189,15 +197,15 @@ def infer_batch(graph: Graph) -> int | None:
 def build_result(
     graph: Graph,
     system: SystemSpec,
-    records: list[dict[str, Any]],
+    records: list[OpRecord],
     timelines: dict[str, list[tuple[float, float]]],
     peaks: dict[str, float],
     *,
     dtype: str | None = None,
 ) -> Result:
     """Totals, energy and utilisation from the engine's records."""
-    ops = sorted(records, key=lambda r: (r["start_s"], r["end_s"]))
-    makespan = max((r["end_s"] for r in ops), default=0.0)
+    ops = sorted(records, key=lambda r: (r.start_s, r.end_s))
+    makespan = max((r.end_s for r in ops), default=0.0)
     devices: dict[str, dict[str, Any]] = {}
     idle = 0.0
     for d, spec in system.devices.items():
@@ -212,17 +220,17 @@ def build_result(
             "peak_flops": {u.name: dict(sorted(u.peak_flops.items())) for u in spec.units},
         }
         idle += spec.power.idle_w * makespan
-    dynamic = float(sum(r["energy_j"] for r in ops))
-    per_unit: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    dynamic = float(sum(r.energy_j for r in ops))
+    per_unit: dict[tuple[str, str], list[OpRecord]] = {}
     for r in ops:
-        per_unit.setdefault((r["device"], r["unit"]), []).append(r)
+        per_unit.setdefault((r.device, r.unit), []).append(r)
     util: dict[str, dict[str, dict[str, Any]]] = {d: {} for d in system.devices}
     for (d, unit), rs in sorted(per_unit.items()):
-        busy = _busy([(r["start_s"], r["end_s"]) for r in rs])
-        flops = float(sum(r["flops"] for r in rs))
+        busy = _busy([(r.start_s, r.end_s) for r in rs])
+        flops = float(sum(r.flops for r in rs))
         by_dtype: dict[str, float] = {}
         for r in rs:
-            by_dtype[r.get("dtype", "")] = by_dtype.get(r.get("dtype", ""), 0.0) + r["flops"]
+            by_dtype[r.dtype] = by_dtype.get(r.dtype, 0.0) + r.flops
         main_dtype = max(sorted(by_dtype), key=lambda k: by_dtype[k]) if by_dtype else ""
         peak = devices.get(d, {}).get("peak_flops", {}).get(unit, {}).get(main_dtype)
         achieved = flops / makespan if makespan > 0 else 0.0
@@ -249,22 +257,22 @@ def build_result(
         utilisation=util,
         devices=devices,
         batch=infer_batch(graph),
-        flops=float(sum(r["flops"] for r in ops if r["op"] != "Transfer")),
+        flops=float(sum(r.flops for r in ops if r.op != "Transfer")),
         host_bound_by_device=_host_bound(ops),
         memory_traffic=_memory_traffic(ops, devices, makespan),
     )
 
 
-def _memory_traffic(ops: list[dict[str, Any]], devices: dict[str, dict[str, Any]],
+def _memory_traffic(ops: list[OpRecord], devices: dict[str, dict[str, Any]],
                     makespan: float) -> dict[str, dict[str, Any]]:
     """Device -> bytes its ops moved through memory and the share of peak bandwidth used."""
     moved: dict[str, list[float]] = {}
     for r in ops:
-        if r["op"] == "Transfer" or r["bound"] == "comm":
+        if r.op == "Transfer" or r.bound == "comm":
             continue  # link traffic, not memory traffic
-        t = moved.setdefault(r["device"], [0.0, 0.0])
-        t[0] += r["bytes"]
-        t[1] += min(r.get("cached_bytes", 0.0), r["bytes"])
+        t = moved.setdefault(r.device, [0.0, 0.0])
+        t[0] += r.bytes
+        t[1] += min(r.cached_bytes, r.bytes)
     out: dict[str, dict[str, Any]] = {}
     for d, (total, cached) in sorted(moved.items()):
         if total <= 0:
@@ -279,11 +287,10 @@ def _memory_traffic(ops: list[dict[str, Any]], devices: dict[str, dict[str, Any]
     return out
 
 
-def _host_bound(ops: list[dict[str, Any]]) -> dict[str, float]:
+def _host_bound(ops: list[OpRecord]) -> dict[str, float]:
     """Device -> sum of its records' ``host_wait_s`` (devices that waited only)."""
     out: dict[str, float] = {}
     for r in ops:
-        w = r.get("host_wait_s", 0.0)
-        if w > 0:
-            out[r["device"]] = out.get(r["device"], 0.0) + w
+        if r.host_wait_s > 0:
+            out[r.device] = out.get(r.device, 0.0) + r.host_wait_s
     return dict(sorted(out.items()))

@@ -67,13 +67,13 @@ def summary_text(result: Result, top: int = 10) -> str:
             lines.append(f"    {d}/{t['level']}: {fmt_si(t['achieved_Bps'], 'B/s')}, "
                          f"{100 * t['bandwidth_utilisation']:.1f}% of peak bandwidth "
                          f"({fmt_bytes(t['main_bytes'])} moved{cached})")
-    ops = sorted(r.ops, key=lambda o: (-(o["end_s"] - o["start_s"]), o["start_s"], o["name"]))
-    total = sum(o["end_s"] - o["start_s"] for o in r.ops) or 1.0
+    ops = sorted(r.ops, key=lambda o: (-(o.end_s - o.start_s), o.start_s, o.name))
+    total = sum(o.end_s - o.start_s for o in r.ops) or 1.0
     if top > 0 and ops:
         lines.append(f"  top {min(top, len(ops))} ops by time")
-        w = max(len(o["name"]) for o in ops[:top])
+        w = max(len(o.name) for o in ops[:top])
         for o in ops[:top]:
-            dur = o["end_s"] - o["start_s"]
+            dur = o.end_s - o.start_s
             lines.append(f"    {o['name']:<{w}}  {o['op']:<18} {o['device']:<6} {fmt_time(dur):>12} "
                          f"{100 * dur / total:5.1f}%  {o['bound']}")
     agg = r.by_op_type()

@@ -12,16 +12,16 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sim.report.record import OpRecord
     from sim.report.result import Result
 
 
 ARG_FIELDS = ("layer", "flops", "bytes", "bound", "energy_j", "dtype")
 
 
-def _track(r: dict[str, Any]) -> str:
+def _track(r: OpRecord) -> str:
     """The track of a record: its unit, and the stream number when there are several."""
-    k = r.get("stream", 0)
-    return f"{r['unit']} #{k}" if k else str(r["unit"])
+    return f"{r.unit} #{r.stream}" if r.stream else r.unit
 
 
 def _us(t: float) -> float:
@@ -32,13 +32,13 @@ def trace_events(result: Result) -> list[dict[str, Any]]:
     """The trace's events: metadata, then op and transfer events, then memory counters."""
     devices = list(result.devices)
     for r in result.ops:
-        if r["device"] not in devices:
-            devices.append(r["device"])
+        if r.device not in devices:
+            devices.append(r.device)
     pid = {d: i + 1 for i, d in enumerate(devices)}
     units: dict[str, list[str]] = {d: [] for d in devices}
     for r in result.ops:
-        if _track(r) not in units[r["device"]]:
-            units[r["device"]].append(_track(r))
+        if _track(r) not in units[r.device]:
+            units[r.device].append(_track(r))
     tid: dict[tuple[str, str], int] = {}
     events: list[dict[str, Any]] = []
     for d in devices:
@@ -55,15 +55,15 @@ def trace_events(result: Result) -> list[dict[str, Any]]:
             events.append({"ph": "M", "name": "thread_sort_index", "pid": pid[d], "tid": i + 1,
                            "ts": 0, "args": {"sort_index": i + 1}})
     for r in result.ops:
-        args: dict[str, Any] = {k: r[k] for k in ARG_FIELDS if k in r}
-        if r["op"] == "Transfer":
-            args.update({k: r[k] for k in ("src", "dst", "tensor") if k in r})
-        if r.get("host_wait_s", 0.0) > 0:
-            args["host_wait_s"] = r["host_wait_s"]
+        args: dict[str, Any] = {k: getattr(r, k) for k in ARG_FIELDS}
+        if r.op == "Transfer":
+            args.update(src=r.src, dst=r.dst, tensor=r.tensor)
+        if r.host_wait_s > 0:
+            args["host_wait_s"] = r.host_wait_s
         events.append({
-            "ph": "X", "name": r["name"], "cat": r["op"], "pid": pid[r["device"]],
-            "tid": tid[(r["device"], _track(r))], "ts": _us(r["start_s"]),
-            "dur": _us(r["end_s"] - r["start_s"]), "args": args,
+            "ph": "X", "name": r.name, "cat": r.op, "pid": pid[r.device],
+            "tid": tid[(r.device, _track(r))], "ts": _us(r.start_s),
+            "dur": _us(r.duration_s), "args": args,
         })
     for d, tl in result.memory_timeline.items():
         if d not in pid:
