@@ -47,7 +47,7 @@ def grid_points(v: int, exact_to: int = 16, per_octave: int = 8) -> tuple[int, i
     """The grid points below and above ``v`` (equal when ``v`` is one).
 
     >>> grid_points(12), grid_points(17), grid_points(1000)
-    ((12, 12), (16, 18), (977, 1065))
+    ((12, 12), (16, 17), (939, 1024))
     """
     if v <= exact_to:
         return v, v
