@@ -45,6 +45,14 @@ def training_graph(graph: Graph, loss: str = "cross_entropy", optimizer: str = "
     return _tg(graph, loss=loss, optimizer=optimizer, **hyper)
 
 
+def parallelize(graph: Graph, **layout: Any) -> Graph:
+    """Tensor x pipeline x data parallelism (``tp=, pp=, dp=, microbatches=, mbs=, zero=,
+    schedule=, devices=``) as one op-by-op graph; see ``sim.passes.compose.parallelize``."""
+    from sim.passes.compose import parallelize as _parallelize
+
+    return _parallelize(graph, **layout)
+
+
 def load_module(module: Any, example_inputs: Any, **kwargs: Any) -> Graph:
     """Import a ``torch.nn.Module`` through ``torch.export`` (needs the ``torch`` extra)."""
     from sim.frontends.torch_import import load_module as _lm
@@ -54,6 +62,6 @@ def load_module(module: Any, example_inputs: Any, **kwargs: Any) -> Graph:
 
 __all__ = [
     "Graph", "GraphError", "Node", "OutOfMemoryError", "SimError", "SpecError", "TensorSpec",
-    "UnsupportedOpError", "execute", "hardware", "load", "load_module", "simulate",
+    "UnsupportedOpError", "execute", "hardware", "load", "load_module", "parallelize", "simulate",
     "training_graph",
 ]

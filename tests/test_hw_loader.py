@@ -8,6 +8,7 @@ import yaml
 from sim.errors import SpecError
 from sim.hw import DeviceSpec, SystemSpec, describe, list_hardware, load_hardware, override
 from sim.hw.loader import SPEC_DIR
+from sim.hw.spec import ClusterSpec
 
 BUNDLED = ["xeon-8480", "epyc-9654", "v100", "a100", "h100", "h200", "mi300x", "tpu-v4", "tpu-v5e",
            "alveo-u250", "alveo-u280", "dgx-h100", "tpu-v4-slice"]
@@ -22,6 +23,8 @@ def test_every_bundled_spec_loads(name):
     spec = load_hardware(name)
     assert spec.name == name
     assert describe(spec)
+    if isinstance(spec, ClusterSpec):
+        spec = spec.node
     devices = spec.devices.values() if isinstance(spec, SystemSpec) else [spec]
     for d in devices:
         assert d.memory and d.units

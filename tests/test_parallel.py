@@ -611,7 +611,7 @@ def test_cli_parallel_dp_and_pp(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("spec, msg", [
-    ("dp=3", "does not split"), ("dp=16", "needs 16 devices"), ("pp=2,dp=2", "expected"),
+    ("dp=3", "does not split"), ("dp=16", "needs 16 devices"), ("pp=2,dp=2", "batch"),
     ("mb=2", "expected"), ("dp=0", ">= 1"), ("dp=x", "integer"),
 ])
 def test_cli_parallel_bad_specs_exit_2(spec, msg, capsys):

@@ -1,4 +1,5 @@
-"""Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``, ``sim serve``.
+"""Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``, ``sim calibrate``, ``sim validate``,
+``sim serve``.
 
 Bad input (a SimError) prints one line and exits 2, with no traceback.
 """
@@ -42,9 +43,12 @@ def _add_run(sub: Any) -> None:
                    help="host time to issue each kernel, e.g. '8 us' (eager framework overhead)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="launch the whole graph once (no per-op host dispatch)")
-    p.add_argument("--parallel", metavar="dp=N|pp=S[,mb=M]",
-                   help="data parallel over N devices (with --train) or a GPipe pipeline of S "
-                        "stages and M microbatches (docs/parallel.md)")
+    p.add_argument("--parallel", metavar="tp=T,pp=P,dp=D[,mbs=B,...]",
+                   help="a 3-D parallel training step on a cluster: tp=T,pp=P,dp=D[,mbs=B]"
+                        "[,schedule=gpipe|1f1b|interleaved:V][,zero=0..3][,sp] with --set batch=GLOBAL; "
+                        "or, on one node, dp=N (with --train) / pp=S[,mb=M] op by op (docs/parallel.md)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed-precision training: --dtype compute, fp32 master weights and optimizer states")
     p.set_defaults(func=_cmd_run)
 
 
@@ -118,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_ops(sub)
     _add_hw(sub)
+    from sim.cli import calibrate, validate
+
+    calibrate.add_parser(sub)
+    validate.add_parser(sub)
     add_serve(sub)
     return parser
 

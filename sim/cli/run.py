@@ -41,9 +41,65 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     return prepare(load()), hw
 
 
+def _cluster_route(args: argparse.Namespace) -> bool:
+    """``--parallel`` asks for the cluster simulator: a tp/schedule/zero/mbs field, both pp and
+    dp, or a cluster spec (``sim.cluster``); plain ``dp=N`` / ``pp=S,mb=M`` stay op by op."""
+    spec = getattr(args, "parallel", None)
+    if not spec:
+        return False
+    keys = {item.split("=")[0].strip().lower() for item in spec.split(",") if item.strip()}
+    if keys & {"tp", "mbs", "schedule", "zero", "sp", "order"} or {"pp", "dp"} <= keys:
+        return True
+    from sim.hw import load_hardware
+    from sim.hw.spec import ClusterSpec
+
+    return isinstance(load_hardware(args.hw, **parse_hw_sets(getattr(args, "hw_set", None))), ClusterSpec)
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    """``sim run WORKLOAD --parallel tp=..,pp=..,dp=.. --set batch=B``: one step on a cluster."""
+    from sim.cluster import simulate_training
+    from sim.errors import SimError
+    from sim.hw import load_hardware
+
+    if not getattr(args, "train", False):
+        raise SimError("a tp/pp/dp layout simulates a training step: add --train", where="--parallel")
+    sets = parse_sets(getattr(args, "set", None))
+    if "batch" not in sets:
+        raise SimError("give the global batch with --set batch=N (microbatches = batch / (dp x mbs))",
+                       where="--set batch")
+    batch = sets.pop("batch")
+    if not isinstance(batch, int) or batch < 1:
+        raise SimError(f"batch must be a whole number >= 1, got {batch!r}", where="--set batch")
+    hw = load_hardware(args.hw, **parse_hw_sets(getattr(args, "hw_set", None)))
+    dtype = (args.dtype or "bf16").lower()
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise SimError(f"training runs in fp32, bf16 or fp16, got {args.dtype!r}", where="--dtype")
+    # --dtype with --train on a cluster means mixed precision, as Megatron-LM's --bf16/--fp16 do
+    amp = dtype != "fp32"
+    result = simulate_training(args.workload, hw, args.parallel, batch=batch, sets=sets,
+                               optimizer=args.optimizer, dtype=dtype, amp=amp,
+                               recompute=bool(getattr(args, "checkpoint", False)))
+    print(result.summary())
+    if not getattr(args, "amp", False) and args.dtype:
+        print(f"  (--dtype {dtype} with --train: mixed precision, {dtype} compute with fp32 master weights "
+              "and "
+              "Adam states; --amp says the same)")
+    for kind, path, write in (("json", getattr(args, "json", None), result.write_json),
+                              ("trace", getattr(args, "trace", None), result.write_trace),
+                              ("plot", getattr(args, "plot", None), result.plot)):
+        if path:
+            write(path)
+            print(f"wrote {kind} {path}")
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run ``sim run`` with parsed ``args``; returns the exit code (errors raise SimError)."""
     from sim.engine import simulate
+
+    if _cluster_route(args):
+        return run_cluster(args)
 
     dispatch = getattr(args, "dispatch", None)
     dispatch_s = parse_dispatch(dispatch) if dispatch is not None else None

@@ -9,7 +9,11 @@ DRAM-bound. GPUs and accelerators stream from main memory (their calibration flu
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+from sim.cost.roofline import flops_time
 from sim.hw.spec import DeviceSpec, MemoryLevel
+from sim.ops.work import GemmShape
 
 
 def streaming_level(device: DeviceSpec, working_set_bytes: float) -> MemoryLevel:
@@ -18,3 +22,20 @@ def streaming_level(device: DeviceSpec, working_set_bytes: float) -> MemoryLevel
         if working_set_bytes <= level.capacity_bytes:
             return level
     return device.main_memory
+
+
+def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, rate: float,
+                kernel_efficiency: Mapping[str, float]) -> float:
+    """Seconds of matrix work at ``rate`` FLOP/s; the GEMMs of a kernel named in
+    ``kernel_efficiency`` (``GemmShape.kernel``, e.g. ``conv``) run at that fraction of it.
+
+    >>> matmul_time([GemmShape(4, 4, 4, kernel="conv")], 128.0, 128.0, {"conv": 0.5})  # 128 FLOP
+    2.0
+    """
+    if not kernel_efficiency:
+        return flops_time(matmul_flops, rate)
+    total, shaped = 0.0, 0.0
+    for g in gemms:
+        total += flops_time(g.flops, rate * float(kernel_efficiency.get(g.kernel, 1.0)))
+        shaped += g.flops
+    return total + flops_time(max(matmul_flops - shaped, 0.0), rate)

@@ -141,6 +141,9 @@ def _matmul(work: Work, device: DeviceSpec, dtype: str, sparsity: dict[str, Any]
         key = rate_key(unit, dtype) or dtype
         peak = unit.peak_flops[key] * scale
         t = systolic.matmul_time(work.gemms, work.matmul_flops, device, unit, rate, peak)
+    elif kind == "cpu":
+        t = cpu.matmul_time(work.gemms, work.matmul_flops, rate,
+                            getattr(device.arch, "kernel_efficiency", {}))
     elif kind == "fpga":
         t = fpga.matmul_time(work.matmul_flops, rate)
     else:

@@ -128,6 +128,9 @@ class CpuArch(Arch):
     simd_bits: int | None = arch_field(None, "int", "SIMD register width in bits (descriptive)")
     fma_units: int | None = arch_field(None, "int", "FMA pipes per core (descriptive)")
     threads_per_core: int | None = arch_field(None, "int", "hardware threads per core (descriptive)")
+    kernel_efficiency: dict[str, float] = arch_field(
+        {}, "kernels", "{conv: fraction} of the matrix rate the GEMMs of such kernels reach (an "
+        "im2col convolution pays for its column buffer; absent: 1)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,11 +25,11 @@ import yaml
 from sim.errors import SpecError
 from sim.hw.arch import ARCH_CLASSES
 from sim.hw.schema import MEMORY_FIELDS, Ctx, build_device, mapping
-from sim.hw.spec import DeviceSpec, SystemSpec
-from sim.hw.system import GROUP_KEYS, HOST_KEYS, SPEC_DIR, build_system
+from sim.hw.spec import ClusterSpec, DeviceSpec, SystemSpec
+from sim.hw.system import GROUP_KEYS, HOST_KEYS, SPEC_DIR, build_cluster, build_system
 from sim.hw.units import format_quantity
 
-Spec = DeviceSpec | SystemSpec
+Spec = DeviceSpec | SystemSpec | ClusterSpec
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -58,6 +58,8 @@ def build(raw: Any, file: str, default_name: str = "") -> Spec:
     m = mapping(raw, Ctx(file))
     if m.get("kind") == "system":
         return build_system(m, file, default_name)
+    if m.get("kind") == "cluster":
+        return build_cluster(m, file, default_name)
     return build_device(m, file, default_name)
 
 
@@ -126,11 +128,38 @@ def override(spec: Spec, changes: Mapping[str, Any]) -> Spec:
     if not spec.raw:
         raise SpecError("spec has no YAML source to override", where=spec.name)
     raw = copy.deepcopy(spec.raw)
+    if isinstance(spec, ClusterSpec):
+        return _override_cluster(spec, raw, changes)
     for path, value in changes.items():
         if (isinstance(value, (int, float)) and not isinstance(value, bool)
                 and _unit_kind(spec, path) is not None):
             value = f"{value!r} {_SI[_unit_kind(spec, path) or '']}"
         _set_path(raw, path, value, spec.source or spec.name)
+    return build(raw, spec.source or spec.name, spec.name)
+
+
+_CLUSTER_FIELDS = ("nodes", "fabric", "name", "description")
+
+
+def _override_cluster(spec: ClusterSpec, raw: dict[str, Any], changes: Mapping[str, Any]) -> Spec:
+    """A cluster's own fields (``nodes``, ``fabric.*``) change in its YAML; any other path is a
+    field of its node system (``switch.bandwidth``, ``devices.gpu.memory.hbm.bandwidth``)."""
+    node_sets: dict[str, Any] = {}
+    for path, value in changes.items():
+        head = path.split(".")[0]
+        if head in _CLUSTER_FIELDS:
+            if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and _unit_kind(spec, path) is not None):
+                value = f"{value!r} {_SI[_unit_kind(spec, path) or '']}"
+            _set_path(raw, path, value, spec.source or spec.name)
+        else:
+            node_sets[path[5:] if head == "node" else path] = value
+    if node_sets:
+        node = raw.get("node")
+        if isinstance(node, str):
+            raw["node"] = {"spec": node, "set": node_sets}
+        elif isinstance(node, dict):
+            node.setdefault("set", {}).update(node_sets)
     return build(raw, spec.source or spec.name, spec.name)
 
 
@@ -156,6 +185,10 @@ def _unit_kind(spec: Spec, path: str) -> str | None:
 def describe(name_or_spec: str | Spec) -> str:
     """A human summary of a spec: units with peaks, memory levels, links, power."""
     spec = load_hardware(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    if isinstance(spec, ClusterSpec):
+        from sim.hw.system import describe_cluster
+
+        return describe_cluster(spec)
     if isinstance(spec, SystemSpec):
         lines = [f"{spec.name}: system of {len(spec.devices)} devices"
                  + (f" ({spec.description})" if spec.description else "")]
@@ -167,6 +200,9 @@ def describe(name_or_spec: str | Spec) -> str:
         if spec.switch:
             bw = format_quantity(spec.switch.bandwidth_Bps, "bandwidth")
             lines.append(f"  switch {spec.switch.name}: {bw} per device per direction")
+        if spec.nic is not None:
+            lines.append(f"  {spec.nics} x {spec.nic.name} NICs: "
+                         f"{format_quantity(spec.nic.bandwidth_Bps, 'bandwidth')} each per direction")
         names = sorted({lk.name for _, _, lk in spec.links})
         for n in names:
             sel = [(a, b, lk) for a, b, lk in spec.links if lk.name == n]

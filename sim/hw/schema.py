@@ -111,7 +111,7 @@ def _tiles(v: Any, c: Ctx) -> dict[str, tuple[tuple[int, int], ...]]:
 # Fused kernels whose GEMMs a GPU spec may rate apart from the GEMM library's
 # (``GemmShape.kernel``): arch.kernel_efficiency maps each to a fraction of the matrix unit's
 # achievable rate.
-KERNELS = ("attention",)
+KERNELS = ("attention", "conv")
 
 
 def _kernel_map(v: Any, c: Ctx) -> dict[str, float]:

@@ -138,6 +138,8 @@ class SystemSpec:
     host: str | None = None  # instance name of the host CPU, if modelled
     links: tuple[tuple[str, str, LinkSpec], ...] = ()  # (a, b, link), both directions
     switch: LinkSpec | None = None  # a non-blocking switch (NVSwitch): every pair at this rate
+    nics: int = 0  # scale-out network adapters (one per GPU on DGX nodes), for cluster fabrics
+    nic: LinkSpec | None = None  # one adapter's link, per direction
     source: str = ""
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the YAML, for overrides
@@ -145,3 +147,56 @@ class SystemSpec:
     @property
     def accelerators(self) -> list[str]:
         return [n for n in self.devices if n != self.host]
+
+
+@dataclass(frozen=True)
+class FabricSpec:
+    """The scale-out network that joins a cluster's nodes.
+
+    ``kind`` is ``"fat-tree"`` (switched: every node's NICs reach every other node's; rails
+    when ``rail_optimized``: NIC ``i`` of every node on the same leaf switches) or ``"torus"``
+    (chips joined directly by ``link`` along the axes of ``shape``, wrap-around in every axis).
+    ``link`` is the per-direction rate of one NIC (fat tree) or one torus link, after the chosen
+    ``transport`` (InfiniBand, RoCE, TCP) has set its efficiency and latency.
+    ``oversubscription`` is the leaf-to-spine taper (1: non-blocking; 2: half the uplinks).
+    """
+
+    kind: str
+    link: LinkSpec
+    transport: str = "infiniband"
+    oversubscription: float = 1.0
+    rail_optimized: bool = True
+    switch_radix: int = 0  # ports per switch (fat tree)
+    switch_latency_s: float = 0.0  # per switch hop
+    shape: tuple[int, ...] = ()  # torus: chips along each axis
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """``nodes`` copies of a node system joined by a scale-out ``fabric``.
+
+    ``node`` is a ``SystemSpec`` (a DGX: 8 GPUs on NVSwitch with their NICs, or a TPU host's
+    chips). The engine simulates within one node; ``sim.cluster`` times the whole cluster.
+    """
+
+    name: str
+    node: SystemSpec
+    nodes: int
+    fabric: FabricSpec
+    source: str = ""
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def per_node(self) -> int:
+        """Accelerators per node."""
+        return len(self.node.accelerators)
+
+    @property
+    def accelerator_count(self) -> int:
+        return self.per_node * self.nodes
+
+    @property
+    def device(self) -> DeviceSpec:
+        """The accelerator spec (every accelerator of a cluster is the same part)."""
+        return self.node.devices[self.node.accelerators[0]]

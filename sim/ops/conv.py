@@ -311,12 +311,13 @@ def _conv_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[T
 
 def conv_gemm(n: int, out_sp: tuple[int, ...], cin: int, cout: int, kernel: tuple[int, ...],
               group: int) -> GemmShape:
-    """Implicit GEMM of a forward conv.
+    """Implicit GEMM of a forward conv (``kernel="conv"``: a spec may rate convolution kernels
+    apart from the GEMM library, ``arch.kernel_efficiency``).
 
     >>> conv_gemm(1, (112, 112), 3, 64, (7, 7), 1).flops  # ResNet-50 stem
     236027904.0
     """
-    return GemmShape(n * math.prod(out_sp), cout // group, cin // group * math.prod(kernel), group)
+    return GemmShape(n * math.prod(out_sp), cout // group, cin // group * math.prod(kernel), group, "conv")
 
 
 def _conv_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
@@ -403,7 +404,7 @@ def _gdata_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dic
     dy, w = need(ins, 2, "ConvGradData")
     group = _group(attrs)
     fwd = conv_gemm(dy.shape[0], dy.shape[2:], outs[0].shape[1], w.shape[0], w.shape[2:], group)
-    gemm = GemmShape(fwd.m, fwd.k, fwd.n, group)
+    gemm = GemmShape(fwd.m, fwd.k, fwd.n, group, "conv")
     r, wr = io_bytes(ins, outs)
     return Work(flops=gemm.flops, matmul_flops=gemm.flops, bytes_read=r, bytes_written=wr, gemms=(gemm,))
 
@@ -438,7 +439,7 @@ def _gfilter_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: d
     w = outs[0]
     group = _group(attrs)
     fwd = conv_gemm(x.shape[0], dy.shape[2:], x.shape[1], w.shape[0], w.shape[2:], group)
-    gemm = GemmShape(fwd.n, fwd.k, fwd.m, group)
+    gemm = GemmShape(fwd.n, fwd.k, fwd.m, group, "conv")
     r, wr = io_bytes(ins, outs)
     return Work(flops=gemm.flops, matmul_flops=gemm.flops, bytes_read=r, bytes_written=wr, gemms=(gemm,))
 
@@ -535,7 +536,7 @@ def _ct_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) 
     x, w = need(ins, 2, "ConvTranspose")
     group = _group(attrs)
     k = math.prod(w.shape[2:])
-    gemm = GemmShape(x.shape[0] * math.prod(x.shape[2:]), w.shape[1] * k, x.shape[1] // group, group)
+    gemm = GemmShape(x.shape[0] * math.prod(x.shape[2:]), w.shape[1] * k, x.shape[1] // group, group, "conv")
     bias = outs[0].numel if len(ins) > 2 and ins[2] is not None else 0
     r, wr = io_bytes(ins, outs)
     return Work(flops=gemm.flops + bias, matmul_flops=gemm.flops, bytes_read=r, bytes_written=wr,

@@ -34,7 +34,7 @@ on NumPy (``sim.exec``): a replicated graph computes what the separate devices w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,20 +69,24 @@ def _batch(g: Graph) -> int | None:
 
 
 def _replica(out: Graph, g: Graph, node: Node, prefix: str, meta: dict[str, Any],
-             rename: Callable[[str], str]) -> None:
+             rename: Callable[[str], str], attrs: dict[str, Any] | None = None) -> None:
     m = dict(node.meta)
     m.update(meta)
     out.add_node(node.op, [rename(t) if t else "" for t in node.inputs],
-                 [rename(t) if t else "" for t in node.outputs], dict(node.attrs),
+                 [rename(t) if t else "" for t in node.outputs], dict(node.attrs) if attrs is None else attrs,
                  name=f"{prefix}/{node.name}", meta=m)
 
 
 DDP_BUCKET_BYTES = 25 * 2**20  # PyTorch DDP bucket_cap_mb=25
 
 
-def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str = "mean",
-                  bucket_bytes: int | None = DDP_BUCKET_BYTES) -> Graph:
+def data_parallel(train_graph: Graph, devices: Sequence[str] | Sequence[Mapping[str, str]], *,
+                  reduction: str = "mean", bucket_bytes: int | None = DDP_BUCKET_BYTES) -> Graph:
     """Replicate a training step over ``devices`` with an AllReduce on every gradient.
+
+    A step already placed by tensor/pipeline parallelism is replicated by
+    ``sim.passes.data_parallel_placed`` instead: ``devices[r]`` is then a mapping from each of
+    its devices to replica ``r``'s (one all-reduce per rank gradient, no buckets).
 
     ``train_graph``: one replica's step at the per-device batch (``graph.meta["grads"]``
     names the gradient of each parameter, as ``training_graph`` records it). ``reduction``:
@@ -111,7 +115,11 @@ def data_parallel(train_graph: Graph, devices: Sequence[str], *, reduction: str 
     >>> ar.op, ar.attrs["group"], ar.outputs
     ('AllReduce', ['gpu0', 'gpu1'], ('gpu0/matmul.grad_4.reduced', 'gpu1/matmul.grad_4.reduced'))
     """
-    devs = _check_devices(devices, "data_parallel")
+    if any("device" in nd.meta for nd in train_graph.nodes.values()):
+        from sim.passes.data_parallel_placed import data_parallel_placed
+
+        return data_parallel_placed(train_graph, devices, reduction=reduction)  # type: ignore[arg-type]
+    devs = _check_devices(devices, "data_parallel")  # type: ignore[arg-type]
     grads: dict[str, str] = dict(train_graph.meta.get("grads") or {})
     if not grads:
         raise GraphError("data_parallel needs a training graph (meta['grads'] from training_graph)",
@@ -286,7 +294,19 @@ def _training_stages(graph: Graph, order: list[Node], split: dict[str, int], n: 
     return stage
 
 
-def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
+def _split_by_origin(graph: Graph, n: int, weight: Callable[[Node], float] | None,
+                     nodes: list[Node]) -> dict[str, int]:
+    """``stage_split`` of ``nodes``, where the tensor-parallel copies of one source node
+    (``meta["origin"]``) share a stage: the split runs over rank 0's copies."""
+    if not any("origin" in nd.meta for nd in nodes):
+        return stage_split(graph, n, weight, nodes)
+    lead = [nd for nd in nodes if "origin" in nd.meta and nd.meta.get("tp_rank", 0) == 0]
+    by_origin = {lead_nd.meta["origin"]: s for lead_nd, s in
+                 zip(lead, stage_split(graph, n, weight, lead).values())}
+    return {nd.name: by_origin[nd.meta["origin"]] for nd in nodes if nd.meta.get("origin") in by_origin}
+
+
+def pipeline_parallel(graph: Graph, stages: Sequence[str] | Sequence[Sequence[str]], microbatches: int, *,
                       weight: Callable[[Node], float] | None = None) -> Graph:
     """GPipe: cut ``graph`` (built at the microbatch size) into ``len(stages)`` FLOP-balanced
     contiguous stages on ``stages`` and replicate it ``microbatches`` times.
@@ -314,7 +334,16 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
     >>> p.nodes["mb1/B"].inputs  # held until gpu1 is done with microbatch 0
     ('mb1/a.stage1',)
     """
-    devs = _check_devices(stages, "pipeline_parallel")
+    groups = [[str(d)] if isinstance(d, str) else [str(x) for x in d] for d in stages]
+    _check_devices([d for grp in groups for d in grp], "pipeline_parallel")
+    devs = [grp[0] for grp in groups]
+    tp = list(graph.meta.get("tp_devices") or [None])
+    if any(len(grp) != len(tp) for grp in groups):
+        raise GraphError(f"each stage needs one device per tensor-parallel rank ({len(tp)})",
+                         where="pipeline_parallel")
+    if "replicas" in graph.meta:
+        raise GraphError("pipeline_parallel cannot split a data-parallel graph: apply it before "
+                         "data parallelism (dp(pp(tp(g))))", where="pipeline_parallel")
     if microbatches < 1:
         raise GraphError(f"microbatches must be >= 1, got {microbatches}", where="pipeline_parallel")
     n = len(devs)
@@ -326,19 +355,20 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
 
         fwd_names = set(forward_node_names(graph))
         forward = [nd for nd in order if nd.name in fwd_names]
-        stage = _training_stages(graph, order, stage_split(graph, n, weight, forward), n)
         replicated = [nd for nd in order if nd.meta.get("role") != "optimizer"]
         phase = {nd.name: "f" if nd.name in fwd_names or nd.meta.get("role") == "loss" else "b"
                  for nd in replicated}
     else:
-        stage = stage_split(graph, n, weight)
+        forward = list(order)
         replicated = list(order)
         phase = {nd.name: "f" for nd in order}
+    stage = _training_stages(graph, order, _split_by_origin(graph, n, weight, forward), n)
     rep_names = {nd.name for nd in replicated}
-    last: dict[tuple[int, str], str] = {}  # (stage, phase) -> first output of its last node
+    last: dict[tuple[int, str, int], str] = {}  # (stage, phase, lane) -> output of its last node
     for nd in replicated:
         if nd.outputs and nd.outputs[0]:
-            last[(stage[nd.name], phase[nd.name])] = nd.outputs[0]
+            last[(stage[nd.name], phase[nd.name], _lane(nd))] = nd.outputs[0]
+    place = _placer(groups, tp)
 
     out = Graph(f"{graph.name}.pp{n}x{microbatches}", graph.source)
     out.meta = dict(graph.meta)
@@ -354,35 +384,37 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
     for j in range(microbatches):
         def plain(t: str, _j: int = j) -> str:
             return f"mb{_j}/{t}" if t in graph.inputs or produced_here(t) else t
-        held: dict[tuple[str, int, str], str] = {}
+        held: dict[tuple[str, int, str, int], str] = {}
         for node in replicated:
-            s, ph = stage[node.name], phase[node.name]
-            meta = {"device": devs[s], "stage": s, "microbatch": j}
+            s, ph, ln = stage[node.name], phase[node.name], _lane(node)
+            dev, attrs = place(node, s)
+            meta = {"device": dev, "stage": s, "microbatch": j}
 
             def rn(t: str, _j: int = j, _s: int = s, _ph: str = ph, _meta: dict[str, Any] = meta,
-                   _plain: Callable[[str], str] = plain,
-                   _held: dict[tuple[str, int, str], str] = held) -> str:
+                   _plain: Callable[[str], str] = plain, _ln: int = ln,
+                   _held: dict[tuple[str, int, str, int], str] = held) -> str:
                 # a tensor entering stage s waits until the stage is done with microbatch j-1
                 # (in the same phase), so each device takes the microbatches in order
-                if _j == 0 or t in graph.params or (_s, _ph) not in last:
+                if _j == 0 or t in graph.params or (_s, _ph, _ln) not in last:
                     return _plain(t)
                 prod = graph.producer(t)
                 if prod is not None and (prod.name not in rep_names or stage[prod.name] == _s):
                     return _plain(t)
-                key = (t, _s, _ph)
+                key = (t, _s, _ph, _ln)
                 if key not in _held:
-                    prev = f"mb{_j - 1}/{last[(_s, _ph)]}"
+                    prev = f"mb{_j - 1}/{last[(_s, _ph, _ln)]}"
                     (_held[key],) = out.add_node(
                         "Depend", [_plain(t), prev], [out.unique_name(f"{_plain(t)}.stage{_s}")],
                         name=out.unique_name(f"mb{_j}/stage{_s}.after"),
                         meta={**_meta, "inplace": {0: 0}})
                 return _held[key]
 
-            _replica(out, graph, node, f"mb{j}", meta, rn)
+            _replica(out, graph, node, f"mb{j}", meta, rn, attrs)
 
     outputs: list[str] = []
     if training:
-        acc = _accumulate(out, graph, grads, stage, devs, microbatches, produced_here)
+        pairs = [(p, t) for p, t, _ in graph.meta.get("rank_grads") or []] or list(grads.items())
+        acc = _accumulate(out, graph, pairs, stage, place, microbatches, produced_here)
         for node in order:
             if node.name in rep_names:
                 continue
@@ -395,13 +427,14 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
                     # exist: no wait for (and no copy of) the other stages' gradients
                     ins = ins[:1]
             m = dict(node.meta)
-            m.update({"device": devs[s], "stage": s})
+            m.update({"device": place(node, s)[0], "stage": s})
             out.add_node(node.op, ins, list(node.outputs), dict(node.attrs), name=node.name, meta=m)
         loss = str(graph.meta.get("loss", ""))
         out.meta["losses"] = [f"mb{j}/{loss}" for j in range(microbatches)] if loss else []
         if loss:
             out.meta["loss"] = f"mb0/{loss}"
         out.meta["grads"] = {p: acc[t] for p, t in grads.items()}
+        out.meta["rank_grads"] = [(p, acc[t], _device_of(out, acc[t])) for p, t in pairs]
     for t in graph.outputs:
         if produced_here(t):
             outputs.extend(f"mb{j}/{t}" for j in range(microbatches))
@@ -415,16 +448,38 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str], microbatches: int, *,
     return out.verify()
 
 
-def _accumulate(out: Graph, graph: Graph, grads: dict[str, str], stage: dict[str, int],
-                devs: list[str], m: int, produced_here: Callable[[str], bool]) -> dict[str, str]:
+def _device_of(g: Graph, t: str) -> str:
+    prod = g.producer(t)
+    return str(prod.meta["device"]) if prod is not None else ""
+
+
+def _lane(node: Node) -> int:
+    return int(node.meta.get("tp_rank", 0))
+
+
+def _placer(groups: list[list[str]], tp: list[Any]) -> Callable[[Node, int], tuple[str, dict[str, Any]]]:
+    """(node, stage) -> (device, attrs): the stage's device for the node's tensor-parallel
+    rank, and a collective's group mapped onto the stage's devices."""
+    def place(node: Node, s: int) -> tuple[str, dict[str, Any]]:
+        attrs = dict(node.attrs)
+        if "group" in attrs and tp != [None]:
+            attrs["group"] = [groups[s][tp.index(d)] for d in attrs["group"]]
+        return groups[s][_lane(node)], attrs
+    return place
+
+
+def _accumulate(out: Graph, graph: Graph, grads: list[tuple[str, str]], stage: dict[str, int],
+                place: Callable[[Node, int], tuple[str, dict[str, Any]]], m: int,
+                produced_here: Callable[[str], bool]) -> dict[str, str]:
     """Per parameter gradient: the mean of its microbatch gradients. Returns tensor -> mean."""
     acc: dict[str, str] = {}
-    for p, t in grads.items():
+    for p, t in grads:
         if t in acc:
             continue
         prod = graph.producer(t)
         s = stage[prod.name] if prod is not None else 0
-        meta = {"device": devs[s], "stage": s, "role": "grad_accumulation", "param": p}
+        dev = place(prod, s)[0] if prod is not None else place(Node("", "", (), ()), s)[0]
+        meta = {"device": dev, "stage": s, "role": "grad_accumulation", "param": p}
         parts = [f"mb{j}/{t}" for j in range(m)] if produced_here(t) else [t] * m
         total = parts[0]
         for j, part in enumerate(parts[1:], 1):

@@ -171,6 +171,9 @@ class TensorParallel(Rewriter):
         if node.op == "Reshape" and local[0] is not None:
             attrs["shape"] = list(local[0].shape)
         meta = {**node.meta, "device": dev, "tp": role, "tp_rank": k, "origin": node.name}
+        for key in ("forward", "recompute"):
+            if key in meta:  # the rank's own forward node
+                meta[key] = f"{dev}/{meta[key]}"
         new = self.b.node(node.op, ins, [f"{dev}/{t}" if t else "" for t in node.outputs], attrs,
                           name=f"{dev}/{node.name}", meta=meta)
         for t, name, spec in zip(node.outputs, new, local):
@@ -221,7 +224,9 @@ class TensorParallel(Rewriter):
         suffix = {"AllReduce": "allreduce", "AllGather": "allgather", "ReduceScatter": "reducescatter"}[op]
         name = self.b.unique(f"{layer}.{suffix}")
         outs = [self.b.unique(f"{d}/{t}.{'reduced' if op == 'AllReduce' else suffix}") for d in self.devs]
-        meta = {"device": self.devs[0], "role": "collective", "layer": layer, "tp": suffix}
+        meta = {"device": self.devs[0], "role": "collective", "layer": layer, "tp": suffix, "tp_rank": 0}
+        if prod is not None and "forward" in prod.meta:  # a backward collective
+            meta["forward"] = f"{self.devs[0]}/{prod.meta['forward']}"
         self.b.node(op, names, outs, {"group": list(self.devs), "algorithm": "ring", "reduction": "sum",
                                       **attrs}, name=name, meta=meta)
         if op == "AllReduce":
@@ -232,6 +237,9 @@ class TensorParallel(Rewriter):
         size = self.src.tensors[t].shape[axis] // self.n
         dev = self.devs[k]
         meta = {"device": dev, "tp": "sharded", "tp_rank": k, "role": "tp_slice"}
+        prod = self.src.producer(t)
+        if prod is not None and "forward" in prod.meta:
+            meta["forward"] = f"{dev}/{prod.meta['forward']}"
         return self.b.node("Slice", [name], [self.b.unique(f"{dev}/{t}.slice")],
                            {"starts": [k * size], "ends": [(k + 1) * size], "axes": [axis]},
                            name=self.b.unique(f"{dev}/{t}.slice"), meta=meta)[0]

@@ -1,0 +1,301 @@
+"""Per-microbatch costs of one pipeline stage for one tensor-parallel rank, from the engine.
+
+A transformer's layers are identical, so the engine simulates the training step of a
+**one-layer** model for **one TP rank** (``rank_graph``) at the microbatch size, on the
+cluster's node, and every stage's time and memory are built from its parts:
+
+* ``pre``: the embedding (vocab-parallel: the rank's ``V/t`` rows, then an all-reduce);
+* ``block``: one transformer layer (Megatron TP: attention split by heads, MLP column- then
+  row-parallel, the all-reduces after each row-parallel linear, in the engine);
+* ``post``: the final norm, the vocab-parallel LM head (``V/t`` columns) and the loss.
+
+Each part's time per microbatch is the sum of the engine's records of its nodes (forward:
+the forward nodes; backward: the gradient nodes; a one-member TP collective counts on the
+critical path: the next op waits for it). A stage of ``L`` layers is ``L x block`` (plus
+``pre`` on the first, ``post`` on the last): exact for identical layers on one stream.
+Full activation recomputation (``checkpoint``) re-runs a layer's forward before its backward,
+as Megatron-LM's ``--recompute-granularity full`` does: backward += forward.
+
+Saved activations per layer are the bytes of forward tensors that the layer's backward nodes
+read (from the graph, not a formula). With sequence parallelism the replicated parts (norms,
+residual adds) are split over the ``t`` ranks: their time and saved bytes are divided by
+``t`` (the all-reduces become reduce-scatter + all-gather of the same total time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sim.errors import GraphError, SimError
+from sim.graph import Graph
+
+PARTS = ("pre", "block", "post")
+
+
+@dataclass
+class PartCost:
+    """One part's per-microbatch costs on one TP rank (seconds, bytes)."""
+
+    fwd_s: float = 0.0
+    bwd_s: float = 0.0  # without recomputation
+    opt_s: float = 0.0  # optimizer update of the part's parameters (once per step)
+    fwd_comm_s: float = 0.0  # TP collectives inside fwd_s
+    bwd_comm_s: float = 0.0
+    saved_bytes: float = 0.0  # activations kept for the backward pass
+    input_bytes: float = 0.0  # the part's input activation (what recomputation keeps)
+    params: float = 0.0  # parameter elements on this rank
+    flops_fwd: float = 0.0
+    flops_bwd: float = 0.0
+
+
+@dataclass
+class StageModel:
+    """The parts of a one-layer model on one TP rank, and the graph facts the schedule needs."""
+
+    parts: dict[str, PartCost] = field(default_factory=dict)
+    layers: int = 0
+    hidden: int = 0
+    seq: int = 0
+    heads: int = 0
+    vocab: int = 0
+    ffn: int = 0
+    act_bytes: int = 2  # bytes per activation element (bf16: 2)
+    records: int = 0  # engine records simulated
+    graph_nodes: int = 0
+
+
+def _part_of(layer: str, role: str) -> str:
+    if role in ("loss",):
+        return "post"
+    head = layer.split(".")[0] if layer else ""
+    if layer and (layer.startswith("h.") or ".h." in layer or head in ("blocks", "layers", "block")):
+        return "block"
+    if head in ("wte", "wpe", "embed", "embedding", "tok_emb", "pos_emb", "embeddings"):
+        return "pre"
+    return "post"
+
+
+def block_prefix(graph: Graph) -> str:
+    """The layer-name prefix of the repeated transformer blocks (``"h."``)."""
+    for nd in graph.nodes.values():
+        if nd.meta.get("layer_type") == "transformer_block":
+            name = str(nd.meta.get("layer", ""))
+            return name.rsplit(".", 1)[0] + "."
+    raise GraphError(
+        "no transformer_block layer: the cluster simulator times transformer models",
+        where=graph.source or graph.name,
+    )
+
+
+def rank_graph(train: Graph, tp: int) -> Graph:
+    """The training step one tensor-parallel rank runs: rank 0 of Megatron's split.
+
+    Built with ``sim.passes.tensor_parallel.tensor_parallel`` on the training step over ``tp``
+    ranks (column/row-parallel projections, two forward and two backward all-reduces per
+    block), keeping rank 0's nodes and its side of each all-reduce (the one-member form, which
+    the engine times over the whole group's links). The embedding and LM head are taken
+    vocab-parallel by building the workload with ``vocab / tp`` (see ``stage_model``).
+    """
+    if tp == 1:
+        return train
+    from sim.passes.tensor_parallel import tensor_parallel
+
+    devs = [f"gpu{i}" for i in range(tp)]
+    full = tensor_parallel(train, devs)
+    out = Graph(f"{train.name}.tp{tp}.rank0", train.source)
+    keep = [nd for nd in full.topo_order() if nd.meta.get("device") == "gpu0"]
+    used = {t for nd in keep for t in nd.inputs if t}
+    for name, spec in full.params.items():
+        if name in used:
+            info = full.param_info[name]
+            out.add_param(name, spec, info.init, trainable=info.trainable, **dict(info.options))
+    for name, spec in full.inputs.items():
+        if name in used:
+            out.add_input(name, spec)
+    for nd in keep:
+        if nd.op == "AllReduce":
+            ins, outs = [nd.inputs[0]], [nd.outputs[0]]
+        else:
+            ins, outs = list(nd.inputs), list(nd.outputs)
+        meta = dict(nd.meta)
+        origin = train.nodes.get(str(meta.get("origin", "")))
+        if origin is not None and "forward" in origin.meta:
+            meta.setdefault("forward", origin.meta["forward"])
+        out.add_node(nd.op, ins, outs, dict(nd.attrs), name=nd.name, meta=meta)
+    produced = {t for nd in out.nodes.values() for t in nd.outputs if t}
+    consumed = {t for nd in out.nodes.values() for t in nd.inputs if t}
+    out.set_outputs(sorted(t for t in produced if t not in consumed))
+    return out.verify()
+
+
+def _role(graph: Graph, name: str) -> tuple[str, str, str]:
+    """(phase, part, tp role) of node ``name`` of a training graph."""
+    nd = graph.nodes[name]
+    m = nd.meta
+    if nd.op in ("AllReduce", "AllGather", "ReduceScatter") and nd.inputs:
+        src_node = graph.producer(nd.inputs[0])  # a collective belongs to its input's phase and part
+        if src_node is not None:
+            phase, part, _ = _role(graph, src_node.name)
+            return phase, part, "collective"
+    if m.get("role") == "optimizer":
+        p = str(m.get("param", ""))
+        return "opt", _param_part(p), "replicated"
+    fwd_name = m.get("forward")
+    phase = "bwd" if fwd_name or m.get("recompute") else "fwd"
+    src = graph.nodes.get(str(fwd_name)) if fwd_name else nd
+    src = src or nd
+    layer = str(src.meta.get("layer", "") or m.get("layer", ""))
+    return phase, _part_of(layer, str(src.meta.get("role", ""))), str(src.meta.get("tp", "replicated"))
+
+
+def _param_part(p: str) -> str:
+    base = p.split("/")[-1]
+    return _part_of(base.rsplit(".", 1)[0] if "." in base else base, "")
+
+
+def measure(
+    train: Graph, opt_train: Graph | None, hw: Any, *, sp: int = 1, dtype: str | None = None
+) -> StageModel:
+    """Run the engine on a one-layer training step and sum its records per part and phase.
+
+    ``train`` is timed for the forward and backward passes (cast to ``dtype`` if given);
+    ``opt_train`` (the same step in fp32: AMP's master weights and optimizer states) for the
+    optimizer updates. ``sp > 1`` divides the replicated ops of a layer by ``sp``.
+    """
+    from sim.engine import simulate
+
+    model = StageModel(parts={p: PartCost() for p in PARTS})
+    res = simulate(train, hw, dtype, host_inputs=False)
+    model.records = len(res.ops)
+    model.graph_nodes = len(train.nodes)
+    for r in res.ops:
+        name = r["name"]
+        if name not in train.nodes or r["device"] not in ("gpu0", "tpu0"):
+            continue
+        phase, part, tp_role = _role(train, name)
+        if phase == "opt" and opt_train is not None:
+            continue
+        dur = float(r["end_s"]) - float(r["start_s"])
+        if sp > 1 and part == "block" and tp_role == "replicated" and r.get("unit") != "collective":
+            dur /= sp
+        pc = model.parts[part]
+        comm = r.get("unit") == "collective"
+        if phase == "fwd":
+            pc.fwd_s += dur
+            pc.fwd_comm_s += dur if comm else 0.0
+            pc.flops_fwd += float(r.get("flops", 0.0))
+        elif phase == "bwd":
+            pc.bwd_s += dur
+            pc.bwd_comm_s += dur if comm else 0.0
+            pc.flops_bwd += float(r.get("flops", 0.0))
+        else:
+            pc.opt_s += dur
+    if opt_train is not None:  # AMP: the updates run on fp32 master weights and states
+        ores = simulate(opt_train, hw, None, host_inputs=False)
+        model.records += len(ores.ops)
+        for r in ores.ops:
+            nd = opt_train.nodes.get(r["name"])
+            if nd is None or nd.meta.get("role") != "optimizer" or r["device"] not in ("gpu0", "tpu0"):
+                continue
+            part = _param_part(str(nd.meta.get("param", "")))
+            model.parts[part].opt_s += float(r["end_s"]) - float(r["start_s"])
+    _saved(train, model, sp)
+    for p in train.params:
+        info = train.param_info[p]
+        if info.trainable and info.options.get("role") != "optimizer_state":
+            model.parts[_param_part(p)].params += float(train.params[p].numel)
+    return model
+
+
+def _saved(train: Graph, model: StageModel, sp: int) -> None:
+    """Saved-activation bytes per part: forward tensors that backward nodes read."""
+    fwd_producer: dict[str, str] = {}
+    for nd in train.nodes.values():
+        ph, _, _ = _role(train, nd.name)
+        if ph == "fwd":
+            for t in nd.outputs:
+                if t:
+                    fwd_producer[t] = nd.name
+    counted: set[tuple[str, str]] = set()
+    for nd in train.nodes.values():
+        ph, part, _ = _role(train, nd.name)
+        if ph != "bwd":
+            continue
+        for t in nd.inputs:
+            if t in fwd_producer and (part, t) not in counted:
+                counted.add((part, t))
+                prod = train.nodes[fwd_producer[t]]
+                nbytes = float(train.tensors[t].nbytes)
+                _, _, tp_role = _role(train, prod.name)
+                if sp > 1 and part == "block" and tp_role == "replicated":
+                    nbytes /= sp
+                model.parts[part].saved_bytes += nbytes
+
+
+def stage_model(
+    workload: Any,
+    hw: Any,
+    *,
+    tp: int,
+    mbs: int,
+    sets: dict[str, Any] | None = None,
+    optimizer: str = "adam",
+    dtype: str | None = "bf16",
+    sp: bool = False,
+) -> StageModel:
+    """The parts of ``workload`` (a bundled name or YAML path of a transformer with an ``n_layer``
+    parameter) for one TP rank at microbatch ``mbs``, timed by the engine on ``hw``'s node."""
+    import sim
+    from sim.passes.precision import cast_graph
+
+    params = dict(sets or {})
+    full_params = {**workload_params(workload), **params}
+    layers = int(full_params.get("n_layer", 0) or 0)
+    vocab = int(full_params.get("vocab", 0) or 0)
+    if vocab:
+        from sim.cluster.layout import padded_vocab
+
+        vocab = padded_vocab(vocab, tp)
+    if not layers:
+        raise SimError(
+            "the workload has no n_layer parameter (the cluster simulator needs one)", where=str(workload)
+        )
+    one = {**params, "batch": mbs, "n_layer": 1}
+    if vocab:
+        one["vocab"] = vocab // tp  # vocab-parallel embedding and LM head: this rank's V/t rows
+    fwd = sim.load(workload, **one)
+    full_params.update(
+        {k: v for k, v in fwd.meta.get("params", {}).items() if k not in ("n_layer", "vocab", "batch")}
+    )
+    train = rank_graph(sim.training_graph(fwd, "cross_entropy", optimizer), tp)
+    timed = cast_graph(train, dtype) if dtype and dtype != "fp32" else train
+    node_hw = hw.node if hasattr(hw, "node") else hw
+    model = measure(timed, train if timed is not train else None, node_hw, sp=tp if sp else 1)
+    model.layers = layers
+    model.vocab = vocab
+    model.hidden = int(full_params.get("d", 0) or 0)
+    model.seq = int(full_params.get("seq", 0) or 0)
+    model.heads = int(full_params.get("heads", 0) or 0)
+    ffn = full_params.get("ffn", 0)
+    model.ffn = int(ffn) if isinstance(ffn, (int, float)) else 4 * model.hidden
+    model.act_bytes = 2 if dtype in ("bf16", "fp16") else (1 if dtype in ("fp8", "int8") else 4)
+    # the block's input activation: [mbs, seq, d] (what full recomputation keeps per layer)
+    model.parts["block"].input_bytes = float(mbs * model.seq * model.hidden * model.act_bytes)
+    return model
+
+
+def workload_params(workload: Any) -> dict[str, Any]:
+    """The declared ``params`` of a YAML workload (defaults, unevaluated)."""
+    import os
+
+    import yaml
+
+    from sim.frontends.yaml_loader import resolve_workload
+
+    path = os.fspath(workload)
+    if not os.path.exists(path):
+        path = resolve_workload(path)
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    return dict(doc.get("params") or {}) if isinstance(doc, dict) else {}

@@ -1,0 +1,86 @@
+"""Composed tensor x pipeline x data parallelism: one training step equals the single-device step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sim
+from sim.errors import GraphError
+from sim.exec import Executor
+from sim.graph import Graph
+from sim.passes.retype import retype
+from sim.passes.training import training_graph
+
+
+def gpt(batch: int) -> Graph:
+    return retype(sim.load("workloads/gpt2.yaml", batch=batch, seq=8, vocab=64, n_ctx=8, d=32, heads=4,
+                           n_layer=2), "fp64")
+
+
+def _full(par: Graph, name: str, value: np.ndarray, tp: int) -> np.ndarray:
+    """The slice of a full-model value that parameter/shard ``name`` of ``par`` holds."""
+    if name not in par.meta.get("shards", {}):
+        return value
+    _, axis, i = par.meta["shards"][name]
+    return np.split(value, tp, axis=axis)[i]
+
+
+def _source(par: Graph, name: str) -> str:
+    return par.meta["shards"][name][0] if name in par.meta.get("shards", {}) else name
+
+
+@pytest.mark.parametrize("tp, pp, dp, m", [(2, 2, 2, 2), (2, 1, 2, 1), (1, 2, 2, 2), (2, 2, 1, 2)])
+def test_tp_pp_dp_training_step_equals_one_device(tp, pp, dp, m):
+    mbs, lr = 1, 0.1
+    batch = dp * m * mbs
+    rng = np.random.default_rng(0)
+    ids, labels = rng.integers(0, 64, (batch, 8)), rng.integers(0, 64, (batch, 8))
+    full = training_graph(gpt(batch), "cross_entropy", "sgd", lr=lr)
+    ref = Executor(full, seed=3)
+    want = ref.run({"input_ids": ids, "labels": labels}, keep=full.meta["grads"].values()).values
+
+    par = sim.parallelize(training_graph(gpt(mbs), "cross_entropy", "sgd", lr=lr), tp=tp, pp=pp, dp=dp,
+                          microbatches=m, mbs=mbs)
+    n = tp * pp * dp
+    # every node on one of the n devices, with its Megatron rank coordinates
+    for nd in par.nodes.values():
+        r = int(nd.meta["device"][3:])
+        assert (nd.meta["rank"], nd.meta["tp_rank"], nd.meta["stage"], nd.meta["dp_rank"]) == \
+            (r, r % tp, (r // tp) % pp, r // (tp * pp)) and r < n
+    feeds = {}
+    for name in par.inputs:  # dp<r>/mb<j>/<tp device>/input: sample r * m + j
+        parts = name.split("/")
+        r = int(parts[0][2:]) if parts[0].startswith("dp") else 0
+        j = next((int(p[2:]) for p in parts if p.startswith("mb")), 0)
+        k = r * m + j
+        feeds[name] = (ids if parts[-1] == "input_ids" else labels)[k * mbs:(k + 1) * mbs]
+    params = {p: _full(par, p, ref.params[_source(par, p)], tp) for p in par.params
+              if _source(par, p) in ref.params}
+    got = Executor(par, params=params).run(feeds, keep=[t for _, t, _ in par.meta["rank_grads"]]).values
+    losses = par.meta.get("losses") or [par.meta["loss"]]
+    assert len(losses) == dp * m
+    np.testing.assert_allclose(np.mean([got[t] for t in losses]), want[full.meta["loss"]], rtol=1e-6)
+    grads = full.meta["grads"]
+    assert len(par.meta["rank_grads"]) >= len(grads)
+    for p, t, _ in par.meta["rank_grads"]:
+        np.testing.assert_allclose(got[t], _full(par, p, want[grads[_source(par, p)]], tp), rtol=1e-6,
+                                   atol=1e-12)
+    new_of = {p: o for o, p in full.meta["updates"].items()}
+    for o, p in par.meta["updates"].items():
+        np.testing.assert_allclose(got[o], _full(par, p, want[new_of[_source(par, p)]], tp), rtol=1e-6,
+                                   atol=1e-12)
+
+
+def test_parallelize_refuses_what_it_cannot_build():
+    step = training_graph(gpt(1), "cross_entropy", "sgd")
+    with pytest.raises(GraphError, match="ZeRO"):
+        sim.parallelize(step, dp=2, zero=3)
+    with pytest.raises(GraphError, match="mbs=2"):
+        sim.parallelize(step, dp=2, mbs=2)
+    with pytest.raises(GraphError, match="does not split"):
+        sim.parallelize(step, tp=3)
+    with pytest.raises(GraphError, match="data-parallel"):
+        from sim.passes.parallel import data_parallel, pipeline_parallel
+
+        pipeline_parallel(data_parallel(step, ["gpu0", "gpu1"]), ["gpu2", "gpu3"], 2)
