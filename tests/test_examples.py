@@ -61,3 +61,15 @@ def test_inference_roofline(capsys, monkeypatch):
     whatif = [float(x) for x in re.findall(r"^\s+[\d.]+x\s+\d+\s+([\d.]+)", out, flags=re.M)]
     # more HBM bandwidth speeds decode up
     assert whatif[0] == 1.0 and whatif[2] > 1.3
+
+
+def test_quantised_serving(capsys, monkeypatch):
+    out = run_example("quantised_serving.py", ["--layers", "2", "--steps", "4", "--batch", "8"],
+                      capsys, monkeypatch)
+    rows = {line[:18].strip(): [float(x) for x in line[18:].split()]
+            for line in out.splitlines()[2:] if line.strip()}
+    assert {"bf16", "int8 weight-only", "int4 weight-only", "fp8 (W8A8)", "bf16 + fp8 KV"} <= set(rows)
+    # columns: agreement, logit error, step b=1, x, step b=8, x, weights GB, KV tokens
+    assert rows["int4 weight-only"][1] > rows["int8 weight-only"][1]  # coarser weights, larger error
+    assert rows["int4 weight-only"][6] < rows["int8 weight-only"][6] < rows["bf16"][6]
+    assert rows["bf16 + fp8 KV"][7] > rows["bf16"][7]  # an fp8 cache holds more tokens

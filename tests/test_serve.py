@@ -182,3 +182,75 @@ def test_cli_serve(tmp_path, capsys):
     assert main(["serve", "gpt2", "--trace", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad.csv:2" in err and "arrival_s" in err
+
+
+def test_quantised_serving_numerics_and_speed():
+    from sim.serve.quantize import numeric_change
+
+    small = ServeModel("llama2-7b", d=256, heads=4, kv_heads=2, n_layer=2, ffn=512, vocab=512)
+    prompt = np.random.default_rng(0).integers(0, 512, (2, 6))
+    ch = numeric_change(small, prompt, 6, ("bf16", "int8", "int4", "fp8-kv"))
+    err = {k: v["logit_rel_error"] for k, v in ch.items()}
+    assert err["int8"] < err["int4"] and err["bf16"] < err["int4"] and err["int8"] < 0.1
+    # the error follows the quantisation step: (2^7 - 1) / (2^3 - 1) = 18x finer for int8
+    assert 8 < err["int4"] / err["int8"] < 40
+    assert ch["int8"]["top1_agreement"] >= 0.75
+    # int4 weights by hand: 6,607,077,376 GEMM weights at half a byte + one bf16 scale per 128,
+    # the embedding (131,072,000) and 65 norm vectors of 4096 in bf16
+    timers = {q: IterationTimer(ServeModel("llama2-7b"), H100, "bf16", "", q) for q in ("", "int8", "int4")}
+    assert timers["int4"].weight_bytes() == 6_607_077_376 // 2 + 6_607_077_376 // 128 * 2 \
+        + 131_072_000 * 2 + 65 * 4096 * 2
+    steps = {q: t.iteration_s(1024, 1, []) for q, t in timers.items()}
+    assert steps["int4"] < steps["int8"] < steps[""]
+    assert steps["int4"] > timers["int4"].weight_bytes() / (3.35e12 * 0.897)
+
+
+def test_tensor_parallel_rank_and_its_allreduces_by_hand():
+    """Llama-2 7B over 2 GPUs of a DGX H100: a rank holds half the GEMM weights and heads;
+    each layer all-reduces two [B, 1, 4096] bf16 activations over NVSwitch, a ring of 2
+    members: 2 (n - 1) = 2 steps of latency (2 us) + S/n bytes at 450 GB/s x 0.8
+    (hwspecs/dgx-h100.yaml)."""
+    from sim.serve import _timer
+
+    hw = sim.hardware("dgx-h100")
+    t1 = _timer("llama2-7b", hw, _device_of(hw), 1, "bf16", "", "", {}, {})
+    t2 = _timer("llama2-7b", hw, _device_of(hw), 2, "bf16", "", "", {}, {})
+    assert t2.model.info.kv_heads == 16 and t2.model.params["ffn"] == 11008 // 2
+    norms = 65 * 4096 * 2  # replicated on every rank; everything else is split in two
+    assert t2.weight_bytes() == (t1.weight_bytes() - norms) / 2 + norms
+    g = fuse(t2._prepared(4, 1, 64))
+    res = sim.simulate(g, hw, host_inputs=False)
+    ars = [r for r in res.ops if r["op"] == "AllReduce" and r["device"] == "gpu0"]
+    assert len(ars) == 2 * 2  # two layers in the timed graph, two per layer
+    S = 4 * 4096 * 2
+    for r in ars:
+        assert r["end_s"] - r["start_s"] == pytest.approx(2 * (2e-6 + S / 2 / (450e9 * 0.8)), rel=1e-6)
+    s1, s2 = t1.iteration_s(4 * 1024, 4, []), t2.iteration_s(4 * 1024, 4, [])
+    assert s1 / 2 < s2 < s1  # faster, but not twice: launch floors and the all-reduces
+
+
+def _device_of(hw):
+    return hw.devices[hw.accelerators[0]]
+
+
+def test_expert_parallel_rank_dispatch_and_combine():
+    """Mixtral over 4 GPUs with expert parallelism: a rank holds 2 of the 8 experts and all of
+    attention; per layer its tokens are all-gathered before the router (3 steps of S/4 on a
+    ring of 4) and the partial expert outputs reduce-scattered back."""
+    from sim.serve import _timer
+
+    hw = sim.hardware("dgx-h100")
+    t = _timer("mixtral-8x7b", hw, _device_of(hw), 1, "bf16", "", "", {}, {}, ep=4)
+    g = t._prepared(2, 1, 64)
+    moe = [n for n in g.nodes.values() if n.op == "MoE"]
+    assert g.tensors[moe[0].inputs[2]].shape[0] == 2 and moe[0].attrs["global_experts"] == 8
+    assert g.tensors[moe[0].inputs[0]].shape[0] == 4 * 2  # every rank's tokens
+    res = sim.simulate(fuse(g), hw, host_inputs=False)
+    ag = [r for r in res.ops if r["op"] == "AllGather" and r["device"] == "gpu0"]
+    rs = [r for r in res.ops if r["op"] == "ReduceScatter" and r["device"] == "gpu0"]
+    assert len(ag) == len(rs) == 2
+    S = 4 * 2 * 4096 * 2  # the gathered [8, 1, 4096] bf16 tensor
+    for r in ag + rs:
+        assert r["end_s"] - r["start_s"] == pytest.approx(3 * (2e-6 + S / 4 / (450e9 * 0.8)), rel=1e-6)
+    s = serve("mixtral-8x7b", hw, ep=4, rate=8, requests=40, prompt_len=64, output_len=8, timer=t).summary
+    assert s["ep"] == 4 and s["completed"] == 40

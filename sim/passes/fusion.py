@@ -47,6 +47,7 @@ import numpy as np
 from sim.dtypes import compute_numpy, is_float, to_numpy
 from sim.errors import GraphError
 from sim.graph import Graph, Node, TensorSpec
+from sim.ops.collective import COLLECTIVES
 from sim.ops.registry import defop, get_op
 from sim.ops.work import GemmShape, Work
 
@@ -201,6 +202,8 @@ def fuse(graph: Graph) -> Graph:
             first.append(pos[node.name])
         groups[target].extend(pending.get(node.name, []))
         groups[target].append(node)
+        if node.op in COLLECTIVES:
+            continue  # a collective runs on the links, not in a kernel: nothing fuses into it
         for t in node.outputs:
             if t:
                 made_in[t] = target

@@ -37,9 +37,42 @@ def _device(hw: Any) -> Any:
     return spec
 
 
+def _timer(workload: str, hw: Any, device: Any, tp: int, dtype: str, kv_dtype: str, quant: str,
+           engine: dict[str, Any], params: dict[str, Any], ep: int = 1) -> IterationTimer:
+    """The iteration timer of one rank (``tp`` > 1: a tensor-parallel shard on a system;
+    ``ep`` > 1: an expert-parallel rank of a MoE model)."""
+    model = ServeModel(workload, **params)
+    if tp == 1 and ep == 1:
+        return IterationTimer(model, device, dtype, kv_dtype, quant, engine=engine)
+    from sim.hw import load_hardware
+    from sim.serve.parallel import tp_params
+
+    if tp > 1 and ep > 1:
+        raise SimError("give --tp or --ep, not both", where="--ep")
+    n, opt = (tp, "--tp") if tp > 1 else (ep, "--ep")
+    system = load_hardware(hw) if isinstance(hw, str) else hw
+    accel = list(getattr(system, "accelerators", []) or [])
+    if n < 1 or len(accel) < n:
+        raise SimError(f"{opt} {n} needs a system with at least {n} accelerators (e.g. dgx-h100); "
+                       f"{getattr(system, 'name', hw)} has {len(accel)}", where=opt)
+    if ep > 1:
+        experts = int(model.params.get("experts", 0) or 0)
+        if not experts or experts % ep:
+            raise SimError(f"--ep {ep} needs a MoE workload whose experts ({experts}) it divides",
+                           where="--ep")
+        rank = ServeModel(workload, **{**params, "expert_shards": ep})
+        return IterationTimer(rank, system, dtype, kv_dtype, quant, engine=engine,
+                              ep_group=tuple(accel[:ep]))
+    shard = tp_params(model.params, tp)
+    rank = ServeModel(workload, **{**params, **shard})
+    return IterationTimer(rank, system, dtype, kv_dtype, quant, engine=engine,
+                          tp_group=tuple(accel[:tp]), vocab_sharded="vocab" in shard)
+
+
 def serve(workload: str, hw: Any, *, rate: float = math.inf, requests: int = 100,
           prompt_len: int = 512, output_len: int = 128, trace: str | None = None,
-          scheduler: str = "continuous", dtype: str = "bf16", kv_dtype: str = "", seed: int = 0,
+          scheduler: str = "continuous", dtype: str = "bf16", kv_dtype: str = "", quant: str = "",
+          tp: int = 1, ep: int = 1, seed: int = 0,
           max_num_seqs: int = 256, max_batched_tokens: int = 2048, block_size: int = 16,
           memory_utilization: float = 0.9, kv_blocks: int | None = None,
           engine: dict[str, Any] | None = None, timer: IterationTimer | None = None,
@@ -49,7 +82,12 @@ def serve(workload: str, hw: Any, *, rate: float = math.inf, requests: int = 100
     Requests come from ``trace`` (CSV/JSONL, ``sim.serve.requests``) or are ``requests``
     Poisson arrivals at ``rate`` per second (``seed``) of ``prompt_len`` prompt and
     ``output_len`` generated tokens. ``scheduler``: continuous (chunked prefill) or static.
-    ``dtype``: weights and activations; ``kv_dtype``: the KV cache (default ``dtype``).
+    ``dtype``: weights and activations; ``kv_dtype``: the KV cache (default ``dtype``);
+    ``quant``: int8 / int4 weight-only GEMMs (``sim.serve.quantize``). ``tp`` > 1: tensor
+    parallelism over the first ``tp`` GPUs of ``hw`` (a system such as dgx-h100), one rank's
+    shard timed with its all-reduces (``sim.serve.parallel``); ``ep`` > 1: expert parallelism of
+    a MoE model over ``ep`` GPUs (data-parallel attention, each rank serving every ``ep``-th
+    request; throughputs are the ranks' total).
     The KV cache gets what ``memory_utilization`` of device memory leaves after the weights
     (or ``kv_blocks`` blocks of ``block_size`` tokens). ``engine`` holds ``sim.simulate``
     options; ``timer`` reuses an ``IterationTimer`` (and its memo) across runs; ``params``
@@ -59,17 +97,19 @@ def serve(workload: str, hw: Any, *, rate: float = math.inf, requests: int = 100
     specs = load_trace(trace) if trace else poisson(rate, requests, prompt_len, output_len, seed)
     device = _device(hw)
     if timer is None:
-        timer = IterationTimer(ServeModel(workload, **params), device, dtype, kv_dtype,
-                               engine=dict(engine or {}))
+        timer = _timer(workload, hw, device, tp, dtype, kv_dtype, quant, dict(engine or {}), params, ep)
     info = timer.model.info
     kv_tok = info.kv_bytes_per_token(itemsize(timer.kv_dtype))
-    weights = info.params * itemsize(timer.dtype)
+    weights = timer.weight_bytes()
     if kv_blocks is None:
         kv_blocks = kv_capacity_blocks(device.memory[0].capacity_bytes, weights, kv_tok,
                                        block_size, memory_utilization)
     fn = run_continuous if scheduler == "continuous" else run_static
-    run = fn(specs, timer, cfg, kv_blocks)
-    summary = summarise(run, timer, cfg, kv_tok, weights, device.name)
+    ranks = max(1, len(timer.ep_group))
+    # expert parallelism: attention is data-parallel, each rank serves every ranks-th request
+    # in lockstep with the others (symmetric ranks: one is simulated)
+    run = fn(specs[::ranks], timer, cfg, kv_blocks)
+    summary = summarise(run, timer, cfg, kv_tok, weights, device.name, ranks)
     summary["arrivals"] = ({"trace": str(trace)} if trace else
                            {"poisson_rate_per_s": rate if math.isfinite(rate) else "inf",
                             "seed": seed, "prompt_len": prompt_len, "output_len": output_len})

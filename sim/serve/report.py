@@ -35,8 +35,10 @@ def _timeline(run: ServeRun) -> dict[str, list[float]]:
 
 
 def summarise(run: ServeRun, timer: IterationTimer, cfg: SchedulerConfig, kv_bytes_per_token: float,
-              weight_bytes: float, hardware: str) -> dict[str, Any]:
-    """The JSON summary of a serving run (see docs/inference.md for every field)."""
+              weight_bytes: float, hardware: str, ranks: int = 1) -> dict[str, Any]:
+    """The JSON summary of a serving run (see docs/inference.md for every field); ``ranks``
+    data-parallel ranks ran alike (expert parallelism), so throughputs are ``ranks`` times the
+    simulated rank's."""
     done = [(r.spec, r.first_token_s, r.finish_s) for r in run.requests
             if r.finish_s is not None and r.first_token_s is not None]
     ttft = [first - spec.arrival_s for spec, first, _ in done]
@@ -53,14 +55,16 @@ def summarise(run: ServeRun, timer: IterationTimer, cfg: SchedulerConfig, kv_byt
     occ = np.asarray([i.kv_blocks_used for i in its]) / run.kv_blocks if its else np.zeros(1)
     return {
         "workload": timer.model.info.name, "hardware": hardware, "dtype": timer.dtype,
-        "kv_dtype": timer.kv_dtype, "scheduler": cfg.scheduler,
+        "kv_dtype": timer.kv_dtype, "quant": timer.quant, "tp": max(1, len(timer.tp_group)),
+        "ep": max(1, len(timer.ep_group)),
+        "scheduler": cfg.scheduler,
         "config": {"max_num_seqs": cfg.max_num_seqs, "max_batched_tokens": cfg.max_batched_tokens,
                    "block_size": cfg.block_size},
-        "requests": len(run.requests), "completed": len(done),
+        "requests": ranks * len(run.requests), "completed": ranks * len(done),
         "ttft_s": percentiles(ttft), "tpot_s": percentiles(tpot), "latency_s": percentiles(lat),
-        "throughput_tokens_per_s": out_tokens / span,
-        "throughput_requests_per_s": len(done) / span,
-        "input_tokens_per_s": in_tokens / span,
+        "throughput_tokens_per_s": ranks * out_tokens / span,
+        "throughput_requests_per_s": ranks * len(done) / span,
+        "input_tokens_per_s": ranks * in_tokens / span,
         "duration_s": span, "engine_busy_fraction": busy / span,
         "iterations": len(its), "preemptions": run.preemptions,
         "batch_size": {"mean_time_weighted": float((batch * w).sum() / max(w.sum(), 1e-30)),

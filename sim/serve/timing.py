@@ -127,16 +127,59 @@ class IterationTimer:
     hw: Any
     dtype: str = "bf16"
     kv_dtype: str = ""  # the KV cache's dtype ("" = dtype); fp8 times attention as an fp8 kernel
+    quant: str = ""  # "int8" / "int4": weight-only quantised GEMMs (sim.serve.quantize)
+    tp_group: tuple[str, ...] = ()  # tensor-parallel ranks (devices of ``hw``, a system); model = one rank
+    vocab_sharded: bool = False  # the rank's LM head holds vocab / tp rows (logits all-gathered)
+    ep_group: tuple[str, ...] = ()  # expert-parallel ranks (MoE; attention data-parallel)
     fuse: bool = True
     engine: dict[str, Any] = field(default_factory=dict)
     simulations: int = 0
     _memo: dict[tuple[int, int, int], StepParts] = field(default_factory=dict)
     _attn: dict[tuple[int, int, int], float] = field(default_factory=dict)
+    _weights: float | None = None
 
     def __post_init__(self) -> None:
         self.kv_dtype = self.kv_dtype or self.dtype
+        if self.quant not in ("", "int8", "int4"):
+            raise SimError(f"unknown weight quantisation {self.quant!r} (int8 or int4)", where="--quant")
 
     # ---------------------------------------------------------------- one step graph
+    def _prepared(self, batch: int, seq: int, kv: int) -> Graph:
+        """The two-layer step graph in the serving dtype (and quantisation), unfused."""
+        from sim.passes.precision import cast_graph
+
+        g = cast_graph(self.model.step_graph(batch, seq, kv, n_layer=min(self.model.info.n_layer, 2)),
+                       self.dtype)
+        if self.quant:
+            from sim.serve.quantize import transform_for
+
+            g = transform_for(self.quant)(g)
+        if len(self.tp_group) > 1:
+            from sim.serve.parallel import add_tp_collectives
+
+            g = add_tp_collectives(g, list(self.tp_group), self.vocab_sharded)
+        if len(self.ep_group) > 1:
+            from sim.serve.parallel import add_ep_collectives
+
+            g = add_ep_collectives(g, list(self.ep_group))
+        return g
+
+    def weight_bytes(self) -> float:
+        """Bytes of the model's weights as served (dtype, quantisation), all layers: those of
+        the two-layer graph with the second layer's counted ``L - 1`` times."""
+        if self._weights is None:
+            g = self._prepared(1, 1, 2)
+            L = self.model.info.n_layer
+            total = 0.0
+            for name, spec in g.params.items():
+                quantised = name.endswith((".q4", ".q8", ".scales"))
+                if not (g.param_info[name].trainable or quantised):
+                    continue  # rotary tables, position constants
+                m = _BLOCK.search(name)
+                total += ((L - 1) if m and int(m.group(0).strip(".")) == 1 else 1) * spec.nbytes
+            self._weights = total
+        return self._weights
+
     def step(self, batch: int, seq: int, kv: int) -> StepParts:
         """Seconds of one full-depth step (``batch`` sequences, ``seq`` new tokens, caches of
         ``kv`` positions). Simulates the two-layer step graph: ops outside the blocks, plus
@@ -146,10 +189,9 @@ class IterationTimer:
         if key in self._memo:
             return self._memo[key]
         from sim.engine import simulate
-        from sim.passes.precision import cast_graph
 
         L = self.model.info.n_layer
-        g = cast_graph(self.model.step_graph(batch, seq, kv, n_layer=min(L, 2)), self.dtype)
+        g = self._prepared(batch, seq, kv)
         cls = _classify(g)
         if self.fuse:
             from sim.passes.fusion import fuse
@@ -159,10 +201,12 @@ class IterationTimer:
         res = simulate(g, self.hw, host_inputs=False, **self.engine)
         self.simulations += 1
         parts = {"dense": 0.0, "head": 0.0, "attn": 0.0}
+        group = self.tp_group or self.ep_group
+        rank = group[0] if group else None
         for rec in res.ops:
             name = rec["name"]
-            if name not in cls:
-                continue
+            if name not in cls or (rank is not None and rec["device"] != rank):
+                continue  # collectives have one record per member: count this rank's
             k = L - 1 if _layer_index(g.nodes[name]) == 1 else 1
             parts[cls[name]] += k * (rec["end_s"] - rec["start_s"])
         self._memo[key] = StepParts(parts["dense"], parts["head"], parts["attn"])
