@@ -1,9 +1,9 @@
-"""The Fused op (made by sim.passes.fusion): a sub-graph run as one node."""
+"""The Fused op (sim/ops/fused.py, made by sim.passes.fusion): a sub-graph run as one node."""
 
 import numpy as np
 from helpers import one_op_graph, run_op
 
-import sim.passes.fusion  # noqa: F401  (registers "Fused")
+import sim.ops.fused  # noqa: F401
 
 SUB = {
     "inputs": ["a", "w", "b"],

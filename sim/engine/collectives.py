@@ -35,7 +35,8 @@ import simpy
 
 from sim.errors import OutOfMemoryError, SpecError
 from sim.graph import Node
-from sim.ops.collective import COLLECTIVES, group_of
+from sim.ops.collective import group_of
+from sim.ops.registry import has_trait
 from sim.report.record import OpRecord
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ UNIT = "collective"
 
 
 def is_collective(node: Node) -> bool:
-    return node.op in COLLECTIVES
+    return has_trait(node.op, "collective")
 
 
 def member_devices(node: Node, dev: str, devices: Any = None) -> list[str]:

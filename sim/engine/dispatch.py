@@ -22,9 +22,7 @@ from typing import Any
 from sim.errors import SpecError
 from sim.graph import Node
 from sim.hw.spec import DeviceSpec
-
-# ops that launch no kernel (metadata only), whatever their cost says
-NO_KERNEL = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Depend"})
+from sim.ops.registry import has_trait
 
 
 def spec_dispatch(spec: DeviceSpec) -> float:
@@ -47,7 +45,7 @@ def as_seconds(v: Any, where: str = "dispatch") -> float:
 
 def launches_kernel(node: Node, view: bool) -> bool:
     """False for ops that are metadata only (views, ``Depend``)."""
-    return not view and node.op not in NO_KERNEL
+    return not view and not has_trait(node.op, "no_kernel")
 
 
 def issue_times(

@@ -38,7 +38,7 @@ from sim.dtypes import is_float, itemsize, to_numpy
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, io_bytes, need
-from sim.ops.registry import DTYPES_ATTR, defop, dtype_aware
+from sim.ops.registry import DTYPES_ATTR, add_traits, defop, dtype_aware
 from sim.ops.work import GemmShape, Work
 
 # ---------------------------------------------------------------------------- shapes
@@ -742,3 +742,5 @@ defop(
     doc="Inputs (dY, cos_cache, sin_cache, position_ids, X); outputs dX, and with cache_grad=1 "
         "d_cos_cache, d_sin_cache (X needed then). Attributes as RotaryEmbedding's.",
 )
+
+add_traits("strided_operands", "Attention")

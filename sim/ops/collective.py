@@ -47,7 +47,7 @@ import numpy as np
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import io_bytes, norm_axis
-from sim.ops.registry import defop
+from sim.ops.registry import add_traits, defop
 from sim.ops.work import Work
 
 COLLECTIVES = ("AllReduce", "AllGather", "ReduceScatter")
@@ -232,3 +232,5 @@ def _reducescatter_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str |
 defop("ReduceScatter", infer=_reducescatter_infer, work=_reducescatter_work,
       kernel=_reducescatter_kernel, grad=_reducescatter_grad,
       doc="Member j gets the j-th equal slice (along axis) of the sum (or mean) of all members' tensors.")
+
+add_traits("collective", *COLLECTIVES)

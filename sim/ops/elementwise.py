@@ -62,8 +62,10 @@ from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, elementwise_work, io_bytes, need, same_as_first
-from sim.ops.registry import defop
+from sim.ops.registry import add_traits, defop, registered_count, registered_since
 from sim.ops.work import Work
+
+_FIRST = registered_count()  # this module's ops are the ones registered after the mark
 
 Arr = np.ndarray
 Attrs = dict[str, Any]
@@ -721,3 +723,5 @@ defop(
     no_grad="backward op",
     doc="(dy, y, x0..xk-1) -> k gradients: dy goes to the first input equal to y (Max or Min).",
 )
+
+add_traits("elementwise", *registered_since(_FIRST))

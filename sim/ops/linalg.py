@@ -28,7 +28,7 @@ import numpy as np
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, io_bytes, matmul_exact, need
-from sim.ops.registry import defop
+from sim.ops.registry import add_traits, defop
 from sim.ops.work import GemmShape, Work
 
 
@@ -313,3 +313,5 @@ defop(
     grad=_einsum_grad,
     doc="Einstein summation (ONNX Einsum): attr equation; ellipsis and implicit output allowed.",
 )
+
+add_traits("strided_operands", "MatMul", "Gemm")

@@ -16,7 +16,9 @@ from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, elementwise_work, need
-from sim.ops.registry import defop
+from sim.ops.registry import add_traits, defop, registered_count, registered_since
+
+_FIRST = registered_count()  # this module's ops are the ones registered after the mark
 
 Attrs = dict[str, Any]
 
@@ -134,3 +136,5 @@ defop(
     grad=_where_grad,
     doc="(condition, x, y) -> x where condition else y, broadcasting all three.",
 )
+
+add_traits("elementwise", *registered_since(_FIRST))

@@ -44,7 +44,7 @@ from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import io_bytes
-from sim.ops.registry import defop
+from sim.ops.registry import add_traits, defop
 from sim.ops.work import Work
 
 # number of state tensors each optimizer keeps per parameter, by update op
@@ -210,3 +210,6 @@ defop(
         "recomputation back until the backward pass needs it; it is marked in place, so it "
         "costs no memory and no work.",
 )
+
+add_traits("no_kernel", "Depend")
+add_traits("optimizer", *N_STATES)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,7 +40,7 @@ GradFn = Callable[[Any, "Node", list[str | None]], list[str | None]]
 FAMILIES = (
     "linalg", "conv", "pool", "elementwise", "logical", "reduce", "norm", "shape",
     "index", "generate", "attention", "rnn", "loss", "optim", "resize",
-    "collective", "moe", "quant",
+    "collective", "moe", "fused", "quant",
 )
 
 
@@ -54,6 +54,19 @@ class OpDef:
     no_grad: str | None = None  # why there is no gradient rule
     family: str = ""
     doc: str = ""
+    traits: frozenset[str] = frozenset()  # see TRAITS; given by add_traits next to the definition
+
+
+# The op groups passes and the engine ask about (tinygrad's op groups), one trait each.
+TRAITS = {
+    "view": "metadata only: the output aliases input 0's storage (Reshape, Squeeze, Flatten, ...)",
+    "no_kernel": "launches no kernel on a device (views, Depend)",
+    "elementwise": "each output element from the same-index elements of the broadcast inputs "
+                   "(a gradient op's extra outputs may be reduced to its inputs' shapes)",
+    "strided_operands": "reads operands through strides: a Transpose feeding it needs no copy",
+    "collective": "communication over the devices of attrs['group']",
+    "optimizer": "a parameter update: elementwise over the parameter, its gradient and states",
+}
 
 
 DTYPES_ATTR = "_dtypes"
@@ -97,6 +110,31 @@ def defop(
     # the caller's module (sys._getframe: inspect.stack() reads every frame's source lines)
     family = sys._getframe(1).f_globals.get("__name__", "").rsplit(".", 1)[-1]
     return register(OpDef(name, infer, work, kernel, grad, no_grad, family, doc))
+
+
+def add_traits(trait: str, *names: str) -> None:
+    """Give the named (registered) ops ``trait`` (one of ``TRAITS``)."""
+    if trait not in TRAITS:
+        raise ValueError(f"unknown trait {trait!r}")
+    for name in names:
+        d = _REGISTRY[name]
+        _REGISTRY[name] = replace(d, traits=d.traits | {trait})
+
+
+def registered_count() -> int:
+    """How many ops are registered so far (a mark for ``registered_since``)."""
+    return len(_REGISTRY)
+
+
+def registered_since(mark: int) -> list[str]:
+    """The ops registered after ``mark = registered_count()`` (a family module's own ops)."""
+    return list(_REGISTRY)[mark:]
+
+
+def has_trait(op: str, trait: str) -> bool:
+    """Whether op ``op`` has ``trait`` (a dictionary lookup once the ops are loaded)."""
+    d = _REGISTRY.get(op)
+    return trait in (d if d is not None else get_op(op)).traits
 
 
 def load_all() -> None:

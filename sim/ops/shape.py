@@ -18,7 +18,7 @@ from sim.dtypes import canonical, compute_numpy, is_float
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import as_tuple, broadcast_shapes, free_work, io_bytes, movement_work, need, norm_axis
-from sim.ops.registry import defop
+from sim.ops.registry import add_traits, defop
 from sim.ops.work import Work
 
 # --------------------------------------------------------------------------- Reshape
@@ -688,3 +688,7 @@ def _space_op(op: str) -> None:
 
 _space_op("DepthToSpace")
 _space_op("SpaceToDepth")
+
+add_traits("view", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+add_traits("no_kernel", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+add_traits("elementwise", "Cast", "Identity")

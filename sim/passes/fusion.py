@@ -40,120 +40,24 @@ its storage dtype as the unfused graph would.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
-from sim.dtypes import compute_numpy, is_float, to_numpy
-from sim.errors import GraphError
-from sim.graph import Graph, Node, TensorSpec
-from sim.ops.collective import COLLECTIVES
-from sim.ops.registry import defop, get_op
-from sim.ops.work import GemmShape, Work
-
-SHAPE_ONLY = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
-# Ops whose kernels read strided operands, so a Transpose feeding them costs no kernel.
-STRIDED_OPERANDS = frozenset({"MatMul", "Gemm", "Attention"})
-ELEMENTWISE = frozenset({
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Neg", "Abs", "Reciprocal",
-    "Sqrt", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "PRelu", "Elu",
-    "Selu", "Celu", "Gelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Mish", "Clip",
-    "ThresholdedRelu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Cast",
-})
+from sim.graph import Graph, Node
+from sim.ops.registry import has_trait
 
 
-_ELEMENTWISE_FAMILIES = frozenset({"elementwise", "logical"})
+def _view(op: str) -> bool:
+    return has_trait(op, "view")
 
 
 def _joinable(node: Node) -> bool:
-    if node.op in SHAPE_ONLY or node.op in ELEMENTWISE:
+    if _view(node.op):
         return True
-    if len([o for o in node.outputs if o]) == 1 and get_op(node.op).family in _ELEMENTWISE_FAMILIES:
+    if len([o for o in node.outputs if o]) == 1 and has_trait(node.op, "elementwise"):
         return True  # also the elementwise backward ops (ReluGrad, GeluGrad, ...)
     if node.op == "BatchNormalization":
         return not int(node.attrs.get("training_mode", 0)) and len([o for o in node.outputs if o]) == 1
     if node.op == "Dropout":
         return not int(node.attrs.get("training_mode", 0)) and len([o for o in node.outputs if o]) == 1
     return False
-
-
-# ------------------------------------------------------------------------------ the Fused op
-def _sub_nodes(attrs: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(attrs["nodes"])
-
-
-def _sub_specs(in_specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[str, TensorSpec]:
-    """Specs of every tensor of the sub-graph, re-derived from the inputs' specs."""
-    specs: dict[str, TensorSpec] = {}
-    for name, s in zip(attrs["inputs"], in_specs):
-        if s is None:
-            raise GraphError(f"Fused input {name!r} is missing")
-        specs[name] = s
-    for sub in _sub_nodes(attrs):
-        opdef = get_op(sub["op"])
-        outs = opdef.infer([specs[t] if t else None for t in sub["inputs"]], sub["attrs"])
-        for t, s in zip(sub["outputs"], outs):
-            if t:
-                specs[t] = s
-    return specs
-
-
-def _fused_infer(in_specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
-    specs = _sub_specs(in_specs, attrs)
-    return [specs[t] for t in attrs["outputs"]]
-
-
-def _fused_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
-    specs = _sub_specs(ins, attrs)
-    total = Work()
-    for sub in _sub_nodes(attrs):
-        opdef = get_op(sub["op"])
-        w = opdef.work([specs[t] if t else None for t in sub["inputs"]],
-                       [specs[t] for t in sub["outputs"] if t], sub["attrs"])
-        total = total + Work(w.flops, w.matmul_flops, w.transcendentals, gemms=w.gemms)
-    shared = set(attrs.get("shared_inputs", ()))
-    read = sum(s.nbytes for i, s in enumerate(ins) if s is not None and i not in shared)
-    total = Work(total.flops, total.matmul_flops, total.transcendentals, gemms=_concat_gemms(total.gemms))
-    return total + Work(bytes_read=read, bytes_written=sum(o.nbytes for o in outs))
-
-
-def _concat_gemms(gemms: tuple[GemmShape, ...]) -> tuple[GemmShape, ...]:
-    """GEMMs of one group with the same (m, k, batch, kernel) as one GEMM of summed n: in a
-    fused group they come from sibling projections of one activation (weights concatenated).
-
-    >>> _concat_gemms((GemmShape(8, 4, 16), GemmShape(8, 6, 16), GemmShape(2, 2, 2)))
-    (GemmShape(m=8, n=10, k=16, batch=1, kernel=''), GemmShape(m=2, n=2, k=2, batch=1, kernel=''))
-    """
-    merged: dict[tuple[int, int, int, str], int] = {}
-    for g in gemms:
-        key = (g.m, g.k, g.batch, g.kernel)
-        merged[key] = merged.get(key, 0) + g.n
-    return tuple(GemmShape(m, n, k, b, kern) for (m, k, b, kern), n in merged.items())
-
-
-def _fused_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
-    env: dict[str, Any] = dict(zip(attrs["inputs"], xs))
-    dtypes: dict[str, str] = attrs["dtypes"]
-    for sub in _sub_nodes(attrs):
-        opdef = get_op(sub["op"])
-        outs = opdef.kernel([env[t] if t else None for t in sub["inputs"]], sub["attrs"])
-        for t, v in zip(sub["outputs"], outs):
-            if t:
-                dt = dtypes[t]
-                v = np.asarray(v).astype(to_numpy(dt), copy=False)
-                env[t] = v.astype(compute_numpy(dt), copy=False) if is_float(dt) else v
-    return [env[t] for t in attrs["outputs"]]
-
-
-defop(
-    "Fused",
-    infer=_fused_infer,
-    work=_fused_work,
-    kernel=_fused_kernel,
-    no_grad="fusion runs after autodiff (fuse the training graph instead)",
-    doc="A fused group: attrs inputs, outputs, nodes (op, inputs, outputs, attrs per member), "
-        "dtypes (storage dtype per tensor). Work: summed FLOPs, external bytes only.",
-)
 
 
 # ------------------------------------------------------------------------------ the pass
@@ -202,7 +106,7 @@ def fuse(graph: Graph) -> Graph:
             first.append(pos[node.name])
         groups[target].extend(pending.get(node.name, []))
         groups[target].append(node)
-        if node.op in COLLECTIVES:
+        if has_trait(node.op, "collective"):
             continue  # a collective runs on the links, not in a kernel: nothing fuses into it
         for t in node.outputs:
             if t:
@@ -223,7 +127,7 @@ def fuse(graph: Graph) -> Graph:
         if len(members) == 1:
             n = members[0]
             meta = dict(n.meta)
-            if n.op in SHAPE_ONLY and n.inputs:
+            if _view(n.op) and n.inputs:
                 meta["alias_of"] = n.inputs[0]
             out.add_node(n.op, list(n.inputs), list(n.outputs), dict(n.attrs), name=n.name, meta=meta)
             continue
@@ -236,7 +140,7 @@ def fuse(graph: Graph) -> Graph:
 
 def _view_root(graph: Graph, t: str) -> str:
     """The tensor ``t`` is a view of, through any chain of shape-only producers."""
-    while (p := graph.producer(t)) is not None and p.op in SHAPE_ONLY:
+    while (p := graph.producer(t)) is not None and _view(p.op):
         t = p.inputs[0]
     return t
 
@@ -271,7 +175,7 @@ def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, 
     def views_before(gid: int, lead: int) -> set[int] | None:
         """The chain of single-view groups ending at ``gid`` if it starts before ``lead``."""
         members = groups[gid]
-        if len(members) != 1 or members[0].op not in SHAPE_ONLY:
+        if len(members) != 1 or not _view(members[0].op):
             return None
         inner = source(members[0].inputs[0])
         if inner is None or inner < lead:
@@ -322,7 +226,7 @@ def _split_trailing_views(graph: Graph, groups: list[list[Node]], pos: dict[str,
         while len(keep) > 1:
             inside = {n.name for n in keep}
             made = {t for n in keep for t in n.outputs}
-            leaving = next((n for n in reversed(keep) if n.op in SHAPE_ONLY and n.inputs[0] in made
+            leaving = next((n for n in reversed(keep) if _view(n.op) and n.inputs[0] in made
                             and not any(c.name in inside for c in graph.consumers(n.outputs[0]))), None)
             if leaving is None:
                 break
@@ -352,10 +256,10 @@ def _prologues(graph: Graph) -> dict[str, str]:
             if t in outputs or len(users) != 1:
                 break
             nxt = users[0]
-            if nxt.op in SHAPE_ONLY:
+            if _view(nxt.op):
                 chain.append(nxt)
                 continue
-            if nxt.op in STRIDED_OPERANDS:
+            if has_trait(nxt.op, "strided_operands"):
                 out.update({n.name: nxt.name for n in chain})
             break
     return out

@@ -18,25 +18,15 @@ import numpy as np
 from sim.errors import GraphError
 from sim.graph import Graph, Node, TensorSpec
 from sim.graph.rewrite import Rewriter
-from sim.ops.registry import get_op
+from sim.ops.registry import has_trait
 from sim.passes import sharding as sh
 from sim.passes.sharding import P, R, State
 from sim.passes.tp_blocks import Plan, find_blocks
 
-ELEMENTWISE = frozenset({
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Neg", "Abs", "Reciprocal",
-    "Sqrt", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "PRelu", "Elu",
-    "Selu", "Celu", "Gelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Mish", "Clip",
-    "ThresholdedRelu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Cast", "Identity",
-})
-
 
 def is_elementwise(op: str) -> bool:
-    """Elementwise (broadcasting) ops, their gradients and the optimizer updates."""
-    if op in ELEMENTWISE:
-        return True
-    fam = get_op(op).family
-    return fam in ("elementwise", "logical", "optim") and op not in ("Sum", "Mean", "Max", "Min")
+    """Elementwise (broadcasting) ops, their gradients and the optimizer updates (op traits)."""
+    return has_trait(op, "elementwise") or has_trait(op, "optimizer")
 
 
 def _check_devices(devices: Sequence[str]) -> list[str]:

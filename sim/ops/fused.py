@@ -1,0 +1,100 @@
+"""The Fused op: a sub-graph run as one node (groups made by ``sim.passes.fusion``).
+
+Attributes: ``inputs`` and ``outputs`` (the sub-graph's boundary tensor names), ``nodes``
+(each member's op, inputs, outputs and attrs, in execution order), ``dtypes`` (the storage
+dtype of every tensor) and optionally ``shared_inputs`` (input positions read through another
+input's buffer). Its shape rule re-derives the sub-graph's types through the members' rules,
+its work is the members' FLOPs (sibling GEMMs of one activation concatenated) with only the
+boundary bytes, and its kernel runs the members' kernels in order, rounding each
+intermediate to its storage dtype as the unfused graph would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.dtypes import compute_numpy, is_float, to_numpy
+from sim.errors import GraphError
+from sim.graph.tensor import TensorSpec
+from sim.ops.registry import defop, get_op
+from sim.ops.work import GemmShape, Work
+
+
+def _sub_nodes(attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(attrs["nodes"])
+
+
+def _sub_specs(in_specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[str, TensorSpec]:
+    """Specs of every tensor of the sub-graph, re-derived from the inputs' specs."""
+    specs: dict[str, TensorSpec] = {}
+    for name, s in zip(attrs["inputs"], in_specs):
+        if s is None:
+            raise GraphError(f"Fused input {name!r} is missing")
+        specs[name] = s
+    for sub in _sub_nodes(attrs):
+        opdef = get_op(sub["op"])
+        outs = opdef.infer([specs[t] if t else None for t in sub["inputs"]], sub["attrs"])
+        for t, s in zip(sub["outputs"], outs):
+            if t:
+                specs[t] = s
+    return specs
+
+
+def _fused_infer(in_specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+    specs = _sub_specs(in_specs, attrs)
+    return [specs[t] for t in attrs["outputs"]]
+
+
+def _fused_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    specs = _sub_specs(ins, attrs)
+    total = Work()
+    for sub in _sub_nodes(attrs):
+        opdef = get_op(sub["op"])
+        w = opdef.work([specs[t] if t else None for t in sub["inputs"]],
+                       [specs[t] for t in sub["outputs"] if t], sub["attrs"])
+        total = total + Work(w.flops, w.matmul_flops, w.transcendentals, gemms=w.gemms)
+    shared = set(attrs.get("shared_inputs", ()))
+    read = sum(s.nbytes for i, s in enumerate(ins) if s is not None and i not in shared)
+    total = Work(total.flops, total.matmul_flops, total.transcendentals, gemms=_concat_gemms(total.gemms))
+    return total + Work(bytes_read=read, bytes_written=sum(o.nbytes for o in outs))
+
+
+def _concat_gemms(gemms: tuple[GemmShape, ...]) -> tuple[GemmShape, ...]:
+    """GEMMs of one group with the same (m, k, batch, kernel) as one GEMM of summed n: in a
+    fused group they come from sibling projections of one activation (weights concatenated).
+
+    >>> _concat_gemms((GemmShape(8, 4, 16), GemmShape(8, 6, 16), GemmShape(2, 2, 2)))
+    (GemmShape(m=8, n=10, k=16, batch=1, kernel=''), GemmShape(m=2, n=2, k=2, batch=1, kernel=''))
+    """
+    merged: dict[tuple[int, int, int, str], int] = {}
+    for g in gemms:
+        key = (g.m, g.k, g.batch, g.kernel)
+        merged[key] = merged.get(key, 0) + g.n
+    return tuple(GemmShape(m, n, k, b, kern) for (m, k, b, kern), n in merged.items())
+
+
+def _fused_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+    env: dict[str, Any] = dict(zip(attrs["inputs"], xs))
+    dtypes: dict[str, str] = attrs["dtypes"]
+    for sub in _sub_nodes(attrs):
+        opdef = get_op(sub["op"])
+        outs = opdef.kernel([env[t] if t else None for t in sub["inputs"]], sub["attrs"])
+        for t, v in zip(sub["outputs"], outs):
+            if t:
+                dt = dtypes[t]
+                v = np.asarray(v).astype(to_numpy(dt), copy=False)
+                env[t] = v.astype(compute_numpy(dt), copy=False) if is_float(dt) else v
+    return [env[t] for t in attrs["outputs"]]
+
+
+defop(
+    "Fused",
+    infer=_fused_infer,
+    work=_fused_work,
+    kernel=_fused_kernel,
+    no_grad="fusion runs after autodiff (fuse the training graph instead)",
+    doc="A fused group: attrs inputs, outputs, nodes (op, inputs, outputs, attrs per member), "
+        "dtypes (storage dtype per tensor). Work: summed FLOPs, external bytes only.",
+)
