@@ -254,3 +254,22 @@ def test_expert_parallel_rank_dispatch_and_combine():
         assert r["end_s"] - r["start_s"] == pytest.approx(3 * (2e-6 + S / 4 / (450e9 * 0.8)), rel=1e-6)
     s = serve("mixtral-8x7b", hw, ep=4, rate=8, requests=40, prompt_len=64, output_len=8, timer=t).summary
     assert s["ep"] == 4 and s["completed"] == 40
+
+
+def test_pipeline_parallel_adds_the_stage_sends_by_hand():
+    """Llama-2 7B in 2 pipeline stages on 2 DGX H100 nodes: an iteration is the batch's trip
+    through all 32 layers plus one activation send between the nodes: one NDR NIC
+    (50 GB/s x 0.92) after 5 us + one 130 ns switch hop (hwspecs/dgx-h100*.yaml). Each of
+    the 2 virtual engines serves every other request."""
+    from sim.serve import _pipeline
+
+    one = IterationTimer(ServeModel("llama2-7b"), H100, "bf16")
+    two = IterationTimer(ServeModel("llama2-7b"), H100, "bf16")
+    _pipeline(two, sim.hardware("dgx-h100-cluster"), 2)
+    send = 5e-6 + 130e-9 + 8 * 4096 * 2 / (50e9 * 0.92)
+    extra = two.iteration_s(8 * 1024, 8, []) - one.iteration_s(8 * 1024, 8, [])
+    assert extra == pytest.approx(send, rel=1e-6)
+    s = serve("llama2-7b", "dgx-h100-cluster", pp=2, rate=4, requests=40, prompt_len=64, output_len=8).summary
+    assert s["pp"] == 2 and s["completed"] == 40
+    with pytest.raises(SimError, match="cluster"):
+        serve("llama2-7b", "h100", pp=2, requests=2)

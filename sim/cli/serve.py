@@ -32,6 +32,8 @@ def add_parser(sub: Any) -> None:
                    help="tensor parallelism over the first N GPUs of a system spec (--hw dgx-h100)")
     p.add_argument("--ep", type=int, default=1,
                    help="expert parallelism of a MoE model over N GPUs (data-parallel attention)")
+    p.add_argument("--pp", type=int, default=1,
+                   help="pipeline parallelism over N nodes of a cluster spec (--hw dgx-h100-cluster)")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-batched-tokens", type=int, default=2048,
                    help="token budget per iteration (chunked prefill)")
@@ -61,7 +63,7 @@ def serve_command(args: argparse.Namespace) -> int:
     res = serve(args.workload, hw, rate=args.rate, requests=args.requests,
                 prompt_len=args.prompt_len, output_len=args.output_len, trace=args.trace,
                 scheduler=args.scheduler, dtype=args.dtype, kv_dtype=args.kv_dtype, quant=args.quant,
-                tp=args.tp, ep=args.ep, seed=args.seed,
+                tp=args.tp, ep=args.ep, pp=args.pp, seed=args.seed,
                 max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
                 block_size=args.block_size, memory_utilization=args.memory_utilization,
                 kv_blocks=args.kv_blocks, **parse_sets(args.set))
@@ -70,6 +72,7 @@ def serve_command(args: argparse.Namespace) -> int:
     quant = f", {s['quant']} weights" if s["quant"] else ""
     quant += f", TP {s['tp']}" if s["tp"] > 1 else ""
     quant += f", EP {s['ep']}" if s["ep"] > 1 else ""
+    quant += f", PP {s['pp']}" if s["pp"] > 1 else ""
     print(f"{s['workload']} on {s['hardware']} ({s['dtype']}{quant}, KV {s['kv_dtype']}), "
           f"{s['scheduler']} batching: {s['completed']}/{s['requests']} requests in "
           f"{s['duration_s']:.2f} s simulated ({wall:.1f} s wall, {s['timing']['simulations']} "

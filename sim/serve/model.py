@@ -33,6 +33,7 @@ class ModelInfo:
     kv_heads: int
     head_dim: int
     params: int
+    hidden: int
     max_context: int
 
     def kv_bytes_per_token(self, itemsize: float) -> float:
@@ -48,7 +49,13 @@ class ServeModel:
     def __init__(self, workload: str, **overrides: Any) -> None:
         self.workload = workload
         self.overrides = dict(overrides)
-        probe = self.step_graph(1, 1, 2)
+        try:
+            probe = self.step_graph(1, 1, 2)
+        except GraphError as err:
+            if "names no param" not in err.message:
+                raise
+            raise GraphError("not a servable decoder workload: it has no kv_cache param "
+                             "(docs/inference.md)", where=workload) from None
         caches = probe.meta.get("kv_cache")
         if not caches:
             raise GraphError("the workload has no KV-cache attention (give its transformer_block "
@@ -64,6 +71,7 @@ class ServeModel:
         self._float = probe.tensors[att.inputs[0]].dtype
         self.info = ModelInfo(name=probe.name, n_layer=int(params["n_layer"]), kv_heads=kvh,
                               head_dim=hd, params=probe.param_count,
+                              hidden=int(params.get("d", 0) or 0),
                               max_context=int(params.get("n_ctx", params.get("max_context", 0)) or 0))
 
     def step_graph(self, batch: int, seq: int, kv_cache: int, **more: Any) -> Graph:

@@ -44,8 +44,10 @@ def tp_params(params: dict[str, Any], tp: int, where: str = "--tp") -> dict[str,
             raise SimError(f"{name} = {v} does not split over {tp} ranks", where=where)
     if kvh % tp and tp % kvh:
         raise SimError(f"kv_heads = {kvh} neither splits over nor divides {tp} ranks", where=where)
-    out: dict[str, Any] = {"heads": heads // tp, "kv_heads": max(1, kvh // tp), "ffn": ffn // tp,
+    out: dict[str, Any] = {"heads": heads // tp, "ffn": ffn // tp,
                            "head_dim": int(params.get("head_dim") or d // heads)}
+    if "kv_heads" in params:
+        out["kv_heads"] = max(1, kvh // tp)
     if vocab % tp == 0:
         out["vocab"] = vocab // tp
     return out

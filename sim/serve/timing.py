@@ -10,8 +10,9 @@ computed). So the engine's time for an iteration is taken apart as
 
 where each term is read off the per-op records of ``sim.simulate`` running the model's step
 graph (``ServeModel.step_graph``, cast to the serving dtype and fused as an inference engine's
-kernels are): ``dense`` and ``head`` from a step of one sequence of ``T`` (or ``N``) new
-tokens (the tokens of an iteration are one flat row block to the GEMMs), the
+kernels are): ``dense`` and ``head`` from a decode step of ``T`` (or ``N``) sequences
+(the tokens of an iteration are one flat block of rows to the GEMMs, whatever sequences
+they come from; a decode-shaped graph keeps learned position tables in range), the
 decode attention from a decode step of ``B`` sequences whose caches hold the mean context
 (the attention kernel streams every sequence's cache, so its bytes and FLOPs are linear in the
 summed context), and each prefill chunk's attention from a step of ``q`` new tokens after
@@ -36,6 +37,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sim.dtypes import itemsize
 from sim.errors import SimError
 from sim.graph import Graph
 from sim.serve.model import ServeModel
@@ -131,6 +133,8 @@ class IterationTimer:
     tp_group: tuple[str, ...] = ()  # tensor-parallel ranks (devices of ``hw``, a system); model = one rank
     vocab_sharded: bool = False  # the rank's LM head holds vocab / tp rows (logits all-gathered)
     ep_group: tuple[str, ...] = ()  # expert-parallel ranks (MoE; attention data-parallel)
+    pp: int = 1  # pipeline stages across nodes (the model's layers split evenly)
+    p2p_s: Any = None  # bytes -> seconds of one activation send between stages (pp > 1)
     fuse: bool = True
     engine: dict[str, Any] = field(default_factory=dict)
     simulations: int = 0
@@ -215,11 +219,11 @@ class IterationTimer:
     # ---------------------------------------------------------------- the terms
     def dense_s(self, tokens: int) -> float:
         lo, hi = grid_points(tokens)
-        return _lerp(tokens, lo, hi, self.step(1, lo, lo).dense_s, self.step(1, hi, hi).dense_s)
+        return _lerp(tokens, lo, hi, self.step(lo, 1, 2).dense_s, self.step(hi, 1, 2).dense_s)
 
     def head_s(self, seqs: int) -> float:
         lo, hi = grid_points(seqs)
-        return _lerp(seqs, lo, hi, self.step(1, lo, lo).head_s, self.step(1, hi, hi).head_s)
+        return _lerp(seqs, lo, hi, self.step(lo, 1, 2).head_s, self.step(hi, 1, 2).head_s)
 
     def attention_s(self, batch: int, seq: int, cache: int) -> float:
         """Seconds of the model's attention over all layers for ``batch`` sequences of ``seq``
@@ -274,12 +278,17 @@ class IterationTimer:
     def iteration_s(self, decode_contexts_sum: int, n_decode: int,
                     prefills: list[tuple[int, int]]) -> float:
         """Seconds of one iteration: ``n_decode`` decode sequences whose contexts (after this
-        step's token) sum to ``decode_contexts_sum``, plus prefill chunks ``(tokens, past)``."""
+        step's token) sum to ``decode_contexts_sum``, plus prefill chunks ``(tokens, past)``.
+        With ``pp`` stages it is the batch's trip through all of them: every layer once, plus
+        ``pp - 1`` activation sends between nodes."""
         tokens = n_decode + sum(q for q, _ in prefills)
         seqs = n_decode + len(prefills)
         if tokens <= 0:
             raise SimError("an iteration with no tokens", where="serve")
         t = self.dense_s(tokens) + self.head_s(seqs)
+        if self.pp > 1 and self.p2p_s is not None:
+            # the batch's activations cross pp - 1 stage boundaries on the way through
+            t += (self.pp - 1) * self.p2p_s(tokens * self.model.info.hidden * itemsize(self.dtype))
         if n_decode:
             t += self.decode_attn_s(n_decode, decode_contexts_sum / n_decode)
         for q, p in prefills:
