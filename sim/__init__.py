@@ -53,6 +53,15 @@ def parallelize(graph: Graph, **layout: Any) -> Graph:
     return _parallelize(graph, **layout)
 
 
+def sweep(workload: str | None = None, hw: str = "h100", grid: Any = None, store: Any = None,
+          executor: Any = "local", **kwargs: Any) -> Any:
+    """A what-if study: every point of ``grid`` (field -> values) simulated on ``executor`` and kept
+    in ``store``; a pandas DataFrame, one row per point (``sim.study.sweep``, docs/tutorial.md)."""
+    from sim.study import sweep as _sweep
+
+    return _sweep(workload, hw=hw, grid=grid, store=store, executor=executor, **kwargs)
+
+
 def load_module(module: Any, example_inputs: Any, **kwargs: Any) -> Graph:
     """Import a ``torch.nn.Module`` through ``torch.export`` (needs the ``torch`` extra)."""
     from sim.frontends.torch_import import load_module as _lm
@@ -63,5 +72,5 @@ def load_module(module: Any, example_inputs: Any, **kwargs: Any) -> Graph:
 __all__ = [
     "Graph", "GraphError", "Node", "OutOfMemoryError", "SimError", "SpecError", "TensorSpec",
     "UnsupportedOpError", "execute", "hardware", "load", "load_module", "parallelize", "simulate",
-    "training_graph",
+    "sweep", "training_graph",
 ]

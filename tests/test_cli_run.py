@@ -65,15 +65,16 @@ def test_hw_set_takes_plain_numbers(model, tmp_path, capsys):
     assert "memory.hbm.efficiency" in capsys.readouterr().err
 
 
-def test_bad_placement_and_oom_exit_2(model, capsys):
+def test_bad_placement_exits_2_and_oom_is_a_result(model, capsys):
     assert main(["run", str(model), "--set", "batch=4", "--place", "mm=gpu9"]) == 2
     assert "gpu9" in capsys.readouterr().err
     assert main(["run", str(model), "--set", "batch=4", "--place", "oops"]) == 2
     capsys.readouterr()
     assert main(["run", str(model), "--set", "batch=4096",
-                 "--hw-set", "memory.hbm.capacity=1 KB"]) == 2
-    err = capsys.readouterr().err
-    assert "out of memory on gpu0" in err and len(err.strip().splitlines()) == 1
+                 "--hw-set", "memory.hbm.capacity=1 KB"]) == 0
+    out, err = capsys.readouterr()
+    assert "OUT OF MEMORY on gpu0" in out and "stopped there" in out
+    assert "OUT OF MEMORY on gpu0" in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_and_fuse_change_the_graph(model, tmp_path, capsys):

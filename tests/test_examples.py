@@ -52,6 +52,33 @@ def test_training_tradeoffs(capsys, monkeypatch):
     assert "test accuracy" in out and "2:4" in out
 
 
+def test_hbm_decode_study(capsys, monkeypatch, tmp_path):
+    out = run_example("hbm_decode_study.py", ["--workload", "gpt2", "--context", "128", "--batches", "1,8",
+                                              "--bandwidths", "0.25 TB/s;1 TB/s", "--executor", "serial",
+                                              "--store", str(tmp_path / "d.db"),
+                                              "--plot", str(tmp_path / "d.png")], capsys, monkeypatch)
+    rows = {(bw, int(b)): float(ms) for bw, b, ms in
+            re.findall(r"^\s+(\d+\.?\d* TB/s)\s+(\d+)\s+(\d+\.\d+)\s", out, flags=re.M)}
+    assert len(rows) == 4
+    # a decode step reads every weight once: at least 124.4M bf16 parameters / bandwidth
+    for (bw, _), ms in rows.items():
+        assert ms / 1e3 >= 124.4e6 * 2 / (float(bw.split()[0]) * 1e12)
+    gain = float(re.search(r"batch\s+1: x(\d+\.\d+)", out).group(1))
+    assert 1.3 < gain <= 4.0  # memory-bound at batch 1, and never beyond the bandwidth ratio
+    assert (tmp_path / "d.png").exists() and (tmp_path / "d.svg").exists()
+
+
+def test_accelerator_bert_training(capsys, monkeypatch, tmp_path):
+    args = ["--hw", "a100,h100,alveo-u280", "--batches", "8", "--executor", "serial",
+            "--store", str(tmp_path / "a.db"), "--plot", str(tmp_path / "a.png")]
+    out = run_example("accelerator_bert_training.py", args, capsys, monkeypatch)
+    ms = {hw: float(t) for hw, t in re.findall(r"^\s+(\S+)\s+8\s+(\d+\.\d+)\s", out, flags=re.M)}
+    assert set(ms) == {"a100", "h100", "alveo-u280"}
+    # H100 trains BERT faster than A100 (MLPerf Training v3.0: ~2-3x); the FPGA is far behind
+    assert ms["h100"] < ms["a100"] < ms["alveo-u280"]
+    assert (tmp_path / "a-pareto.png").exists() and (tmp_path / "a-pareto.svg").exists()
+
+
 def test_inference_roofline(capsys, monkeypatch):
     out = run_example("inference_roofline.py", ["--layers", "2", "--prompt", "512", "--batches", "1,8"],
                       capsys, monkeypatch)

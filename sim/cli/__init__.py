@@ -1,7 +1,12 @@
 """Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``, ``sim calibrate``, ``sim validate``,
 ``sim serve``.
 
-Bad input (a SimError) prints one line and exits 2, with no traceback.
+Every command runs inside one error boundary (``main``): bad input prints one line naming the
+file or option and exits 2 with no traceback. That covers ``SimError`` and, as a safety net,
+what bad input can still raise from deeper down (OS errors, undecodable text, recursion,
+overflow, division by zero, memory). Anything else is a bug in dlsim: it prints the traceback,
+says so and where to report it, and exits 1. Exit codes: 0 done, 2 bad input, 1 internal
+error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from sim.errors import SimError
 
@@ -25,9 +30,11 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--place", action="append", metavar="PATTERN=DEVICE",
                    help="place ops whose name or layer matches PATTERN on DEVICE")
     p.add_argument("--train", action="store_true", help="simulate one training step")
-    p.add_argument("--loss", default="cross_entropy")
-    p.add_argument("--optimizer", default="adam")
-    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing")
+    p.add_argument("--loss", help="training loss with --train: cross_entropy (default) or mse")
+    p.add_argument("--optimizer", help="optimizer with --train: sgd momentum adam (default) adamw ...")
+    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing (with --train)")
+    p.add_argument("--ignore-oom", action="store_true",
+                   help="keep simulating past an out-of-memory point and report the would-be peak")
     p.add_argument("--fuse", action="store_true", help="run the fusion pass first")
     p.add_argument("--json", metavar="F", help="write the result as JSON")
     p.add_argument("--trace", metavar="F", help="write a Chrome/Perfetto trace")
@@ -113,10 +120,17 @@ def _cmd_hw(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``sim run: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sim.cli.serve import add_parser as add_serve
 
-    parser = argparse.ArgumentParser(prog="sim", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_train(sub)
@@ -126,21 +140,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate.add_parser(sub)
     validate.add_parser(sub)
+    from sim.cli import plot, results, search, sweep  # what-if studies: sim/study/
+
+    for study_command in (sweep, results, plot, search):
+        study_command.add(sub)
     add_serve(sub)
     return parser
 
 
+REPORT_TO = "the dlsim issue tracker (with the command line and this traceback)"
+
+
+def _inputs(args: argparse.Namespace) -> str:
+    """The files and options a command read, to name in a safety-net message."""
+    names = [str(getattr(args, k)) for k in ("workload", "hw") if getattr(args, k, None)]
+    return ", ".join(names) or f"sim {getattr(args, 'command', '')}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _user_error(err: BaseException, args: argparse.Namespace) -> str | None:
+    """The one-line message for an exception that bad input causes, or None for a bug."""
+    if isinstance(err, SimError):
+        return _one_line(str(err))
+    if isinstance(err, OSError):
+        name = err.filename if err.filename is not None else _inputs(args)
+        return _one_line(f"{name}: {err.strerror or err}")
+    if isinstance(err, UnicodeDecodeError):
+        return _one_line(f"{_inputs(args)}: input is not UTF-8 text ({err.reason})")
+    if isinstance(err, RecursionError):
+        return f"{_inputs(args)}: input nests or refers to itself too deeply"
+    if isinstance(err, MemoryError):
+        return f"{_inputs(args)}: input needs more memory than this machine has"
+    if isinstance(err, OverflowError | ZeroDivisionError):
+        return _one_line(f"{_inputs(args)}: a number in the input is out of range ({err})")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the ``sim`` command line; returns the exit code (see the module docstring)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a one-line usage error (exit 2)
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     try:
         return int(args.func(args) or 0)
-    except SimError as err:
-        print(f"sim: error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"sim: error: {err.filename}: file not found", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        print("sim: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # the reader went away (``sim run ... | head``): stop quietly, as Unix tools do
@@ -148,6 +196,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as err:  # the one error boundary of the command line
+        message = _user_error(err, args)
+        if message is None:
+            import traceback
+
+            traceback.print_exc()
+            print(f"sim: internal error: {type(err).__name__}: {_one_line(str(err))}. This is a bug in "
+                  f"dlsim, not in your input; please report it to {REPORT_TO}",
+                  file=sys.stderr)
+            return 1
+        print(f"sim: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,20 +15,32 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise SimError(f"--set expects key=value, got {item!r}")
+            raise SimError(f"expects key=value, got {item!r}", where="--set")
         k, v = item.split("=", 1)
-        out[k.strip()] = number_or_text(v.strip())
+        if not k.strip():
+            raise SimError(f"expects key=value, got {item!r}", where="--set")
+        out[k.strip()] = number_or_text(v.strip(), where=f"--set {k.strip()}")
     return out
 
 
-def number_or_text(v: str) -> Any:
-    """``"32"`` -> 32, ``"0.5"`` -> 0.5, anything else unchanged."""
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            continue
-    return v
+def number_or_text(v: str, where: str | None = None) -> Any:
+    """``"32"`` -> 32, ``"0.5"`` -> 0.5, anything else unchanged; ``nan``, ``inf`` and numbers
+    too large for a float are errors (SimError at ``where``).
+
+    >>> number_or_text("32"), number_or_text("0.5"), number_or_text("gelu")
+    (32, 0.5, 'gelu')
+    """
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        x = float(v)
+    except ValueError:
+        return v
+    if not math.isfinite(x):
+        raise SimError(f"{v!r} is not a finite number", where=where)
+    return x
 
 
 def parse_place(items: list[str] | None) -> dict[str, str]:
@@ -35,7 +48,7 @@ def parse_place(items: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items or []:
         if "=" not in item:
-            raise SimError(f"--place expects PATTERN=DEVICE, got {item!r}", where="--place")
+            raise SimError(f"expects PATTERN=DEVICE, got {item!r}", where="--place")
         pat, dev = item.rsplit("=", 1)
         if not pat.strip() or not dev.strip():
             raise SimError(f"--place expects PATTERN=DEVICE, got {item!r}", where="--place")
@@ -57,9 +70,9 @@ def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise SimError(f"--hw-set expects FIELD=VALUE, got {item!r}", where="--hw-set")
+            raise SimError(f"expects FIELD=VALUE, got {item!r}", where="--hw-set")
         k, v = (p.strip() for p in item.split("=", 1))
-        value = number_or_text(v)
+        value = number_or_text(v, where=f"--hw-set {k}")
         if isinstance(value, str) and (v.startswith("[") or v.lower() in ("true", "false")):
             try:
                 value = yaml.safe_load(v)
@@ -74,7 +87,9 @@ def parse_dispatch(text: str) -> float:
     from sim.hw.units import parse_quantity
 
     try:
-        return float(text)
+        t = float(text)
     except ValueError:
-        pass
-    return parse_quantity(text, "time", where="--dispatch")
+        t = parse_quantity(text, "time", where="--dispatch")
+    if not math.isfinite(t) or t < 0 or t > 3600:
+        raise SimError(f"expected a time between 0 and 1 hour, got {text!r}", where="--dispatch")
+    return t

@@ -4,9 +4,12 @@ hardware, print the summary and write JSON / trace / plot files."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any
 
 from sim.cli.args import parse_dispatch, parse_hw_sets, parse_place, parse_sets
+from sim.errors import SimError
 
 
 def build(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -21,7 +24,8 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
 
     def prepare(graph: Any) -> Any:
         if getattr(args, "train", False):
-            graph = sim.training_graph(graph, loss=args.loss, optimizer=args.optimizer,
+            graph = sim.training_graph(graph, loss=getattr(args, "loss", None) or "cross_entropy",
+                                       optimizer=getattr(args, "optimizer", None) or "adam",
                                        checkpoint=bool(getattr(args, "checkpoint", False)))
         if getattr(args, "fuse", False):
             from sim.passes.fusion import fuse
@@ -41,15 +45,82 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     return prepare(load()), hw
 
 
+def workload_file(name: str) -> str:
+    """The file ``sim.load(name)`` reads: ``name`` itself, or a bundled workload's YAML."""
+    if os.path.exists(name):
+        return name
+    from sim.frontends.yaml_loader import resolve_workload
+
+    return resolve_workload(name)
+
+
+def check_run_args(args: argparse.Namespace) -> None:
+    """Everything about ``sim run``'s options that can be checked before loading anything:
+    options that need ``--train``, counts, and the output files (``sim.io.check_outputs``:
+    never an input, never each other, folders writable, a plot format matplotlib writes)."""
+    from sim.hw.loader import spec_file
+    from sim.io import check_outputs
+    from sim.limits import check
+
+    if not getattr(args, "train", False):
+        for opt in ("optimizer", "loss"):
+            if getattr(args, opt, None) is not None:
+                raise SimError("only applies to a training step: add --train", where=f"--{opt}")
+        if getattr(args, "checkpoint", False):
+            raise SimError("only applies to a training step: add --train", where="--checkpoint")
+    else:
+        from sim.passes.training import LOSSES, OPTIMIZERS
+
+        for opt, known in (("optimizer", OPTIMIZERS), ("loss", LOSSES)):
+            value = getattr(args, opt, None)
+            if value is not None and value not in known:
+                raise SimError(f"unknown {opt} {value!r} (choose from {', '.join(known)})", where=f"--{opt}")
+    if getattr(args, "dtype", None):
+        from sim.dtypes import canonical
+
+        try:
+            canonical(args.dtype)
+        except SimError as err:
+            raise SimError(err.message, where="--dtype") from None
+    streams = getattr(args, "streams", 1)
+    if streams < 1:
+        raise SimError(f"expected a count >= 1, got {streams}", where="--streams")
+    check("streams", streams, "streams", "--streams")
+    if getattr(args, "top", 10) < 0:
+        raise SimError(f"expected a count >= 0, got {args.top}", where="--top")
+    plot = getattr(args, "plot", None)
+    if plot:
+        check_plot_format(plot)
+    inputs = [workload_file(args.workload)]
+    if getattr(args, "hw", None):
+        inputs.append(spec_file(args.hw))
+    check_outputs({"--json": getattr(args, "json", None), "--trace": getattr(args, "trace", None),
+                   "--plot": plot}, inputs)
+
+
+def check_plot_format(path: str) -> None:
+    """A plot path must end in a format matplotlib writes (.png, .svg, .pdf ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext not in formats:
+        raise SimError(f"unknown plot format {('.' + ext) if ext else '(no extension)'}; use one of "
+                       f"{', '.join('.' + f for f in sorted(formats))}", where="--plot")
+
+
 def _cluster_route(args: argparse.Namespace) -> bool:
-    """``--parallel`` asks for the cluster simulator: a tp/schedule/zero/mbs field, both pp and
-    dp, or a cluster spec (``sim.cluster``); plain ``dp=N`` / ``pp=S,mb=M`` stay op by op."""
+    """``--parallel`` asks for the cluster simulator: a schedule/zero/mbs field, both pp and dp,
+    tp with ``--train``, or a cluster spec (``sim.cluster``); plain ``dp=N`` / ``pp=S,mb=M``
+    and a forward ``tp=N`` stay op by op."""
     spec = getattr(args, "parallel", None)
     if not spec:
         return False
     keys = {item.split("=")[0].strip().lower() for item in spec.split(",") if item.strip()}
-    if keys & {"tp", "mbs", "schedule", "zero", "sp", "order"} or {"pp", "dp"} <= keys:
+    if keys & {"mbs", "schedule", "zero", "sp", "order"} or {"pp", "dp"} <= keys:
         return True
+    if "tp" in keys and getattr(args, "train", False):
+        return True  # a forward-only tp=N stays the op-by-op split
     from sim.hw import load_hardware
     from sim.hw.spec import ClusterSpec
 
@@ -78,7 +149,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     # --dtype with --train on a cluster means mixed precision, as Megatron-LM's --bf16/--fp16 do
     amp = dtype != "fp32"
     result = simulate_training(args.workload, hw, args.parallel, batch=batch, sets=sets,
-                               optimizer=args.optimizer, dtype=dtype, amp=amp,
+                               optimizer=args.optimizer or "adam", dtype=dtype, amp=amp,
                                recompute=bool(getattr(args, "checkpoint", False)))
     print(result.summary())
     if not getattr(args, "amp", False) and args.dtype:
@@ -95,21 +166,32 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run ``sim run`` with parsed ``args``; returns the exit code (errors raise SimError)."""
+    """Run ``sim run`` with parsed ``args``; returns the exit code (errors raise SimError).
+
+    A step that does not fit a device's memory is a result, not an error: the run stops at the
+    op that fails (or, with ``--ignore-oom``, keeps going and reports the would-be peak), the
+    summary says how much memory the step needs, and every output asked for is written."""
     from sim.engine import simulate
 
+    check_run_args(args)
     if _cluster_route(args):
         return run_cluster(args)
 
     dispatch = getattr(args, "dispatch", None)
     dispatch_s = parse_dispatch(dispatch) if dispatch is not None else None
+    placement = parse_place(getattr(args, "place", None))
     graph, hw = build(args)
-    result = simulate(graph, hw, args.dtype, placement=parse_place(getattr(args, "place", None)),
+    result = simulate(graph, hw, args.dtype, placement=placement,
                       streams=getattr(args, "streams", 1),
                       host_inputs=not getattr(args, "resident_inputs", False),
                       cache_reuse=not getattr(args, "no_cache_reuse", False),
-                      dispatch_s=dispatch_s, cuda_graphs=bool(getattr(args, "cuda_graphs", False)))
-    print(result.summary(top=getattr(args, "top", 10)))
+                      dispatch_s=dispatch_s, cuda_graphs=bool(getattr(args, "cuda_graphs", False)),
+                      oom="ignore" if getattr(args, "ignore_oom", False) else "stop")
+    say(result.summary(top=getattr(args, "top", 10)))
+    if result.meta.get("oom"):
+        from sim.report.summary import oom_text
+
+        print(f"sim: warning: {oom_text(result.meta['oom'])}", file=sys.stderr)
     outputs = []
     if getattr(args, "json", None):
         result.write_json(args.json)
@@ -121,5 +203,15 @@ def run_command(args: argparse.Namespace) -> int:
         result.plot(args.plot)
         outputs.append(("plot", args.plot))
     for kind, path in outputs:
-        print(f"wrote {kind} {path}")
+        say(f"wrote {kind} {path}")
     return 0
+
+
+def say(text: str) -> None:
+    """Print to stdout; if the reader has gone (``sim run ... | head``), keep going quietly so
+    the outputs asked for are still written."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

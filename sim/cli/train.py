@@ -4,6 +4,7 @@ simulate one step of it on hardware."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -27,18 +28,62 @@ def _load_workload(args: Any) -> Graph:
         return load(args.workload, **sets)  # no batch param: the workload's own batch
 
 
-def _simulate_step(graph: Graph, hw: str) -> tuple[float, float]:
-    """(step time in seconds, peak memory in bytes) of one training step on ``hw``."""
+def _simulate_step(graph: Graph, hw: Any) -> tuple[float, float, dict[str, Any] | None]:
+    """(step time in seconds, peak memory in bytes, out-of-memory point or None) of one training
+    step on ``hw``; a step that does not fit is simulated past capacity (its would-be peak)."""
     import sim
 
-    result = sim.simulate(graph, sim.hardware(hw))
-    return float(result.makespan_s), float(result.peak_memory_bytes)
+    result = sim.simulate(graph, hw, oom="ignore")
+    return float(result.makespan_s), float(result.peak_memory_bytes), result.meta.get("oom")
+
+
+def check_train_args(args: Any) -> Any:
+    """Every argument of ``sim train`` checked before the first epoch (no training is thrown
+    away over a bad option); returns the hardware spec to simulate on (None for ``--hw none``)."""
+    from sim.cli.run import workload_file
+    from sim.io import check_outputs
+    from sim.passes import sparsity
+    from sim.passes.training import OPTIMIZERS
+
+    if args.epochs < 1:
+        raise SimError(f"expected a number of epochs >= 1, got {args.epochs}", where="--epochs")
+    if args.batch < 1:
+        raise SimError(f"expected a batch >= 1, got {args.batch}", where="--batch")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise SimError(f"expected a learning rate > 0, got {args.lr}", where="--lr")
+    if args.optimizer not in OPTIMIZERS:
+        raise SimError(f"unknown optimizer {args.optimizer!r} (choose from {', '.join(OPTIMIZERS)})",
+                       where="--optimizer")
+    if args.prune:
+        sparsity.parse_prune(args.prune)
+    hw = None
+    inputs = [workload_file(args.workload)]
+    if args.hw and str(args.hw).lower() != "none":
+        from sim.hw import load_hardware
+        from sim.hw.loader import spec_file
+
+        hw = load_hardware(args.hw)
+        inputs.append(spec_file(args.hw))
+    check_outputs({"--json": getattr(args, "json", None)}, inputs)
+    return hw
+
+
+def _finite(x: Any) -> Any:
+    """``x`` with every non-finite float (a diverged loss) replaced by None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
 
 
 def train_command(args: Any) -> int:
     """``sim train WORKLOAD --dataset digits --epochs N ...``: train, evaluate, optionally simulate."""
     from sim.passes import precision, sparsity
 
+    hw_spec = check_train_args(args)
     forward = _load_workload(args)
     in_name = next(iter(forward.inputs))
     data = load_dataset(args.dataset, forward.inputs[in_name].shape, seed=args.seed)
@@ -91,12 +136,18 @@ def train_command(args: Any) -> int:
         sim_graph = sparsity.mark_sparsity(trainer.graph, masks, spec)
     report["step_time_s"] = None
     report["peak_memory_bytes"] = None
-    if args.hw and str(args.hw).lower() != "none":
-        step_s, peak = _simulate_step(sim_graph, args.hw)
-        report.update({"hw": args.hw, "step_time_s": step_s, "peak_memory_bytes": peak})
+    if hw_spec is not None:
+        step_s, peak, oom = _simulate_step(sim_graph, hw_spec)
+        report.update({"hw": args.hw, "step_time_s": step_s, "peak_memory_bytes": peak, "oom": oom})
         print(f"one training step on {args.hw}: {step_s * 1e6:.1f} us, peak memory {peak / 2**20:.2f} MiB")
+        if oom:
+            from sim.report.summary import oom_text
+
+            print(f"  {oom_text(oom)}")
     print(f"final test accuracy {report['test_accuracy']:.4f}")
     if json_mode:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        from sim.io import atomic_write
+
+        # a diverged run's nan/inf losses are written as null: the file stays strict JSON
+        atomic_write(args.json, json.dumps(_finite(report), indent=2, allow_nan=False))
     return 0

@@ -176,7 +176,7 @@ def check_layout(
             + f" is more stages than the {layers} layers",
             where=f"{where} pp",
         )
-    if layers % vstages:
+    if layers % vstages and (lay.chunks > 1 or (layers + 2) % vstages or layers + 2 < 3 * vstages):
         raise SimError(f"{layers} layers do not split evenly into {vstages} stages", where=f"{where} pp")
     if gpus is not None and lay.gpus != gpus:
         raise SimError(
@@ -209,3 +209,23 @@ def padded_vocab(vocab: int, tp: int, multiple: int = 128) -> int:
     """
     step = multiple * tp
     return -(-vocab // step) * step
+
+
+def stage_layers(layers: int, stages: int) -> list[int]:
+    """Transformer layers of each (virtual) stage.
+
+    Even when ``stages`` divides ``layers`` (Megatron-LM); otherwise as DeepSpeed's
+    ``partition_method="type:transformer|embedding"`` does, counting the embedding and the LM
+    head as one layer each on the first and last stage (BLOOM: 70 layers + 2 over 12 stages =
+    5, 6 x 10, 5).
+
+    >>> stage_layers(80, 8)[:2], stage_layers(70, 12)
+    ([10, 10], [5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 5])
+    """
+    if layers % stages == 0:
+        return [layers // stages] * stages
+    units = layers + 2
+    out = [units // stages] * stages
+    out[0] -= 1
+    out[-1] -= 1
+    return out

@@ -11,7 +11,7 @@ pure ``dtype``  itemsize           itemsize              2 x itemsize (m, v)
 
 so mixed precision with Adam is 18 B/param (Megatron-LM's count; 16 when gradients are kept
 in bf16). ZeRO-1 divides the optimizer states by ``d``, ZeRO-2 also the gradients, ZeRO-3
-also the weights (plus one chunk's gathered weights in flight). SGD has no states, momentum one.
+also the weights (plus two layers' gathered weights: in use and prefetched). SGD has no states, momentum one.
 
 Activations: the saved bytes of one layer for one microbatch (from the graph, or the
 Korthikanti et al. 2022 count ``s b h (10 + 24/t)`` without the ``s^2`` attention terms that a
@@ -76,7 +76,7 @@ def rank_memory(
     comps: dict[str, float] = {}
     comps["weights"] = params * w / (d if layout.zero >= 3 else 1)
     if layout.zero >= 3:
-        comps["gathered weights"] = 2 * chunk_params * w  # the chunk in use and the one prefetched
+        comps["gathered weights"] = 2 * chunk_params * w  # the layer in use and the one prefetched
     comps["gradients"] = params * g / (d if layout.zero >= 2 else 1)
     comps["optimizer states"] = params * o / (d if layout.zero >= 1 else 1)
     if recompute:

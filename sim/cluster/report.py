@@ -84,7 +84,8 @@ class ClusterResult:
 
     @property
     def bubble_fraction(self) -> float:
-        return self.schedule.bubble_fraction()
+        """Idle share of the pipeline phase (0 without a pipeline)."""
+        return self.schedule.bubble_fraction() if self.layout.pp * self.layout.chunks > 1 else 0.0
 
     @property
     def tokens_per_s(self) -> float:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from sim.cluster.collectives import Fabric, Group, collective_time
-from sim.cluster.layout import Layout, check_layout, parse_layout
+from sim.cluster.layout import Layout, check_layout, parse_layout, stage_layers
 from sim.cluster.memory import RankMemory, check_fits, formula_activation, in_flight, rank_memory
 from sim.cluster.report import ClusterResult
 from sim.cluster.schedule import Comm, StageTimes, simulate_schedule
@@ -109,7 +109,7 @@ def simulate_training(
     t_engine = time.perf_counter() - t_wall
     p, v = lay.pp, lay.chunks
     nvs = p * v
-    lc = model.layers // nvs
+    per_vs = stage_layers(model.layers, nvs)
     itemsize = model.act_bytes
     grad_item = 4.0 if amp else float(itemsize)
     weight_item = 2.0 if amp else float(itemsize)
@@ -123,6 +123,7 @@ def simulate_training(
     )  # max, target, sum
     stages: list[StageTimes] = []
     for vs in range(nvs):
+        lc = per_vs[vs]
         f = lc * blk.fwd_s
         b = lc * (blk.bwd_s + (blk.fwd_s if recompute else 0.0))
         params_v = lc * blk.params
@@ -142,7 +143,11 @@ def simulate_training(
         t = 0.0
         for c in range(v):
             vs = c * p + s
-            t += lc * blk.opt_s + (pre.opt_s if vs == 0 else 0.0) + (post.opt_s if vs == nvs - 1 else 0.0)
+            t += (
+                per_vs[vs] * blk.opt_s
+                + (pre.opt_s if vs == 0 else 0.0)
+                + (post.opt_s if vs == nvs - 1 else 0.0)
+            )
         opt_s.append(t / (lay.dp if lay.zero >= 1 else 1))
     bar = _progress(progress, p, m, v)
     try:
@@ -188,7 +193,7 @@ def simulate_training(
         stages=stages,
         peak_flops=_peak(_device(cl), dtype),
         model=model,
-        tp_comm_s=_tp_comm(model, lc, recompute, m),
+        tp_comm_s=_tp_comm(model, max(per_vs), recompute, m),
     )
     result.wall_s = time.perf_counter() - t_wall
     result.engine_s = t_engine
@@ -268,7 +273,7 @@ def _memory(
 ) -> list[RankMemory]:
     """One memory block per distinct stage (first, middle, last ...)."""
     p, v = lay.pp, lay.chunks
-    lc = model.layers // (p * v)
+    per_vs = stage_layers(model.layers, p * v)
     blk, pre, post = model.parts["block"], model.parts["pre"], model.parts["post"]
     act = blk.saved_bytes * lay.mbs / lay.mbs  # measured at the microbatch size already
     cap = dev.main_memory.capacity_bytes
@@ -281,7 +286,7 @@ def _memory(
             extra += pre.saved_bytes * min(fl, m)
         if s == p - 1:
             extra += post.saved_bytes * (1 if lay.schedule != "gpipe" else m)
-        chunk_params = max(stages[c * p + s].grad_bytes for c in range(v)) / grad_item
+        chunk_params = blk.params  # ZeRO-3 gathers one layer at a time (FSDP units)
         key = (fl, round(dev_params[s]), round(extra))
         if key in seen:
             continue
@@ -296,7 +301,7 @@ def _memory(
             itemsize=model.act_bytes,
             act_per_layer=act,
             layer_input=blk.input_bytes / (lay.tp if lay.sp else 1),
-            layers_per_chunk=lc,
+            layers_per_chunk=max(per_vs[c * p + s] for c in range(v)),
             in_flight=fl,
             extra_act=extra,
             recompute=recompute,
@@ -332,7 +337,7 @@ def estimate_memory(
     emb = vocab * hidden / lay.tp
     m = lay.microbatches(batch)
     nvs = lay.pp * lay.chunks
-    lc = layers // nvs
+    lc = max(stage_layers(layers, nvs))
     act = formula_activation(seq, lay.mbs, hidden, lay.tp, lay.sp, act_bytes)
     layer_in = seq * lay.mbs * hidden * act_bytes / (lay.tp if lay.sp else 1)
     logits = seq * lay.mbs * vocab / lay.tp * 4
@@ -357,7 +362,7 @@ def estimate_memory(
                 in_flight=in_flight(lay, s, m),
                 extra_act=logits if s == lay.pp - 1 else 0.0,
                 recompute=recompute,
-                chunk_params=lc * per_layer,
+                chunk_params=per_layer,
                 capacity=capacity,
             )
         )
@@ -367,7 +372,7 @@ def estimate_memory(
 def _progress(show: bool | None, p: int, m: int, v: int) -> Any:
     """A tqdm bar over the schedule's tasks for long runs (``None``: only when many tasks)."""
     total = 2 * p * m * v
-    if show is False or (show is None and total < 20000):
+    if show is False or (show is None and total < 5000):
         return None
     from tqdm import tqdm
 

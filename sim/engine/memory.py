@@ -21,9 +21,13 @@ class DeviceMemory:
     (30.0, 90.0, [(0.0, 60.0), (1.0, 90.0), (2.0, 30.0)])
     """
 
-    def __init__(self, device: str, capacity_bytes: float | None) -> None:
+    def __init__(self, device: str, capacity_bytes: float | None, strict: bool = True) -> None:
         self.device = device
         self.capacity = capacity_bytes
+        # strict: an allocation past capacity raises; otherwise the first one is recorded in
+        # ``oom`` and allocation goes on, so ``peak`` is what the run would need
+        self.strict = strict
+        self.oom: dict[str, float | str] | None = None
         self.in_use = 0.0
         self.peak = 0.0
         self.timeline: list[tuple[float, float]] = []
@@ -44,7 +48,12 @@ class DeviceMemory:
         if tensor in self._buffer:
             return
         if self.capacity is not None and self.in_use + nbytes > self.capacity:
-            raise OutOfMemoryError(self.device, op, nbytes, self.capacity - self.in_use, self.capacity)
+            if self.strict:
+                raise OutOfMemoryError(self.device, op, nbytes, self.capacity - self.in_use, self.capacity)
+            if self.oom is None:
+                self.oom = {"device": self.device, "op": op, "tensor": tensor, "time_s": float(now),
+                            "alloc_bytes": float(nbytes), "in_use_bytes": float(self.in_use),
+                            "capacity_bytes": float(self.capacity)}
         self._buffer[tensor] = tensor
         self._size[tensor] = nbytes
         self._refs[tensor] = 1

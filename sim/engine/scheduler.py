@@ -5,8 +5,9 @@ Model (see docs/engine.md):
 * each device has ``streams`` compute streams (a ``simpy.Resource``; one by default, as a GPU
   stream runs kernels one after another). An op starts when its inputs are ready on its device
   and a stream is free; it holds the stream for the time ``sim.cost.op_cost`` gives.
-* with more than one stream, ops that run at once share the device's memory bandwidth
-  (``SharedBandwidth``).
+* with more than one stream, ops that run at once share the device's memory bandwidth and
+  each compute unit's peak (``SharedBandwidth``, processor sharing): two GEMMs on two streams
+  of one tensor unit take as long together as one after the other, never more than the peak.
 * transfers run on links, each direction of each link its own resource (a copy/DMA engine),
   separate from the compute streams, so copies overlap compute; transfers on one link queue.
 * graph inputs start on the host and are copied over the host link (``host_inputs=True``);
@@ -26,6 +27,7 @@ Model (see docs/engine.md):
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,7 @@ from sim.dtypes import is_float
 from sim.errors import OutOfMemoryError, SimError
 from sim.graph import Graph, Node
 from sim.hw.spec import DeviceSpec, LinkSpec, SystemSpec
+from sim.limits import check
 from sim.ops.work import Work
 from sim.report.record import OpRecord
 from sim.report.result import Result, build_result
@@ -108,6 +111,7 @@ class _Engine:
         cache_capacity: Mapping[str, float] | None = None,
         recost: Callable[[_NodeCost, str, float], Any] | None = None,
         issue: list[float] | None = None,
+        oom_strict: bool = True,
     ) -> None:
         self.graph = graph
         self.system = system
@@ -121,13 +125,14 @@ class _Engine:
         self.router = Router(system)
         self.stream = {d: simpy.Resource(env, capacity=streams) for d in system.devices}
         self.bus = {d: SharedBandwidth(env) for d in system.devices} if streams > 1 else {}
+        self.unit_share: dict[tuple[str, str], SharedBandwidth] = {}  # (device, unit) -> its peak
         self.slots = {d: list(range(streams)) for d in system.devices}  # free stream numbers
         self.running = dict.fromkeys(system.devices, 0)  # kernels running on each device
         self.idle_since = dict.fromkeys(system.devices, 0.0)  # when it last ran none
         self.issue = issue  # host issue time of each op (None: no host dispatch)
         self.links: dict[tuple[str, ...], simpy.Resource] = {}
         self.mem = {
-            d: DeviceMemory(d, spec.main_memory.capacity_bytes if spec.memory else None)
+            d: DeviceMemory(d, spec.main_memory.capacity_bytes if spec.memory else None, oom_strict)
             for d, spec in system.devices.items()
         }
         self.cache = {d: ReuseCache(cap) for d, cap in (cache_capacity or {}).items() if cap > 0}
@@ -316,11 +321,16 @@ class _Engine:
             if self.recost is not None:
                 c = self.recost(cost, dev, cached)
         if self.bus:
+            share = self.unit_share.get((dev, c.unit))
+            if share is None:
+                share = self.unit_share[(dev, c.unit)] = SharedBandwidth(env)
             served = self.bus[dev].serve(c.memory_s)
+            computed = share.serve(c.compute_s)
             if c.time_s > 0:
                 yield env.timeout(c.time_s)
-            if not served.processed:
-                yield served
+            for ev in (served, computed):
+                if not ev.processed:
+                    yield ev
         elif c.time_s > 0:
             yield env.timeout(c.time_s)
         end = float(env.now)
@@ -449,6 +459,11 @@ def _costs(graph: Graph, nodes: list[Node], devs: list[str], system: SystemSpec,
                 c = cache[key] = op_cost(work, spec, dtype, sparsity=sparsity)
         if isinstance(c, (int, float)):
             c = FixedCost(float(c), flops=work.flops, bytes=work.bytes)
+        if not math.isfinite(float(c.time_s)) or c.time_s < 0:
+            why = ("cost_fn gave it" if cost_fn is not None else
+                   "a rate, bandwidth or clock of the spec is too small for the work")
+            raise SimError(f"op {node.name!r} ({node.op}) would take {c.time_s} s on {dev}: {why}",
+                           where="cost_fn" if cost_fn is not None else (spec.source or spec.name))
         out.append(_NodeCost(c, dtype, _is_view(graph, node, work), work, key))
     return out
 
@@ -486,6 +501,7 @@ def simulate(
     cache_reuse: bool = True,
     dispatch_s: float | str | None = None,
     cuda_graphs: bool = False,
+    oom: str = "raise",
 ) -> Result:
     """Schedule ``graph`` on ``hw`` and return a ``Result``.
 
@@ -503,10 +519,19 @@ def simulate(
     None takes each device's ``arch.host_dispatch`` (0 when absent). The host issues
     kernels in topological order from one thread and an op starts no earlier than its issue.
     ``cuda_graphs``: the whole graph is one launch (one dispatch time), no per-op dispatch.
+    ``oom``: what a step that does not fit a device's memory does. ``"raise"``: raise
+    ``OutOfMemoryError`` at the first allocation that does not fit. ``"stop"``: return the
+    result up to that allocation (ops that started before it), with ``meta["oom"]`` saying
+    where it failed and ``needed_bytes``, the peak the whole step would need on that device.
+    ``"ignore"``: simulate the whole step past capacity (peaks are the would-be peaks), with
+    the same ``meta["oom"]``.
     """
     system = as_system(hw)
-    if streams < 1:
-        raise SimError(f"streams must be >= 1, got {streams}", where="simulate")
+    if oom not in OOM_MODES:
+        raise SimError(f"oom must be one of {', '.join(OOM_MODES)}, got {oom!r}", where="simulate")
+    if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
+        raise SimError(f"streams must be a whole number >= 1, got {streams!r}", where="simulate")
+    check("streams", streams, "streams", "simulate")
     if dtype:
         from sim.passes.precision import cast_graph
 
@@ -528,11 +553,38 @@ def simulate(
     eng = _Engine(graph, system, devs, costs, host_inputs=host_inputs, streams=streams,
                   transfer_fn=transfer_fn or _default_transfer_time, cache_capacity=capacity,
                   recost=_recoster(system, nodes) if cache_reuse and cost_fn is None else None,
-                  issue=issue)
+                  issue=issue, oom_strict=oom == "raise")
     eng.run()
-    return build_result(
-        graph, system, eng.records,
-        {d: m.timeline for d, m in eng.mem.items()},
-        {d: m.peak for d, m in eng.mem.items()},
-        dtype=dtype,
-    )
+    records = eng.records
+    timelines = {d: m.timeline for d, m in eng.mem.items()}
+    peaks = {d: m.peak for d, m in eng.mem.items()}
+    first = min((m.oom for m in eng.mem.values() if m.oom is not None),
+                key=lambda o: (o["time_s"], o["device"]), default=None)
+    if first is not None:
+        first = {**first, "needed_bytes": peaks[str(first["device"])], "mode": oom}
+        if oom == "stop":
+            records, timelines, peaks = _stop_at(first, records, timelines)
+    result = build_result(graph, system, records, timelines, peaks, dtype=dtype)
+    if first is not None:
+        result.meta["oom"] = first
+    return result
+
+
+OOM_MODES = ("raise", "stop", "ignore")
+
+
+def _stop_at(oom: Mapping[str, Any], records: list[OpRecord],
+             timelines: Mapping[str, list[tuple[float, float]]]
+             ) -> tuple[list[OpRecord], dict[str, list[tuple[float, float]]], dict[str, float]]:
+    """The run as it stands when the failing allocation is made: ops that started before it,
+    memory up to it (the failing device at its last level before the allocation)."""
+    t = float(oom["time_s"])
+    kept = [r for r in records if r.start_s < t]
+    cut: dict[str, list[tuple[float, float]]] = {}
+    for d, tl in timelines.items():
+        pts = [p for p in tl if p[0] < t]
+        if d == oom["device"]:
+            pts.append((t, float(oom["in_use_bytes"])))
+        cut[d] = pts
+    peaks = {d: max((b for _, b in pts), default=0.0) for d, pts in cut.items()}
+    return kept, cut, peaks

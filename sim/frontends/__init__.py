@@ -15,8 +15,14 @@ def load(path: str | os.PathLike[str], **params: Any) -> Graph:
     Keyword arguments override the workload's ``params`` (``batch=32``) or, for ONNX, bind
     symbolic input dimensions.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise GraphError(f"expected a file path or a bundled workload name, got {path!r}")
     p = os.fspath(path)
     ext = os.path.splitext(p)[1].lower()
+    if os.path.exists(p) and not os.path.isfile(p):
+        from sim.io import check_input
+
+        check_input(p, error=GraphError)  # a directory, FIFO or device: refused before reading
     if not os.path.exists(p):
         # a bare workload name resolves against the bundled workloads/ folder
         from sim.frontends.yaml_loader import resolve_workload

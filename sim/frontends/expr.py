@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sim.errors import GraphError
+from sim.limits import env_var, limit
 
 Number = int | float
 
@@ -57,8 +58,14 @@ def _tidy(v: Number) -> Number:
 
 @functools.lru_cache(maxsize=4096)
 def parse(text: str) -> ast.expr:
-    """Parse ``text`` as one expression (cached). ``SyntaxError`` if it is not one."""
-    return ast.parse(text.strip(), mode="eval").body
+    """Parse ``text`` as one expression (cached). ``SyntaxError`` if it is not one (also for
+    text over the ``expr_chars`` limit or nested past what the parser can take)."""
+    if len(text) > limit("expr_chars"):
+        raise SyntaxError(f"over {limit('expr_chars')} characters ({env_var('expr_chars')})")
+    try:
+        return ast.parse(text.strip(), mode="eval").body
+    except (RecursionError, MemoryError, ValueError):
+        raise SyntaxError("nested too deeply") from None
 
 
 def names(text: str) -> set[str]:
@@ -77,6 +84,18 @@ def _unknown(name: str, env: Mapping[str, Any], text: str) -> GraphError:
     return GraphError(f"unknown param {name!r} in expression {text!r}{hint}")
 
 
+def _checked(v: Any, node: ast.AST, text: str) -> Number:
+    """``v`` unless it is not finite or a whole number wider than the ``expr_bits`` limit."""
+    if isinstance(v, complex):
+        raise GraphError(f"{ast.unparse(node)!r} is not a real number in expression {text!r}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise GraphError(f"{ast.unparse(node)!r} is not a finite number in expression {text!r}")
+    if isinstance(v, int) and v.bit_length() > limit("expr_bits"):
+        raise GraphError(f"{ast.unparse(node)!r} is too large in expression {text!r} "
+                         f"(over {limit('expr_bits')} bits; {env_var('expr_bits')})")
+    return v
+
+
 def _eval(node: ast.AST, env: Mapping[str, Any], text: str) -> Number:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, int | float):
@@ -92,10 +111,14 @@ def _eval(node: ast.AST, env: Mapping[str, Any], text: str) -> Number:
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         a = _eval(node.left, env, text)
         b = _eval(node.right, env, text)
-        if isinstance(node.op, ast.Pow) and abs(b) > _MAX_POW:
-            raise GraphError(f"exponent {b} is too large in expression {text!r}")
+        if isinstance(node.op, ast.Pow):
+            if abs(b) > _MAX_POW:
+                raise GraphError(f"exponent {b} is too large in expression {text!r}")
+            if abs(a) > 1 and b > 0 and math.log2(abs(a)) * b > limit("expr_bits"):
+                raise GraphError(f"{ast.unparse(node)!r} is too large in expression {text!r} "
+                                 f"(over {limit('expr_bits')} bits; {env_var('expr_bits')})")
         try:
-            return _tidy(_BINOPS[type(node.op)](a, b))
+            return _checked(_tidy(_BINOPS[type(node.op)](a, b)), node, text)
         except ZeroDivisionError:
             raise GraphError(f"division by zero in expression {text!r}") from None
         except OverflowError:
@@ -136,11 +159,19 @@ def evaluate(expr: str | Number, env: Mapping[str, Any]) -> Number:
     if not isinstance(expr, str):
         raise GraphError(f"expected a number or an expression, got {expr!r}")
     text = expr.strip()
+    if len(text) > limit("expr_chars"):
+        raise GraphError(f"expression of {len(text):,} characters is over the limit of "
+                         f"{limit('expr_chars'):,} ({env_var('expr_chars')})")
     try:
         tree = parse(text)
     except SyntaxError as err:
         raise GraphError(f"cannot parse expression {expr!r}: {err.msg}") from None
-    return _eval(tree, env, text)
+    except (RecursionError, MemoryError):
+        raise GraphError(f"expression {text[:40]!r}... nests too deeply") from None
+    try:
+        return _eval(tree, env, text)
+    except RecursionError:
+        raise GraphError(f"expression {text[:40]!r}... nests too deeply") from None
 
 
 def is_bare_name(text: str) -> bool:

@@ -30,7 +30,10 @@ import numpy as np
 
 from sim.dtypes import from_numpy, is_float, to_numpy
 from sim.errors import GraphError, UnsupportedOpError
+from sim.frontends.onnx_schema import check_node
 from sim.graph import Graph, TensorSpec
+from sim.io import check_input, read_bytes
+from sim.limits import check
 
 # ONNX TensorProto.DataType -> our dtype names.
 ONNX_DTYPES: dict[int, str] = {
@@ -151,7 +154,7 @@ class _Importer:
                  input_values: Mapping[str, np.ndarray] | None) -> None:
         self.model = model
         self.source = source
-        self.dims = {k: int(v) for k, v in dims.items()}
+        self.dims = {k: _dim_value(k, v, source) for k, v in dims.items()}
         self.fold = fold
         self.base_dir = base_dir
         self.weights_as_inputs = weights_as_inputs
@@ -160,6 +163,12 @@ class _Importer:
         for imp in model.opset_import:
             if imp.domain in ("", "ai.onnx"):
                 self.opset = int(imp.version)
+        import onnx.defs
+
+        newest = onnx.defs.onnx_opset_version()
+        if not 1 <= self.opset <= newest:
+            raise GraphError(f"opset {self.opset} is not an ONNX opset (1 to {newest} are)",
+                             where=source)
         name = model.graph.name or (os.path.basename(source) if source else "onnx")
         self.g = Graph(name, source=source)
         self.consts: dict[str, np.ndarray] = {}
@@ -199,6 +208,7 @@ class _Importer:
                              where=where)
         if not os.path.isfile(path):
             raise GraphError(f"external data file {loc!r} not found", where=where)
+        check_input(path, "onnx_bytes", GraphError)
         try:
             load_external_data_for_tensor(t, base)
         except Exception as err:  # noqa: BLE001 - truncated or unreadable data file
@@ -213,13 +223,19 @@ class _Importer:
         shape = []
         for i, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value"):
+                if d.dim_value < 0:  # 0 is an empty tensor, as ONNX allows
+                    raise GraphError(f"dimension {i} is {d.dim_value}; dimensions must be >= 0",
+                                     where=where)
                 shape.append(int(d.dim_value))
             elif d.dim_param and d.dim_param in self.dims:
                 shape.append(self.dims[d.dim_param])
             else:
                 unbound.append(d.dim_param or f"{vi.name}[{i}]")
                 shape.append(1)
-        return TensorSpec(tuple(shape), dtype)
+        try:
+            return TensorSpec(tuple(shape), dtype)
+        except GraphError as err:
+            raise GraphError(err.message, where=where) from None
 
     # ------------------------------------------------------------------ main
     def run(self) -> Graph:
@@ -383,6 +399,7 @@ class _Importer:
             attrs[a.name] = _attr_value(a, where)
         inputs = list(node.input)
         outputs = list(node.output)
+        check_node(op, inputs, {a.name: None for a in node.attribute}, self.opset, where)
         op, inputs, attrs = self._translate(op, inputs, attrs, where)
         if op == "NonZero":
             if inputs[0] not in self.consts:
@@ -719,6 +736,13 @@ EXPANSIONS: dict[str, Any] = {
 RENAMED = {"Upsample": "Resize", "Scatter": "ScatterElements"}
 
 
+def _dim_value(name: str, value: Any, source: str | None) -> int:
+    """A symbolic dimension's binding (``batch=32``): a whole number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise GraphError(f"dimension {name}={value!r} must be a whole number > 0", where=source)
+    return int(value)
+
+
 def import_model(
     model: Any,
     *,
@@ -737,6 +761,7 @@ def import_model(
     """
     if not model.HasField("graph"):
         raise GraphError("model has no graph", where=source)
+    check("graph_nodes", len(model.graph.node), "nodes in the model", source, GraphError)
     return _Importer(model, source, dims or {}, fold, base_dir, weights_as_inputs, input_values).run()
 
 
@@ -754,10 +779,9 @@ def load_onnx(
     import onnx
 
     p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise GraphError("file not found", where=p)
+    data = read_bytes(p, "onnx_bytes", GraphError)  # a regular file, within the size limit
     try:
-        model = onnx.load(p, load_external_data=False)
+        model = onnx.load_from_string(data)
     except Exception as err:  # noqa: BLE001 - protobuf raises several kinds
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise GraphError(f"not a readable ONNX model ({msg})", where=p) from None

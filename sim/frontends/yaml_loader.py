@@ -42,7 +42,10 @@ from sim.dtypes import canonical
 from sim.errors import GraphError
 from sim.frontends import expr
 from sim.frontends.layers import LAYERS, Args, LayerContext
+from sim.frontends.onnx_schema import check_node
 from sim.graph import Graph, TensorSpec
+from sim.io import compose, read_text, safe_load
+from sim.limits import check, limit
 
 TOP_KEYS = ("name", "version", "description", "source", "dtype", "params", "inputs", "weights",
             "graph", "outputs", "blocks")
@@ -104,7 +107,7 @@ def _line_table(text: str) -> dict[Path_, int]:
     """1-based line of every mapping value and sequence item, by its key path."""
     table: dict[Path_, int] = {}
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose(text)
     except yaml.YAMLError:
         return table
 
@@ -219,6 +222,8 @@ class _Loader:
         self.blocks: dict[str, Any] = doc.get("blocks") or {}
         self.graph = Graph(str(doc.get("name") or Path(source).stem), source=source)
         self.dtype = "fp32"
+        self.expanding: list[str] = []  # blocks being expanded, outermost first
+        self.max_nodes = limit("graph_nodes")
 
     # ------------------------------------------------------------- errors
     def where(self, path: Path_, label: str, desc: str = "") -> str:
@@ -242,6 +247,11 @@ class _Loader:
             new = GraphError(f"{type(err).__name__}: {err}", where=where)
         new._located = True  # type: ignore[attr-defined]
         return new
+
+    def check_size(self) -> None:
+        """Stop a workload whose graph grows past the ``graph_nodes`` limit (checked as it grows)."""
+        if len(self.graph.nodes) >= self.max_nodes:
+            check("graph_nodes", len(self.graph.nodes) + 1, "ops in the graph", None, GraphError)
 
     # ------------------------------------------------------------- tensors
     def lookup(self, scope: _Scope, name: Any) -> str:
@@ -394,12 +404,14 @@ class _Loader:
             if k in entry:
                 raise GraphError(f"{k!r} applies to layers and blocks, not to ops")
         attrs = {k: expr.resolve(v, scope.env) for k, v in entry.items() if k not in ENTRY_KEYS}
+        check_node(str(entry["op"]), ins, attrs)
         g_ins = [self.lookup(scope, t) if t else "" for t in ins]
         g_outs = [self.define(scope, t) for t in outs]
         node = self.graph.unique_name(f"{scope.prefix}{name}") if "name" in entry else g_outs[0]
         if node in self.graph.nodes:
             node = self.graph.unique_name(node)
         meta = {"layer": scope.prefix[:-1]} if scope.prefix else {}
+        self.check_size()
         self.graph.add_node(entry["op"], g_ins, g_outs, attrs, name=node, meta=meta)
         for loc, glob in zip(outs, g_outs):
             scope.bound[loc] = glob
@@ -411,6 +423,7 @@ class _Loader:
                                                        scope.env, "repeat")
         if n < 0:
             raise GraphError(f"repeat is {n}")
+        check("repeat", n, "repeat", None, GraphError)
         start = expr.evaluate_int(expr.resolve(entry.get("start", 0), scope.env, True), scope.env,
                                   "start")
         var = entry.get("as")
@@ -433,6 +446,7 @@ class _Loader:
             raise GraphError(f"a repeated layer takes one input, {len(ins)} given")
         cur = [self.lookup(scope, t) for t in ins]
         for k in range(n):
+            self.check_size()
             env = {**scope.env, var: start + k} if var else scope.env
             full = f"{scope.prefix}{name}.{start + k}" if repeated else f"{scope.prefix}{name}"
             args = Args(raw, env, kind)
@@ -455,6 +469,8 @@ class _Loader:
     def expand_block(self, entry: dict[str, Any], ins: list[str], outs: list[str], name: str,
                      scope: _Scope) -> None:
         bname = entry["block"]
+        if bname in self.expanding:
+            raise GraphError(f"block {bname!r} contains itself: {' -> '.join([*self.expanding, bname])}")
         if bname not in self.blocks:
             raise GraphError(f"unknown block {bname!r}{_suggest(bname, self.blocks)}; blocks: "
                              f"{', '.join(self.blocks) or 'none'}")
@@ -482,6 +498,7 @@ class _Loader:
         cur = [self.lookup(scope, t) for t in ins]
         decl = dict(block.get("params") or {})
         for k in range(n):
+            self.check_size()
             idx = start + k
             inst = f"{scope.prefix}{name}.{idx}" if repeated else f"{scope.prefix}{name}"
             env_call = {**scope.env, **({var: idx} if var else {})}
@@ -493,7 +510,11 @@ class _Loader:
                 sub.bound[loc] = glob
             if k == n - 1:
                 sub.rename = {loc: self.define(scope, o) for loc, o in zip(b_outs, outs)}
-            self.expand_list(block.get("graph"), sub, b_ins[0])
+            self.expanding.append(bname)
+            try:
+                self.expand_list(block.get("graph"), sub, b_ins[0])
+            finally:
+                self.expanding.pop()
             try:
                 cur = [self.lookup(sub, t) for t in b_outs]
             except GraphError as err:
@@ -585,7 +606,7 @@ class _Loader:
 def load_yaml_text(text: str, source: str = "<string>", **overrides: Any) -> Graph:
     """Build a graph from workload YAML text (``source`` names it in errors)."""
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_load(text)
     except yaml.YAMLError as err:
         raise _yaml_error(err, source) from None
     if not isinstance(doc, dict):
@@ -602,11 +623,4 @@ def load_yaml(path: str | os.PathLike[str], **overrides: Any) -> Graph:
     (64, 768)
     """
     p = os.fspath(path)
-    try:
-        with open(p, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise GraphError("file not found", where=p) from None
-    except OSError as err:
-        raise GraphError(f"cannot read: {err.strerror}", where=p) from None
-    return load_yaml_text(text, p, **overrides)
+    return load_yaml_text(read_text(p, error=GraphError), p, **overrides)

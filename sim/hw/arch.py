@@ -2,8 +2,9 @@
 
 Each field is declared once, here, with its default and the reader that parses it from YAML
 (``sim.hw.schema`` resolves the reader names: ``"int"`` a whole number >= 1, ``"number"`` a
-plain number, ``"ratio"`` a number in [0, 1], ``"frequency"``/``"time"`` a quantity with
-units, ``"tiles"``, ``"kernels"``, ``"dtype_numbers"`` the mappings below). A field without a
+plain number >= 0, ``"positive"`` a number > 0, ``"ratio"`` a fraction in (0, 1],
+``"frequency"`` a quantity > 0 and ``"time"`` one >= 0, with units, ``"tiles"``,
+``"kernels"``, ``"dtype_numbers"`` the mappings below). A field without a
 default is required in a spec of that kind; every other key of an ``arch:`` block is an
 error. Adding a field is one line: ``name: type = arch_field(default, "reader", "what it is")``
 (then use it in ``sim.cost`` and document it in docs/hardware.md, whose table
@@ -68,7 +69,7 @@ class GpuArch(Arch):
         "(a unit not named: 128x128)")
     split_k_min: int = arch_field(256, "int", "smallest K slice a split-K GEMM cuts")
     sm_load_bytes_per_cycle: float = arch_field(
-        64.0, "number", "bytes per cycle one SM loads from L2 into shared memory")
+        64.0, "positive", "bytes per cycle one SM loads from L2 into shared memory")
     sfu_per_sm_per_cycle: float = arch_field(
         0.0, "number", "transcendentals per SM per cycle (special-function units); 0: not modelled")
     tensor_cores_per_sm: int | None = arch_field(None, "int", "tensor cores per SM (descriptive)")
@@ -150,7 +151,8 @@ ARCH_CLASSES: dict[str, type[Arch]] = {
 }
 
 
-_VALUE = {"int": "whole number", "number": "number", "ratio": "fraction", "frequency": "frequency",
+_VALUE = {"int": "whole number", "number": "number", "positive": "number > 0", "ratio": "fraction",
+          "frequency": "frequency",
           "time": "time", "tiles": "mapping", "kernels": "mapping", "dtype_numbers": "mapping"}
 
 

@@ -28,6 +28,7 @@ from sim.hw.schema import MEMORY_FIELDS, Ctx, build_device, mapping
 from sim.hw.spec import ClusterSpec, DeviceSpec, SystemSpec
 from sim.hw.system import GROUP_KEYS, HOST_KEYS, SPEC_DIR, build_cluster, build_system
 from sim.hw.units import format_quantity
+from sim.io import read_text, safe_load
 
 Spec = DeviceSpec | SystemSpec | ClusterSpec
 
@@ -44,6 +45,11 @@ def _find(name_or_path: str) -> Path:
         return p
     known = ", ".join(list_hardware())
     raise SpecError(f"no hardware spec {name_or_path!r} (bundled: {known})", where=str(name_or_path))
+
+
+def spec_file(name_or_path: str) -> str:
+    """The YAML file ``load_hardware(name_or_path)`` reads (SpecError if there is none)."""
+    return str(_find(str(name_or_path)))
 
 
 def _label(path: Path) -> str:
@@ -69,17 +75,30 @@ def load_hardware(name_or_path: str, **overrides: Any) -> Spec:
     >>> load_hardware("h100").main_memory.bandwidth_Bps
     3350000000000.0
     """
-    path = _find(name_or_path)
+    path = _find(str(name_or_path))
     file = _label(path)
+    key = str(path.resolve())
+    if key in _LOADING:
+        raise SpecError(f"the spec names itself as a device, through "
+                        f"{' -> '.join(Path(k).name for k in [*_LOADING[_LOADING.index(key):], key])}",
+                        where=file)
+    text = read_text(path, error=SpecError)
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        raw = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"line {mark.line + 1}" if mark is not None else "YAML"
-        raise SpecError(f"not valid YAML: {str(e).splitlines()[0]}", where=f"{file}: {line}") from None
-    spec = build(raw, file, path.stem)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"not valid YAML: {problem}", where=f"{file}: {line}") from None
+    _LOADING.append(key)
+    try:
+        spec = build(raw, file, path.stem)
+    finally:
+        _LOADING.pop()
     return override(spec, overrides) if overrides else spec
+
+
+_LOADING: list[str] = []  # resolved paths of the specs being built (a system loads its devices)
 
 
 def list_hardware() -> list[str]:
@@ -88,10 +107,17 @@ def list_hardware() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- overrides
-def _set_path(raw: Any, path: str, value: Any, file: str) -> None:
+def _at(label: str, path: str) -> str:
+    """Where an override is named: ``--hw-set memory.hbm.bandwidth`` or a spec field."""
+    return f"{label} {path}" if label.startswith("--") else f"{label}.{path}"
+
+
+def _set_path(raw: Any, path: str, value: Any, label: str) -> None:
     parts = path.split(".")
+    if not path or any(not p for p in parts):
+        raise SpecError("expected a dotted field path such as memory.hbm.bandwidth", where=_at(label, path))
     node = raw
-    where = f"{file}: {path}"
+    where = _at(label, path)
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
@@ -119,11 +145,13 @@ def _set_path(raw: Any, path: str, value: Any, file: str) -> None:
         node = node[part]
 
 
-def override(spec: Spec, changes: Mapping[str, Any]) -> Spec:
+def override(spec: Spec, changes: Mapping[str, Any], label: str = "--hw-set") -> Spec:
     """A new spec with dotted fields changed, e.g. ``{"memory.hbm.bandwidth": "6.7 TB/s"}``.
 
     Values use the YAML's units (strings with units; plain numbers for counts and ratios; a
-    plain number for a field with units is taken as SI). An unknown path is a ``SpecError``.
+    plain number for a field with units is taken as SI). An unknown path or a bad value is a
+    ``SpecError`` naming ``label`` (the option or field that gave the change) and the path,
+    not the spec file the change was applied to.
     """
     if not spec.raw:
         raise SpecError("spec has no YAML source to override", where=spec.name)
@@ -131,11 +159,23 @@ def override(spec: Spec, changes: Mapping[str, Any]) -> Spec:
     if isinstance(spec, ClusterSpec):
         return _override_cluster(spec, raw, changes)
     for path, value in changes.items():
+        path = str(path)
         if (isinstance(value, (int, float)) and not isinstance(value, bool)
                 and _unit_kind(spec, path) is not None):
             value = f"{value!r} {_SI[_unit_kind(spec, path) or '']}"
-        _set_path(raw, path, value, spec.source or spec.name)
-    return build(raw, spec.source or spec.name, spec.name)
+        _set_path(raw, path, value, label)
+    file = spec.source or spec.name
+    try:
+        return build(raw, file, spec.name)
+    except SpecError as err:
+        field = (err.where or "")[len(file) + 2:] if (err.where or "").startswith(f"{file}: ") else ""
+        # a change to a system's device went into that group's ``set``: match it without
+        fields = {field, field.replace(".set.", ".")} if field else set()
+        for path in changes:
+            path = str(path)
+            if any(f == path or f.startswith(f"{path}.") or path.startswith(f"{f}.") for f in fields):
+                raise SpecError(err.message, where=_at(label, path)) from None
+        raise
 
 
 _CLUSTER_FIELDS = ("nodes", "fabric", "name", "description")

@@ -57,12 +57,45 @@ def _q(kind: str) -> Callable[[Any, Ctx], float]:
     return lambda v, c: parse_quantity(v, kind, where=c.where)
 
 
+_RATE_UNIT = {"bandwidth": "B/s", "compute": "FLOP/s", "frequency": "Hz"}
+
+
+def _pos_q(kind: str) -> Callable[[Any, Ctx], float]:
+    """A quantity that must be > 0 (a rate, a bandwidth, a clock, a capacity)."""
+
+    def read_positive(v: Any, c: Ctx) -> float:
+        x = parse_quantity(v, kind, where=c.where)
+        if x <= 0:
+            raise c.error(f"expected a {kind} > 0, got {v!r}")
+        if kind in _RATE_UNIT and x < 1.0:  # below 1 B/s, 1 FLOP/s or 1 Hz: no real device
+            raise c.error(f"{v!r} is below 1 {_RATE_UNIT[kind]}: not a real {kind}")
+        return x
+
+    return read_positive
+
+
 def _num(v: Any, c: Ctx) -> float:
     return parse_number(v, where=c.where)
 
 
+def _pos_num(v: Any, c: Ctx) -> float:
+    """A plain number that must be > 0 (a per-cycle rate)."""
+    x = parse_number(v, where=c.where)
+    if x <= 0:
+        raise c.error(f"expected a number > 0, got {v!r}")
+    return x
+
+
 def _ratio(v: Any, c: Ctx) -> float:
     return parse_number(v, where=c.where, maximum=1.0)
+
+
+def _fraction(v: Any, c: Ctx) -> float:
+    """An efficiency or utilisation: a fraction in (0, 1] (0 would make every time infinite)."""
+    x = parse_number(v, where=c.where, maximum=1.0)
+    if x <= 0:
+        raise c.error(f"expected a fraction in (0, 1], got {v!r}")
+    return x
 
 
 def read_int(v: Any, c: Ctx) -> int:
@@ -118,27 +151,27 @@ def _kernel_map(v: Any, c: Ctx) -> dict[str, float]:
     m = mapping(v, c, {k: None for k in KERNELS})
     out = {}
     for k, x in m.items():
-        f = _ratio(x, c.at(k))
-        if f <= 0:
-            raise c.at(k).error(f"expected a fraction in (0, 1], got {x!r}")
-        out[k] = f
+        out[k] = _fraction(x, c.at(k))
     return out
 
 
-MEMORY_FIELDS = {"name": read_str, "capacity": _q("size"), "bandwidth": _q("bandwidth"),
-           "efficiency": _ratio, "latency": _q("time"), "energy_per_byte": _q("energy_per_byte"),
+MEMORY_FIELDS = {"name": read_str, "capacity": _pos_q("size"), "bandwidth": _pos_q("bandwidth"),
+           "efficiency": _fraction, "latency": _q("time"), "energy_per_byte": _q("energy_per_byte"),
            "reuse": _ratio}
-_LINK = {"name": read_str, "bandwidth": _q("bandwidth"), "efficiency": _ratio, "latency": _q("time"),
+_LINK = {"name": read_str, "bandwidth": _pos_q("bandwidth"), "efficiency": _fraction, "latency": _q("time"),
          "energy_per_byte": _q("energy_per_byte")}
-_UNIT = {"name": read_str, "matrix": _bool, "peak": _dtype_map(_q("compute")),
-         "per_cycle": _dtype_map(_num), "per": read_str,
-         "efficiency": _dtype_map(_ratio, ("default",)), "sparse_2_4": _bool, "sparse_density": _ratio}
+_UNIT = {"name": read_str, "matrix": _bool, "peak": _dtype_map(_pos_q("compute")),
+         "per_cycle": _dtype_map(_pos_num), "per": read_str,
+         "efficiency": _dtype_map(_fraction, ("default",)), "sparse_2_4": _bool, "sparse_density": _ratio}
 _POWER = {"idle": _q("power"), "tdp": _q("power"), "energy_per_flop": _dtype_map(_q("energy"))}
 
 # Reader names used by ``sim.hw.arch.arch_field`` -> the reader that parses such a field.
+# Clocks and per-cycle rates must be > 0 and a "ratio" (an achievable fraction) in (0, 1]:
+# a zero would make every time infinite.
 ARCH_READERS: dict[str, Callable[[Any, Ctx], Any]] = {
-    "int": read_int, "number": _num, "ratio": _ratio, "frequency": _q("frequency"), "time": _q("time"),
-    "tiles": _tiles, "kernels": _kernel_map, "dtype_numbers": _dtype_map(_num),
+    "int": read_int, "number": _num, "positive": _pos_num, "ratio": _fraction,
+    "frequency": _pos_q("frequency"), "time": _q("time"),
+    "tiles": _tiles, "kernels": _kernel_map, "dtype_numbers": _dtype_map(_pos_num),
 }
 # kind -> {arch key: reader}; a field naming an unknown reader fails here, at import
 _ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {
@@ -169,7 +202,7 @@ def _memory(v: Any, ctx: Ctx, scale: float) -> MemoryLevel:
         bandwidth_Bps=bw * scale,
         latency_s=read(m, "latency", MEMORY_FIELDS["latency"], c, 0.0),
         energy_per_byte_j=read(m, "energy_per_byte", MEMORY_FIELDS["energy_per_byte"], c, 0.0),
-        efficiency=read(m, "efficiency", _ratio, c, 1.0),
+        efficiency=read(m, "efficiency", _fraction, c, 1.0),
         reuse=read(m, "reuse", _ratio, c),
     )
 
@@ -184,7 +217,7 @@ def read_link(v: Any, ctx: Ctx) -> LinkSpec:
         bandwidth_Bps=bw,
         latency_s=read(m, "latency", _LINK["latency"], ctx, 0.0),
         energy_per_byte_j=read(m, "energy_per_byte", _LINK["energy_per_byte"], ctx, 0.0),
-        efficiency=read(m, "efficiency", _ratio, ctx, 1.0),
+        efficiency=read(m, "efficiency", _fraction, ctx, 1.0),
     )
 
 
@@ -294,7 +327,7 @@ def build_device(raw: dict[str, Any], file: str, default_name: str = "") -> Devi
         energy_per_flop_j=read(power_raw, "energy_per_flop", _POWER["energy_per_flop"], ctx.at("power"), {}),
     )
     return DeviceSpec(
-        name=str(m.get("name") or default_name),
+        name=read(m, "name", read_str, ctx, default_name),
         kind=kind,
         units=tuple(units),
         memory=tuple(memory),
@@ -304,6 +337,6 @@ def build_device(raw: dict[str, Any], file: str, default_name: str = "") -> Devi
         power=power,
         arch=arch,
         source=file,
-        description=str(m.get("description") or ""),
+        description=read(m, "description", read_str, ctx, ""),
         raw=copy.deepcopy(raw),
     )

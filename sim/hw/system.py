@@ -12,6 +12,7 @@ from sim.errors import SpecError
 from sim.hw.schema import Ctx, check_version, mapping, read, read_int, read_link, read_str
 from sim.hw.spec import ClusterSpec, DeviceSpec, FabricSpec, LinkSpec, SystemSpec
 from sim.hw.units import parse_number, parse_quantity
+from sim.limits import check
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "hwspecs"
 
@@ -46,7 +47,7 @@ def _group_spec(g: Mapping[str, Any], ctx: Ctx) -> DeviceSpec:
     if not isinstance(spec, DeviceSpec):
         raise ctx.at("spec").error(f"{g['spec']!r} is a system, expected a device")
     if overrides:
-        changed = override(spec, overrides)
+        changed = override(spec, overrides, label=ctx.at("set").where)
         assert isinstance(changed, DeviceSpec)
         return changed
     return spec
@@ -65,6 +66,7 @@ def build_system(raw: dict[str, Any], file: str, default_name: str = "") -> Syst
         g = mapping(g, gctx, {k: None for k in GROUP_KEYS}, ("spec",))
         spec = _group_spec(g, gctx)
         count = read(g, "count", read_int, gctx, 1)
+        check("devices", len(devices) + count, "devices in the system", gctx.at("count").where, SpecError)
         groups[gname] = [f"{gname}{i}" for i in range(count)]
         for inst in groups[gname]:
             devices[inst] = spec
@@ -101,7 +103,7 @@ def build_system(raw: dict[str, Any], file: str, default_name: str = "") -> Syst
         nics = read_int(nm["count"], nctx.at("count"))
         nic = read_link(nm["link"], nctx.at("link"))
     return SystemSpec(
-        name=str(m.get("name") or default_name),
+        name=read(m, "name", read_str, ctx, default_name),
         devices=devices,
         host=host,
         links=tuple(links),
@@ -109,7 +111,7 @@ def build_system(raw: dict[str, Any], file: str, default_name: str = "") -> Syst
         nics=nics,
         nic=nic,
         source=file,
-        description=str(m.get("description") or ""),
+        description=read(m, "description", read_str, ctx, ""),
         raw=copy.deepcopy(raw),
     )
 

@@ -82,6 +82,8 @@ _BASES: list[tuple[str, str, float, str, bool]] = [
     ("s", "time", 1.0, "small", True),
 ]
 
+_MAX_SI = 1e30  # far above any real rate, size or frequency (1e30 FLOP/s, 1e30 B)
+
 _NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
 
 
@@ -160,7 +162,10 @@ def parse_quantity(value: object, kind: str, *, where: str | None = None) -> flo
         raise SpecError(
             f"{value!r} is {_NAME[got]}, expected {_NAME[kind]} such as '{_EXAMPLE[kind]}'", where=where
         )
-    return number * factor
+    si = number * factor
+    if not math.isfinite(si) or si > _MAX_SI:
+        raise SpecError(f"{value!r} is too large to be {_NAME[kind]}", where=where)
+    return si
 
 
 def parse_number(value: object, *, where: str | None = None, integer: bool = False,
@@ -172,8 +177,11 @@ def parse_number(value: object, *, where: str | None = None, integer: bool = Fal
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"expected a number, got {value!r}", where=where)
-    v = float(value)
-    if not math.isfinite(v) or v < 0:
+    try:
+        v = float(value)
+    except OverflowError:
+        raise SpecError(f"expected a number >= 0, got a number too large: {value}", where=where) from None
+    if not math.isfinite(v) or v < 0 or v > _MAX_SI:
         raise SpecError(f"expected a number >= 0, got {value!r}", where=where)
     if integer and v != int(v):
         raise SpecError(f"expected a whole number, got {value!r}", where=where)

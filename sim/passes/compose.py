@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from sim.errors import GraphError
 from sim.graph import Graph
-from sim.passes.parallel import data_parallel, pipeline_parallel
+from sim.passes.data_parallel_placed import data_parallel_placed
+from sim.passes.parallel import pipeline_parallel
 from sim.passes.tensor_parallel import tensor_parallel
 
 
@@ -14,10 +15,19 @@ def _check(tp: int, pp: int, dp: int, zero: int, schedule: str, where: str) -> N
     for key, v in (("tp", tp), ("pp", pp), ("dp", dp)):
         if not isinstance(v, int) or v < 1:
             raise GraphError(f"{key} must be an integer >= 1, got {v!r}", where=where)
-    if zero != 0:
-        raise GraphError(f"zero={zero}: ZeRO sharding is not built yet (only zero=0)", where=where)
+    if zero not in (0, 1, 2, 3):
+        raise GraphError(f"zero must be 0, 1, 2 or 3, got {zero!r}", where=where)
     if schedule != "gpipe":
         raise GraphError(f"schedule {schedule!r}: only 'gpipe' is built", where=where)
+
+
+def _place(g: Graph, device: str) -> Graph:
+    """A copy of an unplaced step with every node on ``device`` (and its rank gradients)."""
+    out = g.copy()
+    for node in out.nodes.values():
+        node.meta["device"] = device
+    out.meta["rank_grads"] = [(p, t, device) for p, t in (g.meta.get("grads") or {}).items()]
+    return out
 
 
 def stamp_ranks(g: Graph, devices: list[str], tp: int, pp: int) -> Graph:
@@ -42,8 +52,10 @@ def parallelize(graph: Graph, *, tp: int = 1, pp: int = 1, dp: int = 1, microbat
     step); ``mbs``, if given, must be its batch. The global batch is ``dp * microbatches *
     mbs``. ``devices`` (default ``gpu0 ...``) are numbered as Megatron ranks: tensor-parallel
     ranks fastest, then stages, then replicas; every node's meta carries ``rank``,
-    ``tp_rank``, ``stage`` and ``dp_rank``. ``zero`` and ``schedule`` accept only 0 and
-    ``"gpipe"`` for now (anything else is a ``GraphError``).
+    ``tp_rank``, ``stage`` and ``dp_rank``. ``zero`` (needs ``dp > 1``): 0, 1/2 (optimizer
+    states sharded over the replicas, gradients reduce-scattered, updated parameters
+    all-gathered) or 3 (parameters sharded too, all-gathered before use); see
+    ``sim.passes.data_parallel_placed``. ``schedule``: ``"gpipe"`` only for now.
     """
     where = graph.source or graph.name
     _check(tp, pp, dp, zero, schedule, where)
@@ -61,11 +73,14 @@ def parallelize(graph: Graph, *, tp: int = 1, pp: int = 1, dp: int = 1, microbat
     if pp > 1 or m > 1:
         g = pipeline_parallel(g, [devs[s * tp:(s + 1) * tp] for s in range(pp)], m)
     if dp > 1:
+        if not g.meta.get("grads"):
+            raise GraphError("dp > 1 needs a training step (training_graph)", where=where)
         if tp == 1 and pp == 1 and m == 1:
-            g = data_parallel(g, devs, bucket_bytes=None)
-        else:
-            maps = [{devs[i]: devs[r * tp * pp + i] for i in range(tp * pp)} for r in range(dp)]
-            g = data_parallel(g, maps)
+            g = _place(g, devs[0])
+        maps = [{devs[i]: devs[r * tp * pp + i] for i in range(tp * pp)} for r in range(dp)]
+        g = data_parallel_placed(g, maps, zero=zero)
+    elif zero:
+        raise GraphError(f"zero={zero} shards over data-parallel replicas: it needs dp > 1", where=where)
     if not any("device" in nd.meta for nd in g.nodes.values()):
         for nd in g.nodes.values():
             nd.meta["device"] = devs[0]

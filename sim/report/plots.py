@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sim.errors import SimError  # noqa: E402
+
 if TYPE_CHECKING:
     from sim.report.result import Result
 
@@ -99,12 +101,20 @@ def plot_memory(result: Result, ax: Any) -> None:
         ys = [b / 2**30 for _, b in tl] + [tl[-1][1] / 2**30]
         ax.step(xs, ys, where="post", label=d)
         cap = result.devices.get(d, {}).get("capacity_bytes")
-        if cap and result.peak_memory_by_device.get(d, 0.0) > 0.25 * cap:
-            ax.axhline(cap / 2**30, linestyle="--", linewidth=0.8, color="gray")
+        oom = result.meta.get("oom") or {}
+        if cap and (result.peak_memory_by_device.get(d, 0.0) > 0.25 * cap or oom.get("device") == d):
+            ax.axhline(cap / 2**30, linestyle="--", linewidth=0.8, color="gray",
+                       label=f"{d} capacity {cap / 2**30:.1f} GiB")
+        if oom.get("device") == d:
+            need = float(oom["needed_bytes"]) / 2**30
+            ax.axhline(need, linestyle=":", linewidth=1.2, color="red",
+                       label=f"{d} step needs {need:.1f} GiB")
+            ax.plot([float(oom["time_s"]) * 1e3], [float(oom["in_use_bytes"] + oom["alloc_bytes"]) / 2**30],
+                    "rx", label=f"out of memory at {oom['op']}")
     ax.set_xlabel("time (ms)")
     ax.set_ylabel("memory in use (GiB)")
     ax.set_ylim(bottom=0)
-    ax.set_title("memory")
+    ax.set_title("memory" + (" (OUT OF MEMORY)" if result.meta.get("oom") else ""))
     if result.memory_timeline:
         ax.legend(fontsize=7)
 
@@ -137,22 +147,39 @@ def plot_utilisation(result: Result, ax: Any) -> None:
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> None:
-    d = os.path.dirname(os.fspath(path))
-    if d:
-        os.makedirs(d, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Save atomically (``sim.io.atomic_path``), in the format the extension names (PNG if none)."""
+    from sim.io import atomic_path
+
+    fmt = os.path.splitext(os.fspath(path))[1].lower().lstrip(".") or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        raise SimError(f"unknown plot format .{fmt}; use one of "
+                       f"{', '.join('.' + f for f in sorted(fig.canvas.get_supported_filetypes()))}",
+                       where=os.fspath(path))
+    try:
+        with atomic_path(path, "plot") as tmp:
+            fig.savefig(tmp, dpi=110, format=fmt)
+    finally:
+        plt.close(fig)
 
 
 def plot_result(result: Result, path: str | os.PathLike[str]) -> None:
     """Write one figure with timeline, roofline, memory and utilisation panels to ``path``."""
     fig = plt.figure(figsize=(13, 10))
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1])
-    plot_timeline(result, fig.add_subplot(grid[0, :]))
+    timeline = fig.add_subplot(grid[0, :])
+    plot_timeline(result, timeline)
+    oom = result.meta.get("oom")
+    if oom:
+        timeline.axvline(float(oom["time_s"]) * 1e3, color="red", linewidth=1.0)
     plot_roofline(result, fig.add_subplot(grid[1, 0]))
     plot_memory(result, fig.add_subplot(grid[1, 1]))
     plot_utilisation(result, fig.add_subplot(grid[1, 2]))
-    fig.suptitle(f"{result.graph} on {result.hardware}: {result.makespan_s * 1e3:.3f} ms")
+    title = f"{result.graph} on {result.hardware}: {result.makespan_s * 1e3:.3f} ms"
+    if oom:
+        need, cap = float(oom["needed_bytes"]) / 2**30, float(oom["capacity_bytes"]) / 2**30
+        title += f" (OUT OF MEMORY on {oom['device']}: the step needs {need:.1f} GiB of {cap:.1f})"
+    fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
 

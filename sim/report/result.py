@@ -76,8 +76,9 @@ class Result:
 
     @property
     def throughput(self) -> float | None:
-        """Samples per second (batch / makespan) when the batch is known."""
-        if self.batch is None or self.makespan_s <= 0:
+        """Samples per second (batch / makespan) when the batch is known and the step ran to
+        its end (not a run stopped out of memory)."""
+        if self.batch is None or self.makespan_s <= 0 or (self.meta.get("oom") or {}).get("mode") == "stop":
             return None
         return self.batch / self.makespan_s
 
@@ -161,11 +162,10 @@ class Result:
 
 
 def _write(path: str | os.PathLike[str], text: str) -> None:
-    d = os.path.dirname(os.fspath(path))
-    if d:
-        os.makedirs(d, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    """Write ``text`` atomically (a temporary file in the same folder, then a rename)."""
+    from sim.io import atomic_write
+
+    atomic_write(path, text)
 
 
 def _busy(intervals: list[tuple[float, float]]) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sim.report.result import Result
@@ -31,10 +31,26 @@ def fmt_si(x: float, unit: str) -> str:
     return f"{x:.2f} {unit}"
 
 
+def oom_text(oom: dict[str, Any]) -> str:
+    """One line on an out-of-memory point (``Result.meta["oom"]``): where, and what the step needs."""
+    cap = float(oom["capacity_bytes"])
+    need = float(oom["needed_bytes"])
+    free = max(cap - float(oom["in_use_bytes"]), 0.0)
+    head = (f"OUT OF MEMORY on {oom['device']} at {fmt_time(float(oom['time_s']))} ({oom['op']} needs "
+            f"{fmt_bytes(float(oom['alloc_bytes']))} more, {fmt_bytes(free)} free): the step needs "
+            f"{fmt_bytes(need)} on {oom['device']}, which has {fmt_bytes(cap)} "
+            f"({fmt_bytes(need - cap)} short)")
+    if oom.get("mode") == "stop":
+        return head + "; stopped there (--ignore-oom simulates the rest)"
+    return head + "; simulated past capacity, peaks are what the step would need"
+
+
 def summary_text(result: Result, top: int = 10) -> str:
     """Makespan, throughput, energy, memory, utilisation, the top ops by time, time by op type."""
     r = result
     lines = [f"{r.graph} on {r.hardware}" + (f" ({r.dtype})" if r.dtype else "")]
+    if r.meta.get("oom"):
+        lines.append(f"  {oom_text(r.meta['oom'])}")
     lines.append(f"  makespan     {fmt_time(r.makespan_s)}")
     if r.throughput is not None:
         lines.append(f"  throughput   {r.throughput:,.1f} samples/s (batch {r.batch})")

@@ -65,6 +65,11 @@ def trace_events(result: Result) -> list[dict[str, Any]]:
             "tid": tid[(r.device, _track(r))], "ts": _us(r.start_s),
             "dur": _us(r.duration_s), "args": args,
         })
+    oom = result.meta.get("oom")
+    if oom and oom.get("device") in pid:
+        events.append({"ph": "i", "s": "p", "name": f"out of memory: {oom['op']}", "cat": "oom",
+                       "pid": pid[oom["device"]], "tid": 0, "ts": _us(float(oom["time_s"])),
+                       "args": {k: oom[k] for k in sorted(oom)}})
     for d, tl in result.memory_timeline.items():
         if d not in pid:
             continue
@@ -79,4 +84,4 @@ def trace_json(result: Result) -> str:
     doc = {"traceEvents": trace_events(result), "displayTimeUnit": "ns",
            "otherData": {"graph": result.graph, "hardware": result.hardware,
                          "makespan_s": result.makespan_s}}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
