@@ -1,8 +1,10 @@
 """LLM serving: prefill/decode step graphs with a KV cache, a request scheduler, and serving
 metrics (time to first token, time per output token, latency, throughput).
 
->>> import sim.serve
->>> r = sim.serve.serve("gpt2", "h100", rate=50, requests=20, prompt_len=64, output_len=16)
+The module is callable: ``sim.serve(...)`` is ``sim.serve.serve(...)``.
+
+>>> import sim
+>>> r = sim.serve("gpt2", "h100", rate=50, requests=20, prompt_len=64, output_len=16)
 >>> r.summary["completed"], r.summary["ttft_s"]["p50"] > 0
 (20, True)
 """
@@ -10,6 +12,8 @@ metrics (time to first token, time per output token, latency, throughput).
 from __future__ import annotations
 
 import math
+import sys
+import types
 from typing import Any
 
 from sim.dtypes import itemsize
@@ -146,3 +150,13 @@ def serve(workload: str, hw: Any, *, rate: float = math.inf, requests: int = 100
                            {"poisson_rate_per_s": rate if math.isfinite(rate) else "inf",
                             "seed": seed, "prompt_len": prompt_len, "output_len": output_len})
     return ServeResult(summary, run)
+
+
+class _CallableModule(types.ModuleType):
+    """``sim.serve`` the package, callable as ``sim.serve.serve``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ServeResult:
+        return serve(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
