@@ -22,6 +22,8 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check sim tests $(wildcard bench examples)
 	$(BIN)/mypy
+	# unused code (settings and paths in pyproject's [tool.vulture]; vulture_whitelist.py)
+	$(BIN)/vulture
 
 test: lint
 	$(BIN)/python -m pytest

@@ -15,6 +15,7 @@ SCRIPTS = [
     ("held-out validation against published measurements", ["validate_public.py"]),
     ("ONNX conformance", ["onnx_conformance.py"]),
     ("simulator speed", ["sim_speed.py"]),
+    ("import time", ["import_time.py"]),
     ("serving simulation speed", ["serve_speed.py"]),
 ]
 

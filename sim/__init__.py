@@ -31,10 +31,19 @@ def hardware(name_or_path: str, **overrides: Any) -> Any:
 
 
 def simulate(graph: Graph, hw: Any, dtype: str | None = None, **options: Any) -> Any:
-    """Schedule ``graph`` on ``hw`` (a spec, or a name/path for ``hardware``); returns a Result."""
+    """Schedule ``graph`` on ``hw`` (a spec, or a name/path for ``hardware``); returns a Result.
+
+    ``dtype`` casts every floating tensor first (``sim.passes.precision.cast_graph``: "bf16",
+    "fp16", "tf32", "fp8"...); ``options`` go to ``sim.engine.simulate`` (placement, streams,
+    cost_fn, ...), which schedules the graph as given.
+    """
     from sim.engine import simulate as _simulate
 
-    return _simulate(graph, hw, dtype=dtype, **options)
+    if dtype:
+        from sim.passes.precision import cast_graph
+
+        graph = cast_graph(graph, dtype)
+    return _simulate(graph, hw, **options)
 
 
 def training_graph(graph: Graph, loss: str = "cross_entropy", optimizer: str = "adam",

@@ -29,7 +29,6 @@ ITEMSIZE: dict[str, int] = {
 }
 
 FLOAT_DTYPES = frozenset({"fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "fp8e5m2"})
-INT_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
 
 _NUMPY: dict[str, np.dtype] = {
     "fp64": np.dtype(np.float64),

@@ -24,6 +24,7 @@ LIMITS: dict[str, tuple[int, str]] = {
     "repeat": (10_000, "repeat count of a workload layer or block"),
     "graph_nodes": (100_000, "ops in a graph read from a workload file or an ONNX model"),
     "devices": (65_536, "devices in a system spec (sum of the groups' counts)"),
+    "grid_points": (100_000, "points of a sweep grid (the product of its axes' lengths)"),
     "streams": (1_024, "concurrent compute streams per device (--streams)"),
     "rank": (32, "dimensions of a tensor"),
     "dim": (2**40, "size of one tensor dimension"),

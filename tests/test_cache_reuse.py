@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import sim
 from sim.cost import op_cost, reuse_capacity, reuse_level
 from sim.engine import simulate
 from sim.engine.cache import ReuseCache
@@ -160,12 +161,11 @@ def test_a_weight_read_twice_in_a_pass_hits():
 
 
 def test_cache_reuse_off_is_the_cold_model_and_runs_are_deterministic():
-    import sim
     from sim.engine.scheduler import compute_dtype
     from sim.passes.precision import cast_graph
 
     g = sim.load("bert-base", batch=8)
-    r = simulate(g, "h100", "bf16", cache_reuse=False)
+    r = sim.simulate(g, "h100", "bf16", cache_reuse=False)
     cast = cast_graph(g, "bf16")
     spec = h100()
     nodes = {n.name: n for n in cast}
@@ -177,8 +177,8 @@ def test_cache_reuse_off_is_the_cold_model_and_runs_are_deterministic():
         c = op_cost(cast.work(node), spec, compute_dtype(cast, node),
                     sparsity=node.meta.get("sparsity"))
         assert o.end_s - o.start_s == pytest.approx(c.time_s, rel=1e-12, abs=1e-15)
-    on1 = simulate(g, "h100", "bf16")
-    on2 = simulate(g, "h100", "bf16")
+    on1 = sim.simulate(g, "h100", "bf16")
+    on2 = sim.simulate(g, "h100", "bf16")
     assert on1.to_json() == on2.to_json()
     assert on1.makespan_s < r.makespan_s
     assert sum(o.get("cached_bytes", 0.0) for o in on1.ops) > 0

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import sim
 from sim.engine import FixedCost, simulate
 from sim.errors import OutOfMemoryError, SpecError
 from sim.graph import Graph, TensorSpec
@@ -280,7 +281,7 @@ def test_dtype_casts_the_graph_first():
     def fn(node, work, dev, dtype):
         seen.append((node.name, dtype, work.bytes))
         return 1.0
-    r = simulate(chain(), device(), "bf16", cost_fn=fn, host_inputs=False)
+    r = sim.simulate(chain(), device(), "bf16", cost_fn=fn, host_inputs=False)
     assert seen == [("A", "bf16", 4000.0), ("B", "bf16", 4000.0)]
     # bf16: x 2000 B resident + a 2000 B, then a + b
     assert r.dtype == "bf16" and r.peak_memory_bytes == 4000.0
@@ -325,3 +326,17 @@ def test_no_route_is_a_spec_error():
     with pytest.raises(SpecError, match="no link from gpu0 to gpu1"):
         simulate(g, sysm, cost_fn=table({"A": 1.0, "B": 1.0}), placement={"B": "gpu1"},
                  host_inputs=False)
+
+
+def test_engine_schedules_the_graph_as_given_and_the_public_simulate_casts():
+    from sim.passes.precision import cast_graph
+
+    g = sim.load("mlp-mnist", batch=8)
+    plain = simulate(g, "h100")
+    assert plain.dtype is None and {o.dtype for o in plain.ops if o.op != "Transfer"} == {"fp32"}
+    cast = sim.simulate(g, "h100", dtype="bf16")
+    assert cast.dtype == "bf16" and {o.dtype for o in cast.ops if o.op != "Transfer"} == {"bf16"}
+    by_hand = simulate(cast_graph(g, "bf16"), "h100")  # the same pass, run by the caller
+    assert by_hand.to_json() == cast.to_json()
+    with pytest.raises(TypeError):
+        simulate(g, "h100", "bf16")  # the engine takes no dtype: it runs no passes

@@ -157,13 +157,13 @@ def test_two_streams_wait_counts_idle_device_time():
 @pytest.mark.parametrize("workload", ["resnet50", "bert-base"])
 def test_zero_dispatch_is_todays_timeline(workload):
     g = sim.load(f"workloads/{workload}.yaml", batch=1)
-    base = simulate(g, "h100", "bf16")
-    zero = simulate(g, "h100", "bf16", dispatch_s=0.0)
+    base = sim.simulate(g, "h100", "bf16")
+    zero = sim.simulate(g, "h100", "bf16", dispatch_s=0.0)
     assert zero.ops == base.ops and zero.makespan_s == base.makespan_s
     assert all(o.get("host_wait_s", 0.0) == 0.0 for o in base.ops) and base.host_bound_s == 0.0
     assert "host-bound" not in base.summary()
     # with 8 us per kernel the host needs (kernels x 8 us) before the last kernel can start
-    slow = simulate(g, "h100", "bf16", dispatch_s=8e-6)
+    slow = sim.simulate(g, "h100", "bf16", dispatch_s=8e-6)
     kernels = [o for o in slow.ops if o.op not in
                ("Transfer", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Depend")]
     last = max(o.start_s for o in kernels)

@@ -479,7 +479,6 @@ def _unary(name, fn, x=None, attrs=None, id_=None):
     return case(id_ or name, name, [x], lambda a, t: fn(t), attrs)
 
 
-SQRT_HALF = math.sqrt(0.5)
 ELEMENTWISE = [
     _unary("Relu", torch.relu),
     _unary("Gelu", lambda t: F.gelu(t), id_="Gelu-erf"),
@@ -783,7 +782,7 @@ def recurrent_ref(kind):
     """LSTM / GRU / RNN through ``torch.nn`` with the ONNX tensors as its parameters."""
     order = {"LSTM": [0, 2, 3, 1], "GRU": [1, 0, 2], "RNN": [0]}[kind]  # ONNX gates -> torch's
 
-    def ref(a, x, w, rec, b, seq_lens=None, h0=None, c0=None):
+    def ref(a, x, w, rec, b, _seq_lens=None, h0=None, c0=None):
         H, layout, direction = a["hidden_size"], a.get("layout", 0), a.get("direction", "forward")
         D = w.shape[0]
 

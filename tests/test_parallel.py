@@ -224,8 +224,8 @@ def test_data_parallel_on_dgx_h100():
     from sim.hw import load_hardware
 
     devs = names(8)
-    one = simulate(_mlp_step(16384), "dgx-h100", "bf16", host_inputs=False)
-    dp = simulate(data_parallel(_mlp_step(16384 // 8), devs, bucket_bytes=None), "dgx-h100", "bf16",
+    one = sim.simulate(_mlp_step(16384), "dgx-h100", "bf16", host_inputs=False)
+    dp = sim.simulate(data_parallel(_mlp_step(16384 // 8), devs, bucket_bytes=None), "dgx-h100", "bf16",
                   host_inputs=False)
     per_dev = [_compute_s(dp, d) for d in devs]
     assert max(per_dev) == pytest.approx(min(per_dev))
@@ -537,9 +537,9 @@ def test_tensor_parallel_timing_on_dgx_h100(n):
     b, s, d = 8, 1024, 768
     g = sim.load("workloads/gpt2.yaml", batch=b, seq=s, vocab=512, n_ctx=s, d=d, heads=12, n_layer=1)
     single = tensor_parallel(g, ["gpu0"])
-    one = simulate(single, "dgx-h100", "bf16", host_inputs=False)
+    one = sim.simulate(single, "dgx-h100", "bf16", host_inputs=False)
     tp = tensor_parallel(g, names(n))
-    r = simulate(tp, "dgx-h100", "bf16", host_inputs=False)
+    r = sim.simulate(tp, "dgx-h100", "bf16", host_inputs=False)
 
     def block_gemm_s(res, graph, dev):
         return sum(o.end_s - o.start_s for o in res.ops if o.device == dev
@@ -578,8 +578,8 @@ def test_data_parallel_buckets_gpt2_dp8_no_slower():
         assert sum(b[:-1]) < 25 * 2**20
     assert all(sum(b) >= 25 * 2**20 for b in size[:-1])
     assert sum(len(b) for b in bucketed.meta["buckets"]) == len(set(step.meta["grads"].values()))
-    ra = simulate(per_param, "dgx-h100", "bf16", host_inputs=False)
-    rb = simulate(bucketed, "dgx-h100", "bf16", host_inputs=False)
+    ra = sim.simulate(per_param, "dgx-h100", "bf16", host_inputs=False)
+    rb = sim.simulate(bucketed, "dgx-h100", "bf16", host_inputs=False)
     count = lambda r: sum(1 for o in r.ops if o.op == "AllReduce" and o.device == "gpu0")  # noqa: E731
     assert count(ra) == len(per_param.meta["buckets"]) == 196
     assert count(rb) == n_buckets

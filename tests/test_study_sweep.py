@@ -181,8 +181,13 @@ def test_local_pool_and_dask_local_cluster_give_the_serial_table(tmp_path):
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        dask = sweep("bert-base", grid=GRID, executor=client, store=tmp_path / "d.db", progress=False)
+        address = "dask://" + cluster.scheduler_address.split("://", 1)[1]  # as --executor dask://host:port
+        dask = sweep("bert-base", grid=GRID, executor=address, store=tmp_path / "d.db", progress=False)
         assert len(client.scheduler_info()["workers"]) == 2
+        # every point ran as a task on the cluster (the scheduler counted them into memory)
+        ran = client.run_on_scheduler(lambda dask_scheduler: dict(
+            dask_scheduler.task_prefixes["run_point"].state_counts))
+        assert ran["memory"] == len(serial)
     pd.testing.assert_frame_equal(dask, serial)
     assert len(read_results(tmp_path / "d.db")) == len(serial)
 
@@ -193,6 +198,9 @@ def test_cli_sweep_and_results(tmp_path, capsys):
                  "--store", str(db), "--executor", "serial", "--csv", str(tmp_path / "c.csv")]) == 0
     out = capsys.readouterr()
     assert "makespan (ms)" in out.out and "4 points, 0 failed; 4 simulated, 0 already in" in out.err
+    assert "pt/s" not in out.err  # no progress bar when stderr is not a terminal
+    assert main(["sweep", "gemm", "--grid", "M=16,32", "--executor", "serial", "--progress"]) == 0
+    assert "2/2" in capsys.readouterr().err  # asked for: the bar, with its count
     assert len(pd.read_csv(tmp_path / "c.csv")) == 4
     assert main(["results", str(db), "--sort", "makespan_s"]) == 0
     lines = capsys.readouterr().out.splitlines()

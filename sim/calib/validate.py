@@ -59,9 +59,9 @@ class Row:
 def compare(graph: Graph, measured: dict[str, float], hw: object) -> list[Row]:
     """Per op type, measured against simulated seconds (on ``hw``; graph inputs start in
     memory, as they do for the executor), largest measured first; the last row is the total."""
-    import sim
+    from sim.engine import simulate
 
-    result = sim.simulate(graph, hw, host_inputs=False)
+    result = simulate(graph, hw, host_inputs=False)
     simulated = {r["name"]: r["end_s"] - r["start_s"] for r in result.ops if r["name"] in graph.nodes}
     acc: dict[str, list[float]] = {}
     for name, node in graph.nodes.items():

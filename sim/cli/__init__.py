@@ -12,6 +12,7 @@ error, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -179,6 +180,50 @@ def _user_error(err: BaseException, args: argparse.Namespace) -> str | None:
     return None
 
 
+# Options that name a file a command writes, and arguments that name a file it reads, across
+# every subcommand: ``main`` refuses an output that is an input (or another output) before any
+# command runs (``sim.io.check_outputs``), so a new subcommand is covered by naming its options so.
+OUTPUT_OPTIONS = {"json": "--json", "trace": "--trace", "plot": "--plot", "csv": "--csv", "out": "--out",
+                  "output": "--output"}
+INPUT_ARGS = ("workload", "file", "hw", "store")
+
+
+def _input_files(args: argparse.Namespace) -> list[str]:
+    """The files a command will read (bundled names resolved; names that resolve to nothing are
+    left for the command to report)."""
+    files = []
+    for key in INPUT_ARGS:
+        value = getattr(args, key, None)
+        if not isinstance(value, str) or not value:
+            continue
+        if os.path.exists(value):
+            files.append(value)
+            continue
+        try:
+            if key == "hw":
+                from sim.hw.loader import spec_file
+
+                files.append(spec_file(value))
+            elif key == "workload":
+                from sim.frontends.yaml_loader import resolve_workload
+
+                files.append(resolve_workload(value))
+        except SimError:
+            pass
+    return files
+
+
+def check_io(args: argparse.Namespace) -> None:
+    """Before any command runs: no output option names an input or another output, and each
+    output's folder is writable (``sim.io.check_outputs``)."""
+    outputs = {opt: getattr(args, key) for key, opt in OUTPUT_OPTIONS.items()
+               if isinstance(getattr(args, key, None), str) and getattr(args, key)}
+    if outputs:
+        from sim.io import check_outputs
+
+        check_outputs(outputs, _input_files(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sim`` command line; returns the exit code (see the module docstring)."""
     try:
@@ -186,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a one-line usage error (exit 2)
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     try:
+        check_io(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("sim: interrupted", file=sys.stderr)

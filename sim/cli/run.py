@@ -171,7 +171,7 @@ def run_command(args: argparse.Namespace) -> int:
     A step that does not fit a device's memory is a result, not an error: the run stops at the
     op that fails (or, with ``--ignore-oom``, keeps going and reports the would-be peak), the
     summary says how much memory the step needs, and every output asked for is written."""
-    from sim.engine import simulate
+    from sim import simulate
 
     check_run_args(args)
     if _cluster_route(args):

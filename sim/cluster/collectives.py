@@ -193,7 +193,7 @@ def collective_time(
     n = grp.size
     if n <= 1 or nbytes <= 0:
         return CollectiveTime(kind, "none", 0.0, 0.0, float(nbytes), 0.0)
-    rate, alpha, b_in = _rates(fab, grp)
+    rate, alpha, _ = _rates(fab, grp)
     if kind == "p2p":
         return CollectiveTime(kind, "p2p", alpha + nbytes / rate, alpha, nbytes, rate)
     if kind == "all_to_all":

@@ -211,7 +211,7 @@ def simulate_schedule(
         last_b = {c: max(j for k, j, cc in order if k == "B" and cc == c) for c in range(chunks)}
         pending: Any = None
         if zero >= 3 and order:
-            k0, j0, c0 = order[0]
+            _, j0, c0 = order[0]
             pending = env.process(gather(s, stages[c0 * p + s].param_gather_bytes, c0, j0, "zero"))
         for idx, (kind, j, c) in enumerate(order):
             v = c * p + s

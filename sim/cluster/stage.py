@@ -164,9 +164,10 @@ def measure(
     optimizer updates. ``sp > 1`` divides the replicated ops of a layer by ``sp``.
     """
     from sim.engine import simulate
+    from sim.passes.precision import cast_graph
 
     model = StageModel(parts={p: PartCost() for p in PARTS})
-    res = simulate(train, hw, dtype, host_inputs=False)
+    res = simulate(cast_graph(train, dtype) if dtype else train, hw, host_inputs=False)
     model.records = len(res.ops)
     model.graph_nodes = len(train.nodes)
     for r in res.ops:
@@ -192,7 +193,7 @@ def measure(
         else:
             pc.opt_s += dur
     if opt_train is not None:  # AMP: the updates run on fp32 master weights and states
-        ores = simulate(opt_train, hw, None, host_inputs=False)
+        ores = simulate(opt_train, hw, host_inputs=False)
         model.records += len(ores.ops)
         for r in ores.ops:
             nd = opt_train.nodes.get(r["name"])
@@ -246,8 +247,9 @@ def stage_model(
 ) -> StageModel:
     """The parts of ``workload`` (a bundled name or YAML path of a transformer with an ``n_layer``
     parameter) for one TP rank at microbatch ``mbs``, timed by the engine on ``hw``'s node."""
-    import sim
+    from sim.frontends import load
     from sim.passes.precision import cast_graph
+    from sim.passes.training import training_graph
 
     params = dict(sets or {})
     full_params = {**workload_params(workload), **params}
@@ -264,11 +266,11 @@ def stage_model(
     one = {**params, "batch": mbs, "n_layer": 1}
     if vocab:
         one["vocab"] = vocab // tp  # vocab-parallel embedding and LM head: this rank's V/t rows
-    fwd = sim.load(workload, **one)
+    fwd = load(workload, **one)
     full_params.update(
         {k: v for k, v in fwd.meta.get("params", {}).items() if k not in ("n_layer", "vocab", "batch")}
     )
-    train = rank_graph(sim.training_graph(fwd, "cross_entropy", optimizer), tp)
+    train = rank_graph(training_graph(fwd, loss="cross_entropy", optimizer=optimizer), tp)
     timed = cast_graph(train, dtype) if dtype and dtype != "fp32" else train
     node_hw = hw.node if hasattr(hw, "node") else hw
     model = measure(timed, train if timed is not train else None, node_hw, sp=tp if sp else 1)

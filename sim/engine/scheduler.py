@@ -89,14 +89,6 @@ def _hashable(x: Any) -> Any:
     return x
 
 
-def _default_transfer_time(link: LinkSpec, nbytes: float) -> float:
-    try:
-        from sim.cost import transfer_time
-    except ImportError:
-        return link.latency_s + nbytes / link.bandwidth_Bps
-    return float(transfer_time(link, nbytes))
-
-
 class _Engine:
     def __init__(
         self,
@@ -491,7 +483,6 @@ def _recoster(system: SystemSpec, nodes: list[Node]) -> Callable[[_NodeCost, str
 def simulate(
     graph: Graph,
     hw: Any,
-    dtype: str | None = None,
     *,
     placement: Mapping[str, str] | None = None,
     cost_fn: CostFn | None = None,
@@ -506,7 +497,8 @@ def simulate(
     """Schedule ``graph`` on ``hw`` and return a ``Result``.
 
     ``hw``: a ``DeviceSpec``, a ``SystemSpec``, or a name/path for ``sim.hw.load_hardware``.
-    ``dtype``: cast every floating tensor first (``sim.passes.precision.cast_graph``).
+    The graph runs as given: casting to a dtype (``sim.simulate(..., dtype=)``) or any other
+    pass happens before; the result's ``dtype`` is the one the graph was cast to, if any.
     ``placement``: op name / layer name / fnmatch pattern -> device instance (``"cpu0"``).
     ``cost_fn(node, work, device_spec, dtype)`` replaces ``sim.cost.op_cost`` (it may return a
     number of seconds or an object with OpCost's fields). ``host_inputs``: graph inputs start on
@@ -532,10 +524,6 @@ def simulate(
     if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
         raise SimError(f"streams must be a whole number >= 1, got {streams!r}", where="simulate")
     check("streams", streams, "streams", "simulate")
-    if dtype:
-        from sim.passes.precision import cast_graph
-
-        graph = cast_graph(graph, dtype)
     nodes = graph.topo_order()
     devs = place(nodes, system, placement)
     costs = _costs(graph, nodes, devs, system, cost_fn)
@@ -545,13 +533,13 @@ def simulate(
         one = as_seconds(dispatch_s, where="dispatch_s")
         per_dev = dict.fromkeys(system.devices, one)
     issue = issue_times(nodes, devs, [c.view for c in costs], per_dev, cuda_graphs=cuda_graphs)
+    from sim.cost import reuse_capacity, transfer_time
+
     capacity: dict[str, float] = {}
     if cache_reuse:
-        from sim.cost import reuse_capacity
-
         capacity = {d: reuse_capacity(spec) for d, spec in system.devices.items()}
     eng = _Engine(graph, system, devs, costs, host_inputs=host_inputs, streams=streams,
-                  transfer_fn=transfer_fn or _default_transfer_time, cache_capacity=capacity,
+                  transfer_fn=transfer_fn or transfer_time, cache_capacity=capacity,
                   recost=_recoster(system, nodes) if cache_reuse and cost_fn is None else None,
                   issue=issue, oom_strict=oom == "raise")
     eng.run()
@@ -564,7 +552,7 @@ def simulate(
         first = {**first, "needed_bytes": peaks[str(first["device"])], "mode": oom}
         if oom == "stop":
             records, timelines, peaks = _stop_at(first, records, timelines)
-    result = build_result(graph, system, records, timelines, peaks, dtype=dtype)
+    result = build_result(graph, system, records, timelines, peaks, dtype=graph.meta.get("dtype"))
     if first is not None:
         result.meta["oom"] = first
     return result

@@ -619,8 +619,3 @@ def load_module(module: Any, example_inputs: Any, *, name: str | None = None) ->
             raise UnsupportedOpError("get_attr nodes (submodules as values)", where=c.where)
     g.meta.update({"format": "torch", "module": label})
     return g.verify()
-
-
-def supported_aten_ops() -> list[str]:
-    """The ATen overloads the importer maps."""
-    return sorted(_HANDLERS)

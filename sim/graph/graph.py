@@ -16,7 +16,7 @@ import numpy as np
 
 from sim.errors import GraphError
 from sim.graph.node import Node
-from sim.graph.tensor import TensorSpec
+from sim.tensor import TensorSpec
 
 if TYPE_CHECKING:
     from sim.ops.work import Work

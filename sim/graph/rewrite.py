@@ -30,7 +30,7 @@ import numpy as np
 
 from sim.graph.graph import Graph, ParamInfo
 from sim.graph.node import Node
-from sim.graph.tensor import TensorSpec
+from sim.tensor import TensorSpec
 
 
 class GraphBuilder:

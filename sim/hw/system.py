@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.errors import SpecError
-from sim.hw.schema import Ctx, check_version, mapping, read, read_int, read_link, read_str
+from sim.hw.schema import Ctx, _fraction, _pos_q, check_version, mapping, read, read_int, read_link, read_str
 from sim.hw.spec import ClusterSpec, DeviceSpec, FabricSpec, LinkSpec, SystemSpec
 from sim.hw.units import parse_number, parse_quantity
 from sim.limits import check
@@ -261,9 +261,9 @@ def _transport_link(base: LinkSpec, t: Any, ctx: Ctx, name: str) -> LinkSpec:
     if t is None:
         return base
     t = mapping(t, ctx, {k: None for k in _TRANSPORT_KEYS})
-    bw = parse_quantity(t["bandwidth"], "bandwidth", where=ctx.at("bandwidth").where) \
+    bw = _pos_q("bandwidth")(t["bandwidth"], ctx.at("bandwidth")) \
         if t.get("bandwidth") is not None else base.bandwidth_Bps
-    eff = parse_number(t["efficiency"], where=ctx.at("efficiency").where, maximum=1.0) \
+    eff = _fraction(t["efficiency"], ctx.at("efficiency")) \
         if t.get("efficiency") is not None else base.efficiency
     lat = parse_quantity(t["latency"], "time", where=ctx.at("latency").where) \
         if t.get("latency") is not None else base.latency_s

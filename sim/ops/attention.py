@@ -36,10 +36,10 @@ import numpy as np
 
 from sim.dtypes import is_float, itemsize, to_numpy
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, io_bytes, need
 from sim.ops.registry import DTYPES_ATTR, add_traits, defop, dtype_aware
 from sim.ops.work import GemmShape, Work
+from sim.tensor import TensorSpec
 
 # ---------------------------------------------------------------------------- shapes
 

@@ -45,10 +45,10 @@ from typing import Any
 import numpy as np
 
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import io_bytes, norm_axis
 from sim.ops.registry import add_traits, defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 COLLECTIVES = ("AllReduce", "AllGather", "ReduceScatter")
 ALGORITHMS = ("ring",)

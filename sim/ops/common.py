@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 
 def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:

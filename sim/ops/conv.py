@@ -35,10 +35,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import as_tuple, io_bytes, matmul_exact, need
 from sim.ops.registry import defop
 from sim.ops.work import GemmShape, Work
+from sim.tensor import TensorSpec
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 

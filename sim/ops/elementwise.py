@@ -60,25 +60,24 @@ import numpy as np
 
 from sim.dtypes import is_float
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, elementwise_work, io_bytes, need, same_as_first
 from sim.ops.registry import add_traits, defop, registered_count, registered_since
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 _FIRST = registered_count()  # this module's ops are the ones registered after the mark
 
 Arr = np.ndarray
 Attrs = dict[str, Any]
 
-try:  # scipy's erf is vectorised; math.erf is the portable fallback
-    from scipy.special import erf as _erf_impl  # type: ignore[import-untyped]
-except ImportError:  # pragma: no cover - scipy ships with the dev extras
-    _erf_impl = np.vectorize(math.erf, otypes=[np.float64])
-
-
 def erf(x: Arr) -> Arr:
-    """The error function, elementwise, keeping the input's float dtype."""
-    return np.asarray(_erf_impl(x)).astype(x.dtype, copy=False)
+    """The error function, elementwise, keeping the input's float dtype.
+
+    scipy's vectorised erf, imported on first use: ``import scipy.special`` costs more than the
+    whole op library, and only the Erf and exact Gelu kernels need it."""
+    from scipy.special import erf as erf_impl  # type: ignore[import-untyped]
+
+    return np.asarray(erf_impl(x)).astype(x.dtype, copy=False)
 
 
 def _binary_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:

@@ -17,9 +17,9 @@ import numpy as np
 
 from sim.dtypes import compute_numpy, is_float, to_numpy
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.registry import defop, get_op
 from sim.ops.work import GemmShape, Work
+from sim.tensor import TensorSpec
 
 
 def _sub_nodes(attrs: dict[str, Any]) -> list[dict[str, Any]]:

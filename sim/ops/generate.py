@@ -18,10 +18,10 @@ import numpy as np
 
 from sim.dtypes import canonical, from_numpy, to_numpy
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import free_work, need
 from sim.ops.registry import defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 
 def no_value_dependence(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import need, norm_axis
 from sim.ops.registry import defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 _INT = ("int64", "int32", "int16", "int8", "uint8")
 
@@ -378,7 +378,7 @@ defop(
 
 
 # ---------------------------------------------------------------------------------- TopK
-def _topk_k(specs_or_xs: Any, attrs: dict[str, Any]) -> int:
+def _topk_k(attrs: dict[str, Any]) -> int:
     if "k" not in attrs:
         raise GraphError("TopK needs the attribute k (a constant K input becomes it on import)")
     return int(np.asarray(attrs["k"]).reshape(-1)[0])
@@ -387,7 +387,7 @@ def _topk_k(specs_or_xs: Any, attrs: dict[str, Any]) -> int:
 def _topk_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
     (x,) = need(specs, 1, "TopK")
     ax = norm_axis(int(attrs.get("axis", -1)), x.rank)
-    k = _topk_k(specs, attrs)
+    k = _topk_k(attrs)
     if not 0 <= k <= x.shape[ax]:
         raise GraphError(f"TopK k={k} out of range for axis of size {x.shape[ax]}")
     shape = list(x.shape)
@@ -397,7 +397,7 @@ def _topk_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[T
 
 def _topk_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
     (x,) = need(ins, 1, "TopK")
-    k = max(_topk_k(ins, attrs), 2)
+    k = max(_topk_k(attrs), 2)
     r, w = x.nbytes, sum(o.nbytes for o in outs)
     return Work(flops=x.numel * float(np.ceil(np.log2(k))), bytes_read=r, bytes_written=w)
 
@@ -405,7 +405,7 @@ def _topk_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict
 def _topk_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
     x = xs[0]
     ax = norm_axis(int(attrs.get("axis", -1)), x.ndim)
-    k = _topk_k(xs, attrs)
+    k = _topk_k(attrs)
     largest = int(attrs.get("largest", 1))
     xm = np.moveaxis(x, ax, -1)
     # stable sort: among equal values the lower index comes first (ONNX)

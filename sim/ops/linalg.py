@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, io_bytes, matmul_exact, need
 from sim.ops.registry import add_traits, defop
 from sim.ops.work import GemmShape, Work
+from sim.tensor import TensorSpec
 
 
 def _matmul_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[tuple[int, ...], int, int, int, int]:

@@ -14,9 +14,9 @@ import numpy as np
 
 from sim.dtypes import is_float
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, elementwise_work, need
 from sim.ops.registry import add_traits, defop, registered_count, registered_since
+from sim.tensor import TensorSpec
 
 _FIRST = registered_count()  # this module's ops are the ones registered after the mark
 

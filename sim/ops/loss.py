@@ -24,10 +24,10 @@ import numpy as np
 
 from sim.dtypes import is_float
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, io_bytes, need
 from sim.ops.registry import defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 REDUCTIONS = ("mean", "sum", "none")
 

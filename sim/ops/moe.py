@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import need
 from sim.ops.registry import defop
 from sim.ops.work import GemmShape, Work
+from sim.tensor import TensorSpec
 
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 

@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import broadcast_shapes, io_bytes, need, norm_axis
 from sim.ops.registry import defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 STASH_DTYPES = {1: "fp32", 11: "fp64", 10: "fp16", 16: "bf16"}
 

@@ -42,10 +42,10 @@ import numpy as np
 
 from sim.dtypes import is_float
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import io_bytes
 from sim.ops.registry import add_traits, defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 # number of state tensors each optimizer keeps per parameter, by update op
 N_STATES = {"SGDUpdate": 0, "MomentumUpdate": 1, "AdamUpdate": 2, "AdamWUpdate": 2}

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import as_tuple, io_bytes, need
 from sim.ops.conv import Geometry, col2im, pad_to_extent, window_geometry, windows
 from sim.ops.registry import defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 
 def _geometry(shape: tuple[int, ...], attrs: dict[str, Any], op: str) -> Geometry:

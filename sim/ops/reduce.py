@@ -37,10 +37,10 @@ import numpy as np
 
 from sim.dtypes import is_float
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import as_tuple, io_bytes, need, norm_axis
 from sim.ops.registry import defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 # --------------------------------------------------------------------------- helpers
 

@@ -17,6 +17,7 @@ An op definition is small and complete (see docs/ops.md):
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sim.errors import UnsupportedOpError
-from sim.graph.tensor import TensorSpec
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 if TYPE_CHECKING:
     from sim.graph.node import Node
@@ -104,10 +105,11 @@ def defop(
     no_grad: str | None = None,
     doc: str = "",
 ) -> OpDef:
-    """Register an op from its parts; the family is the calling module's name."""
-    import sys
+    """Register an op from its parts; the family is the calling module's name.
 
-    # the caller's module (sys._getframe: inspect.stack() reads every frame's source lines)
+    The caller's module is read from its frame's globals (as ``collections.namedtuple`` does):
+    one attribute lookup, where ``inspect.stack()`` read every frame's source lines.
+    """
     family = sys._getframe(1).f_globals.get("__name__", "").rsplit(".", 1)[-1]
     return register(OpDef(name, infer, work, kernel, grad, no_grad, family, doc))
 

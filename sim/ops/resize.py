@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import as_tuple, io_bytes, need, norm_axis
 from sim.ops.registry import defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 Attrs = dict[str, Any]
 

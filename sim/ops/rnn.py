@@ -33,10 +33,10 @@ import numpy as np
 
 from sim.dtypes import is_float, itemsize
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import io_bytes, need
 from sim.ops.registry import defop
 from sim.ops.work import GemmShape, Serial, Work
+from sim.tensor import TensorSpec
 
 # ---------------------------------------------------------------------------- activations
 

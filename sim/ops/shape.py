@@ -16,10 +16,10 @@ import numpy as np
 
 from sim.dtypes import canonical, compute_numpy, is_float
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
 from sim.ops.common import as_tuple, broadcast_shapes, free_work, io_bytes, movement_work, need, norm_axis
 from sim.ops.registry import add_traits, defop
 from sim.ops.work import Work
+from sim.tensor import TensorSpec
 
 # --------------------------------------------------------------------------- Reshape
 

@@ -99,10 +99,6 @@ class Work:
         return self.bytes_read + self.bytes_written
 
     @property
-    def vector_flops(self) -> float:
-        return self.flops - self.matmul_flops
-
-    @property
     def intensity(self) -> float:
         """Arithmetic intensity in FLOP per byte (inf for zero-byte work)."""
         return self.flops / self.bytes if self.bytes else float("inf")

@@ -64,7 +64,7 @@ def parallelize(graph: Graph, *, tp: int = 1, pp: int = 1, dp: int = 1, microbat
     if len(devs) != n or len(set(devs)) != n:
         raise GraphError(f"tp*pp*dp = {n} needs {n} distinct devices, got {len(devs)}", where=where)
     if mbs is not None:
-        from sim.report.result import infer_batch
+        from sim.graph.batch import infer_batch
 
         if infer_batch(graph) != mbs:
             raise GraphError(f"mbs={mbs} but the graph is built at batch {infer_batch(graph)}", where=where)

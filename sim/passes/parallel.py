@@ -63,7 +63,7 @@ def _check_devices(devices: Sequence[str], what: str) -> list[str]:
 
 
 def _batch(g: Graph) -> int | None:
-    from sim.report.result import infer_batch
+    from sim.graph.batch import infer_batch
 
     return infer_batch(g)
 

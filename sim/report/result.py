@@ -13,14 +13,12 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sim.graph.batch import infer_batch
 from sim.report.record import OpRecord
 
 if TYPE_CHECKING:
     from sim.graph import Graph
     from sim.hw.spec import SystemSpec
-
-RECORD_FIELDS = ("name", "op", "layer", "device", "unit", "start_s", "end_s", "flops", "bytes",
-                 "bound", "energy_j")
 
 
 @dataclass
@@ -181,17 +179,6 @@ def _busy(intervals: list[tuple[float, float]]) -> float:
     if cur_e is not None and cur_s is not None:
         total += cur_e - cur_s
     return total
-
-
-def infer_batch(graph: Graph) -> int | None:
-    """``graph.meta["batch"]`` (or ``meta["params"]["batch"]``), else the leading dimension the
-    graph inputs share, else None."""
-    for src in (graph.meta, graph.meta.get("params") or {}):
-        b = src.get("batch") if isinstance(src, dict) else None
-        if isinstance(b, int) and b > 0:
-            return b
-    lead = {s.shape[0] for s in graph.inputs.values() if s.rank >= 1}
-    return lead.pop() if len(lead) == 1 else None
 
 
 def build_result(

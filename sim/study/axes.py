@@ -24,6 +24,7 @@ A field is one of
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import yaml
 
 from sim.errors import SimError
+from sim.limits import check
 
 # option name -> the type its values take
 OPTIONS: dict[str, type] = {
@@ -177,6 +179,7 @@ def expand(grid: Mapping[str, Sequence[Any]], mode: str = "product") -> list[dic
         if not isinstance(grid[n], (list, tuple)) or not grid[n]:
             raise SimError(f"{n}: an axis needs a non-empty list of values", where="grid")
     if mode == "product":
+        check("grid_points", math.prod(len(grid[n]) for n in names), "points in the grid", "grid")
         return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
     if mode == "zip":
         lengths = {len(grid[n]) for n in names}

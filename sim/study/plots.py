@@ -166,13 +166,17 @@ def plot_heatmap(df: Any, x: str, y: str, hue: str, path: str | os.PathLike[str]
     for i, (xv, hv) in enumerate(zip(df[x].astype(str), df[hue].astype(str))):
         grid[rows.index(hv), cols.index(xv)] = ys.iloc[i]
     fig, ax = _figure((1.2 + 1.1 * len(cols), 1.4 + 0.55 * len(rows)))
-    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("0.88")  # a point that failed (or was not run): light grey, labelled
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
     finite = grid[np.isfinite(grid)]
     mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for (r, c), v in np.ndenumerate(grid):
-        text = "fail" if not np.isfinite(v) else f"{v:.3g}"
+        text = "failed" if not np.isfinite(v) else f"{v:.3g}"
         ax.text(c, r, text, ha="center", va="center", fontsize=8,
-                color="white" if not np.isfinite(v) or v < mid else "black")
+                color="white" if np.isfinite(v) and v < mid else "black")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel(x)

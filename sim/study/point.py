@@ -119,7 +119,8 @@ def point_key(cfg: Mapping[str, Any], spec: Any | None = None) -> str:
 def build_graph(cfg: Mapping[str, Any], spec: Any) -> Any:
     """The graph a point simulates: loaded, made a training step, fused, laid out in parallel
     as its options ask (the same steps as ``sim run``)."""
-    import sim
+    from sim.frontends import load as load_workload
+    from sim.passes.training import training_graph
 
     opts = cfg["options"]
     params = dict(cfg["params"])
@@ -130,11 +131,11 @@ def build_graph(cfg: Mapping[str, Any], spec: Any) -> Any:
             from sim.frontends.yaml_loader import load_yaml_text
 
             return load_yaml_text(cfg["workload_text"], cfg["workload_path"], **p)
-        return sim.load(cfg["workload_path"], **p)
+        return load_workload(cfg["workload_path"], **p)
 
     def prepare(graph: Any) -> Any:
         if opts.get("train"):
-            graph = sim.training_graph(graph, loss=opts.get("loss", "cross_entropy"),
+            graph = training_graph(graph, loss=opts.get("loss", "cross_entropy"),
                                        optimizer=opts.get("optimizer", "adam"),
                                        checkpoint=bool(opts.get("checkpoint")))
         if opts.get("fuse"):
@@ -162,9 +163,9 @@ def metrics_of(result: Any) -> dict[str, Any]:
     """
     by = dict.fromkeys(BOUNDS, 0.0)
     for r in result.ops:
-        by[r["bound"]] = by.get(r["bound"], 0.0) + (r["end_s"] - r["start_s"])
+        by[r.bound] = by.get(r.bound, 0.0) + r.duration_s
     total = sum(by.values()) or 1.0
-    used = sorted({r["device"] for r in result.ops if r["op"] != "Transfer" and r["bound"] != "comm"})
+    used = sorted({r.device for r in result.ops if r.op != "Transfer" and r.bound != "comm"})
     peak = 0.0
     for d in used:
         peaks = [u["peak_flops_per_s"] for u in result.utilisation.get(d, {}).values()
@@ -193,11 +194,14 @@ def metrics_of(result: Any) -> dict[str, Any]:
 def simulate_point(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Simulate one point; raises what the simulator raises."""
     from sim.engine import simulate
+    from sim.passes.precision import cast_graph
 
     spec = spec_for(cfg)
     graph = build_graph(cfg, spec)
+    if cfg["dtype"]:
+        graph = cast_graph(graph, cfg["dtype"])
     opts = cfg["options"]
-    result = simulate(graph, spec, cfg["dtype"], streams=int(opts.get("streams", 1)),
+    result = simulate(graph, spec, streams=int(opts.get("streams", 1)),
                       host_inputs=not opts.get("resident_inputs", False),
                       cache_reuse=bool(opts.get("cache_reuse", True)),
                       dispatch_s=opts.get("dispatch"), cuda_graphs=bool(opts.get("cuda_graphs")))
