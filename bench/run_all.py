@@ -11,7 +11,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = [
-    ("H100 calibration fit", ["calibrate_h100.py", "--quiet"]),
+    ("H100 calibration fit", ["calibrate_h100.py", "--cv", "5"]),
     ("held-out validation against published measurements", ["validate_public.py"]),
     ("ONNX conformance", ["onnx_conformance.py"]),
     ("simulator speed", ["sim_speed.py"]),

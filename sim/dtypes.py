@@ -7,7 +7,8 @@ Names are short and fixed: ``fp64 fp32 tf32 fp16 bf16 fp8 fp8e5m2 int64 int32 in
 
 from __future__ import annotations
 
-import ml_dtypes
+from functools import cache
+
 import numpy as np
 
 from sim.errors import GraphError
@@ -30,21 +31,28 @@ ITEMSIZE: dict[str, int] = {
 
 FLOAT_DTYPES = frozenset({"fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "fp8e5m2"})
 
-_NUMPY: dict[str, np.dtype] = {
-    "fp64": np.dtype(np.float64),
-    "fp32": np.dtype(np.float32),
-    "tf32": np.dtype(np.float32),
-    "fp16": np.dtype(np.float16),
-    "bf16": np.dtype(ml_dtypes.bfloat16),
-    "fp8": np.dtype(ml_dtypes.float8_e4m3fn),
-    "fp8e5m2": np.dtype(ml_dtypes.float8_e5m2),
-    "int64": np.dtype(np.int64),
-    "int32": np.dtype(np.int32),
-    "int16": np.dtype(np.int16),
-    "int8": np.dtype(np.int8),
-    "uint8": np.dtype(np.uint8),
-    "bool": np.dtype(np.bool_),
-}
+@cache
+def _numpy_table() -> dict[str, np.dtype]:
+    """Name -> NumPy storage dtype. ``ml_dtypes`` (bf16, fp8) is imported here, on first use:
+    importing it costs more than the rest of ``import sim``, and simulating never needs it."""
+    import ml_dtypes
+
+    return {
+        "fp64": np.dtype(np.float64),
+        "fp32": np.dtype(np.float32),
+        "tf32": np.dtype(np.float32),
+        "fp16": np.dtype(np.float16),
+        "bf16": np.dtype(ml_dtypes.bfloat16),
+        "fp8": np.dtype(ml_dtypes.float8_e4m3fn),
+        "fp8e5m2": np.dtype(ml_dtypes.float8_e5m2),
+        "int64": np.dtype(np.int64),
+        "int32": np.dtype(np.int32),
+        "int16": np.dtype(np.int16),
+        "int8": np.dtype(np.int8),
+        "uint8": np.dtype(np.uint8),
+        "bool": np.dtype(np.bool_),
+    }
+
 
 ALIASES: dict[str, str] = {
     "float64": "fp64",
@@ -89,13 +97,13 @@ def is_float(dtype: str) -> bool:
 
 def to_numpy(dtype: str) -> np.dtype:
     """The NumPy dtype that stores ``dtype`` (bf16 and fp8 through ml_dtypes)."""
-    return _NUMPY[dtype]
+    return _numpy_table()[dtype]
 
 
 def from_numpy(dt: np.dtype | type) -> str:
     """The dtype name of a NumPy dtype."""
     dt = np.dtype(dt)
-    for name, npdt in _NUMPY.items():
+    for name, npdt in _numpy_table().items():
         if npdt == dt and name != "tf32":
             return name
     raise GraphError(f"unsupported NumPy dtype {dt}")
@@ -106,4 +114,4 @@ def compute_numpy(dtype: str) -> np.dtype:
     accumulate in fp32) and are rounded back to their storage type afterwards."""
     if dtype in ("fp16", "bf16", "fp8", "fp8e5m2", "tf32"):
         return np.dtype(np.float32)
-    return _NUMPY[dtype]
+    return _numpy_table()[dtype]

@@ -22,9 +22,9 @@ def h100(**changes) -> DeviceSpec:
 
 
 # Spec numbers (hwspecs/h100.yaml), written out so the tests do not read them back from the code.
-HBM_BPS = 3.35e12 * 0.897
+HBM_BPS = 3.35e12 * 0.885
 L2_BPS = 5.5e12
-LAUNCH_S = 5.0e-6
+LAUNCH_S = 4.89e-6
 L2_USABLE = 50e6 * 0.5
 
 

@@ -313,3 +313,34 @@ def test_megatron_flops_formula():
     assert math.isclose(
         r.model_flops, 72 * B * s * l * h * h * (1 + s / (6 * h)) + 6 * B * s * h * V, rel_tol=1e-12
     )
+
+
+def test_zero_and_interleaved_end_to_end():
+    kw = dict(batch=32, sets=SMALL, dtype="bf16", recompute=True)
+    hw = sim.hardware("dgx-a100-cluster", nodes=2)
+    base = simulate_training("gpt2", hw, "tp=2,pp=2,dp=4,mbs=1", **kw)
+    z1 = simulate_training("gpt2", hw, "tp=2,pp=2,dp=4,mbs=1,zero=1", **kw)
+    o0 = base.memory[0].components["optimizer states"]
+    assert z1.memory[0].components["optimizer states"] == pytest.approx(o0 / 4)
+    assert z1.exposed_comm()["zero"] > 0  # the updated weights are all-gathered after the step
+    inter = simulate_training("gpt2", hw, "tp=2,pp=2,dp=4,mbs=1,schedule=interleaved:2", **kw)
+    assert inter.bubble_fraction < base.bubble_fraction
+    assert len(inter.stages) == 4 and base.microbatches == inter.microbatches == 8
+
+
+def test_trace_has_one_process_per_stage(tmp_path):
+    r = simulate_training(
+        "gpt2",
+        sim.hardware("dgx-a100-cluster", nodes=2),
+        "tp=2,pp=4,dp=2,mbs=1",
+        batch=8,
+        sets=SMALL,
+        dtype="bf16",
+    )
+    path = tmp_path / "t.json"
+    r.write_trace(path)
+    ev = json.loads(path.read_text())["traceEvents"]
+    names = {e["pid"] for e in ev if e.get("name") == "process_name"}
+    assert names == {0, 1, 2, 3}
+    fb = [e for e in ev if e.get("ph") == "X" and e["name"].split()[0] in ("F", "B")]
+    assert len(fb) == 2 * 4 * 4  # F and B of 4 microbatches on each of 4 stages

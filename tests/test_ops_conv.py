@@ -211,7 +211,7 @@ def test_conv_work_small_hand_count():
     w, (y,) = _work("Conv", [TensorSpec((1, 3, 5, 5)), TensorSpec((2, 3, 3, 3))], {})
     assert y.shape == (1, 2, 3, 3)
     assert w.flops == w.matmul_flops == 2 * 1 * 2 * 3 * 3 * 3 * 3 * 3 == 972
-    assert w.gemms == (GemmShape(m=9, n=2, k=27, batch=1, kernel="conv"),)
+    assert w.gemms == (GemmShape(m=9, n=2, k=27, batch=1, kernel="conv", k_runs=9),)
     # fp32: input 75 + weight 54 elements read, 18 written
     assert (w.bytes_read, w.bytes_written) == ((75 + 54) * 4, 18 * 4)
     # a bias adds 1 FLOP per output element (vector work) and 2 more elements read
@@ -223,7 +223,7 @@ def test_conv_work_grouped():
     # depthwise: 1x8x6x6, 8x1x3x3, group 8, pads 1 -> 1x8x6x6; each output 9 MACs
     w, _ = _work("Conv", [TensorSpec((1, 8, 6, 6)), TensorSpec((8, 1, 3, 3))], dict(group=8, pads=[1] * 4))
     assert w.flops == 2 * 8 * 36 * 9 == 5184
-    assert w.gemms == (GemmShape(m=36, n=1, k=9, batch=8, kernel="conv"),)
+    assert w.gemms == (GemmShape(m=36, n=1, k=9, batch=8, kernel="conv", k_runs=9),)
 
 
 def test_resnet50_stem_flops():
@@ -233,7 +233,7 @@ def test_resnet50_stem_flops():
                     dict(strides=[2, 2], pads=[3, 3, 3, 3]))
     assert y.shape == (1, 64, 112, 112)
     assert w.flops == 2 * 112 * 112 * 64 * 3 * 7 * 7 == 236_027_904
-    assert w.gemms == (GemmShape(m=112 * 112, n=64, k=3 * 49, batch=1, kernel="conv"),)
+    assert w.gemms == (GemmShape(m=112 * 112, n=64, k=3 * 49, batch=1, kernel="conv", k_runs=49),)
 
 
 def _resnet50_convs():
@@ -282,7 +282,7 @@ def test_backward_op_work_matches_forward():
     macs = 2 * 25 * 3 * 2 * 9 * 2
     assert fwd.flops == gd.flops == gf.flops == 2 * macs
     assert gd.gemms == (GemmShape(m=50, n=18, k=3, batch=2, kernel="conv"),)
-    assert gf.gemms == (GemmShape(m=3, n=18, k=50, batch=2, kernel="conv"),)
+    assert gf.gemms == (GemmShape(m=3, n=18, k=50, batch=2, kernel="conv_wgrad"),)
 
 
 def test_convtranspose_work():

@@ -228,3 +228,18 @@ def test_study_file(tmp_path, capsys):
     df = read_results(tmp_path / "s.db")
     assert set(df["study"]) == {"gemm-bw"}
     assert sorted(df["flops"]) == [2 * 16 * 64 * 3072, 2 * 32 * 64 * 3072]
+
+
+def test_cluster_layouts_are_an_axis():
+    from sim.cluster import simulate_training
+
+    layouts = ["tp=2,pp=2,dp=2", "tp=4,pp=1,dp=2,schedule=1f1b", "tp=8,pp=1,dp=1"]
+    df = sweep("gpt2", hw="dgx-a100", grid={"parallel": layouts}, base={"train": True, "batch": 16},
+               executor="serial", progress=False)
+    assert "does not divide the 12 attention heads" in df["error"].iloc[2]
+    for _, row in df.iloc[:2].iterrows():
+        direct = simulate_training("gpt2", sim.hardware("dgx-a100"), row["parallel"], batch=16,
+                                   progress=False)
+        assert row["makespan_s"] == direct.makespan_s and row["devices"] == 8
+        assert row["throughput_per_s"] == pytest.approx(16 / direct.makespan_s)
+        assert row["peak_memory_per_device_bytes"] == max(m.total for m in direct.memory)

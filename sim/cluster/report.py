@@ -91,6 +91,14 @@ class ClusterResult:
     def tokens_per_s(self) -> float:
         return self.batch * self.seq / self.makespan_s if self.makespan_s > 0 else 0.0
 
+    def memory_blocks(self) -> list[RankMemory]:
+        """The memory blocks the summary shows: the first stage, the fullest, the last."""
+        if len(self.memory) <= 3:
+            return list(self.memory)
+        full = max(self.memory, key=lambda m: m.total)
+        picked = [self.memory[0], full, self.memory[-1]]
+        return [m for i, m in enumerate(picked) if m not in picked[:i]]
+
     def exposed_comm(self) -> dict[str, float]:
         """Communication time not hidden behind compute, by kind (the slowest stage's)."""
         e = self.schedule.exposed
@@ -173,10 +181,15 @@ class ClusterResult:
             f"  pipeline bubble  {self.bubble_fraction * 100:.1f}%",
             "  exposed comm     " + ", ".join(f"{k} {v:.3f} s" for k, v in self.exposed_comm().items()),
         ]
-        for m in self.memory:
+        for m in self.memory_blocks():
             parts = ", ".join(f"{k} {v / gib:.1f}" for k, v in m.components.items())
             lines.append(
                 f"  memory {m.rank}: {m.total / gib:.1f} GiB of {m.capacity / gib:.0f} GiB ({parts} GiB)"
+            )
+        if len(self.memory) > len(self.memory_blocks()):
+            lines.append(
+                f"  ({len(self.memory)} distinct stages: the first, the fullest and the last shown; "
+                "every stage in the JSON)"
             )
         st0 = self.stages[0]
         lines.append(

@@ -88,7 +88,7 @@ def block_prefix(graph: Graph) -> str:
     )
 
 
-def rank_graph(train: Graph, tp: int) -> Graph:
+def rank_graph(train: Graph, tp: int, devices: list[str] | None = None) -> Graph:
     """The training step one tensor-parallel rank runs: rank 0 of Megatron's split.
 
     Built with ``sim.passes.tensor_parallel.tensor_parallel`` on the training step over ``tp``
@@ -101,10 +101,10 @@ def rank_graph(train: Graph, tp: int) -> Graph:
         return train
     from sim.passes.tensor_parallel import tensor_parallel
 
-    devs = [f"gpu{i}" for i in range(tp)]
+    devs = list(devices or [f"gpu{i}" for i in range(tp)])[:tp]
     full = tensor_parallel(train, devs)
     out = Graph(f"{train.name}.tp{tp}.rank0", train.source)
-    keep = [nd for nd in full.topo_order() if nd.meta.get("device") == "gpu0"]
+    keep = [nd for nd in full.topo_order() if nd.meta.get("device") == devs[0]]
     used = {t for nd in keep for t in nd.inputs if t}
     for name, spec in full.params.items():
         if name in used:
@@ -167,12 +167,13 @@ def measure(
     from sim.passes.precision import cast_graph
 
     model = StageModel(parts={p: PartCost() for p in PARTS})
+    rank0 = hw.accelerators[0]
     res = simulate(cast_graph(train, dtype) if dtype else train, hw, host_inputs=False)
     model.records = len(res.ops)
     model.graph_nodes = len(train.nodes)
     for r in res.ops:
         name = r["name"]
-        if name not in train.nodes or r["device"] not in ("gpu0", "tpu0"):
+        if name not in train.nodes or r["device"] != rank0:
             continue
         phase, part, tp_role = _role(train, name)
         if phase == "opt" and opt_train is not None:
@@ -197,7 +198,7 @@ def measure(
         model.records += len(ores.ops)
         for r in ores.ops:
             nd = opt_train.nodes.get(r["name"])
-            if nd is None or nd.meta.get("role") != "optimizer" or r["device"] not in ("gpu0", "tpu0"):
+            if nd is None or nd.meta.get("role") != "optimizer" or r["device"] != rank0:
                 continue
             part = _param_part(str(nd.meta.get("param", "")))
             model.parts[part].opt_s += float(r["end_s"]) - float(r["start_s"])
@@ -270,9 +271,11 @@ def stage_model(
     full_params.update(
         {k: v for k, v in fwd.meta.get("params", {}).items() if k not in ("n_layer", "vocab", "batch")}
     )
-    train = rank_graph(training_graph(fwd, loss="cross_entropy", optimizer=optimizer), tp)
+    node_hw = tp_system(hw, tp)
+    train = rank_graph(
+        training_graph(fwd, loss="cross_entropy", optimizer=optimizer), tp, node_hw.accelerators
+    )
     timed = cast_graph(train, dtype) if dtype and dtype != "fp32" else train
-    node_hw = hw.node if hasattr(hw, "node") else hw
     model = measure(timed, train if timed is not train else None, node_hw, sp=tp if sp else 1)
     model.layers = layers
     model.vocab = vocab
@@ -301,3 +304,26 @@ def workload_params(workload: Any) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         doc = yaml.safe_load(f) or {}
     return dict(doc.get("params") or {}) if isinstance(doc, dict) else {}
+
+
+def tp_system(hw: Any, tp: int) -> Any:
+    """The system the engine times one TP rank on: the cluster's node, or, when a TP group is
+    larger than a node (TPU hosts of 4 chips), ``tp`` of its accelerators joined by the fabric
+    link (a torus ring's neighbour link) as a switch."""
+    from sim.hw.spec import ClusterSpec, SystemSpec
+
+    node = hw.node if isinstance(hw, ClusterSpec) else hw
+    if len(node.accelerators) >= tp:
+        return node
+    if not isinstance(hw, ClusterSpec):
+        raise SimError(
+            f"tp={tp} is more than the {len(node.accelerators)} accelerators of {node.name}",
+            where="--parallel tp",
+        )
+    dev = hw.device
+    return SystemSpec(
+        f"{node.name}.tp{tp}",
+        {f"{dev.kind}{i}": dev for i in range(tp)},
+        switch=hw.fabric.link,
+        source=hw.source,
+    )

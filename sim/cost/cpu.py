@@ -31,11 +31,15 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, rate: float,
 
     >>> matmul_time([GemmShape(4, 4, 4, kernel="conv")], 128.0, 128.0, {"conv": 0.5})  # 128 FLOP
     2.0
+    >>> matmul_time([GemmShape(4, 4, 4, kernel="conv_wgrad")], 128.0, 128.0, {"conv": 0.5})
+    2.0
     """
     if not kernel_efficiency:
         return flops_time(matmul_flops, rate)
     total, shaped = 0.0, 0.0
     for g in gemms:
-        total += flops_time(g.flops, rate * float(kernel_efficiency.get(g.kernel, 1.0)))
+        # a gradient kernel (``conv_wgrad``) takes its family's rate (``conv``) unless named
+        eff = kernel_efficiency.get(g.kernel, kernel_efficiency.get(g.kernel.split("_")[0], 1.0))
+        total += flops_time(g.flops, rate * float(eff))
         shaped += g.flops
     return total + flops_time(max(matmul_flops - shaped, 0.0), rate)

@@ -1,37 +1,65 @@
-"""GPU matmul timing: output tiles over SMs, wave quantization, split-K for small grids.
+"""GPU kernel timing: GEMM tiles over SMs, memory-level parallelism, row-wise kernels, attention.
 
+**GEMMs** (plain, batched, a convolution's implicit GEMM, the GEMMs inside fused attention).
 A GEMM library runs C = A @ B as a grid of (tm x tn) output tiles, one per SM at a time; the
 grid runs in ``ceil(tiles / SMs)`` waves, so a grid of 133 tiles on 132 SMs takes two waves.
-When the grid is smaller than the SM count, K may be split across otherwise idle SMs. Each tile
-takes the longer of its math at the per-SM rate (peak x efficiency / SMs) and loading its
-operands into the SM (``(tm + tn) x k x bytes`` at ``sm_load_bytes_per_cycle x clock``); the
-pipeline pays main-memory latency twice, once to fill (first operands) and once to drain
-(last output tile), since a persistent kernel overlaps everything in between.
+One tile costs ``tile_overhead`` cycles (prologue: filling the operand pipeline from memory;
+epilogue: converting and storing the output tile) plus its main loop, where each k-step takes
+the longest of
 
-Split-K is not free: the ``s`` slices of a tile each hold an fp32 partial tile, and they are
-combined by a serialised fix-up (CUTLASS's serial split-K / stream-K fix-up): each of the
-``s - 1`` later slices waits for the previous one's flag, reads the running partial, adds its
-own and writes it back, i.e. two on-chip (L2) round trips plus ``2 x tm x tn x 4`` bytes
-through the SM's port per hand-off. The library's choice among the spec's tile shapes and
-split factors (1 up to the idle-SM / ``split_k_min`` limit) is modelled as the fastest one.
-Matrix-vector shapes (``min(m, n) <= GEMV_MAX``) may instead run as a GEMV kernel on the vector
-unit: no padding, the long operand streamed once through all SMs. Either way a 1x768x768 GEMM
-costs microseconds of latency and launch, not the nanoseconds 2*768*768 FLOP would take at peak.
+* its math at the per-SM rate (peak x efficiency / SMs; tensor cores for TF32/bf16/fp16,
+  the CUDA cores for fp32 with TF32 off);
+* loading its operands into the SM (``(tm + tn) x bytes`` at ``sm_load_bytes_per_cycle``);
+* reading them out of shared memory: a tensor-core warpgroup reads each operand element once
+  (``(tm + tn) x bytes``); a SIMT kernel's ``SIMT_THREADS`` threads each compute an a x b
+  micro-tile and read a + b elements per k (``2 sqrt(threads tm tn) x bytes`` per tile), so a
+  small fp32 tile (64 x 64) is shared-memory bound at about half the FMA rate.
+
+When the grid is smaller than the SM count, K may be split across otherwise idle SMs; the
+slices' fp32 partial tiles are combined by a serialised fix-up (CUTLASS's serial split-K /
+stream-K fix-up): each of the ``s - 1`` later slices waits for the previous one's flag, reads
+the running partial, adds its own and writes it back. The library's choice among the spec's
+tile shapes and split factors is modelled as the fastest one. A convolution's K is R x S runs
+of C channels; tensor-core kernels pad each run to ``k_align_bytes`` (cuDNN's NHWC kernels
+need C a multiple of 8 fp16 values), which is why the 3-channel stem costs more than its FLOPs.
+
+A skinny GEMM (``min(m, n) <= skinny_max``) streams its operands from main memory no faster
+than memory-level parallelism allows (Little's law): the library's skinny and GEMV kernels hold
+``stream_inflight`` elements in flight per SM, each waiting the HBM latency, in series with the
+HBM peak. A matrix-vector product (``min(m, n) <= GEMV_MAX``) may run as a GEMV kernel bound
+by exactly that stream. This is why M = 1..128 bf16 layers stream their weights at ~2.2-2.4
+TB/s and an fp32 one at ~2.7 TB/s while a copy reaches 3.0 (h100_kernels.jsonl). Wider GEMMs
+keep whole pipeline stages of tiles in flight; their HBM traffic is the op's memory term.
+
+**Row-wise kernels** (softmax, layer/RMS norm; ``Work.rows``): one warp or thread block per row
+holds a row of up to ``rowwise.onchip_row_bytes`` on chip, so such a row crosses HBM once each
+way whatever the op's re-reads (a longer row is re-read from HBM as the op's Work says); the
+kernel takes the longest of that stream, its per-element instruction work
+(``rowwise.cycles_per_element`` of an SM) and its per-row block work
+(``rowwise.cycles_per_row``: a norm's block per row with its two block-wide reductions; a
+softmax only once rows exceed ``rowwise.warp_row_max`` elements, below which PyTorch packs
+several rows per block, one warp each), plus ``rowwise.round_trips`` dependent HBM latencies.
+
+**Attention**: the GEMMs of a fused attention op run at ``kernel_efficiency`` of the kernel
+named by ``arch.attention_kernel`` (which one PyTorch's SDPA dispatches on that GPU:
+FlashAttention-2 on Ampere, cuDNN on Hopper with PyTorch >= 2.5). The softmax is timed after
+the GEMMs, not under them: Hopper kernels (FA3, cuDNN) overlap the two partly, and the two
+measured causal SDPA kernels do not pin down how much (docs/validation.md).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sim.cost.roofline import achievable, flops_time, vector_unit
 from sim.hw.arch import GpuArch
 from sim.hw.spec import ComputeUnit, DeviceSpec
-from sim.ops.work import GemmShape
+from sim.ops.work import GemmShape, Work
 
-GEMV_MAX = 8  # widest skinny side that a GEMM library dispatches to a matrix-vector kernel
-
-
+GEMV_MAX = 8  # widest skinny side a GEMM library runs as a matrix-vector kernel (spec: arch.gemv_max)
+SIMT_THREADS = 128  # threads of a cuBLAS SIMT GEMM tile (4 warps: 8 x 16 outputs each on a 128 x 128 tile)
 ACCUM_BYTES = 4  # a split-K partial tile is kept in fp32, the tensor cores' accumulator format
 
 
@@ -47,33 +75,139 @@ def split_k_fixup(tm: int, tn: int, split: int, *, port_Bps: float, latency_s: f
     return (split - 1) * (2.0 * latency_s + 2.0 * tm * tn * ACCUM_BYTES / port_Bps)
 
 
-def gemm_time(g: GemmShape, *, rate_per_sm: float, sms: int, tiles: Sequence[tuple[int, int]],
-              load_Bps: float, elem_bytes: int, split_k_min: int, latency_s: float = 0.0,
-              gemv_rate: float = 0.0, fixup_latency_s: float = 0.0) -> float:
-    """Seconds for one (batched) GEMM on ``sms`` SMs: best tile shape and split-K factor, whole
-    waves (or a GEMV kernel at ``gemv_rate`` FLOP/s for matrix-vector shapes).
+@dataclass(frozen=True)
+class GemmModel:
+    """What the GEMM model needs of one device, unit and dtype (see the module docstring).
 
-    ``fixup_latency_s`` is the round trip a split-K hand-off pays (the L2 hit latency)."""
+    Rates in FLOP/s, bandwidths in B/s, times in s. ``smem_Bps`` 0: no shared-memory bound;
+    ``simt``: the CUDA-core micro-tile operand pattern; ``k_align`` elements a K run is padded to.
+    """
+
+    rate_per_sm: float
+    sms: int
+    tiles: tuple[tuple[int, int], ...]
+    load_Bps: float
+    elem_bytes: int
+    split_k_min: int
+    latency_s: float = 0.0
+    fixup_latency_s: float = 0.0
+    tile_overhead_s: float = 0.0
+    smem_Bps: float = 0.0
+    simt: bool = False
+    stream_s_per_byte: float = 0.0
+    gemv_rate: float = 0.0
+    k_align: int = 1
+    skinny_max: int = 0
+    gemv_max: int = GEMV_MAX
+
+
+def padded_k(g: GemmShape, align: int) -> int:
+    """K after padding each of the GEMM's ``k_runs`` runs to a multiple of ``align`` elements."""
+    if align <= 1 or g.k_runs <= 1 or g.k % g.k_runs:
+        return g.k
+    run = g.k // g.k_runs
+    return g.k_runs * math.ceil(run / align) * align
+
+
+def k_step_s(tm: int, tn: int, rows: int, cols: int, gm: GemmModel) -> float:
+    """Seconds of one k-step of a (tm x tn) tile: math, operand load, shared-memory reads."""
+    math_s = 2.0 * tm * tn / gm.rate_per_sm
+    load_s = (rows + cols) * gm.elem_bytes / gm.load_Bps
+    smem_s = 0.0
+    if gm.smem_Bps > 0:
+        if gm.simt:
+            smem_s = 2.0 * math.sqrt(SIMT_THREADS * tm * tn) * gm.elem_bytes / gm.smem_Bps
+        else:
+            smem_s = (tm + tn) * gm.elem_bytes / gm.smem_Bps
+    return max(math_s, load_s, smem_s)
+
+
+def gemm_time(g: GemmShape, gm: GemmModel) -> float:
+    """Seconds for one (batched) GEMM: the best tile shape and split-K factor in whole waves,
+    never faster than streaming its operands (or a GEMV kernel for matrix-vector shapes)."""
     if g.m <= 0 or g.n <= 0 or g.k <= 0 or g.batch <= 0:
         return 0.0
+    k = padded_k(g, gm.k_align)
+    stream_s = 0.0
+    if min(g.m, g.n) <= gm.skinny_max:
+        stream_s = (g.m * k + k * g.n + g.m * g.n) * g.batch * gm.elem_bytes * gm.stream_s_per_byte
     best = math.inf
-    if gemv_rate > 0 and min(g.m, g.n) <= GEMV_MAX:
-        operand_bytes = (g.m * g.k + g.k * g.n) * g.batch * elem_bytes
-        best = max(g.flops / gemv_rate, operand_bytes / (load_Bps * sms))
-    for tm, tn in tiles:
+    if gm.gemv_rate > 0 and min(g.m, g.n) <= gm.gemv_max:
+        best = max(g.flops / gm.gemv_rate, stream_s)
+    for tm, tn in gm.tiles:
         grid = math.ceil(g.m / tm) * math.ceil(g.n / tn) * g.batch
         max_split = 1
-        if grid < sms:
-            max_split = max(1, min(sms // grid, g.k // max(split_k_min, 1)))
+        if grid < gm.sms:
+            max_split = max(1, min(gm.sms // grid, k // max(gm.split_k_min, 1)))
         rows, cols = min(tm, g.m), min(tn, g.n)
+        step = k_step_s(tm, tn, rows, cols, gm)
         for split in range(1, max_split + 1):
-            k_per = math.ceil(g.k / split)
-            math_s = 2.0 * tm * tn * k_per / rate_per_sm
-            load_s = (rows + cols) * k_per * elem_bytes / load_Bps
-            fixup_s = split_k_fixup(rows, cols, split, port_Bps=load_Bps, latency_s=fixup_latency_s)
-            waves = math.ceil(grid * split / sms)
-            best = min(best, waves * (max(math_s, load_s) + fixup_s))
-    return best + 2.0 * latency_s
+            k_per = math.ceil(k / split)
+            fixup_s = split_k_fixup(rows, cols, split, port_Bps=gm.load_Bps, latency_s=gm.fixup_latency_s)
+            waves = math.ceil(grid * split / gm.sms)
+            t = waves * (k_per * step + gm.tile_overhead_s + fixup_s)
+            best = min(best, max(t, stream_s))
+    return best + 2.0 * gm.latency_s
+
+
+def stream_s_per_byte(device: DeviceSpec, arch: GpuArch, elem_bytes: int, dtype: str) -> float:
+    """Seconds per byte of a skinny GEMM's operand stream: the HBM peak in series with what
+    memory-level parallelism allows (``stream_inflight`` elements of ``dtype`` per SM, each
+    waiting the HBM latency)."""
+    main = device.main_memory
+    per_byte = 1.0 / main.bandwidth_Bps if main.bandwidth_Bps > 0 else 0.0
+    inflight = arch.stream_inflight.get(dtype, arch.stream_inflight.get("default", 0.0))
+    if inflight > 0 and main.latency_s > 0:
+        per_byte += main.latency_s / (arch.sms * inflight * elem_bytes)
+    return per_byte
+
+
+def attention_efficiency(arch: GpuArch) -> float:
+    """Fraction of the GEMM library's rate the fused attention kernel of this GPU reaches."""
+    eff = arch.kernel_efficiency
+    name = arch.attention_kernel or "attention"
+    return float(eff.get(name, eff.get("attention", 1.0)))
+
+
+NO_SPLIT = 1 << 62  # a split_k_min no K reaches: the kernel never splits K
+
+
+def gemm_model(device: DeviceSpec, arch: GpuArch, unit: ComputeUnit, rate: float, elem_bytes: int,
+               dtype: str, kernel: str = "") -> GemmModel:
+    """The ``GemmModel`` of ``unit`` on ``device`` at achievable ``rate`` for one kind of kernel
+    (``GemmShape.kernel``)."""
+    main = device.main_memory
+    # split-K partials are exchanged through the first on-chip level (L2); a spec that gives it
+    # no latency falls back to main memory's
+    onchip = device.memory[1] if len(device.memory) > 1 else main
+    smem = next((lv for lv in device.memory if lv.name == "smem"), None)
+    eff = attention_efficiency(arch) if kernel == "attention" else 1.0
+    if kernel == "conv" and not unit.matrix:  # cuDNN's CUDA-core implicit GEMM (im2col gathers)
+        eff = arch.kernel_efficiency.get("conv_simt", 1.0)
+    vec_dt = "fp32" if dtype in ("tf32", "") else dtype
+    overhead = arch.tile_overhead.get(dtype, arch.tile_overhead.get(unit.name, 0.0))
+    attention = kernel == "attention"
+    return GemmModel(
+        rate_per_sm=rate * eff / arch.sms, sms=arch.sms, tiles=arch.tiles_for(unit.name),
+        load_Bps=arch.sm_load_bytes_per_cycle * arch.clock,
+        elem_bytes=elem_bytes,
+        split_k_min=NO_SPLIT if kernel == "conv" and not arch.conv_split_k else arch.split_k_min,
+        latency_s=main.latency_s, fixup_latency_s=onchip.latency_s or main.latency_s,
+        # a fused attention kernel's GEMM "tiles" are its inner loop over keys: no per-tile
+        # prologue or epilogue of their own, and its score tiles never leave the SM (the op's
+        # own bytes are its stream)
+        tile_overhead_s=0.0 if attention else overhead / arch.clock,
+        smem_Bps=smem.bandwidth_Bps / arch.sms if smem is not None else 0.0,
+        simt=not unit.matrix,
+        # a convolution's A operand is its im2col view, never streamed as such: its HBM
+        # traffic is the op's own bytes (the memory term)
+        stream_s_per_byte=0.0 if attention or kernel == "conv" else stream_s_per_byte(
+            device, arch, elem_bytes, dtype),
+        gemv_rate=achievable(vector_unit(device, vec_dt), vec_dt) * eff,
+        k_align=max(1, (arch.k_align_bytes or 0) // elem_bytes) if unit.matrix else 1,
+        skinny_max=arch.skinny_max or 0,
+        gemv_max=int(arch.gemv_max.get(unit.name, GEMV_MAX)),
+    )
 
 
 def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceSpec,
@@ -84,32 +218,56 @@ def matmul_time(gemms: Sequence[GemmShape], matmul_flops: float, device: DeviceS
     arch = device.arch
     if not isinstance(arch, GpuArch):
         return flops_time(matmul_flops, rate)  # a spec without SM detail: the plain roofline
-    sms = arch.sms
-    load_Bps = arch.sm_load_bytes_per_cycle * arch.clock
-    tiles = arch.tiles_for(unit.name)
-    split_k_min = arch.split_k_min
-    vec_dt = "fp32" if dtype in ("tf32", "") else dtype
-    gemv_rate = achievable(vector_unit(device, vec_dt), vec_dt)
-    main = device.main_memory
-    # split-K partials are exchanged through the first on-chip level (L2); a spec that gives it
-    # no latency falls back to main memory's
-    onchip = device.memory[1] if len(device.memory) > 1 else main
-    fixup_latency_s = onchip.latency_s or main.latency_s
-    kernel_eff = arch.kernel_efficiency
+    models: dict[str, GemmModel] = {}
     total = 0.0
     shaped = 0.0
     for g in gemms:
-        # the GEMMs inside a fused kernel (attention) reach their own fraction of the rate
-        eff = kernel_eff.get(g.kernel, 1.0) if g.kernel else 1.0
-        total += gemm_time(g, rate_per_sm=rate * eff / sms, sms=sms, tiles=tiles, load_Bps=load_Bps,
-                           elem_bytes=elem_bytes, split_k_min=split_k_min,
-                           latency_s=main.latency_s, gemv_rate=gemv_rate * eff,
-                           fixup_latency_s=fixup_latency_s)
+        gm = models.get(g.kernel)
+        if gm is None:
+            gm = models[g.kernel] = gemm_model(device, arch, unit, rate, elem_bytes, dtype, g.kernel)
+        total += gemm_time(g, gm)
         shaped += g.flops
     rest = matmul_flops - shaped
     if rest > 1e-6 * max(matmul_flops, 1.0):
         total += rest / rate  # matrix FLOPs an op did not describe as GEMM shapes
     return total
+
+
+@dataclass(frozen=True)
+class RowWise:
+    """A row-wise kernel's HBM bytes (a row crosses once each way), its instruction time (the
+    longer of per-element and per-row work) and its dependent-latency floor, in s."""
+
+    hbm_bytes: float
+    issue_s: float
+    latency_s: float
+
+
+def rowwise(work: Work, device: DeviceSpec, elem_bytes: int) -> RowWise | None:
+    """The row-wise kernel model of ``work`` (see the module docstring), None when the spec has
+    no ``rowwise`` section or ``work`` is not row-wise."""
+    arch = device.arch
+    if not isinstance(arch, GpuArch) or not arch.rowwise or work.rows <= 0 or work.gemms:
+        return None
+    rw = arch.rowwise
+    sms, clock = arch.sms, arch.clock
+    elems = work.bytes_written / max(elem_bytes, 1)
+    row_len = elems / work.rows
+    hbm_bytes = work.bytes  # every pass the op reads streams from HBM, unless the row stays on chip
+    if row_len * elem_bytes <= float(rw.get("onchip_row_bytes", math.inf)):
+        hbm_bytes = min(work.bytes, work.bytes_written + work.bytes_read / _reads_per_elem(work))
+    elem_s = elems * float(rw.get("cycles_per_element", 0.0)) / (sms * clock)
+    block_rows = work.kernel != "softmax" or row_len > float(rw.get("warp_row_max", 1024))
+    row_s = work.rows * float(rw.get("cycles_per_row", 0.0)) / (sms * clock) if block_rows else 0.0
+    return RowWise(hbm_bytes, max(elem_s, row_s),
+                   float(rw.get("round_trips", 0.0)) * device.main_memory.latency_s)
+
+
+def _reads_per_elem(work: Work) -> float:
+    """How many times the op's Work reads each output-sized element (a norm's two passes: 2)."""
+    if work.bytes_written <= 0:
+        return 1.0
+    return max(1.0, math.floor(work.bytes_read / work.bytes_written + 1e-9))
 
 
 REDUCTION_TILE = 4096  # elements one thread block reduces on its own (CUB's single-tile path)

@@ -186,14 +186,18 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
         level = cpu.streaming_level(device, work.bytes)
     else:
         level = device.main_memory
+    rows = gpu.rowwise(work, device, storage_bytes(dt)) if device.kind == "gpu" else None
+    moved = rows.hbm_bytes if rows is not None else work.bytes
     reuse = reuse_level(device) if cached_read_bytes > 0 and device.kind != "cpu" else None
-    cached = min(float(cached_read_bytes), work.bytes_read) if reuse is not None else 0.0
+    cached = min(float(cached_read_bytes), work.bytes_read, moved) if reuse is not None else 0.0
     if cached > 0 and reuse is not None:
-        memory_s = stream_time(work.bytes - cached, level) + stream_time(cached, reuse[0])
-        bytes_energy = (work.bytes - cached) * level.energy_per_byte_j + cached * reuse[0].energy_per_byte_j
+        memory_s = stream_time(moved - cached, level) + stream_time(cached, reuse[0])
+        bytes_energy = (moved - cached) * level.energy_per_byte_j + cached * reuse[0].energy_per_byte_j
     else:
-        memory_s = stream_time(work.bytes, level)
-        bytes_energy = work.bytes * level.energy_per_byte_j
+        memory_s = stream_time(moved, level)
+        bytes_energy = moved * level.energy_per_byte_j
+    if rows is not None:  # a row-wise kernel: instruction-bound or memory-bound, plus its latencies
+        memory_s = max(memory_s, rows.issue_s) + rows.latency_s
 
     if work.flops <= 0 and work.bytes <= 0:
         return OpCost(0.0, "memory", "launch", 0.0, 0.0, 0.0, 0.0, 0.0, memory_level=level.name)

@@ -74,8 +74,30 @@ class GpuArch(Arch):
         0.0, "number", "transcendentals per SM per cycle (special-function units); 0: not modelled")
     tensor_cores_per_sm: int | None = arch_field(None, "int", "tensor cores per SM (descriptive)")
     kernel_efficiency: dict[str, float] = arch_field(
-        {}, "kernels", "{attention: fraction} of the matrix rate the GEMMs of a fused kernel reach "
-        "(absent: 1)")
+        {}, "kernels", "{kernel: fraction} of the matrix rate the GEMMs of a fused kernel reach: "
+        "attention (any), flash2, flash3, cudnn, mem_efficient (see attention_kernel), conv_simt "
+        "(a convolution on the CUDA cores); absent: 1")
+    attention_kernel: str | None = arch_field(
+        None, "attention_kernel", "the fused attention kernel PyTorch's SDPA dispatches here (flash2, "
+        "flash3, cudnn, mem_efficient): its kernel_efficiency rates attention GEMMs")
+    tile_overhead: dict[str, float] = arch_field(
+        {}, "number_map", "{dtype or unit: cycles} per GEMM output tile outside the main loop "
+        "(pipeline fill, epilogue); absent: 0")
+    k_align_bytes: int | None = arch_field(
+        None, "int", "bytes each filter tap's channels pad to in a convolution on the matrix unit "
+        "(cuDNN NHWC: 16); none: no padding")
+    conv_split_k: bool = arch_field(True, "bool", "whether a convolution's implicit GEMM splits K")
+    gemv_max: dict[str, float] = arch_field(
+        {}, "number_map", "{unit: widest M or N} that runs as a matrix-vector kernel (absent: 8)")
+    skinny_max: int | None = arch_field(
+        None, "int", "GEMMs with min(M, N) up to this stream operands at the skinny-kernel rate "
+        "(stream_inflight); none: never")
+    stream_inflight: dict[str, float] = arch_field(
+        {}, "number_map", "{dtype: operand elements in flight per SM} of skinny and GEMV kernels "
+        "(Little's law with the HBM latency); absent: the HBM peak alone")
+    rowwise: dict[str, float] = arch_field(
+        {}, "rowwise", "row-wise kernels (softmax, norms): cycles_per_element, cycles_per_row, "
+        "round_trips, warp_row_max, onchip_row_bytes; absent: the plain roofline")
 
     def tiles_for(self, unit: str) -> tuple[tuple[int, int], ...]:
         """The tile shapes the GEMM library uses on compute unit ``unit``."""
@@ -153,7 +175,8 @@ ARCH_CLASSES: dict[str, type[Arch]] = {
 
 _VALUE = {"int": "whole number", "number": "number", "positive": "number > 0", "ratio": "fraction",
           "frequency": "frequency",
-          "time": "time", "tiles": "mapping", "kernels": "mapping", "dtype_numbers": "mapping"}
+          "time": "time", "tiles": "mapping", "kernels": "mapping", "dtype_numbers": "mapping",
+          "bool": "true/false", "number_map": "mapping", "rowwise": "mapping", "attention_kernel": "name"}
 
 
 def _default_text(f: dataclasses.Field[Any]) -> str:

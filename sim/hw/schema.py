@@ -143,8 +143,39 @@ def _tiles(v: Any, c: Ctx) -> dict[str, tuple[tuple[int, int], ...]]:
 
 # Fused kernels whose GEMMs a GPU spec may rate apart from the GEMM library's
 # (``GemmShape.kernel``): arch.kernel_efficiency maps each to a fraction of the matrix unit's
-# achievable rate.
-KERNELS = ("attention", "conv")
+# achievable rate. "attention" rates every fused attention kernel alike; the named attention
+# kernels (FlashAttention-2/3, cuDNN, xFormers' memory-efficient) are picked by
+# ``arch.attention_kernel``; "conv" rates every convolution GEMM (forward, data and weight
+# gradients: ``conv``, ``conv_dgrad``, ``conv_wgrad``), "conv_simt" a convolution's implicit
+# GEMM on a GPU's CUDA cores.
+ATTENTION_KERNELS = ("flash2", "flash3", "cudnn", "mem_efficient")
+KERNELS = ("attention", *ATTENTION_KERNELS, "conv", "conv_simt")
+
+
+def _attention_kernel(v: Any, c: Ctx) -> str:
+    name = read_str(v, c)
+    if name not in ATTENTION_KERNELS:
+        raise c.error(f"unknown attention kernel {name!r} (known: {', '.join(ATTENTION_KERNELS)})")
+    return name
+
+
+def _number_map(v: Any, c: Ctx) -> dict[str, float]:
+    """A mapping of names to non-negative numbers (per-unit cycle counts)."""
+    out = {}
+    for k, x in mapping(v, c).items():
+        f = _num(x, c.at(k))
+        if f < 0:
+            raise c.at(k).error(f"expected a number >= 0, got {x!r}")
+        out[str(k)] = f
+    return out
+
+
+ROWWISE_FIELDS = ("cycles_per_element", "cycles_per_row", "round_trips", "warp_row_max", "onchip_row_bytes")
+
+
+def _rowwise(v: Any, c: Ctx) -> dict[str, float]:
+    mapping(v, c, {k: None for k in ROWWISE_FIELDS})
+    return _number_map(v, c)
 
 
 def _kernel_map(v: Any, c: Ctx) -> dict[str, float]:
@@ -172,6 +203,7 @@ ARCH_READERS: dict[str, Callable[[Any, Ctx], Any]] = {
     "int": read_int, "number": _num, "positive": _pos_num, "ratio": _fraction,
     "frequency": _pos_q("frequency"), "time": _q("time"),
     "tiles": _tiles, "kernels": _kernel_map, "dtype_numbers": _dtype_map(_pos_num),
+    "bool": _bool, "number_map": _number_map, "rowwise": _rowwise, "attention_kernel": _attention_kernel,
 }
 # kind -> {arch key: reader}; a field naming an unknown reader fails here, at import
 _ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {

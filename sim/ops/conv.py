@@ -317,7 +317,8 @@ def conv_gemm(n: int, out_sp: tuple[int, ...], cin: int, cout: int, kernel: tupl
     >>> conv_gemm(1, (112, 112), 3, 64, (7, 7), 1).flops  # ResNet-50 stem
     236027904.0
     """
-    return GemmShape(n * math.prod(out_sp), cout // group, cin // group * math.prod(kernel), group, "conv")
+    taps = math.prod(kernel)
+    return GemmShape(n * math.prod(out_sp), cout // group, cin // group * taps, group, "conv", taps)
 
 
 def _conv_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
@@ -439,7 +440,7 @@ def _gfilter_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: d
     w = outs[0]
     group = _group(attrs)
     fwd = conv_gemm(x.shape[0], dy.shape[2:], x.shape[1], w.shape[0], w.shape[2:], group)
-    gemm = GemmShape(fwd.n, fwd.k, fwd.m, group, "conv")
+    gemm = GemmShape(fwd.n, fwd.k, fwd.m, group, "conv_wgrad")
     r, wr = io_bytes(ins, outs)
     return Work(flops=gemm.flops, matmul_flops=gemm.flops, bytes_read=r, bytes_written=wr, gemms=(gemm,))
 

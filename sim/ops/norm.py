@@ -82,11 +82,12 @@ def _float(spec: TensorSpec, op: str) -> None:
 
 
 def _norm_work(per_elem: Any, n_groups: Any, per_group: float = 3.0, trans: bool = True,
-               passes: Any = 2):
+               passes: Any = 2, rowwise: bool = False):
     """Work of a normalization: ``per_elem`` FLOP per element of X, per normalized group
     ``per_group`` FLOP and one reciprocal square root. Inputs the size of X are read
     ``passes(attrs)`` times (a number or a function of the attributes): once to reduce
-    the statistics, once more to normalise (see the module docstring)."""
+    the statistics, once more to normalise (see the module docstring). ``rowwise``: each
+    group is one row normalised by one thread block (``Work.rows``)."""
 
     def work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
         x = ins[0] if ins[0] is not None else ins[1]
@@ -96,7 +97,8 @@ def _norm_work(per_elem: Any, n_groups: Any, per_group: float = 3.0, trans: bool
         reads = passes(attrs) if callable(passes) else passes
         r += (reads - 1) * sum(s.nbytes for s in ins if s is not None and s.numel == x.numel)
         return Work(flops=per_elem(ins, attrs) * x.numel + per_group * groups,
-                    transcendentals=groups if trans else 0, bytes_read=r, bytes_written=w)
+                    transcendentals=groups if trans else 0, bytes_read=r, bytes_written=w,
+                    rows=groups if rowwise else 0, kernel="norm" if rowwise else "")
 
     return work
 
@@ -296,7 +298,7 @@ def _ln_per_elem(ins: list[TensorSpec | None], attrs: dict) -> float:
 defop(
     "LayerNormalization",
     infer=_ln_infer,
-    work=_norm_work(_ln_per_elem, _rows),
+    work=_norm_work(_ln_per_elem, _rows, rowwise=True),
     kernel=_ln_kernel,
     grad=_ln_grad,
     doc="Normalization over axes axis.. (ONNX opset 17): inputs X, Scale, optional B; outputs "
@@ -332,7 +334,7 @@ def _lngrad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
 defop(
     "LayerNormGrad",
     infer=_lngrad_infer,
-    work=_norm_work(_const(15.0), _rows),
+    work=_norm_work(_const(15.0), _rows, rowwise=True),
     kernel=_lngrad_kernel,
     no_grad="backward op",
     doc="Gradients of LayerNormalization: inputs (dY, X, Scale, [dMean], [dInvStdDev]); "
@@ -370,7 +372,7 @@ def _rms_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
 defop(
     "RMSNormalization",
     infer=_rms_infer,
-    work=_norm_work(_const(4.0), _rows, passes=1),
+    work=_norm_work(_const(4.0), _rows, passes=1, rowwise=True),
     kernel=_rms_kernel,
     grad=_rms_grad,
     doc="x / sqrt(mean(x^2) + epsilon) * scale over axes axis.. (ONNX opset 23).",
@@ -397,7 +399,7 @@ def _rmsgrad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
 defop(
     "RMSNormGrad",
     infer=_rmsgrad_infer,
-    work=_norm_work(_const(10.0), _rows, passes=1),
+    work=_norm_work(_const(10.0), _rows, passes=1, rowwise=True),
     kernel=_rmsgrad_kernel,
     no_grad="backward op",
     doc="Gradients of RMSNormalization: inputs (dY, X, scale); outputs dX, dScale.",

@@ -325,7 +325,7 @@ def _row_work(per_elem: float, trans_elem: float, per_row: float = 0.0, trans_ro
         rows = n // x.shape[_axis(attrs, x.rank)] if x.rank and x.numel else n
         r, w = io_bytes(ins, outs)
         return Work(flops=per_elem * n + per_row * rows, transcendentals=trans_elem * n + trans_row * rows,
-                    bytes_read=r, bytes_written=w)
+                    bytes_read=r, bytes_written=w, rows=rows, kernel="softmax")
 
     return work
 

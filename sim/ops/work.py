@@ -16,10 +16,13 @@ from dataclasses import dataclass, field, replace
 class GemmShape:
     """A (batched) matrix multiply C[b] (m x n) = A[b] (m x k) @ B[b] (k x n).
 
-    ``kernel`` names the fused kernel the multiply runs inside (``"attention"`` for the two
-    GEMMs of a fused attention op and those of its gradient; empty for a plain GEMM), so a
-    spec can say how close such a kernel gets to a GEMM library's rate
-    (``arch.kernel_efficiency`` on GPUs).
+    ``kernel`` names the kernel the multiply runs inside (``"attention"`` for the two GEMMs
+    of a fused attention op and those of its gradient, ``"conv"`` for a convolution's implicit
+    GEMM; empty for a plain GEMM), so a spec can say how close such a kernel gets to a GEMM
+    library's rate (``arch.kernel_efficiency`` on GPUs).
+    ``k_runs`` says K is that many runs of ``k / k_runs`` contiguous elements (a convolution's
+    K is R x S filter taps of C channels each): a tensor-core kernel pads each run to its
+    vector width, so a 3-channel stem costs more than its FLOPs.
     """
 
     m: int
@@ -27,6 +30,7 @@ class GemmShape:
     k: int
     batch: int = 1
     kernel: str = ""
+    k_runs: int = 1
 
     @property
     def flops(self) -> float:
@@ -64,9 +68,13 @@ class Work:
 
     ``flops`` is the total; ``matmul_flops`` is the part that matrix units (tensor cores,
     MXUs, systolic arrays, DSP MAC arrays) can run; the rest runs on vector units.
+    ``rows`` is nonzero for a row-wise kernel: the number of independent rows it reduces,
+    each inside one warp or thread block, so a cost model can charge per-row work and keep a
+    row's re-reads on chip; ``kernel`` names which (``"softmax"``, ``"norm"``).
 
-    >>> Work(flops=4, bytes_read=32, bytes_written=16) + Work(flops=2)
-    Work(flops=6.0, matmul_flops=0.0, transcendentals=0.0, bytes_read=32.0, bytes_written=16.0, gemms=())
+    >>> w = Work(flops=4, bytes_read=32, bytes_written=16) + Work(flops=2)
+    >>> w.flops, w.bytes_read, w.bytes_written
+    (6.0, 32.0, 16.0)
     """
 
     flops: float = 0.0
@@ -76,9 +84,11 @@ class Work:
     bytes_written: float = 0.0
     gemms: tuple[GemmShape, ...] = field(default=())
     serial: tuple[Serial, ...] = field(default=(), repr=False)
+    rows: float = 0.0
+    kernel: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("flops", "matmul_flops", "transcendentals", "bytes_read", "bytes_written"):
+        for name in ("flops", "matmul_flops", "transcendentals", "bytes_read", "bytes_written", "rows"):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "gemms", tuple(self.gemms))
         object.__setattr__(self, "serial", tuple(self.serial))
@@ -92,6 +102,8 @@ class Work:
             self.bytes_written + other.bytes_written,
             self.gemms + other.gemms,
             self.serial + other.serial,
+            self.rows + other.rows,
+            self.kernel or other.kernel,
         )
 
     @property
@@ -114,6 +126,8 @@ class Work:
             self.bytes_written * factor,
             gemms,
             tuple(Serial(s.count, tuple(k.scaled(factor) for k in s.kernels)) for s in self.serial),
+            self.rows * factor,
+            self.kernel,
         )
 
     def parallel_part(self) -> Work:
@@ -125,7 +139,7 @@ class Work:
         ...          gemms=(GemmShape(4, 2, 2), GemmShape(1, 2, 2, batch=3)), serial=(Serial(3, (step,)),))
         >>> p = w.parallel_part()
         >>> p.flops, p.matmul_flops, p.bytes_read, p.gemms
-        (76.0, 16.0, 50.0, (GemmShape(m=4, n=2, k=2, batch=1, kernel=''),))
+        (76.0, 16.0, 50.0, (GemmShape(m=4, n=2, k=2, batch=1, kernel='', k_runs=1),))
         """
         if not self.serial:
             return self

@@ -37,20 +37,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from sim.errors import GraphError
-from sim.graph import Graph, Node, ParamInfo, TensorSpec
+from sim.graph import Graph, Node
+from sim.passes.pipeline import Pipeline, lane
 from sim.passes.tensor_parallel import tensor_parallel
-
-
-def _copy_params(src: Graph, dst: Graph) -> None:
-    for name, spec in src.params.items():
-        info = src.param_info[name]
-        dst.add_param(name, spec, info.init, trainable=info.trainable)
-        dst.param_info[name] = ParamInfo(info.init, info.trainable, dict(info.options))
-        if name in src.initializers:
-            dst.initializers[name] = src.initializers[name]
 
 
 def _check_devices(devices: Sequence[str], what: str) -> list[str]:
@@ -66,15 +56,6 @@ def _batch(g: Graph) -> int | None:
     from sim.graph.batch import infer_batch
 
     return infer_batch(g)
-
-
-def _replica(out: Graph, g: Graph, node: Node, prefix: str, meta: dict[str, Any],
-             rename: Callable[[str], str], attrs: dict[str, Any] | None = None) -> None:
-    m = dict(node.meta)
-    m.update(meta)
-    out.add_node(node.op, [rename(t) if t else "" for t in node.inputs],
-                 [rename(t) if t else "" for t in node.outputs], dict(node.attrs) if attrs is None else attrs,
-                 name=f"{prefix}/{node.name}", meta=m)
 
 
 DDP_BUCKET_BYTES = 25 * 2**20  # PyTorch DDP bucket_cap_mb=25
@@ -124,127 +105,12 @@ def data_parallel(train_graph: Graph, devices: Sequence[str] | Sequence[Mapping[
     if not grads:
         raise GraphError("data_parallel needs a training graph (meta['grads'] from training_graph)",
                          where=train_graph.source or train_graph.name)
-    g = train_graph
-    n = len(devs)
-    out = Graph(f"{g.name}.dp{n}", g.source)
-    out.meta = dict(g.meta)
-    _copy_params(g, out)
-    for dev in devs:
-        for name, spec in g.inputs.items():
-            out.add_input(f"{dev}/{name}", spec)
+    from sim.passes.data_parallel import Replicas
 
-    def renamer(dev: str) -> Callable[[str], str]:
-        return lambda t: t if t in g.params else f"{dev}/{t}"
-
-    by_grad: dict[str, list[str]] = {}
-    for p, t in grads.items():
-        by_grad.setdefault(t, []).append(p)
-    reduced: dict[str, list[str]] = {}  # gradient tensor -> its AllReduce outputs, by replica
-    allreduce: dict[str, str] = {}
-
-    def emit_allreduce(t: str) -> None:
-        p = by_grad[t][0]
-        name = out.unique_name(f"{p}.allreduce")
-        ins = [renamer(d)(t) for d in devs]
-        outs = [f"{d}/{t}.reduced" for d in devs]
-        meta: dict[str, Any] = {"device": devs[0], "role": "collective", "param": p}
-        prod = g.producer(t)
-        if prod is not None and prod.meta.get("layer"):
-            meta["layer"] = prod.meta["layer"]
-        out.add_node("AllReduce", ins, outs, {"group": list(devs), "algorithm": "ring",
-                                              "reduction": reduction}, name=name, meta=meta)
-        reduced[t] = outs
-        for q in by_grad[t]:
-            allreduce[q] = name
-
-    buckets: list[list[str]] = []
-    pending: dict[str, list[str]] = {}  # dtype -> gradients waiting in the open bucket
-    pending_bytes: dict[str, int] = {}
-
-    def flush(dtype: str) -> None:
-        ts = pending.pop(dtype, [])
-        pending_bytes.pop(dtype, None)
-        if not ts:
-            return
-        buckets.append([by_grad[t][0] for t in ts])
-        if len(ts) == 1:
-            emit_allreduce(ts[0])
-            return
-        p0 = by_grad[ts[0]][0]
-        b = len(buckets) - 1
-        sizes = [max(g.tensors[t].numel, 1) for t in ts]
-        flat: list[str] = []
-        for k, dev in enumerate(devs):
-            meta = {"device": dev, "replica": k, "role": "grad_bucket", "bucket": b}
-            parts = [out.add_node("Reshape", [renamer(dev)(t)], [out.unique_name(f"{dev}/{t}.flat")],
-                                  {"shape": [sz]}, name=out.unique_name(f"{dev}/bucket{b}.flat"),
-                                  meta=dict(meta))[0] for t, sz in zip(ts, sizes)]
-            flat.extend(out.add_node("Concat", parts, [out.unique_name(f"{dev}/bucket{b}")], {"axis": 0},
-                                     name=out.unique_name(f"{dev}/bucket{b}.concat"), meta=dict(meta)))
-        name = out.unique_name(f"{p0}.bucket")
-        outs = [f"{d}/bucket{b}.reduced" for d in devs]
-        out.add_node("AllReduce", flat, outs, {"group": list(devs), "algorithm": "ring",
-                                               "reduction": reduction}, name=name,
-                     meta={"device": devs[0], "role": "collective", "param": p0, "bucket": b})
-        for t in ts:
-            reduced[t] = []
-            for q in by_grad[t]:
-                allreduce[q] = name
-        for k, dev in enumerate(devs):
-            meta = {"device": dev, "replica": k, "role": "grad_bucket", "bucket": b}
-            pieces = out.add_node("Split", [outs[k]], [out.unique_name(f"{dev}/{t}.piece") for t in ts],
-                                  {"axis": 0, "split": sizes}, name=out.unique_name(f"{dev}/bucket{b}.split"),
-                                  meta=dict(meta))
-            for t, piece in zip(ts, pieces):
-                reduced[t].extend(out.add_node(
-                    "Reshape", [piece], [f"{dev}/{t}.reduced"], {"shape": list(g.tensors[t].shape)},
-                    name=out.unique_name(f"{dev}/{t}.unflat"), meta=dict(meta)))
-
-    def ready(t: str) -> None:
-        if not bucket_bytes:
-            buckets.append([by_grad[t][0]])
-            emit_allreduce(t)
-            return
-        dt = g.tensors[t].dtype
-        pending.setdefault(dt, []).append(t)
-        pending_bytes[dt] = pending_bytes.get(dt, 0) + g.tensors[t].nbytes
-        if pending_bytes[dt] >= bucket_bytes:
-            flush(dt)
-
-    for t in by_grad:  # gradients that are constants (parameters nothing depends on)
-        if g.producer(t) is None:
-            ready(t)
-    for node in g.topo_order():
-        for t in node.inputs:  # a node needs a gradient whose bucket is still open
-            if t in by_grad and t not in reduced and g.tensors[t].dtype in pending \
-                    and t in pending[g.tensors[t].dtype]:
-                flush(g.tensors[t].dtype)
-        for k, dev in enumerate(devs):
-            base = renamer(dev)
-
-            def rn(t: str, _base: Callable[[str], str] = base, _k: int = k) -> str:
-                # every consumer of a gradient reads the averaged one
-                return reduced[t][_k] if t in reduced else _base(t)
-
-            _replica(out, g, node, dev, {"device": dev, "replica": k}, rn)
-        for t in node.outputs:
-            if t in by_grad and t not in reduced and not any(t in v for v in pending.values()):
-                ready(t)
-    for dt in list(pending):
-        flush(dt)
-    out.set_outputs([renamer(d)(t) for d in devs for t in g.outputs])
-    first = renamer(devs[0])
-    updates = g.meta.get("updates") or {}
-    out.meta.update({
-        "replicas": devs, "allreduce": allreduce, "buckets": buckets,
-        "updates": {first(o): p for o, p in updates.items()},
-        "grads": {p: reduced[t][0] for p, t in grads.items() if t in reduced},
-    })
-    if "loss" in g.meta:
-        out.meta["loss"] = first(str(g.meta["loss"]))
-    b = _batch(g)
+    out = Replicas(train_graph, devs, reduction, bucket_bytes).run()
+    b = _batch(train_graph)
     if b is not None:
-        out.meta["batch"] = b * n
+        out.meta["batch"] = b * len(devs)
     return out.verify()
 
 
@@ -346,11 +212,21 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str] | Sequence[Sequence[st
                          "data parallelism (dp(pp(tp(g))))", where="pipeline_parallel")
     if microbatches < 1:
         raise GraphError(f"microbatches must be >= 1, got {microbatches}", where="pipeline_parallel")
-    n = len(devs)
+    stage, phase, replicated = _pipeline_plan(graph, len(devs), weight)
+    out = Pipeline(graph, stage, phase, replicated, _placer(groups, tp), microbatches, len(devs)).run()
+    out.meta.update({"stages": stage, "microbatches": microbatches, "stage_devices": devs})
+    b = _batch(graph)
+    if b is not None:
+        out.meta["batch"] = b * microbatches
+    return out.verify()
+
+
+def _pipeline_plan(graph: Graph, n: int, weight: Callable[[Node], float] | None
+                   ) -> tuple[dict[str, int], dict[str, str], list[Node]]:
+    """Node -> stage, node -> phase (``f``/``b``) and the nodes replicated per microbatch (all
+    but a training step's optimizer nodes)."""
     order = graph.topo_order()
-    grads: dict[str, str] = dict(graph.meta.get("grads") or {})
-    training = bool(grads)
-    if training:
+    if graph.meta.get("grads"):
         from sim.passes.training import forward_node_names
 
         fwd_names = set(forward_node_names(graph))
@@ -359,102 +235,9 @@ def pipeline_parallel(graph: Graph, stages: Sequence[str] | Sequence[Sequence[st
         phase = {nd.name: "f" if nd.name in fwd_names or nd.meta.get("role") == "loss" else "b"
                  for nd in replicated}
     else:
-        forward = list(order)
-        replicated = list(order)
+        forward = replicated = list(order)
         phase = {nd.name: "f" for nd in order}
-    stage = _training_stages(graph, order, _split_by_origin(graph, n, weight, forward), n)
-    rep_names = {nd.name for nd in replicated}
-    last: dict[tuple[int, str, int], str] = {}  # (stage, phase, lane) -> output of its last node
-    for nd in replicated:
-        if nd.outputs and nd.outputs[0]:
-            last[(stage[nd.name], phase[nd.name], _lane(nd))] = nd.outputs[0]
-    place = _placer(groups, tp)
-
-    out = Graph(f"{graph.name}.pp{n}x{microbatches}", graph.source)
-    out.meta = dict(graph.meta)
-    _copy_params(graph, out)
-    for j in range(microbatches):
-        for name, spec in graph.inputs.items():
-            out.add_input(f"mb{j}/{name}", spec)
-
-    def produced_here(t: str) -> bool:
-        prod = graph.producer(t)
-        return prod is not None and prod.name in rep_names
-
-    for j in range(microbatches):
-        def plain(t: str, _j: int = j) -> str:
-            return f"mb{_j}/{t}" if t in graph.inputs or produced_here(t) else t
-        held: dict[tuple[str, int, str, int], str] = {}
-        for node in replicated:
-            s, ph, ln = stage[node.name], phase[node.name], _lane(node)
-            dev, attrs = place(node, s)
-            meta = {"device": dev, "stage": s, "microbatch": j}
-
-            def rn(t: str, _j: int = j, _s: int = s, _ph: str = ph, _meta: dict[str, Any] = meta,
-                   _plain: Callable[[str], str] = plain, _ln: int = ln,
-                   _held: dict[tuple[str, int, str, int], str] = held) -> str:
-                # a tensor entering stage s waits until the stage is done with microbatch j-1
-                # (in the same phase), so each device takes the microbatches in order
-                if _j == 0 or t in graph.params or (_s, _ph, _ln) not in last:
-                    return _plain(t)
-                prod = graph.producer(t)
-                if prod is not None and (prod.name not in rep_names or stage[prod.name] == _s):
-                    return _plain(t)
-                key = (t, _s, _ph, _ln)
-                if key not in _held:
-                    prev = f"mb{_j - 1}/{last[(_s, _ph, _ln)]}"
-                    (_held[key],) = out.add_node(
-                        "Depend", [_plain(t), prev], [out.unique_name(f"{_plain(t)}.stage{_s}")],
-                        name=out.unique_name(f"mb{_j}/stage{_s}.after"),
-                        meta={**_meta, "inplace": {0: 0}})
-                return _held[key]
-
-            _replica(out, graph, node, f"mb{j}", meta, rn, attrs)
-
-    outputs: list[str] = []
-    if training:
-        pairs = [(p, t) for p, t, _ in graph.meta.get("rank_grads") or []] or list(grads.items())
-        acc = _accumulate(out, graph, pairs, stage, place, microbatches, produced_here)
-        for node in order:
-            if node.name in rep_names:
-                continue
-            s = stage[node.name]
-            ins = [acc.get(t, t) if t else "" for t in node.inputs]
-            if node.meta.get("role") == "optimizer" and "param" not in node.meta:
-                s = 0  # the step counter, on the first stage
-                if node.op == "Depend":
-                    # each stage updates its parameters once its own accumulated gradients
-                    # exist: no wait for (and no copy of) the other stages' gradients
-                    ins = ins[:1]
-            m = dict(node.meta)
-            m.update({"device": place(node, s)[0], "stage": s})
-            out.add_node(node.op, ins, list(node.outputs), dict(node.attrs), name=node.name, meta=m)
-        loss = str(graph.meta.get("loss", ""))
-        out.meta["losses"] = [f"mb{j}/{loss}" for j in range(microbatches)] if loss else []
-        if loss:
-            out.meta["loss"] = f"mb0/{loss}"
-        out.meta["grads"] = {p: acc[t] for p, t in grads.items()}
-        out.meta["rank_grads"] = [(p, acc[t], _device_of(out, acc[t])) for p, t in pairs]
-    for t in graph.outputs:
-        if produced_here(t):
-            outputs.extend(f"mb{j}/{t}" for j in range(microbatches))
-        else:
-            outputs.append(t)
-    out.set_outputs(outputs)
-    out.meta.update({"stages": stage, "microbatches": microbatches, "stage_devices": devs})
-    b = _batch(graph)
-    if b is not None:
-        out.meta["batch"] = b * microbatches
-    return out.verify()
-
-
-def _device_of(g: Graph, t: str) -> str:
-    prod = g.producer(t)
-    return str(prod.meta["device"]) if prod is not None else ""
-
-
-def _lane(node: Node) -> int:
-    return int(node.meta.get("tp_rank", 0))
+    return _training_stages(graph, order, _split_by_origin(graph, n, weight, forward), n), phase, replicated
 
 
 def _placer(groups: list[list[str]], tp: list[Any]) -> Callable[[Node, int], tuple[str, dict[str, Any]]]:
@@ -464,37 +247,8 @@ def _placer(groups: list[list[str]], tp: list[Any]) -> Callable[[Node, int], tup
         attrs = dict(node.attrs)
         if "group" in attrs and tp != [None]:
             attrs["group"] = [groups[s][tp.index(d)] for d in attrs["group"]]
-        return groups[s][_lane(node)], attrs
+        return groups[s][lane(node)], attrs
     return place
-
-
-def _accumulate(out: Graph, graph: Graph, grads: list[tuple[str, str]], stage: dict[str, int],
-                place: Callable[[Node, int], tuple[str, dict[str, Any]]], m: int,
-                produced_here: Callable[[str], bool]) -> dict[str, str]:
-    """Per parameter gradient: the mean of its microbatch gradients. Returns tensor -> mean."""
-    acc: dict[str, str] = {}
-    for p, t in grads:
-        if t in acc:
-            continue
-        prod = graph.producer(t)
-        s = stage[prod.name] if prod is not None else 0
-        dev = place(prod, s)[0] if prod is not None else place(Node("", "", (), ()), s)[0]
-        meta = {"device": dev, "stage": s, "role": "grad_accumulation", "param": p}
-        parts = [f"mb{j}/{t}" for j in range(m)] if produced_here(t) else [t] * m
-        total = parts[0]
-        for j, part in enumerate(parts[1:], 1):
-            (total,) = out.add_node("Add", [total, part], [out.unique_name(f"{p}.grad_acc{j}")],
-                                    name=out.unique_name(f"{p}.grad_acc{j}"), meta=dict(meta))
-        if m > 1:
-            dtype = out.tensors[total].dtype
-            inv = f"pipeline.inv_microbatches.{dtype}"
-            if inv not in out.tensors:
-                out.add_param(inv, TensorSpec((), dtype), "constant", trainable=False,
-                              value=np.array(1.0 / m))
-            (total,) = out.add_node("Mul", [total, inv], [out.unique_name(f"{p}.grad_acc")],
-                                    name=out.unique_name(f"{p}.grad_acc"), meta=dict(meta))
-        acc[t] = total
-    return acc
 
 
 def bubble_fraction(result: Any, devices: Sequence[str]) -> float:

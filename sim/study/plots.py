@@ -168,8 +168,8 @@ def plot_heatmap(df: Any, x: str, y: str, hue: str, path: str | os.PathLike[str]
     fig, ax = _figure((1.2 + 1.1 * len(cols), 1.4 + 0.55 * len(rows)))
     import matplotlib
 
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("0.88")  # a point that failed (or was not run): light grey, labelled
+    # a point that failed (or was not run): light grey, labelled
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.88")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
     finite = grid[np.isfinite(grid)]
     mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0

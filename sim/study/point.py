@@ -191,12 +191,55 @@ def metrics_of(result: Any) -> dict[str, Any]:
     }
 
 
+CLUSTER_FIELDS = {"tp", "mbs", "schedule", "zero", "sp", "order"}
+
+
+def cluster_route(cfg: Mapping[str, Any], spec: Any) -> bool:
+    """Whether a point is a cluster training step (``sim.cluster``), as ``sim run`` decides: a
+    layout with a tp/mbs/schedule/zero/sp/order field or both pp and dp, or a cluster spec."""
+    from sim.hw.spec import ClusterSpec
+
+    if isinstance(spec, ClusterSpec):
+        return True
+    keys = {item.split("=")[0].strip().lower() for item in (cfg["parallel"] or "").split(",") if item.strip()}
+    return bool(keys & CLUSTER_FIELDS) or {"pp", "dp"} <= keys
+
+
+def simulate_cluster_point(cfg: Mapping[str, Any], spec: Any) -> dict[str, Any]:
+    """One training step on a cluster under a 3-D layout (``sim.cluster.simulate_training``):
+    ``batch`` is the global batch, ``checkpoint`` full recomputation, a bf16/fp16 dtype mixed
+    precision. Energy and bound shares are not modelled there and stay empty."""
+    from sim.cluster import simulate_training
+
+    opts = cfg["options"]
+    if not opts.get("train"):
+        raise SimError("a tp/pp/dp layout simulates a training step: set train", where="parallel")
+    params = dict(cfg["params"])
+    batch = params.pop("batch", None)
+    if not isinstance(batch, int) or batch < 1:
+        raise SimError("a cluster training step needs the global batch (batch=N)", where="batch")
+    dtype = (cfg["dtype"] or "bf16").lower()
+    r = simulate_training(cfg["workload_path"], spec, cfg["parallel"] or "tp=1", batch=batch, sets=params,
+                          optimizer=opts.get("optimizer", "adam"), dtype=dtype, amp=dtype != "fp32",
+                          recompute=bool(opts.get("checkpoint")), progress=False)
+    span = r.makespan_s
+    return {
+        "makespan_s": span, "throughput_per_s": batch / span, "time_per_sample_s": span / batch,
+        "peak_memory_bytes": None, "peak_memory_per_device_bytes": max(m.total for m in r.memory),
+        "energy_j": None, "energy_per_sample_j": None, "flops": r.hardware_flops,
+        "achieved_flops_per_s": r.hardware_flops / span, "mfu": r.mfu,
+        **{f"bound_{b}": None for b in BOUNDS}, "host_bound_s": None, "devices": r.gpus,
+    }
+
+
 def simulate_point(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Simulate one point; raises what the simulator raises."""
     from sim.engine import simulate
     from sim.passes.precision import cast_graph
 
     spec = spec_for(cfg)
+    if cluster_route(cfg, spec):
+        return simulate_cluster_point(cfg, spec)
     graph = build_graph(cfg, spec)
     if cfg["dtype"]:
         graph = cast_graph(graph, cfg["dtype"])
