@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from sim.dtypes import to_numpy
 from sim.errors import GraphError
 from sim.exec.executor import init_param
 from sim.graph import Graph, TensorSpec
@@ -151,8 +150,3 @@ def numeric_change(model: Any, prompt: np.ndarray, steps: int, schemes: tuple[st
             "logit_rel_error": float(np.sqrt(((q - ref) ** 2).mean()) / np.sqrt((ref ** 2).mean())),
         }
     return out
-
-
-def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
-    """``x`` stored in ``dtype`` and read back as float32 (an fp8 KV cache)."""
-    return np.asarray(x).astype(to_numpy(dtype)).astype(np.float32)
