@@ -37,24 +37,21 @@ def test_step_from_two_layers_equals_the_full_depth_graph():
 
 def test_decode_step_is_bandwidth_bound_by_hand(llama7b_timer):
     """Llama-2 7B, batch 1, 4096 cached tokens, bf16 on one H100: the step streams the weights
-    (6,738,415,616 x 2 B) and the cache (2 x 32 layers x 4096 x 4096 x 2 B) once, at the
-    achievable HBM bandwidth (3.35 TB/s x 0.897, hwspecs/h100.yaml). Every kernel also pays at
-    most the 5 us launch floor, so the step lies between bytes/BW and bytes/BW + kernels x 5 us."""
+    (6,738,415,616 x 2 B) and the cache (2 x 32 layers x 4096 x 4096 x 2 B) once, so it takes
+    at least their bytes over the achievable HBM bandwidth (hwspecs/h100.yaml: 3.35 TB/s x
+    the fitted efficiency). The attention kernels are exactly that for the cache, plus one
+    launch floor each; the GEMMs at M = 1 stream their weights at the fitted skinny-operand
+    rate (sim/cost/gpu.py), somewhat below the HBM roof, and every small kernel pays the
+    launch floor, so the whole step sits above the weights-and-cache roof, but within 2x."""
     t = llama7b_timer
     parts = t.step(1, 1, 4096)
     step = parts.dense_s + parts.head_s + parts.attn_s
-    bytes_ = 6_738_415_616 * 2 + 2 * 32 * 4096 * 4096 * 2
-    bw = 3.35e12 * 0.897
-    hand = bytes_ / bw  # 5.20 ms
-    g = fuse(cast_graph(t.model.step_graph(1, 1, 4096, n_layer=2), "bf16"))
-    kernels = sum(1 for n in g.nodes.values() if g.work(n).bytes > 0)  # launched ops, 2 layers
-    per_layer = sum(1 for n in g.nodes.values() if ".1." in str(n.meta.get("layer", ""))
-                    and g.work(n).bytes > 0)
-    n_kernels = kernels + 30 * per_layer
-    assert hand <= step <= hand + n_kernels * 5e-6
+    bw, launch = H100.memory[0].achievable_Bps, H100.launch_s
+    hand = (6_738_415_616 * 2 + 2 * 32 * 4096 * 4096 * 2) / bw  # ~5.3 ms
+    assert hand <= step <= 2 * hand
     # each layer's attention kernel streams its cache (2 x 4096 x 4096 x 2 B), reads q and
-    # the lengths and writes y (4096 x 2 B each, 8 B), and pays one 5 us launch floor
-    per_layer = (2 * 4096 * 4096 * 2 + 2 * 4096 * 2 + 8) / bw + 5e-6
+    # the lengths and writes y (4096 x 2 B each, 8 B), and pays one launch floor
+    per_layer = (2 * 4096 * 4096 * 2 + 2 * 4096 * 2 + 8) / bw + launch
     assert parts.attn_s == pytest.approx(32 * per_layer, rel=1e-6)
 
 
@@ -202,7 +199,7 @@ def test_quantised_serving_numerics_and_speed():
         + 131_072_000 * 2 + 65 * 4096 * 2
     steps = {q: t.iteration_s(1024, 1, []) for q, t in timers.items()}
     assert steps["int4"] < steps["int8"] < steps[""]
-    assert steps["int4"] > timers["int4"].weight_bytes() / (3.35e12 * 0.897)
+    assert steps["int4"] > timers["int4"].weight_bytes() / H100.memory[0].achievable_Bps
 
 
 def test_tensor_parallel_rank_and_its_allreduces_by_hand():

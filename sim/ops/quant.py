@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.dtypes import is_float
+from sim.dtypes import is_float, itemsize
 from sim.errors import GraphError
 from sim.graph.tensor import TensorSpec
 from sim.ops.common import need
@@ -57,11 +57,16 @@ def _infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[Tensor
 
 
 def _work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str, Any]) -> Work:
-    """One GEMM (m = rows of A, n = N, k = K): 2 M N K matmul FLOPs, plus the dequantisation
-    (a subtract and a multiply per weight, once per kernel: 2 N K vector FLOPs). Bytes: A,
-    the packed weight, the scales and Y once each."""
+    """One GEMM (m = rows of A, n = N, k = K; B at ``bits/8`` bytes per weight plus its
+    scales, ``GemmShape.b_bytes``): 2 M N K matmul FLOPs, plus the dequantisation (a subtract
+    and a multiply per weight, once per kernel: 2 N K vector FLOPs). Bytes: A, the packed
+    weight, the scales and Y once each."""
     d = _dims(ins, attrs)
-    g = GemmShape(d["M"], d["N"], d["K"])
+    scales = ins[2]
+    assert scales is not None
+    # B streams at bits/8 bytes per weight plus its block's share of a scale
+    b_bytes = d["bits"] / 8 + itemsize(scales.dtype) / d["bs"]
+    g = GemmShape(d["M"], d["N"], d["K"], b_bytes=b_bytes)
     mm = g.flops
     r = sum(s.nbytes for s in ins if s is not None)
     return Work(flops=mm + 2.0 * d["N"] * d["K"], matmul_flops=mm, bytes_read=r,
