@@ -33,7 +33,7 @@ class GemmShape:
     batch: int = 1
     kernel: str = ""
     k_runs: int = 1
-    b_bytes: float = 0.0
+    b_bytes: float = field(default=0.0, repr=False)
 
     @property
     def flops(self) -> float:
