@@ -20,7 +20,7 @@ import numpy as np
 
 from sim.dtypes import is_float, itemsize
 from sim.errors import GraphError
-from sim.graph.tensor import TensorSpec
+from sim.tensor import TensorSpec
 from sim.ops.common import need
 from sim.ops.registry import defop
 from sim.ops.work import GemmShape, Work
