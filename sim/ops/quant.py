@@ -20,10 +20,10 @@ import numpy as np
 
 from sim.dtypes import is_float, itemsize
 from sim.errors import GraphError
-from sim.tensor import TensorSpec
 from sim.ops.common import need
 from sim.ops.registry import defop
 from sim.ops.work import GemmShape, Work
+from sim.tensor import TensorSpec
 
 
 def _dims(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[str, int]:
