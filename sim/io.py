@@ -111,12 +111,18 @@ class SafeLimitLoader(yaml.SafeLoader):
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
         self._max_depth = limit("yaml_depth")
         self._max_nodes = limit("yaml_nodes")
 
     def compose_node(self, parent: Node | None, index: Any) -> Any:
         self._depth += 1
+        self._nodes += 1
         try:
+            if self._nodes > self._max_nodes:  # stop early: composing costs time and memory
+                raise YAMLLimitError(
+                    None, None, f"the document has more than {self._max_nodes:,} nodes "
+                    f"(raise it with {env_var('yaml_nodes')}=N)", self.peek_event().start_mark)
             if self._depth > self._max_depth:
                 raise YAMLLimitError(
                     None, None, f"nesting deeper than {self._max_depth} levels "

@@ -17,9 +17,9 @@ from sim.errors import SimError
 
 #: name -> (default, what it bounds)
 LIMITS: dict[str, tuple[int, str]] = {
-    "input_bytes": (64 * 2**20, "bytes of a YAML spec or workload file"),
+    "input_bytes": (2**20, "bytes of a YAML spec or workload file (the largest bundled is 20 KB)"),
     "onnx_bytes": (2**31, "bytes of an ONNX model file (protobuf's own limit is 2 GiB)"),
-    "yaml_nodes": (1_000_000, "YAML nodes after alias expansion (anchors and *aliases)"),
+    "yaml_nodes": (100_000, "YAML nodes, written or reached through aliases"),
     "yaml_depth": (64, "nesting depth of YAML mappings and lists"),
     "repeat": (10_000, "repeat count of a workload layer or block"),
     "graph_nodes": (100_000, "ops in a graph read from a workload file or an ONNX model"),

@@ -67,6 +67,8 @@ def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
     """
     import yaml
 
+    from sim.io import safe_load
+
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
@@ -75,7 +77,7 @@ def parse_hw_sets(items: list[str] | None) -> dict[str, Any]:
         value = number_or_text(v, where=f"--hw-set {k}")
         if isinstance(value, str) and (v.startswith("[") or v.lower() in ("true", "false")):
             try:
-                value = yaml.safe_load(v)
+                value = safe_load(v)
             except yaml.YAMLError:
                 raise SimError(f"{k}: cannot read {v!r} as a value", where="--hw-set") from None
         out[k] = value

@@ -67,7 +67,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     print(format_errors(fit.errors, "fitted (signed: predicted / measured - 1)"))
     print(format_errors(fit.cv_errors, f"{args.folds}-fold cross-validated (kernels the fit did not see)"))
     text = spec_yaml(fit, machine, len(samples), args.name, time.strftime("%Y-%m-%d", time.gmtime()))
-    with open(args.output, "w") as f:
-        f.write(text)
+    from sim.io import atomic_write
+
+    atomic_write(args.output, text)
     print(f"wrote spec {args.output}")
     return 0

@@ -164,8 +164,9 @@ class ClusterResult:
         )
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        from sim.io import atomic_write
+
+        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False))
 
     def summary(self) -> str:
         lay = self.layout
@@ -233,8 +234,9 @@ class ClusterResult:
                     "dur": round((e.end_s - e.start_s) * 1e6, 3),
                 }
             )
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"traceEvents": ev, "displayTimeUnit": "ms"}, f)
+        from sim.io import atomic_write
+
+        atomic_write(path, json.dumps({"traceEvents": ev, "displayTimeUnit": "ms"}, allow_nan=False))
 
     def plot(self, path: str | os.PathLike[str]) -> None:
         """A timeline with one row per pipeline stage (forward, backward, optimizer, exposed

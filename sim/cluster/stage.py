@@ -294,15 +294,14 @@ def workload_params(workload: Any) -> dict[str, Any]:
     """The declared ``params`` of a YAML workload (defaults, unevaluated)."""
     import os
 
-    import yaml
-
     from sim.frontends.yaml_loader import resolve_workload
 
     path = os.fspath(workload)
     if not os.path.exists(path):
         path = resolve_workload(path)
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f) or {}
+    from sim.io import read_text, safe_load
+
+    doc = safe_load(read_text(path)) or {}
     return dict(doc.get("params") or {}) if isinstance(doc, dict) else {}
 
 

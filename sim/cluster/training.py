@@ -376,7 +376,7 @@ def _progress(show: bool | None, p: int, m: int, v: int) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="pipeline tasks", unit="task", leave=False, mininterval=0.5)
+    return tqdm(total=total, desc="pipeline tasks", unit="task", leave=False, mininterval=0.5, delay=2.0)
 
 
 __all__ = [

@@ -11,9 +11,10 @@ the longest of
   the CUDA cores for fp32 with TF32 off);
 * loading its operands into the SM (``(tm + tn) x bytes`` at ``sm_load_bytes_per_cycle``);
 * reading them out of shared memory: a tensor-core warpgroup reads each operand element once
-  (``(tm + tn) x bytes``); a SIMT kernel's ``SIMT_THREADS`` threads each compute an a x b
-  micro-tile and read a + b elements per k (``2 sqrt(threads tm tn) x bytes`` per tile), so a
-  small fp32 tile (64 x 64) is shared-memory bound at about half the FMA rate.
+  (``(tm + tn) x bytes``); each thread of a SIMT kernel computes an 8 x 8 micro-tile and reads
+  8 + 8 elements per k (CUTLASS sizes its SIMT tiles' warp counts so: 64 threads for 64 x 64 or
+  32 x 128, 256 for 128 x 128), which keeps an H100 SM's 128 B/clk of shared memory just ahead
+  of its fp32 FMA rate.
 
 When the grid is smaller than the SM count, K may be split across otherwise idle SMs; the
 slices' fp32 partial tiles are combined by a serialised fix-up (CUTLASS's serial split-K /
@@ -59,7 +60,7 @@ from sim.hw.spec import ComputeUnit, DeviceSpec
 from sim.ops.work import GemmShape, Work
 
 GEMV_MAX = 8  # widest skinny side a GEMM library runs as a matrix-vector kernel (spec: arch.gemv_max)
-SIMT_THREADS = 128  # threads of a cuBLAS SIMT GEMM tile (4 warps: 8 x 16 outputs each on a 128 x 128 tile)
+SIMT_MICRO = 8  # a CUDA-core GEMM thread computes an 8 x 8 micro-tile (CUTLASS SIMT configurations)
 ACCUM_BYTES = 4  # a split-K partial tile is kept in fp32, the tensor cores' accumulator format
 
 
@@ -116,7 +117,8 @@ def k_step_s(tm: int, tn: int, rows: int, cols: int, gm: GemmModel) -> float:
     smem_s = 0.0
     if gm.smem_Bps > 0:
         if gm.simt:
-            smem_s = 2.0 * math.sqrt(SIMT_THREADS * tm * tn) * gm.elem_bytes / gm.smem_Bps
+            # tm x tn / 64 threads, each reading 8 + 8 operands per k-step
+            smem_s = (tm * tn / SIMT_MICRO**2) * 2 * SIMT_MICRO * gm.elem_bytes / gm.smem_Bps
         else:
             smem_s = (tm + tn) * gm.elem_bytes / gm.smem_Bps
     return max(math_s, load_s, smem_s)

@@ -89,6 +89,29 @@ def _needs_grad(graph: Graph, wrt: set[str]) -> set[str]:
     return need
 
 
+def _backward_node(g: Graph, node: Node, grads: dict[str, list[str]], need: set[str]) -> None:
+    """Emit ``node``'s gradient rule; add each input gradient to ``grads`` (summed later)."""
+    opdef = get_op(node.op)
+    where = f"node {node.name!r} ({node.op})"
+    if opdef.grad is None:
+        raise GraphError(f"op has no gradient ({opdef.no_grad})", where=where)
+    gb = GradBuilder(g, node)
+    douts: list[str | None] = []
+    for o in node.outputs:
+        parts = grads.get(o) if o else None
+        douts.append(gb.add_n(parts) if parts else None)
+        if parts and len(parts) > 1:
+            grads[o] = [douts[-1]]  # type: ignore[list-item]
+    dxs = list(opdef.grad(gb, node, douts))
+    dxs += [None] * (len(node.inputs) - len(dxs))
+    for inp, dx in zip(node.inputs, dxs):
+        if inp and dx is not None and inp in need:
+            if g.tensors[dx].shape != g.tensors[inp].shape:
+                raise GraphError(f"gradient rule gave shape {g.tensors[dx].shape} for input {inp!r} "
+                                 f"of shape {g.tensors[inp].shape}", where=where)
+            grads.setdefault(inp, []).append(dx)
+
+
 def gradients(
     graph: Graph,
     ys: str | Sequence[str],
@@ -116,35 +139,9 @@ def gradients(
         dys = [root.const(1.0, spec.dtype, spec.shape)]
     grads: dict[str, list[str]] = {y: [d] for y, d in zip(ys, dys)}
     need = _needs_grad(g, set(wrt))
-    forward = [n for n in graph.topo_order()]
-    for node in reversed(forward):
-        if not any(o in grads for o in node.outputs if o):
-            continue
-        if not any(t in need for t in node.inputs if t):
-            continue
-        opdef = get_op(node.op)
-        where = f"node {node.name!r} ({node.op})"
-        if opdef.grad is None:
-            raise GraphError(f"op has no gradient ({opdef.no_grad})", where=where)
-        gb = GradBuilder(g, node)
-        douts: list[str | None] = []
-        for o in node.outputs:
-            parts = grads.get(o) if o else None
-            douts.append(gb.add_n(parts) if parts else None)
-            if parts and len(parts) > 1:
-                grads[o] = [douts[-1]]  # type: ignore[list-item]
-        dxs = opdef.grad(gb, node, douts)
-        if len(dxs) < len([i for i in node.inputs]):
-            dxs = list(dxs) + [None] * (len(node.inputs) - len(dxs))
-        for inp, dx in zip(node.inputs, dxs):
-            if inp and dx is not None and inp in need:
-                if g.tensors[dx].shape != g.tensors[inp].shape:
-                    raise GraphError(
-                        f"gradient rule gave shape {g.tensors[dx].shape} for input {inp!r} "
-                        f"of shape {g.tensors[inp].shape}",
-                        where=where,
-                    )
-                grads.setdefault(inp, []).append(dx)
+    for node in reversed(graph.topo_order()):
+        if any(o in grads for o in node.outputs if o) and any(t in need for t in node.inputs if t):
+            _backward_node(g, node, grads, need)
     result: dict[str, str] = {}
     for t in wrt:
         parts = grads.get(t)

@@ -41,6 +41,7 @@ its storage dtype as the unfused graph would.
 from __future__ import annotations
 
 from sim.graph import Graph, Node
+from sim.graph.rewrite import GraphBuilder, copy_leaves
 from sim.ops.registry import has_trait
 
 
@@ -63,63 +64,13 @@ def _joinable(node: Node) -> bool:
 # ------------------------------------------------------------------------------ the pass
 def fuse(graph: Graph) -> Graph:
     """A new graph with elementwise chains fused into their producers (see module doc)."""
-    order = graph.topo_order()
-    pos = {n.name: i for i, n in enumerate(order)}
-    groups: list[list[Node]] = []
-    first: list[int] = []  # topological position of each group's first node
-    made_in: dict[str, int] = {}  # tensor -> group id of its producer
-    # nodes that open a later node's group: Transpose prologues of matrix ops, and Constants
-    # (they read nothing) with a single consumer; other Constants are emitted first
-    pending: dict[str, list[Node]] = {}
-    shared_const: list[Node] = []
+    pos = {n.name: i for i, n in enumerate(graph.topo_order())}
     prologue = _prologues(graph)  # node -> the matrix op whose group it opens
-    for node in order:
-        if node.name in prologue:
-            pending.setdefault(prologue[node.name], []).append(node)
-        elif node.op == "Constant" and not node.inputs:
-            users = [c for t in node.outputs if t for c in graph.consumers(t)]
-            if len(users) == 1 and not set(node.outputs) & set(graph.outputs):
-                pending.setdefault(users[0].name, []).append(node)
-            else:
-                shared_const.append(node)
-            pos[node.name] = -1
-    for node in order:
-        if (node.op == "Constant" and not node.inputs) or node.name in prologue:
-            continue
-        target = None
-        if _joinable(node):
-            cands = {made_in[t] for t in node.inputs if t and t in made_in}
-            for gid in sorted(cands, key=lambda g: -first[g]):
-                others = [t for t in node.inputs if t and made_in.get(t) != gid]
-                ok = True
-                for t in others:
-                    p = graph.producer(t)
-                    if p is not None and pos[p.name] >= first[gid] and p.op != "Constant":
-                        ok = False
-                        break
-                if ok:
-                    target = gid
-                    break
-        if target is None:
-            target = len(groups)
-            groups.append([])
-            first.append(pos[node.name])
-        groups[target].extend(pending.get(node.name, []))
-        groups[target].append(node)
-        if has_trait(node.op, "collective"):
-            continue  # a collective runs on the links, not in a kernel: nothing fuses into it
-        for t in node.outputs:
-            if t:
-                made_in[t] = target
-
+    pending, shared_const = _openers(graph, prologue, pos)
+    groups = _grow_groups(graph, prologue, pending, pos)
     groups = _split_trailing_views(graph, _merge_siblings(graph, groups, prologue, pos), pos)
     out = Graph(graph.name, graph.source)
-    for name, spec in graph.inputs.items():
-        out.add_input(name, spec)
-    for name, spec in graph.params.items():
-        info = graph.param_info[name]
-        out.add_param(name, spec, info.init, trainable=info.trainable,
-                      value=graph.initializers.get(name), **info.options)
+    copy_leaves(graph, GraphBuilder(out))
     outputs = set(graph.outputs)
     # emit groups in the order of their first member: every external input of a group is
     # made before that member, hence by a group emitted earlier
@@ -136,6 +87,62 @@ def fuse(graph: Graph) -> Graph:
     out.meta = dict(graph.meta)
     out.meta["fused"] = True
     return out.verify()
+
+
+def _openers(graph: Graph, prologue: dict[str, str], pos: dict[str, int]
+             ) -> tuple[dict[str, list[Node]], list[Node]]:
+    """Nodes that open a later node's group (Transpose prologues of matrix ops, and Constants
+    with a single consumer), by that node; and the other Constants (emitted first)."""
+    pending: dict[str, list[Node]] = {}
+    shared_const: list[Node] = []
+    for node in graph.topo_order():
+        if node.name in prologue:
+            pending.setdefault(prologue[node.name], []).append(node)
+        elif node.op == "Constant" and not node.inputs:
+            users = [c for t in node.outputs if t for c in graph.consumers(t)]
+            if len(users) == 1 and not set(node.outputs) & set(graph.outputs):
+                pending.setdefault(users[0].name, []).append(node)
+            else:
+                shared_const.append(node)
+            pos[node.name] = -1
+    return pending, shared_const
+
+
+def _join_target(graph: Graph, node: Node, made_in: dict[str, int], first: list[int],
+                 pos: dict[str, int]) -> int | None:
+    """The latest-started group ``node`` can join: one that made an input of it, when every
+    other input it reads is made before that group's first node (the graph stays acyclic)."""
+    if not _joinable(node):
+        return None
+    cands = {made_in[t] for t in node.inputs if t and t in made_in}
+    for gid in sorted(cands, key=lambda g: -first[g]):
+        others = [t for t in node.inputs if t and made_in.get(t) != gid]
+        if all((p := graph.producer(t)) is None or pos[p.name] < first[gid] or p.op == "Constant"
+               for t in others):
+            return gid
+    return None
+
+
+def _grow_groups(graph: Graph, prologue: dict[str, str], pending: dict[str, list[Node]],
+                 pos: dict[str, int]) -> list[list[Node]]:
+    """Each node joins the group of a producer (``_join_target``) or opens its own."""
+    groups: list[list[Node]] = []
+    first: list[int] = []  # topological position of each group's first node
+    made_in: dict[str, int] = {}  # tensor -> group id of its producer
+    for node in graph.topo_order():
+        if (node.op == "Constant" and not node.inputs) or node.name in prologue:
+            continue
+        target = _join_target(graph, node, made_in, first, pos)
+        if target is None:
+            target = len(groups)
+            groups.append([])
+            first.append(pos[node.name])
+        groups[target].extend(pending.get(node.name, []))
+        groups[target].append(node)
+        if has_trait(node.op, "collective"):
+            continue  # a collective runs on the links, not in a kernel: nothing fuses into it
+        made_in.update({t: target for t in node.outputs if t})
+    return groups
 
 
 def _view_root(graph: Graph, t: str) -> str:
@@ -155,7 +162,25 @@ def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, 
     in front of the merged group; so the graph stays acyclic. ``pos`` orders members (the
     topological position, -1 for a Constant that reads nothing).
     """
-    group_of = {n.name: gid for gid, members in enumerate(groups) for n in members}
+    merge = _Siblings(graph, groups)
+    for gids in _sibling_sets(graph, groups, prologue).values():
+        merge.absorb(gids)
+    if not merge.into:
+        return groups
+    out: list[list[Node]] = []
+    for gid, members in enumerate(groups):
+        if gid in merge.into or gid in merge.moved:
+            continue
+        out.extend(groups[v] for v in sorted(merge.moved) if merge.moved[v] == gid)
+        if gid in merge.into.values():
+            joined = [n for g, lead in merge.into.items() if lead == gid for n in groups[g]]
+            members = sorted(members + joined, key=lambda n: pos[n.name])
+        out.append(members)
+    return out
+
+
+def _sibling_sets(graph: Graph, groups: list[list[Node]], prologue: dict[str, str]) -> dict[str, list[int]]:
+    """Groups headed by a matrix op, by the activation (through views) their A operand is."""
     siblings: dict[str, list[int]] = {}
     for gid, members in enumerate(groups):
         # the group's main op: the first member that is not a constant or a prologue
@@ -167,52 +192,55 @@ def _merge_siblings(graph: Graph, groups: list[list[Node]], prologue: dict[str, 
             continue
         # each projection may view the activation through its own Reshape
         siblings.setdefault(_view_root(graph, a), []).append(gid)
+    return siblings
 
-    def source(t: str) -> int | None:
-        p = graph.producer(t)
-        return group_of.get(p.name) if p is not None else None
 
-    def views_before(gid: int, lead: int) -> set[int] | None:
+class _Siblings:
+    """Which sibling groups join their lead (``into``) and which view groups move in front
+    of a merged group (``moved``)."""
+
+    def __init__(self, graph: Graph, groups: list[list[Node]]) -> None:
+        self.graph, self.groups = graph, groups
+        self.group_of = {n.name: gid for gid, members in enumerate(groups) for n in members}
+        self.into: dict[int, int] = {}  # absorbed group -> the group it joins
+        self.moved: dict[int, int] = {}  # view group -> the merged group it now precedes
+
+    def source(self, t: str) -> int | None:
+        p = self.graph.producer(t)
+        return self.group_of.get(p.name) if p is not None else None
+
+    def views_before(self, gid: int, lead: int) -> set[int] | None:
         """The chain of single-view groups ending at ``gid`` if it starts before ``lead``."""
-        members = groups[gid]
+        members = self.groups[gid]
         if len(members) != 1 or not _view(members[0].op):
             return None
-        inner = source(members[0].inputs[0])
+        inner = self.source(members[0].inputs[0])
         if inner is None or inner < lead:
             return {gid}
-        rest = views_before(inner, lead) if inner > lead else None
+        rest = self.views_before(inner, lead) if inner > lead else None
         return None if rest is None else rest | {gid}
 
-    into: dict[int, int] = {}  # absorbed group -> the group it joins
-    moved: dict[int, int] = {}  # view group -> the merged group it now precedes
-    for gids in siblings.values():
+    def _moves(self, gid: int, lead: int, merged: set[int]) -> set[int] | None:
+        moves: set[int] | None = set()
+        for n in self.groups[gid]:
+            for t in n.inputs:
+                src = self.source(t) if t else None
+                if src is None or src < lead or src in merged or src == gid or moves is None:
+                    continue
+                chain = self.views_before(src, lead)
+                moves = None if chain is None else moves | chain
+        return moves
+
+    def absorb(self, gids: list[int]) -> None:
         lead, merged = gids[0], {gids[0]}
         for gid in gids[1:]:
-            moves: set[int] | None = set()
-            for n in groups[gid]:
-                for t in n.inputs:
-                    src = source(t) if t else None
-                    if src is None or src < lead or src in merged or src == gid or moves is None:
-                        continue
-                    chain = views_before(src, lead)
-                    moves = None if chain is None else moves | chain
-            if moves is not None:
-                merged.add(gid)
-                into[gid] = lead
-                for v in moves:  # a view wanted by two merged groups precedes the earlier one
-                    moved[v] = min(moved.get(v, lead), lead)
-    if not into:
-        return groups
-    out: list[list[Node]] = []
-    for gid, members in enumerate(groups):
-        if gid in into or gid in moved:
-            continue
-        out.extend(groups[v] for v in sorted(moved) if moved[v] == gid)
-        if gid in into.values():
-            members = sorted(members + [n for g, lead in into.items() if lead == gid for n in groups[g]],
-                             key=lambda n: pos[n.name])
-        out.append(members)
-    return out
+            moves = self._moves(gid, lead, merged)
+            if moves is None:
+                continue
+            merged.add(gid)
+            self.into[gid] = lead
+            for v in moves:  # a view wanted by two merged groups precedes the earlier one
+                self.moved[v] = min(self.moved.get(v, lead), lead)
 
 
 def _split_trailing_views(graph: Graph, groups: list[list[Node]], pos: dict[str, int]) -> list[list[Node]]:

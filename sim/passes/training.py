@@ -11,6 +11,15 @@ steps). The graph outputs are the loss followed by every updated parameter and s
 how ``sim.training.Trainer`` carries values from one step to the next. Update nodes
 carry ``meta["inplace"] = {out_index: in_index}`` so the engine allocates nothing for them.
 
+By default the updates run after the whole backward pass (``optimizer.step()`` after
+``loss.backward()``), so every gradient is alive at once; ``fused_update=True`` lets each
+parameter update as soon as its gradient exists (optimizer fused into the backward pass),
+which frees gradients early and lowers peak memory. With ``train=True`` (the default, as
+``model.train()``) the forward pass runs in training mode first (``train_mode``): batch
+normalisation uses batch statistics and outputs its updated running statistics (graph outputs
+after the loss, in ``meta["updates"]``), and dropout drops; ``train=False`` keeps the forward
+graph's inference-mode nodes.
+
 Activation checkpointing (``checkpoint=True``) splits the forward nodes into segments of
 ``segment`` nodes (default: about sqrt(number of forward nodes)). Only tensors that cross a
 segment boundary stay alive until the backward pass; every other activation the backward
@@ -33,7 +42,8 @@ import numpy as np
 
 from sim.dtypes import is_float
 from sim.errors import GraphError
-from sim.graph import Graph, ParamInfo, TensorSpec
+from sim.graph import Graph, Node, TensorSpec
+from sim.graph.rewrite import GraphBuilder, Rewriter, copy_leaves
 from sim.ops.optim import DEFAULTS
 from sim.passes.autodiff import gradients
 
@@ -127,51 +137,55 @@ def train_mode(graph: Graph) -> tuple[Graph, dict[str, str]]:
     >>> t.nodes["bn"].attrs["training_mode"], t.nodes["bn"].outputs, stats
     (1, ('y', 'm.new', 'v.new'), {'m.new': 'm', 'v.new': 'v'})
     """
-    out = Graph(graph.name, graph.source)
-    out.meta = dict(graph.meta)
-    _copy_leaves(graph, out, set(graph.params))
-    stats: dict[str, str] = {}
-    for node in graph.topo_order():
-        attrs, outs = dict(node.attrs), list(node.outputs)
-        casts: list[tuple[str, str, str]] = []
-        if int(attrs.get("training_mode", 0)):
-            pass
+    mode = _TrainMode(graph)
+    return mode.run(), mode.stats
+
+
+class _TrainMode(Rewriter):
+    """Dropout drops; BatchNormalization with non-trainable running statistics uses batch
+    statistics and outputs the updated running statistics (cast back under AMP)."""
+
+    def __init__(self, src: Graph) -> None:
+        super().__init__(src)
+        self.stats: dict[str, str] = {}
+
+    def visit(self, node: Node) -> None:
+        if int(node.attrs.get("training_mode", 0)):
+            self.emit(node)
         elif node.op == "Dropout" and len([t for t in node.inputs if t]) == 1:
-            attrs["training_mode"] = 1
+            attrs = {**node.attrs, "training_mode": 1}
             attrs.setdefault("seed", zlib.crc32(node.name.encode()) & 0x7FFFFFFF)
-        elif node.op == "BatchNormalization" and len(outs) == 1:
-            running = [_param_behind(graph, t) for t in node.inputs[3:5]]
-            if len(running) == 2 and all(p is not None and not graph.param_info[p].trainable
-                                         for p in running):
-                attrs["training_mode"] = 1
-                for t, p in zip(node.inputs[3:5], running):
-                    assert p is not None
-                    want = graph.params[p].dtype
-                    if graph.tensors[t].dtype == want:
-                        outs.append(f"{p}.new")
-                    else:  # computed in AMP's dtype: cast back to the parameter's
-                        outs.append(f"{p}.batch")
-                        casts.append((f"{p}.batch", p, want))
-                    stats[f"{p}.new"] = p
-        out.add_node(node.op, list(node.inputs), outs, attrs, name=node.name, meta=dict(node.meta))
+            self.emit(node, attrs=attrs)
+        elif node.op == "BatchNormalization" and len(node.outputs) == 1:
+            self._batchnorm(node)
+        else:
+            self.emit(node)
+
+    def _batchnorm(self, node: Node) -> None:
+        g = self.src
+        running = [_param_behind(g, t) for t in node.inputs[3:5]]
+        if len(running) != 2 or not all(p is not None and not g.param_info[p].trainable for p in running):
+            self.emit(node)
+            return
+        outs, casts = list(node.outputs), []
+        for t, p in zip(node.inputs[3:5], running):
+            assert p is not None
+            want = g.params[p].dtype
+            if g.tensors[t].dtype == want:
+                outs.append(f"{p}.new")
+            else:  # computed in AMP's dtype: cast back to the parameter's
+                outs.append(f"{p}.batch")
+                casts.append((f"{p}.batch", p, want))
+            self.stats[f"{p}.new"] = p
+        self.emit(node, outputs=outs, attrs={**node.attrs, "training_mode": 1})
         for t, p, want in casts:
-            out.add_node("Cast", [t], [f"{p}.new"], {"to": want}, name=f"{p}.cast_back",
-                         meta={"role": "running_stats"})
-    out.set_outputs(graph.outputs)
-    return out, stats
+            self.b.node("Cast", [t], [f"{p}.new"], {"to": want}, name=f"{p}.cast_back",
+                        meta={"role": "running_stats"})
 
 
 def _copy_leaves(src: Graph, dst: Graph, params: set[str]) -> None:
     """Copy ``src``'s inputs and the named parameters (with their info and values) to ``dst``."""
-    for name, spec in src.inputs.items():
-        dst.add_input(name, spec)
-    for name, spec in src.params.items():
-        if name in params:
-            info = src.param_info[name]
-            dst.add_param(name, spec, info.init, trainable=info.trainable)
-            dst.param_info[name] = ParamInfo(info.init, info.trainable, dict(info.options))
-            if name in src.initializers:
-                dst.initializers[name] = src.initializers[name]
+    copy_leaves(src, GraphBuilder(dst), [p for p in src.params if p in params])
 
 
 def _add_loss(g: Graph, loss: str, labels: str, class_axis: int | None) -> str:
@@ -238,14 +252,7 @@ def training_graph(
     ``beta1``/``beta2`` or ``betas``, ``epsilon``/``eps``). A forward graph made
     by ``sim.passes.precision.amp`` carries ``meta["loss_scale"]``: the backward pass is
     seeded with that scale and the updates unscale the gradients (``grad_scale``).
-    By default the updates run after the whole backward pass (``optimizer.step()`` after
-    ``loss.backward()``), so every gradient is alive at once; ``fused_update=True`` lets each
-    parameter update as soon as its gradient exists (optimizer fused into the backward pass),
-    which frees gradients early and lowers peak memory.
-    With ``train=True`` (the default, as ``model.train()``) the forward pass runs in training
-    mode first (``train_mode``): batch normalisation uses batch statistics and outputs its
-    updated running statistics (graph outputs after the loss, in ``meta["updates"]``), and
-    dropout drops; ``train=False`` keeps the forward graph's inference-mode nodes.
+    ``fused_update`` and ``train``: see the module docstring.
 
     >>> from sim.graph import Graph, TensorSpec
     >>> g = Graph("lin"); _ = g.add_input("x", TensorSpec((8, 4)))
@@ -273,14 +280,37 @@ def training_graph(
     params = trainable_params(graph)
     if not params:
         raise GraphError("graph has no trainable parameters", where=graph.source)
+    g, grads = _backward(g, graph, loss_t, params, attrs)
+    step_new = _step_counter(g, grads, fused_update)
+    updates, outputs = _add_updates(g, op, params, grads, attrs, step_new, running)
+    g.set_outputs([loss_t, *running, *outputs])
+    g.meta.update({
+        "updates": updates, "loss": loss_t, "labels": labels, "logits": graph.outputs[0],
+        "optimizer": optimizer, "optimizer_attrs": attrs, "loss_kind": loss, "grads": dict(grads),
+    })
+    plan = _checkpoint_plan(graph, forward_nodes, segment) if checkpoint else None
+    loss_nodes = {n.name for n in g.nodes.values() if n.meta.get("role") == "loss"}
+    out = _rebuild(g, set(forward_nodes) | loss_nodes, plan, keep_params=set(graph.params))
+    out.meta["checkpoint"] = bool(checkpoint)
+    _backward_compute_dtype(out, graph.meta.get("dtype"))
+    return out.verify()
+
+
+def _backward(g: Graph, graph: Graph, loss_t: str, params: list[str],
+              attrs: dict[str, Any]) -> tuple[Graph, dict[str, str]]:
+    """Differentiate ``loss_t``; an AMP graph's loss scale seeds the backward pass and the
+    updates unscale (``grad_scale``)."""
     scale = float(graph.meta.get("loss_scale", 1.0))
     seed = None
     if scale != 1.0:
         seed = g.add_param("loss.scale", TensorSpec((), g.tensors[loss_t].dtype), "constant",
                            trainable=False, value=np.array(scale))
         attrs["grad_scale"] = 1.0 / scale
-    g, grads = gradients(g, loss_t, params, [seed] if seed else None)
+    return gradients(g, loss_t, params, [seed] if seed else None)
 
+
+def _step_counter(g: Graph, grads: dict[str, str], fused_update: bool) -> str:
+    """The step counter's increment; unless ``fused_update``, after every gradient exists."""
     g.add_param(STEP, TensorSpec((), "int64"), "zeros", trainable=False, value=np.array(0, np.int64),
                 role="optimizer_state")
     one = g.add_param("optimizer.one", TensorSpec((), "int64"), "constant", trainable=False,
@@ -295,14 +325,19 @@ def training_graph(
                                 meta={"role": "optimizer", "inplace": {0: 0}})
     (step_new,) = g.add_node("Add", [step_in, one], [f"{STEP}.new"], name="optimizer.step_inc",
                              meta={"role": "optimizer"})
+    return step_new
+
+
+def _add_updates(g: Graph, op: str, params: list[str], grads: dict[str, str], attrs: dict[str, Any],
+                 step_new: str, running: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """One update node per parameter (with its optimizer states). Returns the updates map
+    (output -> parameter or state it replaces) and the outputs after the loss."""
     updates: dict[str, str] = dict(running)
-    outputs = [loss_t, *running]
+    outputs: list[str] = []
     for p in params:
         spec = g.params[p]
-        states = []
-        for s in STATE_NAMES[op]:
-            states.append(g.add_param(f"{p}.{s}", spec, "zeros", trainable=False,
-                                      role="optimizer_state", of=p))
+        states = [g.add_param(f"{p}.{s}", spec, "zeros", trainable=False, role="optimizer_state", of=p)
+                  for s in STATE_NAMES[op]]
         outs = [f"{p}.new"] + [f"{s}.new" for s in states]
         inplace = {0: 0, **{i + 1: i + 2 for i in range(len(states))}}
         g.add_node(op, [p, grads[p], *states, step_new], outs, dict(attrs), name=f"{p}.update",
@@ -312,21 +347,15 @@ def training_graph(
             outputs.append(o)
     outputs.append(step_new)
     updates[step_new] = STEP
-    g.set_outputs(outputs)
-    g.meta.update({
-        "updates": updates, "loss": loss_t, "labels": labels, "logits": graph.outputs[0],
-        "optimizer": optimizer, "optimizer_attrs": attrs, "loss_kind": loss, "grads": dict(grads),
-    })
-    plan = _checkpoint_plan(graph, forward_nodes, segment) if checkpoint else None
-    loss_nodes = {n.name for n in g.nodes.values() if n.meta.get("role") == "loss"}
-    out = _rebuild(g, set(forward_nodes) | loss_nodes, plan, keep_params=set(graph.params))
-    out.meta["checkpoint"] = bool(checkpoint)
-    if graph.meta.get("dtype") in ("tf32", "int8"):
-        # a graph cast to tf32/int8 computes its matmuls so; the backward ones do too
+    return updates, outputs
+
+
+def _backward_compute_dtype(out: Graph, dtype: Any) -> None:
+    """A graph cast to tf32/int8 computes its matmuls so; the backward ones do too."""
+    if dtype in ("tf32", "int8"):
         for node in out.nodes.values():
             if "compute_dtype" not in node.meta and out.work(node).matmul_flops > 0:
-                node.meta["compute_dtype"] = graph.meta["dtype"]
-    return out.verify()
+                node.meta["compute_dtype"] = dtype
 
 
 # ----------------------------------------------------------------- checkpointing

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from sim.errors import SimError
+from sim.io import safe_load
 from sim.limits import check
 
 # option name -> the type its values take
@@ -60,7 +61,7 @@ def split_values(text: str, field: str = "") -> list[str]:
     if text.startswith("[") and text.endswith("]") and not text.startswith("[["):
         # a YAML flow list of values ("[1, 8, 32]") unless it is a list of lists
         try:
-            parsed = yaml.safe_load(text)
+            parsed = safe_load(text)
         except yaml.YAMLError:
             parsed = None
         if isinstance(parsed, list) and not any(isinstance(x, list) for x in parsed):
@@ -109,7 +110,7 @@ def parse_value(text: str) -> Any:
             continue
     if t.lower() in ("true", "false", "yes", "no", "on", "off") or t.startswith(("[", "{")):
         try:
-            return yaml.safe_load(t)
+            return safe_load(t)
         except yaml.YAMLError:
             raise SimError(f"cannot read {t!r} as a value", where="--grid") from None
     return t

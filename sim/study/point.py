@@ -64,8 +64,10 @@ def declared_params(text: str | None) -> list[str]:
 
     if text is None:
         return []
+    from sim.io import safe_load
+
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_load(text)
     except yaml.YAMLError:
         return []
     params = doc.get("params") if isinstance(doc, dict) else None

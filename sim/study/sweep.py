@@ -153,13 +153,14 @@ def load_study(path: str | os.PathLike[str]) -> dict[str, Any]:
     import yaml
 
     where = os.fspath(path)
+    from sim.io import read_text, safe_load
+
+    text = read_text(where)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+        doc = safe_load(text)
     except yaml.YAMLError as err:
-        raise SimError(f"not valid YAML: {str(err).splitlines()[0]}", where=where) from None
-    except OSError as err:
-        raise SimError(f"cannot read: {err.strerror}", where=where) from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SimError(f"not valid YAML: {problem}", where=where) from None
     if not isinstance(doc, dict):
         raise SimError("a study is a mapping (workload, hw, base, grid or zip, metrics)", where=where)
     unknown = sorted(set(doc) - set(STUDY_KEYS))
@@ -194,9 +195,10 @@ def is_study_file(path: str) -> bool:
 
     if not path.endswith((".yaml", ".yml")) or not os.path.isfile(path):
         return False
+    from sim.io import read_text, safe_load
+
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-    except (yaml.YAMLError, OSError):
+        doc = safe_load(read_text(path))
+    except (yaml.YAMLError, SimError):
         return False
     return isinstance(doc, dict) and ("grid" in doc or "zip" in doc) and "graph" not in doc

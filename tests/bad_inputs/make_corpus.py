@@ -489,6 +489,7 @@ CLI = {
     "limit_streams_lowered": "# env: DLSIM_LIMIT_STREAMS=2\nrun {workload} --hw {hw} --streams 3",
     "limit_graph_nodes_lowered": "# env: DLSIM_LIMIT_GRAPH_NODES=1\nrun {workload} --hw {hw}",
     "limit_env_zero": "# env: DLSIM_LIMIT_GRAPH_NODES=0\nrun {onnx} --hw {hw}",
+    "limit_yaml_nodes_lowered": "# env: DLSIM_LIMIT_YAML_NODES=10\nrun {workload} --hw {hw}",
     "limit_onnx_bytes": "# env: DLSIM_LIMIT_ONNX_BYTES=10\nrun {onnx} --hw {hw}",
 }
 
