@@ -30,15 +30,25 @@ def hardware(name_or_path: str, **overrides: Any) -> Any:
     return load_hardware(name_or_path, **overrides)
 
 
-def simulate(graph: Graph, hw: Any, dtype: str | None = None, **options: Any) -> Any:
+def simulate(graph: Graph, hw: Any, dtype: str | None = None, runtime: str | None = None,
+             **options: Any) -> Any:
     """Schedule ``graph`` on ``hw`` (a spec, or a name/path for ``hardware``); returns a Result.
 
     ``dtype`` casts every floating tensor first (``sim.passes.precision.cast_graph``: "bf16",
     "fp16", "tf32", "fp8"...); ``options`` go to ``sim.engine.simulate`` (placement, streams,
     cost_fn, ...), which schedules the graph as given.
+    ``runtime`` (``"eager"``, ``"compiled"``, ``"tensorrt"``) runs the graph as that framework
+    would: its rewrites, fusion and host dispatch (``sim.passes.runtime``); ``options`` given
+    explicitly (``dispatch_s``, ``cuda_graphs``) win over the runtime's.
     """
     from sim.engine import simulate as _simulate
 
+    if runtime is not None:
+        from sim.passes.runtime import prepare
+
+        spec = hardware(hw) if isinstance(hw, str) else hw
+        graph, opts = prepare(graph, runtime, spec, dtype)
+        return _simulate(graph, spec, **{**opts, **options})
     if dtype:
         from sim.passes.precision import cast_graph
 

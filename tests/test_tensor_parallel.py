@@ -133,3 +133,46 @@ def test_tp_then_training_refuses_and_placed_graphs_refuse():
         tensor_parallel(data_parallel(step, names(2)), names(2))
     with pytest.raises(GraphError, match="placed on devices"):
         training_graph(tensor_parallel(tiny_gpt2(1), names(2)), "cross_entropy", "sgd")
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+def test_sequence_parallel_training_step(model):
+    """sp=True: each block's all-reduce becomes a reduce-scatter along the sequence and an
+    all-gather before the next column-parallel projection; the step computes the same."""
+    if model == "gpt2":
+        g = tiny_gpt2()
+    else:
+        g = retype(sim.load("workloads/llama2-7b.yaml", batch=2, seq=8, vocab=64, d=32, heads=4, kv_heads=2,
+                            n_layer=2, ffn=48), "fp64")
+    step = training_graph(g, "cross_entropy", "sgd", lr=0.1)
+    n = 2
+    tp = tensor_parallel(step, names(n), sp=True)
+    from sim.passes.training import forward_node_names
+
+    forward = set(forward_node_names(step))
+    fwd = [nd for nd in tp.nodes.values() if nd.meta.get("role") == "collective"
+           and all(c.meta.get("origin") in forward for c in tp.consumers(nd.outputs[0]))]
+    kinds = [nd.op for nd in fwd]
+    # per block: 2 reduce-scatters (after the row-parallel projections), 2 all-gathers (before
+    # the column-parallel ones, but the first block reads the replicated embeddings); GPT-2's
+    # LM head (a Gemm on [batch*seq, d]) gathers the final norm's output, Llama's (a MatMul on
+    # [batch, seq, d]) runs on the sequence shard and the loss gathers the logits
+    gathers = 4 if model == "gpt2" else 3
+    assert kinds.count("ReduceScatter") == 4 and kinds.count("AllGather") == gathers
+    assert "AllReduce" not in kinds
+    assert all(nd.attrs["axis"] == 1 for nd in fwd)
+    # the norms between blocks run on half the sequence
+    norm = next(nd for nd in tp.nodes.values() if nd.op in ("LayerNormalization", "RMSNormalization")
+                and nd.meta.get("origin", "").endswith("norm2") and nd.meta["tp_rank"] == 1)
+    assert tp.tensors[norm.outputs[0]].shape == (2, 8 // n, 32)
+    rng = np.random.default_rng(0)
+    ids, labels = rng.integers(0, 64, (2, 8)), rng.integers(0, 64, (2, 8))
+    ref = Executor(step, seed=1)
+    want = ref.run({"input_ids": ids, "labels": labels}).values
+    feeds = {f"{d}/{k}": v for d in names(n) for k, v in (("input_ids", ids), ("labels", labels))}
+    got = Executor(tp, params=shard_values(tp, ref.params)).run(feeds).values
+    np.testing.assert_allclose(got[tp.meta["loss"]], want[step.meta["loss"]], rtol=1e-12)
+    new_of = {p: o for o, p in step.meta["updates"].items()}
+    for o, p in tp.meta["updates"].items():
+        src = tp.meta["shards"][p][0] if p in tp.meta["shards"] else p
+        np.testing.assert_allclose(got[o], _slice(want[new_of[src]], tp, p), rtol=1e-9, atol=1e-12)

@@ -36,6 +36,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--ignore-oom", action="store_true",
                    help="keep simulating past an out-of-memory point and report the would-be peak")
     p.add_argument("--fuse", action="store_true", help="run the fusion pass first")
+    p.add_argument("--runtime", choices=("eager", "compiled", "tensorrt"),
+                   help="run as that framework would: its rewrites, fusion and dispatch (docs/runtime.md)")
     p.add_argument("--json", metavar="F", help="write the result as JSON")
     p.add_argument("--trace", metavar="F", help="write a Chrome/Perfetto trace")
     p.add_argument("--plot", metavar="F", help="write a timeline/roofline/memory plot (PNG)")

@@ -31,6 +31,10 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
             graph = sim.training_graph(graph, loss=getattr(args, "loss", None) or "cross_entropy",
                                        optimizer=getattr(args, "optimizer", None) or "adam",
                                        checkpoint=bool(getattr(args, "checkpoint", False)))
+        if getattr(args, "runtime", None):
+            from sim.passes.runtime import runtime_graph
+
+            return runtime_graph(graph, args.runtime, getattr(args, "dtype", None))
         if getattr(args, "fuse", False):
             from sim.passes.fusion import fuse
             from sim.passes.precision import cast_graph
@@ -187,12 +191,19 @@ def run_command(args: argparse.Namespace) -> int:
     dispatch_s = parse_dispatch(dispatch) if dispatch is not None else None
     placement = parse_place(getattr(args, "place", None))
     graph, hw = build(args)
+    cuda_graphs = bool(getattr(args, "cuda_graphs", False))
+    if getattr(args, "runtime", None):
+        from sim.passes.runtime import engine_options
+
+        opts = engine_options(args.runtime, hw)
+        dispatch_s = opts["dispatch_s"] if dispatch_s is None else dispatch_s
+        cuda_graphs = cuda_graphs or opts["cuda_graphs"]
     mixed = bool(getattr(args, "amp", False))
     result = simulate(graph, hw, None if mixed else args.dtype, placement=placement,
                       streams=getattr(args, "streams", 1),
                       host_inputs=not getattr(args, "resident_inputs", False),
                       cache_reuse=not getattr(args, "no_cache_reuse", False),
-                      dispatch_s=dispatch_s, cuda_graphs=bool(getattr(args, "cuda_graphs", False)),
+                      dispatch_s=dispatch_s, cuda_graphs=cuda_graphs,
                       oom="ignore" if getattr(args, "ignore_oom", False) else "stop")
     say(result.summary(top=getattr(args, "top", 10)))
     if getattr(args, "train", False) and args.dtype:

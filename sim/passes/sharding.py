@@ -30,6 +30,7 @@ Rule = tuple[list[State], list[State]]
 _BATCHED_FIRST: dict[str, tuple[int, ...] | None] = {
     "Softmax": None, "LogSoftmax": None, "LayerNormalization": None, "RMSNormalization": None,
     "SimplifiedLayerNormalization": None, "RotaryEmbedding": (-2, -1),
+    "LayerNormGrad": None, "RMSNormGrad": None,
 }
 # ops whose leading inputs are per-(batch, head) slices: axes 0 and 1 may be sharded
 _HEADS = frozenset({"Attention", "AttentionGrad", "RotaryEmbeddingGrad", "SoftmaxGrad"})
@@ -110,7 +111,7 @@ def batched_rule(g: Graph, node: Node, states: Sequence[State]) -> Rule | None:
     x = g.tensors[node.inputs[0]]
     want: list[State] = []
     for i, t in enumerate(node.inputs):
-        main = t and (i == 0 or node.op in _HEADS) and g.tensors[t].rank == x.rank
+        main = t and (i == 0 or node.op in _HEADS or node.op.endswith("Grad")) and g.tensors[t].rank == x.rank
         want.append(axis if main and g.tensors[t].shape[axis] != 1 else R)
     outs: list[State] = []
     for t in node.outputs:
@@ -213,9 +214,9 @@ def matmul_rule(g: Graph, node: Node, states: Sequence[State]) -> Rule | None:
         batch = _batch_rule(g, node, states)
         if batch is not None:
             return batch
-    if sa == am and sb is R:
+    if sa == am and sb != bn:  # a's free axis split: b is used whole (gathered if split)
         return [sa, R, *_gemm_c(g, node, out.rank - 2)], [out.rank - 2]
-    if sb == bn and sa is R:
+    if sb == bn:  # a column-split weight: the activation is gathered whole (sequence parallel)
         return [R, sb, *_gemm_c(g, node, out.rank - 1)], [out.rank - 1]
     if sa == ak or sb == bk:  # one side sliced on the contraction: slice the other alike
         return [ak, bk, *c], [P]

@@ -110,7 +110,7 @@ class TensorParallel(Rewriter):
         if all(s is R for s in states):
             return None
         if P in states:
-            return sh.partial_rule(node, states)
+            return sh.partial_rule(node, states) or (self._sequence_rule(node, states) if self.sp else None)
         if "shape" in node.attrs and node.op != "Reshape":
             return None
         if node.op in ("MatMul", "Gemm"):
@@ -121,6 +121,22 @@ class TensorParallel(Rewriter):
             return self._reshape_rule(node, states)
         return sh.reduce_rule(g, node, states) or sh.batched_rule(g, node, states) or (
             sh.elementwise_rule(g, node, states) if is_elementwise(node.op) else None)
+
+    def _sequence_rule(self, node: Node, states: list[State]) -> sh.Rule | None:
+        """Sequence parallelism: a partial sum the node cannot take is reduce-scattered along
+        the sequence (axis 1 of a [batch, seq, ...] tensor) when the node can run on that shard."""
+        seq: list[State] = []
+        for t, s in zip(node.inputs, states):
+            if s != P:
+                seq.append(s)
+            elif self.src.tensors[t].rank >= 3 and self.src.tensors[t].shape[1] % self.n == 0:
+                seq.append(1)
+            else:
+                return None
+        rule = self.rule(node, seq)
+        if rule is None or any(w != 1 for w, s in zip(rule[0], states) if s == P):
+            return None
+        return rule
 
     def _reshape_rule(self, node: Node, states: list[State]) -> sh.Rule | None:
         s = states[0]
@@ -286,8 +302,11 @@ def tensor_parallel(graph: Graph, devices: Sequence[str], *, sp: bool = False) -
     partial sum, all-reduced (``AllReduce``, ``reduction="sum"``, all-members form: exact) where
     a replicated tensor is needed, so a block costs two forward all-reduces, and in a
     training step two backward ones (the column-parallel input gradients); the bias of a
-    partial product is added by rank 0 only. ``sp=True`` is accepted for sequence parallelism
-    but not built yet (``GraphError``).
+    partial product is added by rank 0 only. ``sp=True`` adds Megatron's sequence parallelism
+    (Korthikanti et al. 2022): a partial sum is reduce-scattered along the sequence axis
+    instead of all-reduced, the norms, dropout and residual adds between blocks run on
+    1/N of the sequence, and an all-gather rebuilds the whole sequence before each
+    column-parallel projection (the same bytes moved, 1/N of the activations stored).
 
     The result: nodes ``<device>/<name>`` with ``meta["device"]``, ``meta["tp_rank"]``,
     ``meta["origin"]`` (the source node) and ``meta["tp"]`` (``column``, ``row``, ``sharded``
@@ -305,8 +324,6 @@ def tensor_parallel(graph: Graph, devices: Sequence[str], *, sp: bool = False) -
     if any("device" in n.meta for n in graph.nodes.values()):
         raise GraphError("tensor_parallel takes a graph not yet placed on devices: apply it before "
                          "data/pipeline parallelism (pp(dp(tp(g))))", where=where)
-    if sp:
-        raise GraphError("sequence parallelism (sp=True) is not built yet", where=where)
     tp = TensorParallel(graph, devs, sp)
     if len(devs) > 1 and not tp.plan.params:
         raise GraphError("tensor_parallel found no attention or mlp block to split", where=where)

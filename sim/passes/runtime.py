@@ -1,0 +1,95 @@
+"""Execution modes: how a framework would run a graph (``sim run --runtime``).
+
+The same network costs different numbers of kernels, and different host time, depending on
+what runs it. ``prepare(graph, mode)`` returns the graph as that runtime would execute it and
+the engine options that go with it (``sim.engine.simulate``'s ``dispatch_s`` and
+``cuda_graphs``):
+
+* ``eager`` (PyTorch eager): one kernel per framework op, each issued by the host
+  (``dispatch_s`` per kernel: the spec's ``arch.host_dispatch``, else ``EAGER_DISPATCH_S``,
+  an estimate inside the 5-25 us range docs/engine.md cites). Exported subgraphs that
+  PyTorch runs as one ATen kernel are put back first: GELU (``aten::gelu``), layer norm
+  (``aten::native_layer_norm``) and the bias of a linear layer (``aten::addmm``)
+  (``sim.passes.patterns``). Attention is left as the graph has it: whether eager runs one
+  fused kernel depends on the model calling ``scaled_dot_product_attention``, which an export
+  does not record;
+* ``compiled`` (``torch.compile``, Inductor): also the exporter's decomposed attention becomes
+  the fused ``Attention`` op (Inductor pattern-matches it onto SDPA / flash attention), then
+  ``sim.passes.fusion.fuse``: pointwise chains join their producer, views and the head
+  split/merge transposes cost no kernel, sibling projections share one GEMM. Kernels are still
+  launched one by one from the host (Inductor's default mode);
+* ``tensorrt`` (TensorRT, or ``torch.compile(mode="reduce-overhead")``): the same rewrites and
+  fusion, and the whole graph is replayed as one CUDA graph (one launch per step).
+
+``kernel_count`` counts the kernels a graph launches (ops with work that are not views).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.errors import GraphError
+from sim.graph import Graph
+
+MODES = ("eager", "compiled", "tensorrt")
+EAGER_DISPATCH_S = 8e-6  # estimate: host time per eager kernel (docs/engine.md, "How much per op")
+_PATTERNS = {"eager": ("gelu", "layernorm", "bias", "fold"),
+             "compiled": ("attention", "gelu", "layernorm", "bias", "fold"),
+             "tensorrt": ("attention", "gelu", "layernorm", "bias", "fold")}
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of ``MODES``, else a GraphError naming the choices."""
+    if mode not in MODES:
+        raise GraphError(f"unknown runtime {mode!r} (choose from {', '.join(MODES)})", where="--runtime")
+    return mode
+
+
+def runtime_graph(graph: Graph, mode: str, dtype: str | None = None) -> Graph:
+    """``graph`` as runtime ``mode`` executes it (see the module doc). With ``dtype`` the
+    graph is cast after the pattern rewrites (which read the exporter's fp32 constants) and
+    before fusion (so the casts join their groups)."""
+    from sim.passes.fusion import fuse
+    from sim.passes.patterns import rewrite
+    from sim.passes.precision import cast_graph
+
+    g = rewrite(graph, _PATTERNS[check_mode(mode)])
+    if dtype:
+        g = cast_graph(g, dtype)
+    if mode in ("compiled", "tensorrt"):
+        g = fuse(g)
+    g.meta["runtime"] = mode
+    return g
+
+
+def engine_options(mode: str, hw: Any = None) -> dict[str, Any]:
+    """``dispatch_s`` and ``cuda_graphs`` for ``sim.engine.simulate`` under ``mode``: the
+    spec's ``arch.host_dispatch`` when its first device states one, else ``EAGER_DISPATCH_S``."""
+    check_mode(mode)
+    per_op = EAGER_DISPATCH_S
+    if hw is not None:
+        devices = list(getattr(hw, "devices", {}).values()) or [hw]
+        stated = [float(getattr(d.arch, "host_dispatch", 0.0) or 0.0) for d in devices if d.kind != "cpu"]
+        if stated and stated[0] > 0:
+            per_op = stated[0]
+    return {"dispatch_s": per_op, "cuda_graphs": mode == "tensorrt"}
+
+
+def prepare(graph: Graph, mode: str, hw: Any = None,
+            dtype: str | None = None) -> tuple[Graph, dict[str, Any]]:
+    """(the graph as ``mode`` runs it, the engine options for it)."""
+    return runtime_graph(graph, mode, dtype), engine_options(mode, hw)
+
+
+def kernel_count(graph: Graph) -> int:
+    """Kernels ``graph`` launches: ops with work that are neither views nor metadata."""
+    from sim.ops.registry import has_trait
+
+    n = 0
+    for node in graph.nodes.values():
+        if has_trait(node.op, "no_kernel") or "alias_of" in node.meta or node.op == "Constant":
+            continue
+        w = graph.work(node)
+        if w.flops > 0 or w.bytes > 0:
+            n += 1
+    return n

@@ -1,0 +1,128 @@
+"""Execution modes (``--runtime eager | compiled | tensorrt``) and the pattern rewrites under
+them: exported subgraphs become fused ops with unchanged values (against onnx.reference and
+torch), kernel counts match hand counts, and each mode's engine options are as documented."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+from onnx_nets import _Builder, bert_layers
+
+import sim
+from sim.exec import execute
+from sim.frontends.onnx_import import import_model
+from sim.passes.patterns import rewrite
+from sim.passes.runtime import EAGER_DISPATCH_S, engine_options, kernel_count, runtime_graph
+
+
+def _ops(g):
+    return sorted(n.op for n in g.nodes.values() if n.op not in ("Constant", "Reshape"))
+
+
+def _decomposed_block(batch=2, heads=2, seq=5, dh=4):
+    """Decomposed layer norm (ReduceMean/Sub/Pow/.../Add), tanh GELU, and attention scaled by
+    a Mul with an additive mask, as exporters write them."""
+    b = _Builder(seed=3)
+    hidden = heads * dh
+    x = "x"
+    mean = b.op("ReduceMean", [x], axes=[-1])
+    d = b.op("Sub", [x, mean])
+    var = b.op("ReduceMean", [b.op("Pow", [d, b.scalar(2.0)])], axes=[-1])
+    std = b.op("Sqrt", [b.op("Add", [var, b.scalar(1e-5)])])
+    gamma = b.weight("g", (hidden,), value=1 + 0.1 * np.arange(hidden))
+    ln = b.op("Add", [b.op("Mul", [b.op("Div", [d, std]), gamma]), b.weight("beta", (hidden,), 0.1)])
+    inner = b.op("Add", [ln, b.op("Mul", [b.op("Pow", [ln, b.scalar(3.0)]), b.scalar(0.044715)])])
+    t = b.op("Tanh", [b.op("Mul", [inner, b.scalar(float(np.sqrt(2 / np.pi)))])])
+    gelu = b.op("Mul", [b.op("Mul", [ln, b.scalar(0.5)]), b.op("Add", [t, b.scalar(1.0)])])
+    shape = b.ints([batch, seq, heads, dh])
+    q = b.op("Transpose", [b.op("Reshape", [gelu, shape])], perm=[0, 2, 1, 3])
+    kt = b.op("Transpose", [b.op("Reshape", [ln, shape])], perm=[0, 2, 3, 1])
+    v = b.op("Transpose", [b.op("Reshape", [x, shape])], perm=[0, 2, 1, 3])
+    s = b.op("Mul", [b.op("MatMul", [q, kt]), b.scalar(dh ** -0.5)])
+    keep = np.where(np.arange(seq) < seq - 1, 0.0, -1e4)  # the last key is padding
+    mask = b.weight("mask", (batch, 1, 1, seq), value=np.broadcast_to(keep, (batch, 1, 1, seq)))
+    y = b.op("MatMul", [b.op("Softmax", [b.op("Add", [s, mask])], axis=-1), v])
+    xin = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, hidden])
+    return b.model([xin], [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)])
+
+
+def test_decomposed_layernorm_tanh_gelu_and_masked_attention_become_fused_ops():
+    m = _decomposed_block()
+    g = import_model(m)
+    r = rewrite(g)
+    assert _ops(r) == ["Attention", "Gelu", "LayerNormalization", "Transpose", "Transpose", "Transpose"]
+    assert r.nodes[next(n for n in r.nodes if r.nodes[n].op == "Gelu")].attrs["approximate"] == "tanh"
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    (want,) = ReferenceEvaluator(m).run(None, {"x": x})
+    got = execute(r, {"x": x})[r.outputs[0]]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, execute(g, {"x": x})[g.outputs[0]], rtol=1e-5, atol=1e-6)
+
+
+def test_exported_bert_rewrites_keep_values():
+    m = bert_layers(batch=2, seq=6, hidden=16, heads=2, ffn=32, layers=2, vocab=40)
+    g = import_model(m)
+    r = rewrite(g)
+    ops = _ops(r)
+    assert ops.count("Attention") == 2 and ops.count("Gelu") == 2 and ops.count("Gemm") == 12
+    assert not {"Softmax", "Erf", "MatMul", "Div", "Mul"} & set(ops)
+    ids = np.random.default_rng(1).integers(0, 40, (2, 6))
+    (want,) = ReferenceEvaluator(m).run(None, {"input_ids": ids})
+    np.testing.assert_allclose(execute(r, {"input_ids": ids})[r.outputs[0]], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_torch_export_of_bert_is_recognised(opset, tmp_path):
+    """torch.onnx.export's own spelling (opset 13 decomposes layer norm; Pow(d, 0.5) scales)."""
+    torch = pytest.importorskip("torch")
+    from torch_nets import Bert
+
+    torch.manual_seed(0)
+    model = Bert(vocab=50, d=32, layers=2, heads=4, ffn=64, max_pos=16).eval()
+    ids = torch.randint(0, 50, (2, 8))
+    path = str(tmp_path / "bert.onnx")
+    with torch.no_grad():
+        torch.onnx.export(model, (ids,), path, dynamo=False, opset_version=opset)
+        want = model(ids).numpy()
+    r = rewrite(sim.load(path))
+    ops = _ops(r)
+    assert (ops.count("Attention"), ops.count("Gelu"), ops.count("LayerNormalization")) == (2, 2, 5)
+    assert not {"Softmax", "Erf", "ReduceMean", "Pow", "Sqrt"} & set(ops)
+    (inp,) = r.inputs
+    np.testing.assert_allclose(execute(r, {inp: ids.numpy()})[r.outputs[0]], want, rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_counts_per_mode_by_hand():
+    """Two post-LN layers with embeddings. Eager, per layer: 6 linear (bias in the GEMM),
+    4 head transposes, QK^T, scale, softmax, PV, 2 residual adds, 2 layer norms, GELU = 19;
+    plus gather, position add, layer norm = 3: 41. Compiled, per layer: the Q/K/V GEMM,
+    attention, out-projection + residual, layer norm, FFN-up + GELU, FFN-down + residual,
+    layer norm = 7; plus gather + add, layer norm: 16."""
+    g = import_model(bert_layers(batch=2, seq=6, hidden=16, heads=2, ffn=32, layers=2, vocab=40))
+    assert kernel_count(runtime_graph(g, "eager")) == 41
+    assert kernel_count(runtime_graph(g, "compiled")) == 16
+    assert kernel_count(runtime_graph(g, "tensorrt")) == 16
+
+
+def test_mode_engine_options_and_host_time():
+    h100 = sim.hardware("h100")
+    assert engine_options("eager", h100) == {"dispatch_s": EAGER_DISPATCH_S, "cuda_graphs": False}
+    assert engine_options("tensorrt", h100)["cuda_graphs"] is True
+    stated = sim.hardware("h100", **{"arch.host_dispatch": "3 us"})
+    assert engine_options("compiled", stated)["dispatch_s"] == pytest.approx(3e-6)
+    g = import_model(bert_layers(batch=1, seq=8, hidden=32, heads=2, ffn=64, layers=2, vocab=40))
+    eager = sim.simulate(g, h100, runtime="eager")
+    # a small model is host bound: the host issues 41 kernels at 8 us each before the last runs
+    assert eager.makespan_s >= kernel_count(runtime_graph(g, "eager")) * EAGER_DISPATCH_S
+    trt = sim.simulate(g, h100, runtime="tensorrt")
+    assert trt.makespan_s < sim.simulate(g, h100, runtime="compiled").makespan_s < eager.makespan_s
+    with pytest.raises(sim.GraphError, match="unknown runtime"):
+        sim.simulate(g, h100, runtime="jit")
+
+
+def test_cli_runtime(capsys):
+    from sim.cli import main
+
+    assert main(["run", "bert-base", "--set", "batch=1", "--set", "n_layer=2", "--runtime", "tensorrt",
+                 "--dtype", "bf16"]) == 0
+    assert "makespan" in capsys.readouterr().out
