@@ -70,3 +70,11 @@ from sim.study import search as study_search  # noqa: E402
 tqdm.tqdm.monitor_interval
 study_report.STORE_COLUMNS
 study_search.SEARCH_AXES
+
+# Module hooks Python calls itself: sim.serve loaded on first attribute access
+# (sim.__getattr__), and the package made callable by swapping its module class.
+import sim  # noqa: E402
+import sim.serve  # noqa: E402
+
+sim.__getattr__
+sim.serve.__class__

@@ -16,6 +16,7 @@ SCRIPTS = [
     ("ONNX conformance", ["onnx_conformance.py"]),
     ("simulator speed", ["sim_speed.py"]),
     ("import time", ["import_time.py"]),
+    ("serving simulation speed", ["serve_speed.py"]),
 ]
 
 

@@ -88,6 +88,16 @@ def load_module(module: Any, example_inputs: Any, **kwargs: Any) -> Graph:
     return _lm(module, example_inputs, **kwargs)
 
 
+def __getattr__(name: str) -> Any:
+    """``sim.serve``: the LLM serving package (docs/inference.md), imported on first use; it is
+    callable, ``sim.serve(workload, hw, rate=..., requests=...)``."""
+    if name == "serve":
+        import importlib
+
+        return importlib.import_module("sim.serve")
+    raise AttributeError(f"module 'sim' has no attribute {name!r}")
+
+
 __all__ = [
     "Graph", "GraphError", "Node", "OutOfMemoryError", "SimError", "SpecError", "TensorSpec",
     "UnsupportedOpError", "execute", "hardware", "load", "load_module", "parallelize", "simulate",

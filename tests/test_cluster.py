@@ -344,3 +344,31 @@ def test_trace_has_one_process_per_stage(tmp_path):
     assert names == {0, 1, 2, 3}
     fb = [e for e in ev if e.get("ph") == "X" and e["name"].split()[0] in ("F", "B")]
     assert len(fb) == 2 * 4 * 4  # F and B of 4 microbatches on each of 4 stages
+
+
+def test_amp_flag_keeps_fp32_master_weights_and_states(tmp_path, capsys):
+    """--amp: >= 16 B per parameter (fp32 weights, grads, Adam m and v); --dtype alone: 8."""
+    from sim.cli import main
+
+    base = [
+        "run",
+        "gpt2",
+        "--set",
+        "n_layer=2",
+        "--set",
+        "batch=1",
+        "--set",
+        "seq=64",
+        "--train",
+        "--dtype",
+        "bf16",
+    ]
+    pure, mixed = tmp_path / "pure.json", tmp_path / "amp.json"
+    assert main([*base, "--json", str(pure)]) == 0
+    assert "the whole step cast to bf16" in capsys.readouterr().out
+    assert main([*base, "--amp", "--json", str(mixed)]) == 0
+    assert "bf16 mixed" in capsys.readouterr().out
+    params = sim.load("gpt2", n_layer=2, batch=1, seq=64).param_count
+    peak_pure = json.loads(pure.read_text())["peak_memory_bytes"]
+    peak_amp = json.loads(mixed.read_text())["peak_memory_bytes"]
+    assert peak_amp >= 16 * params > peak_pure >= 8 * params

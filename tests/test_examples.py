@@ -77,3 +77,26 @@ def test_accelerator_bert_training(capsys, monkeypatch, tmp_path):
     # H100 trains BERT faster than A100 (MLPerf Training v3.0: ~2-3x); the FPGA is far behind
     assert ms["h100"] < ms["a100"] < ms["alveo-u280"]
     assert (tmp_path / "a-pareto.png").exists() and (tmp_path / "a-pareto.svg").exists()
+
+
+def test_inference_roofline(capsys, monkeypatch):
+    out = run_example("inference_roofline.py", ["--layers", "2", "--prompt", "512", "--batches", "1,8"],
+                      capsys, monkeypatch)
+    steps = {m[0]: m[1] for m in re.findall(r"^\s+(prefill \d+ tokens|decode batch \d+)\s+[\d.]+\s+(\w+)",
+                                             out, flags=re.M)}
+    assert steps == {"prefill 512 tokens": "compute", "decode batch 1": "memory", "decode batch 8": "memory"}
+    whatif = [float(x) for x in re.findall(r"^\s+[\d.]+x\s+\d+\s+([\d.]+)", out, flags=re.M)]
+    # more HBM bandwidth speeds decode up
+    assert whatif[0] == 1.0 and whatif[2] > 1.3
+
+
+def test_quantised_serving(capsys, monkeypatch):
+    out = run_example("quantised_serving.py", ["--layers", "2", "--steps", "4", "--batch", "8"],
+                      capsys, monkeypatch)
+    rows = {line[:18].strip(): [float(x) for x in line[18:].split()]
+            for line in out.splitlines()[2:] if line.strip()}
+    assert {"bf16", "int8 weight-only", "int4 weight-only", "fp8 (W8A8)", "bf16 + fp8 KV"} <= set(rows)
+    # columns: agreement, logit error, step b=1, x, step b=8, x, weights GB, KV tokens
+    assert rows["int4 weight-only"][1] > rows["int8 weight-only"][1]  # coarser weights, larger error
+    assert rows["int4 weight-only"][6] < rows["int8 weight-only"][6] < rows["bf16"][6]
+    assert rows["bf16 + fp8 KV"][7] > rows["bf16"][7]  # an fp8 cache holds more tokens

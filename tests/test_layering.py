@@ -26,8 +26,8 @@ LAYERS: dict[str, int] = {
     "graph": 4, "cost": 4,
     "frontends": 5, "passes": 5, "exec": 5, "report": 5,
     "engine": 6,
-    "training": 7, "serve": 7, "cluster": 7, "calib": 7,
-    "study": 8,
+    "training": 7, "cluster": 7, "calib": 7,
+    "study": 8, "serve": 8,
     "sim": 9,
     "cli": 10,
 }

@@ -44,3 +44,32 @@ def test_moe_work_hand_count():
     assert w.bytes_read == 4 * (T * d + T * E + k * 3 * d * h)
     assert w.bytes_written == 4 * T * d
     assert expected_experts(10_000, 8, 2) == pytest.approx(8.0)
+
+
+def test_moe_expert_parallel_shares_sum_to_the_whole_layer():
+    """Two ranks of global_experts=4 each hold 2 experts (the op takes its experts as the
+    first columns of the router, so rank 1 sees the columns rotated): their partial outputs
+    sum to the whole MoE layer."""
+    rng = np.random.default_rng(5)
+    T, d, h, E = 7, 8, 12, 4
+    x = rng.standard_normal((T, d)).astype(np.float32)
+    lg = rng.standard_normal((T, E)).astype(np.float32)
+    w1, w3 = (rng.standard_normal((E, d, h)).astype(np.float32) for _ in range(2))
+    w2 = rng.standard_normal((E, h, d)).astype(np.float32)
+    attrs = {"k": 2, "activation_type": "silu", "normalize_routing_weights": 1, "global_experts": 4}
+    parts = []
+    for local in ([0, 1], [2, 3]):
+        order = local + [e for e in range(E) if e not in local]
+        (y,) = run_op("MoE", [x, lg[:, order], w1[local], None, w2[local], None, w3[local]], attrs)
+        parts.append(y)
+    np.testing.assert_allclose(parts[0] + parts[1], _moe_ref(x, lg, w1, w2, w3, 2), rtol=1e-4, atol=1e-4)
+
+
+def test_moe_expert_parallel_work():
+    # one token, 2 of 8 global experts routed; a rank holding 4 expects 4 * (1 - (1 - 2/8)) = 1 hit
+    d, h = 8, 12
+    arrs = [np.zeros((1, d), np.float32), np.zeros((1, 8), np.float32), np.zeros((4, d, h), np.float32),
+            None, np.zeros((4, h, d), np.float32), None, np.zeros((4, d, h), np.float32)]
+    w = one_op_graph("MoE", arrs, {"k": 2, "activation_type": "silu", "global_experts": 8}).work("node")
+    assert w.matmul_flops == 2 * 1 * (2 * 4 / 8) * d * h * 3  # half the token's pairs land here
+    assert w.bytes_read == 4 * (d + 8 + 1 * 3 * d * h)

@@ -1,4 +1,5 @@
-"""Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``, ``sim calibrate``, ``sim validate``.
+"""Command line: ``sim run``, ``sim train``, ``sim ops``, ``sim hw``, ``sim calibrate``, ``sim validate``,
+``sim serve``.
 
 Every command runs inside one error boundary (``main``): bad input prints one line naming the
 file or option and exits 2 with no traceback. That covers ``SimError`` and, as a safety net,
@@ -130,6 +131,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sim.cli.serve import add_parser as add_serve
+
     parser = _Parser(prog="sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
@@ -144,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for study_command in (sweep, results, plot, search):
         study_command.add(sub)
+    add_serve(sub)
     return parser
 
 

@@ -23,6 +23,10 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
         return sim.load(args.workload, **(sets if batch is None else {**sets, "batch": batch}))
 
     def prepare(graph: Any) -> Any:
+        if getattr(args, "amp", False) and getattr(args, "train", False):
+            from sim.passes.precision import amp
+
+            graph = amp(graph, (getattr(args, "dtype", None) or "bf16").lower())  # fp32 master weights
         if getattr(args, "train", False):
             graph = sim.training_graph(graph, loss=getattr(args, "loss", None) or "cross_entropy",
                                        optimizer=getattr(args, "optimizer", None) or "adam",
@@ -72,6 +76,8 @@ def check_run_args(args: argparse.Namespace) -> None:
                 raise SimError("only applies to a training step: add --train", where=f"--{opt}")
         if getattr(args, "checkpoint", False):
             raise SimError("only applies to a training step: add --train", where="--checkpoint")
+        if getattr(args, "amp", False):
+            raise SimError("only applies to a training step: add --train", where="--amp")
     else:
         from sim.passes.training import LOSSES, OPTIMIZERS
 
@@ -192,13 +198,18 @@ def run_command(args: argparse.Namespace) -> int:
         opts = engine_options(args.runtime, hw)
         dispatch_s = opts["dispatch_s"] if dispatch_s is None else dispatch_s
         cuda_graphs = cuda_graphs or opts["cuda_graphs"]
-    result = simulate(graph, hw, args.dtype, placement=placement,
+    mixed = bool(getattr(args, "amp", False))
+    result = simulate(graph, hw, None if mixed else args.dtype, placement=placement,
                       streams=getattr(args, "streams", 1),
                       host_inputs=not getattr(args, "resident_inputs", False),
                       cache_reuse=not getattr(args, "no_cache_reuse", False),
                       dispatch_s=dispatch_s, cuda_graphs=cuda_graphs,
                       oom="ignore" if getattr(args, "ignore_oom", False) else "stop")
     say(result.summary(top=getattr(args, "top", 10)))
+    if getattr(args, "train", False) and args.dtype:
+        print(f"  precision: {args.dtype} mixed (fp32 master weights and optimizer states, --amp)" if mixed
+              else f"  precision: the whole step cast to {args.dtype}, weights and optimizer states included "
+                   "(--amp for mixed precision)")
     if result.meta.get("oom"):
         from sim.report.summary import oom_text
 

@@ -132,7 +132,9 @@ def gemm_time(g: GemmShape, gm: GemmModel) -> float:
     k = padded_k(g, gm.k_align)
     stream_s = 0.0
     if min(g.m, g.n) <= gm.skinny_max:
-        stream_s = (g.m * k + k * g.n + g.m * g.n) * g.batch * gm.elem_bytes * gm.stream_s_per_byte
+        b_bytes = g.b_bytes or gm.elem_bytes  # a weight-only quantised B streams narrower
+        stream_s = ((g.m * k + g.m * g.n) * gm.elem_bytes + k * g.n * b_bytes) * g.batch \
+            * gm.stream_s_per_byte
     best = math.inf
     if gm.gemv_rate > 0 and min(g.m, g.n) <= gm.gemv_max:
         best = max(g.flops / gm.gemv_rate, stream_s)

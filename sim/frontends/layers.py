@@ -576,17 +576,24 @@ def moe(ctx: LayerContext, inputs: list[str], out: str) -> str:
     n_exp = a.integer("experts")
     k = a.integer("top_k", 2)
     act = a.text("act", "swiglu", choices=("swiglu", "relu", "gelu", "silu"))
+    shards = a.integer("expert_shards", 1)
     if n_exp < 1 or not 1 <= k <= n_exp:
         raise GraphError(f"moe needs experts >= 1 and 1 <= top_k <= experts, got {n_exp} and {k}")
+    if shards < 1 or n_exp % shards:
+        raise GraphError(f"expert_shards {shards} does not divide the {n_exp} experts")
+    local = n_exp // shards
     dt = ctx.float_dtype(x)
     router = ctx.call("linear", "router", [x], out_features=n_exp, bias=False)
-    w1 = ctx.param("w1", [n_exp, d, hidden], "he", dt, fan_in=d, fan_out=hidden)
-    w2 = ctx.param("w2", [n_exp, hidden, d], "he", dt, fan_in=hidden, fan_out=d)
+    w1 = ctx.param("w1", [local, d, hidden], "he", dt, fan_in=d, fan_out=hidden)
+    w2 = ctx.param("w2", [local, hidden, d], "he", dt, fan_in=hidden, fan_out=d)
     ins = [x, router, w1, "", w2, ""]
     if act == "swiglu":
-        ins += [ctx.param("w3", [n_exp, d, hidden], "he", dt, fan_in=d, fan_out=hidden)]
-    return ctx.op("MoE", ins, out=out, k=k, normalize_routing_weights=1,
-                  activation_type="silu" if act == "swiglu" else act)
+        ins += [ctx.param("w3", [local, d, hidden], "he", dt, fan_in=d, fan_out=hidden)]
+    attrs: dict[str, Any] = {"k": k, "normalize_routing_weights": 1,
+                             "activation_type": "silu" if act == "swiglu" else act}
+    if shards > 1:
+        attrs["global_experts"] = n_exp
+    return ctx.op("MoE", ins, out=out, **attrs)
 
 
 @layer("transformer_block")
@@ -614,7 +621,7 @@ def transformer_block(ctx: LayerContext, inputs: list[str], out: str) -> str:
     if a.integer("experts", 0):
         ffn = "moe"
         ff = {"hidden": ff["hidden"], "act": ff["act"], "experts": a.integer("experts"),
-              "top_k": a.integer("top_k", 2)}
+              "top_k": a.integer("top_k", 2), "expert_shards": a.integer("expert_shards", 1)}
     nargs: dict[str, Any] = {"eps": eps}
     if norm == "layernorm":
         nargs["bias"] = a.flag("norm_bias", True)

@@ -62,18 +62,18 @@ def _fused_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dic
 
 
 def _concat_gemms(gemms: tuple[GemmShape, ...]) -> tuple[GemmShape, ...]:
-    """GEMMs of one group with the same (m, k, batch, kernel, k_runs) as one GEMM of summed n: in
+    """GEMMs of one group with the same (m, k, batch, kernel, k_runs, b_bytes) as one GEMM of summed n: in
     a fused group they come from sibling projections of one activation (weights concatenated).
 
     >>> merged = _concat_gemms((GemmShape(8, 4, 16), GemmShape(8, 6, 16), GemmShape(2, 2, 2)))
     >>> [(g.m, g.n, g.k) for g in merged]
     [(8, 10, 16), (2, 2, 2)]
     """
-    merged: dict[tuple[int, int, int, str, int], int] = {}
+    merged: dict[tuple[int, int, int, str, int, float], int] = {}
     for g in gemms:
-        key = (g.m, g.k, g.batch, g.kernel, g.k_runs)
+        key = (g.m, g.k, g.batch, g.kernel, g.k_runs, g.b_bytes)
         merged[key] = merged.get(key, 0) + g.n
-    return tuple(GemmShape(m, n, k, b, kern, runs) for (m, k, b, kern, runs), n in merged.items())
+    return tuple(GemmShape(m, n, k, b, kern, runs, bb) for (m, k, b, kern, runs, bb), n in merged.items())
 
 
 def _fused_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:

@@ -60,6 +60,10 @@ def _matmul_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list
 def _matmul_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
     a, b = need(ins, 2, "MatMul")
     _, batch, m, n, k = _matmul_shapes(a.shape, b.shape)
+    if b.rank == 2 and a.rank > 2:
+        # a stack of rows times one matrix is one GEMM over all rows (as BLAS-backed
+        # frameworks run x @ W for x [batch, seq, in]): the weight is read once, not per batch
+        m, batch = m * batch, 1
     g = GemmShape(m, n, k, batch)
     r, w = io_bytes(ins, outs)
     return Work(flops=g.flops, matmul_flops=g.flops, bytes_read=r, bytes_written=w, gemms=(g,))

@@ -11,6 +11,12 @@ to the ``k`` experts of largest logit, weighted by the softmax over all experts 
 Expert ``e`` computes ``act(x W1_e + b1_e) W2_e + b2_e``, or with fc3 the gated form
 ``(act(x W1_e + b1_e) * (x W3_e + b3_e)) W2_e + b2_e`` (SwiGLU with silu). The output has the
 input's shape.
+
+Expert parallelism (an attribute of our own, ``global_experts`` G, default E): the op is one
+rank's share of a layer of G experts. ``router_probs`` has G columns (the replicated router),
+the op holds E of the experts (the rank's; taken as the first E, every rank's share being
+alike) and computes only the token-expert pairs routed to them; the rest of each token's
+output comes from the other ranks (summed by a ReduceScatter or AllReduce after it).
 """
 
 from __future__ import annotations
@@ -45,8 +51,11 @@ def _dims(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[str, in
     if w1.rank != 3 or w1.shape[1] != hidden:
         raise GraphError(f"fc1_experts_weights {w1.shape} is not [E, {hidden}, inter]")
     E, _, inter = w1.shape
-    if router.shape != (*x.shape[:-1], E):
-        raise GraphError(f"router_probs {router.shape} is not {(*x.shape[:-1], E)}")
+    G = int(attrs.get("global_experts", E) or E)
+    if G < E:
+        raise GraphError(f"MoE global_experts {G} is fewer than the {E} experts held")
+    if router.shape != (*x.shape[:-1], G):
+        raise GraphError(f"router_probs {router.shape} is not {(*x.shape[:-1], G)}")
     if w2.shape != (E, inter, hidden):
         raise GraphError(f"fc2_experts_weights {w2.shape} is not {(E, inter, hidden)}")
     if w3 is not None and w3.shape != w1.shape:
@@ -57,12 +66,12 @@ def _dims(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[str, in
     if b3 is not None and w3 is None:
         raise GraphError("fc3_experts_bias without fc3_experts_weights")
     k = int(attrs.get("k", 1))
-    if not 1 <= k <= E:
-        raise GraphError(f"MoE k={k} must be between 1 and the {E} experts")
+    if not 1 <= k <= G:
+        raise GraphError(f"MoE k={k} must be between 1 and the {G} experts")
     act = str(attrs.get("activation_type", "relu"))
     if act not in ACTIVATIONS:
         raise GraphError(f"MoE activation_type {act!r} is not one of {', '.join(ACTIVATIONS)}")
-    return {"rows": rows, "hidden": hidden, "E": E, "inter": inter, "k": k,
+    return {"rows": rows, "hidden": hidden, "E": E, "inter": inter, "k": k, "G": G,
             "gated": int(w3 is not None)}
 
 
@@ -84,8 +93,9 @@ def expected_experts(rows: int, experts: int, k: int) -> float:
 
 def _work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str, Any]) -> Work:
     """Work of a grouped-GEMM MoE kernel. Routing is a runtime value: the estimate assumes the
-    router spreads tokens uniformly, so ``rows * k`` token-expert pairs fall on the
-    ``expected_experts(rows, E, k)`` experts that get any (each one's weights read once, which
+    router spreads tokens uniformly, so ``rows * k * E / G`` token-expert pairs fall on the
+    ``E (1 - (1 - k/G)^rows)`` held experts expected to get any (``expected_experts`` when
+    G = E) (each one's weights read once, which
     is what makes small-batch MoE decode memory-bound) with ``rows * k / hit`` rows each.
     Matmul FLOPs: ``2 * rows * k * hidden * inter`` per projection (2, or 3 gated). Vector
     FLOPs: routing softmax over E (4 per logit: max, subtract, exp, sum) plus a top-k pass
@@ -94,9 +104,9 @@ def _work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str,
     one per activation element (silu/gelu). Bytes: input, router logits and output once, plus
     the weights (and biases) of the experts hit."""
     d = _dims(ins, attrs)
-    rows, h, E, inter, k = d["rows"], d["hidden"], d["E"], d["inter"], d["k"]
-    pairs = rows * k
-    hit = expected_experts(rows, E, k)
+    rows, h, E, inter, k, G = d["rows"], d["hidden"], d["E"], d["inter"], d["k"], d["G"]
+    pairs = rows * k * E / G  # the token-expert pairs that fall on the experts held
+    hit = E * (1.0 - (1.0 - k / G) ** rows)
     per_expert = max(1, round(pairs / hit)) if hit else 0
     n_hit = max(1, round(hit))
     n_proj = 3 if d["gated"] else 2
@@ -107,8 +117,8 @@ def _work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str,
     act_flops = {"relu": 1, "gelu": 4, "silu": 4, "identity": 0}[act]
     biases = [s for s in _pad(ins, 8)[3:8:2] if s is not None]
     bias_flops = pairs * sum(s.shape[1] for s in biases)
-    vec = rows * E * 5 + pairs * inter * (act_flops + d["gated"]) + bias_flops + 2 * pairs * h
-    trans = rows * E + (pairs * inter if act in ("gelu", "silu") else 0)
+    vec = rows * G * 5 + pairs * inter * (act_flops + d["gated"]) + bias_flops + 2 * pairs * h
+    trans = rows * G + (pairs * inter if act in ("gelu", "silu") else 0)
     x, router = ins[0], ins[1]
     assert x is not None and router is not None
     expert_bytes = sum(s.nbytes for s in _pad(ins, 8)[2:8] if s is not None) / E
@@ -150,7 +160,7 @@ def _kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
     idx, w = route(router.reshape(x2.shape[0], -1).astype(np.float64), k,
                    bool(int(attrs.get("normalize_routing_weights", 0))))
     y = np.zeros(x2.shape, np.float64)
-    for e in range(w1.shape[0]):
+    for e in range(w1.shape[0]):  # the experts held (the first E of global_experts)
         rows, slot = np.nonzero(idx == e)
         if rows.size == 0:
             continue

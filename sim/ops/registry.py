@@ -41,7 +41,7 @@ GradFn = Callable[[Any, "Node", list[str | None]], list[str | None]]
 FAMILIES = (
     "linalg", "conv", "pool", "elementwise", "logical", "reduce", "norm", "shape",
     "index", "generate", "attention", "rnn", "loss", "optim", "resize",
-    "collective", "moe", "fused",
+    "collective", "moe", "fused", "quant",
 )
 
 

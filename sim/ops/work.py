@@ -23,6 +23,8 @@ class GemmShape:
     ``k_runs`` says K is that many runs of ``k / k_runs`` contiguous elements (a convolution's
     K is R x S filter taps of C channels each): a tensor-core kernel pads each run to its
     vector width, so a 3-channel stem costs more than its FLOPs.
+    ``b_bytes`` is the bytes per element of B when B is stored narrower than A (weight-only
+    quantised GEMMs: 0.5 for int4 plus its scales); 0 means A's element size.
     """
 
     m: int
@@ -31,6 +33,7 @@ class GemmShape:
     batch: int = 1
     kernel: str = ""
     k_runs: int = 1
+    b_bytes: float = field(default=0.0, repr=False)
 
     @property
     def flops(self) -> float:

@@ -139,6 +139,8 @@ def _grow_groups(graph: Graph, prologue: dict[str, str], pending: dict[str, list
             first.append(pos[node.name])
         groups[target].extend(pending.get(node.name, []))
         groups[target].append(node)
+        if has_trait(node.op, "collective"):
+            continue  # a collective runs on the links, not in a kernel: nothing fuses into it
         made_in.update({t: target for t in node.outputs if t})
     return groups
 

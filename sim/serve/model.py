@@ -9,16 +9,17 @@ positions. ``seq=1`` is a decode step; a prefill (or a prefill chunk) is ``seq``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from sim.dtypes import to_numpy
 from sim.errors import GraphError
 from sim.exec.executor import Executor
 from sim.frontends import load
-from sim.graph import Graph
+from sim.graph import Graph, TensorSpec
 
 LOGITS = "logits"
 
@@ -32,6 +33,7 @@ class ModelInfo:
     kv_heads: int
     head_dim: int
     params: int
+    hidden: int
     max_context: int
 
     def kv_bytes_per_token(self, itemsize: float) -> float:
@@ -47,17 +49,29 @@ class ServeModel:
     def __init__(self, workload: str, **overrides: Any) -> None:
         self.workload = workload
         self.overrides = dict(overrides)
-        probe = self.step_graph(1, 1, 2)
+        try:
+            probe = self.step_graph(1, 1, 2)
+        except GraphError as err:
+            if "names no param" not in err.message:
+                raise
+            raise GraphError("not a servable decoder workload: it has no kv_cache param "
+                             "(docs/inference.md)", where=workload) from None
         caches = probe.meta.get("kv_cache")
         if not caches:
             raise GraphError("the workload has no KV-cache attention (give its transformer_block "
                              "layers kv_cache: kv_cache)", where=workload)
         params = probe.meta.get("params", {})
+        self.params: dict[str, Any] = dict(params)  # the workload's resolved params
         if "n_layer" not in params:
             raise GraphError("a servable workload needs an n_layer param", where=workload)
         _, kvh, _, hd = probe.tensors[caches[0][0]].shape
+        att = next(n for n in probe.nodes.values() if n.op == "Attention")
+        self._attn_attrs = dict(att.attrs)
+        self._q_heads = probe.tensors[att.inputs[0]].shape[1]
+        self._float = probe.tensors[att.inputs[0]].dtype
         self.info = ModelInfo(name=probe.name, n_layer=int(params["n_layer"]), kv_heads=kvh,
                               head_dim=hd, params=probe.param_count,
+                              hidden=int(params.get("d", 0) or 0),
                               max_context=int(params.get("n_ctx", params.get("max_context", 0)) or 0))
 
     def step_graph(self, batch: int, seq: int, kv_cache: int, **more: Any) -> Graph:
@@ -68,6 +82,20 @@ class ServeModel:
         extra = [t for entry in g.meta.get("kv_cache", []) for t in (entry[1], entry[3])]
         g.set_outputs([*g.outputs, *extra])
         return g
+
+    def attention_graph(self, batch: int, seq: int, cache: int) -> Graph:
+        """The step graph's ``Attention`` node alone, for ``batch`` sequences of ``seq`` new
+        tokens over caches of ``cache`` positions (all valid): inputs Q [batch, q_heads, seq,
+        head_dim], the caches [batch, kv_heads, cache, head_dim] and their lengths."""
+        i = self.info
+        g = Graph(f"{i.name}.attention")
+        q = g.add_input("q", TensorSpec((batch, self._q_heads, seq, i.head_dim), self._float))
+        kv = TensorSpec((batch, i.kv_heads, cache, i.head_dim), self._float)
+        k, v = g.add_input("present_key", kv), g.add_input("present_value", kv)
+        lens = g.add_input("total_lens", TensorSpec((batch,), "int64"))
+        g.add_node("Attention", [q, k, v, "", "", "", lens], ["y"], self._attn_attrs, name="sdpa")
+        g.set_outputs(["y"])
+        return g.verify()
 
     def full_graph(self, batch: int, seq: int) -> Graph:
         """The graph without a cache (every position recomputed)."""
@@ -80,16 +108,20 @@ def _shared(params: Mapping[str, np.ndarray], g: Graph) -> dict[str, np.ndarray]
             if k in g.params and g.param_info[k].trainable and g.params[k].shape == v.shape}
 
 
-def generate_cached(model: ServeModel, prompt: np.ndarray, steps: int, seed: int = 0
-                    ) -> tuple[np.ndarray, list[np.ndarray]]:
+def generate_cached(model: ServeModel, prompt: np.ndarray, steps: int, seed: int = 0, *,
+                    forced: np.ndarray | None = None, transform: Callable[[Graph], Graph] | None = None,
+                    kv_dtype: str = "") -> tuple[np.ndarray, list[np.ndarray]]:
     """Greedy generation with the KV cache: one prefill step over the prompt [B, P], then
     ``steps - 1`` decode steps of one token each. Returns the tokens [B, steps] and each step's
-    last-position logits [B, vocab]."""
+    last-position logits [B, vocab]. ``forced`` [B, steps] feeds those tokens instead of the
+    argmax (teacher forcing); ``transform`` rewrites both step graphs (a cast, a
+    quantisation); ``kv_dtype`` stores the cache in that dtype between steps (fp8)."""
     B, P = prompt.shape
     cap = P + steps
-    pre = model.step_graph(B, P, cap)
+    tf = transform or (lambda g: g)
+    pre = tf(model.step_graph(B, P, cap))
     ex = Executor(pre, seed=seed)
-    dec = model.step_graph(B, 1, cap)
+    dec = tf(model.step_graph(B, 1, cap))
     ex_dec = Executor(dec, seed=seed, params=_shared(ex.params, dec))
     caches: dict[str, np.ndarray] = {}
     for past_k, _, past_v, _ in pre.meta["kv_cache"]:
@@ -98,14 +130,17 @@ def generate_cached(model: ServeModel, prompt: np.ndarray, steps: int, seed: int
     lens = np.zeros(B, np.int64)
     ids, graph, runner = prompt, pre, ex
     tokens, logits = [], []
-    for _ in range(steps):
+    for i in range(steps):
         out = runner.run({"input_ids": ids, "cache_lens": lens, **caches}).values
         last = out[LOGITS][:, -1, :].astype(np.float64)
         logits.append(last)
-        tok = last.argmax(axis=-1).astype(np.int64)
+        tok = last.argmax(axis=-1).astype(np.int64) if forced is None else forced[:, i]
         tokens.append(tok)
         for past_k, pres_k, past_v, pres_v in graph.meta["kv_cache"]:
             caches[past_k], caches[past_v] = out[pres_k], out[pres_v]
+        if kv_dtype:
+            caches = {k: np.asarray(v).astype(to_numpy(kv_dtype)).astype(np.float32)
+                      for k, v in caches.items()}
         lens = lens + ids.shape[1]
         ids, graph, runner = tok[:, None], dec, ex_dec
     return np.stack(tokens, axis=1), logits
