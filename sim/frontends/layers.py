@@ -470,7 +470,9 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
     """Multi-head self-attention on ``[batch, seq, dim]``: q/k/v projections, heads split by
     Reshape+Transpose, the fused ``Attention`` op (``causal``), heads merged, output projection.
     ``kv_heads`` < ``heads`` gives grouped-query attention; ``rotary: true`` applies
-    ``RotaryEmbedding`` to q and k. An optional second input is an additive attention mask."""
+    ``RotaryEmbedding`` to q and k. An optional second input is an additive attention mask.
+    ``impl: unfused`` spells the core out with the scores materialised (``_unfused_attention``)
+    and ``dropout: p`` then drops the attention probabilities (training mode)."""
     a = ctx.args
     if len(inputs) not in (1, 2):
         raise GraphError(f"attention takes x and an optional mask, got {len(inputs)} inputs")
@@ -493,6 +495,10 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
     kv_cache = a.integer("kv_cache", 0)
     if kv_cache < 0 or 0 < kv_cache < seq:
         raise GraphError(f"kv_cache {kv_cache} must be 0 (no cache) or at least seq ({seq})")
+    impl = a.text("impl", "fused", choices=("fused", "unfused"))
+    p_drop = a.number("dropout", 0.0)
+    if kv_cache and (impl == "unfused" or p_drop):
+        raise GraphError("attention with kv_cache is the fused op without dropout (impl: fused, dropout: 0)")
 
     def heads_of(t: str, n: int, tag: str) -> str:
         r = ctx.op("Reshape", [t], suffix=f"{tag}_split", shape=[bsz, seq, n, hd])
@@ -510,8 +516,6 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
         if len(inputs) == 2:
             raise GraphError("attention with kv_cache takes no mask (the cache lengths mask it)")
         return _cached_attention(ctx, q, k, v, out, kv_cache, causal, bias, dim)
-    impl = a.text("impl", "fused", choices=("fused", "unfused"))
-    p_drop = a.number("dropout", 0.0)
     mask = inputs[1] if len(inputs) == 2 else None
     if impl == "unfused":
         o = _unfused_attention(ctx, q, k, v, mask, causal, 1.0 / math.sqrt(hd), p_drop)
