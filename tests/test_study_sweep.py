@@ -1,6 +1,6 @@
 """Sweeps: axis parsing, points against hand counts and against single runs, failing points,
 the store (rerun skips, new keys on change, survives ``kill -9``), and executors (local pool
-and a real Dask LocalCluster give the same table)."""
+a real Dask LocalCluster and a real local Ray give the same table)."""
 
 import os
 import signal
@@ -243,3 +243,13 @@ def test_cluster_layouts_are_an_axis():
         assert row["makespan_s"] == direct.makespan_s and row["devices"] == 8
         assert row["throughput_per_s"] == pytest.approx(16 / direct.makespan_s)
         assert row["peak_memory_per_device_bytes"] == max(m.total for m in direct.memory)
+
+
+@pytest.mark.slow
+def test_ray_gives_the_serial_table(tmp_path):
+    """A real local Ray (two CPUs) runs every point as a task and gives the serial table."""
+    grid = {"M": [64, 128], "dtype": ["bf16", "fp32"]}
+    serial = sweep("gemm", grid=grid, executor="serial", progress=False)
+    ray_table = sweep("gemm", grid=grid, executor="ray", store=tmp_path / "r.db", progress=False)
+    pd.testing.assert_frame_equal(ray_table, serial)
+    assert len(read_results(tmp_path / "r.db")) == len(serial)
