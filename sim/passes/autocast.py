@@ -29,6 +29,7 @@ from __future__ import annotations
 from sim.dtypes import canonical, is_float
 from sim.errors import GraphError
 from sim.graph import Graph, Node
+from sim.graph.rewrite import Rewriter
 from sim.ops.registry import get_op
 from sim.passes.precision import AMP_DTYPES, DEFAULT_LOSS_SCALE
 
@@ -40,11 +41,14 @@ FP32 = frozenset({
 })
 
 
-class _Builder:
+class _Autocast(Rewriter):
+    """Each node re-emitted with autocast's per-op precision; ``env`` maps a source tensor to
+    its name in the new graph (a low output of a graph output gets a new name)."""
+
     def __init__(self, src: Graph, dtype: str) -> None:
-        self.src, self.dtype = src, dtype
-        self.g = Graph(src.name, src.source)
-        self.cur: dict[str, str] = {}  # source tensor -> its name in the new graph
+        super().__init__(src)
+        self.dtype = dtype
+        self.g = self.out
         self.weight_casts: dict[tuple[str, str], str] = {}
         self.promotes = 0
 
@@ -57,16 +61,15 @@ class _Builder:
         if p is not None and p.op == "Constant" and not p.inputs and self.g.tensors[t].rank == 0:
             from sim.ops.generate import constant_value
 
-            name = self.g.unique_name(f"{t}.{to}")
-            self.g.add_node("Constant", [], [name], {"value": constant_value(p.attrs), "dtype": to},
-                            name=name)
+            name = self.b.unique(f"{t}.{to}")
+            self.b.node("Constant", [], [name], {"value": constant_value(p.attrs), "dtype": to}, name=name)
             return name
         key = (t, to)
         if t in self.g.params and key in self.weight_casts:
             return self.weight_casts[key]
-        name = self.g.unique_name(f"{t}.{to}")
-        node_name = self.g.unique_name(f"{t}.to_{to}" if t in self.g.params else f"{user}.cast_{t}")
-        self.g.add_node("Cast", [t], [name], {"to": to}, name=node_name, meta={"cast": why})
+        name = self.b.unique(f"{t}.{to}")
+        node_name = self.b.unique(f"{t}.to_{to}" if t in self.g.params else f"{user}.cast_{t}")
+        self.b.node("Cast", [t], [name], {"to": to}, name=node_name, meta={"cast": why})
         if t in self.g.params:
             self.weight_casts[key] = name
         return name
@@ -86,8 +89,8 @@ class _Builder:
             return "fp32"
         return kinds.pop() if kinds else None
 
-    def add(self, node: Node) -> None:
-        ins = [self.cur.get(t, t) if t else "" for t in node.inputs]
+    def visit(self, node: Node) -> None:
+        ins = [self.env.get(t, t) if t else "" for t in node.inputs]
         want = self.want(node, ins)
         if want is not None:
             why = "promote" if node.op not in LOWER | FP32 else "autocast"
@@ -101,13 +104,20 @@ class _Builder:
         names = []
         for t, spec in zip(node.outputs, outs):
             if t and t in self.src.outputs and spec.dtype != self.src.tensors[t].dtype:
-                names.append(self.g.unique_name(f"{t}.{spec.dtype}"))
+                names.append(self.b.unique(f"{t}.{spec.dtype}"))
             else:
                 names.append(t)
-        self.g.add_node(node.op, ins, names, dict(node.attrs), name=node.name, meta=dict(node.meta))
-        for t, n in zip(node.outputs, names):
-            if t:
-                self.cur[t] = n
+        self.emit(node, inputs=ins, outputs=names)
+
+    def finish(self) -> None:
+        """Graph outputs cast back to their source dtype under their source names."""
+        for t in self.src.outputs:
+            have = self.env.get(t, t)
+            if have != t:
+                to = self.src.tensors[t].dtype
+                self.b.node("Cast", [have], [t], {"to": to}, name=self.b.unique(f"{t}.to_{to}"),
+                            meta={"cast": "autocast"})
+        self.out.set_outputs(self.src.outputs)
 
 
 def autocast(graph: Graph, dtype: str = "bf16", loss_scale: float | None = None) -> Graph:
@@ -118,21 +128,7 @@ def autocast(graph: Graph, dtype: str = "bf16", loss_scale: float | None = None)
     scale = DEFAULT_LOSS_SCALE[dtype] if loss_scale is None else float(loss_scale)
     if scale <= 0:
         raise GraphError(f"loss_scale must be > 0, got {scale}", where="autocast")
-    b = _Builder(graph, dtype)
-    for name, spec in graph.inputs.items():
-        b.g.add_input(name, spec)
-    for name, spec in graph.params.items():
-        info = graph.param_info[name]
-        b.g.add_param(name, spec, info.init, trainable=info.trainable, value=graph.initializers.get(name),
-                      **info.options)
-    for node in graph.topo_order():
-        b.add(node)
-    for t in graph.outputs:
-        have = b.cur.get(t, t)
-        if have != t:
-            b.g.add_node("Cast", [have], [t], {"to": graph.tensors[t].dtype},
-                         name=b.g.unique_name(f"{t}.to_{graph.tensors[t].dtype}"), meta={"cast": "autocast"})
-    b.g.set_outputs(graph.outputs)
-    b.g.meta = dict(graph.meta)
-    b.g.meta.update({"amp": dtype, "autocast": True, "loss_scale": scale, "promote_casts": b.promotes})
-    return b.g.verify()
+    rw = _Autocast(graph, dtype)
+    g = rw.run()
+    g.meta.update({"amp": dtype, "autocast": True, "loss_scale": scale, "promote_casts": rw.promotes})
+    return g.verify()

@@ -32,7 +32,8 @@ from typing import Any
 
 from sim.dtypes import canonical, is_float
 from sim.errors import GraphError
-from sim.graph import Graph, Node, ParamInfo, TensorSpec
+from sim.graph import Graph, Node, TensorSpec
+from sim.graph.rewrite import Rewriter
 from sim.ops.registry import get_op, has_op
 
 CAST_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
@@ -41,17 +42,6 @@ _INFER_ERRORS = (GraphError, ValueError, IndexError, KeyError, TypeError, ZeroDi
 
 def _storage(dtype: str) -> str:
     return "fp32" if dtype == "tf32" else dtype
-
-
-def _copy_decls(graph: Graph, g: Graph, spec_of: Any) -> None:
-    """Inputs, params (same init and options) and initializers of ``graph`` into ``g``."""
-    for name, spec in graph.inputs.items():
-        g.add_input(name, spec_of(name, spec))
-    for name, spec in graph.params.items():
-        info = graph.param_info[name]
-        g.add_param(name, spec_of(name, spec), info.init, trainable=info.trainable)
-        g.param_info[name] = ParamInfo(info.init, info.trainable, dict(info.options))
-    g.initializers = dict(graph.initializers)
 
 
 def is_matmul_like(graph: Graph, node: Node) -> bool:
@@ -72,50 +62,35 @@ def _retype_attrs(node: Node, storage: str) -> dict[str, Any]:
     return attrs
 
 
-def _add_wrapped(src: Graph, g: Graph, node: Node, ins_g: tuple[str, ...], outs_g: tuple[str, ...],
-                 want: str) -> None:
-    """Add ``node`` computing in its original dtypes, with casts in and out of ``want``.
+class _Precision(Rewriter):
+    """Re-emit every node with floats in ``storage``; a node whose shape rule rejects that
+    dtype computes in its original dtypes between casts. ``env`` maps source tensors to the
+    names read in the new graph (a leaf's cast copy, an output's renamed inner tensor)."""
 
-    ``ins_g``/``outs_g`` are the names ``node``'s inputs and outputs have in ``g``."""
-    if not has_op("Cast"):
-        raise GraphError(f"op {node.op} has no {want} form and no Cast op is defined",
-                         where=f"node {node.name!r} ({node.op})")
-    ins: list[str] = []
-    for i, (t, tg) in enumerate(zip(node.inputs, ins_g)):
-        orig = src.tensors[t].dtype if t else ""
-        if tg and g.tensors[tg].dtype != orig:
-            (c,) = g.add_node("Cast", [tg], [g.unique_name(f"{t}.{orig}")], {"to": orig},
-                              name=g.unique_name(f"{node.name}.cast_in{i}"),
-                              meta={"cast": "in", "forward": node.name})
-            ins.append(c)
-        else:
-            ins.append(tg)
-    outs: list[str] = []
-    recast: list[tuple[int, str, str]] = []
-    for i, (t, tg) in enumerate(zip(node.outputs, outs_g)):
-        if t and is_float(src.tensors[t].dtype) and src.tensors[t].dtype != want:
-            inner = g.unique_name(f"{t}.{src.tensors[t].dtype}")
-            outs.append(inner)
-            recast.append((i, inner, tg))
-        else:
-            outs.append(tg)
-    g.add_node(node.op, ins, outs, dict(node.attrs), name=node.name, meta=dict(node.meta))
-    for i, inner, tg in recast:
-        g.add_node("Cast", [inner], [tg], {"to": want}, name=g.unique_name(f"{node.name}.cast_out{i}"),
-                   meta={"cast": "out", "forward": node.name})
+    def __init__(self, src: Graph, storage: str, dtype: str, keep: set[str] | None = None) -> None:
+        super().__init__(src)
+        self.storage, self.dtype, self.keep = storage, dtype, keep
 
+    def spec_of(self, name: str, spec: TensorSpec) -> TensorSpec:
+        if self.keep is None or not is_float(spec.dtype) or name in self.keep:
+            return spec
+        return spec.with_dtype(self.storage)
 
-def _rebuild_nodes(src: Graph, g: Graph, storage: str, dtype: str, rename: dict[str, str],
-                   before: Any = None) -> None:
-    """Add ``src``'s nodes to ``g`` with floats in ``storage``; ``rename`` maps source tensor
-    names to the names to read in ``g`` (and is extended with wrapped outputs)."""
-    for node in src.topo_order():
-        if before is not None:
-            before(node)
+    def leaves(self) -> None:
+        for name, spec in self.src.inputs.items():
+            self.b.input(name, self.spec_of(name, spec))
+        for name, spec in self.src.params.items():
+            self.b.param(name, self.spec_of(name, spec), self.src.param_info[name],
+                         self.src.initializers.get(name))
+        for t in [*self.src.inputs, *self.src.params]:
+            self.env.setdefault(t, t)
+
+    def visit(self, node: Node) -> None:
+        g, src, storage = self.out, self.src, self.storage
         attrs = _retype_attrs(node, storage)
         opdef = get_op(node.op, where=f"node {node.name!r} ({node.op})")
-        ins = tuple(rename.get(t, t) for t in node.inputs)
-        outs_named = tuple(rename.get(t, t) for t in node.outputs)
+        ins = tuple(self.env.get(t, t) for t in node.inputs)
+        outs_named = tuple(self.env.get(t, t) for t in node.outputs)
         in_specs = [g.tensors[t] if t else None for t in ins]
         try:
             outs = opdef.infer(in_specs, attrs)
@@ -126,12 +101,74 @@ def _rebuild_nodes(src: Graph, g: Graph, storage: str, dtype: str, rename: dict[
         except _INFER_ERRORS:
             ok = False
         if ok:
-            g.add_node(node.op, ins, outs_named, attrs, name=node.name, meta=dict(node.meta))
+            self.emit(node, inputs=ins, outputs=outs_named, attrs=attrs)
         else:
-            _add_wrapped(src, g, node, ins, outs_named, storage)
+            self._wrapped(node, ins, outs_named)
         new = g.nodes[node.name]
-        if dtype in ("tf32", "int8") and is_matmul_like(g, new):
-            new.meta["compute_dtype"] = dtype
+        if self.dtype in ("tf32", "int8") and is_matmul_like(g, new):
+            new.meta["compute_dtype"] = self.dtype
+
+    def _wrapped(self, node: Node, ins_g: tuple[str, ...], outs_g: tuple[str, ...]) -> None:
+        """Emit ``node`` computing in its original dtypes, with casts in and out of storage."""
+        if not has_op("Cast"):
+            raise GraphError(f"op {node.op} has no {self.storage} form and no Cast op is defined",
+                             where=f"node {node.name!r} ({node.op})")
+        src, b = self.src, self.b
+        ins: list[str] = []
+        for i, (t, tg) in enumerate(zip(node.inputs, ins_g)):
+            orig = src.tensors[t].dtype if t else ""
+            if tg and self.out.tensors[tg].dtype != orig:
+                ins.append(b.node("Cast", [tg], [b.unique(f"{t}.{orig}")], {"to": orig},
+                                  name=b.unique(f"{node.name}.cast_in{i}"),
+                                  meta={"cast": "in", "forward": node.name})[0])
+            else:
+                ins.append(tg)
+        outs: list[str] = []
+        recast: list[tuple[int, str, str]] = []
+        for i, (t, tg) in enumerate(zip(node.outputs, outs_g)):
+            if t and is_float(src.tensors[t].dtype) and src.tensors[t].dtype != self.storage:
+                inner = b.unique(f"{t}.{src.tensors[t].dtype}")
+                outs.append(inner)
+                recast.append((i, inner, tg))
+            else:
+                outs.append(tg)
+        self.emit(node, inputs=ins, outputs=outs)
+        for t, tg in zip(node.outputs, outs_g):
+            if t:
+                self.env[t] = tg
+        for i, inner, tg in recast:
+            b.node("Cast", [inner], [tg], {"to": self.storage}, name=b.unique(f"{node.name}.cast_out{i}"),
+                   meta={"cast": "out", "forward": node.name})
+
+
+class _Amp(_Precision):
+    """fp32 leaves cast to ``dtype`` before their first use; outputs cast back to fp32."""
+
+    def __init__(self, src: Graph, dtype: str) -> None:
+        super().__init__(src, dtype, dtype)
+        self.float_leaves = {t for t, s in [*src.inputs.items(), *src.params.items()] if is_float(s.dtype)}
+
+    def leaves(self) -> None:
+        super().leaves()
+        for t in self.src.outputs:
+            if is_float(self.src.tensors[t].dtype) and t not in self.float_leaves:
+                self.env[t] = self.b.unique(f"{t}.{self.dtype}")
+
+    def visit(self, node: Node) -> None:
+        for t in node.inputs:
+            if t in self.float_leaves and self.env[t] == t and self.src.tensors[t].dtype != self.dtype:
+                d = self.dtype
+                self.env[t] = self.b.node("Cast", [t], [self.b.unique(f"{t}.{d}")], {"to": d},
+                                          name=self.b.unique(f"{t}.to_{d}"), meta={"cast": "amp"})[0]
+        super().visit(node)
+
+    def finish(self) -> None:
+        for t in self.src.outputs:
+            if self.env.get(t, t) != t and t not in self.float_leaves:
+                to = self.src.tensors[t].dtype
+                self.b.node("Cast", [self.env[t]], [t], {"to": to}, name=self.b.unique(f"{t}.to_{to}"),
+                            meta={"cast": "amp"})
+        self.out.set_outputs(self.src.outputs)
 
 
 def cast_graph(graph: Graph, dtype: str) -> Graph:
@@ -165,16 +202,9 @@ def cast_graph(graph: Graph, dtype: str) -> Graph:
         quantised = {t for n in graph.nodes.values() if is_matmul_like(graph, n) for t in n.inputs}
         keep = {p for p in graph.params if p not in quantised}
 
-    def spec_of(name: str, spec: TensorSpec) -> TensorSpec:
-        return spec.with_dtype(storage) if is_float(spec.dtype) and name not in keep else spec
-
-    g = Graph(graph.name, graph.source)
-    g.meta = dict(graph.meta)
-    g.meta["dtype"] = dtype
-    _copy_decls(graph, g, spec_of)
-    _rebuild_nodes(graph, g, storage, dtype, {})
-    g.set_outputs(graph.outputs)
-    return g.verify()
+    rw = _Precision(graph, storage, dtype, keep)
+    rw.out.meta["dtype"] = dtype
+    return rw.run().verify()
 
 
 AMP_DTYPES = ("bf16", "fp16")
@@ -204,27 +234,6 @@ def amp(graph: Graph, dtype: str = "bf16", loss_scale: float | None = None) -> G
     scale = DEFAULT_LOSS_SCALE[dtype] if loss_scale is None else float(loss_scale)
     if scale <= 0:
         raise GraphError(f"loss_scale must be > 0, got {scale}", where="amp")
-    g = Graph(graph.name, graph.source)
-    g.meta = dict(graph.meta)
-    g.meta.update({"amp": dtype, "loss_scale": scale})
-    _copy_decls(graph, g, lambda name, spec: spec)
-    rename: dict[str, str] = {}
-    leaves = {t for t, s in [*graph.inputs.items(), *graph.params.items()] if is_float(s.dtype)}
-    for t in graph.outputs:
-        if is_float(graph.tensors[t].dtype) and t not in leaves:
-            rename[t] = g.unique_name(f"{t}.{dtype}")
-
-    def cast_leaves(node: Node) -> None:
-        for t in node.inputs:
-            if t in leaves and t not in rename and graph.tensors[t].dtype != dtype:
-                (c,) = g.add_node("Cast", [t], [g.unique_name(f"{t}.{dtype}")], {"to": dtype},
-                                  name=g.unique_name(f"{t}.to_{dtype}"), meta={"cast": "amp"})
-                rename[t] = c
-
-    _rebuild_nodes(graph, g, dtype, dtype, rename, before=cast_leaves)
-    for t in graph.outputs:
-        if t in rename and t not in leaves:
-            g.add_node("Cast", [rename[t]], [t], {"to": graph.tensors[t].dtype},
-                       name=g.unique_name(f"{t}.to_{graph.tensors[t].dtype}"), meta={"cast": "amp"})
-    g.set_outputs(graph.outputs)
-    return g.verify()
+    rw = _Amp(graph, dtype)
+    rw.out.meta.update({"amp": dtype, "loss_scale": scale})
+    return rw.run().verify()

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.graph import Graph, Node
+from sim.graph.rewrite import Rewriter
 
 PASS_THROUGH = ("Cast", "Transpose", "Reshape", "Identity")
 
@@ -189,22 +191,32 @@ def describe(masks: Mapping[str, np.ndarray]) -> str:
     return f"density {density(masks):.3f} over {len(masks)} weights"
 
 
+class _MarkSparsity(Rewriter):
+    """Re-emit every node; forward matmul-like nodes reading a pruned weight get
+    ``meta["sparsity"]`` (nodes inside the backward pass are left dense)."""
+
+    def __init__(self, src: Graph, masks: Mapping[str, np.ndarray], spec: PruneSpec) -> None:
+        super().__init__(src)
+        self.marks: dict[str, dict[str, Any]] = {}
+        for p, m in masks.items():
+            if p not in src.params:
+                continue
+            d = float(np.count_nonzero(m) / m.size)
+            for node, _, _ in _weight_consumers(src, p):
+                if "forward" in node.meta and "recompute" not in node.meta:
+                    continue  # a gradient node
+                self.marks[node.name] = ({"kind": "unstructured", "density": d} if spec.kind == "unstructured"
+                                         else {"kind": spec.kind})
+
+    def visit(self, node: Node) -> None:
+        mark = self.marks.get(node.name)
+        self.emit(node, meta=None if mark is None else {**node.meta, "sparsity": mark})
+
+
 def mark_sparsity(graph: Graph, masks: Mapping[str, np.ndarray], spec: PruneSpec) -> Graph:
     """A copy of ``graph`` whose matmul-like nodes reading a pruned weight carry
     ``meta["sparsity"]`` (nodes inside the backward pass are left dense)."""
-    g = graph.copy()
-    for p, m in masks.items():
-        if p not in g.params:
-            continue
-        d = float(np.count_nonzero(m) / m.size)
-        for node, _, _ in _weight_consumers(g, p):
-            if "forward" in node.meta and "recompute" not in node.meta:
-                continue  # a gradient node
-            if spec.kind == "unstructured":
-                node.meta["sparsity"] = {"kind": "unstructured", "density": d}
-            else:
-                node.meta["sparsity"] = {"kind": spec.kind}
-    return g
+    return _MarkSparsity(graph, masks, spec).run()
 
 
 def prune(graph: Graph, params: Mapping[str, np.ndarray], spec: PruneSpec | str | float

@@ -43,7 +43,7 @@ import numpy as np
 from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.graph import Graph, Node, TensorSpec
-from sim.graph.rewrite import GraphBuilder, Rewriter, copy_leaves
+from sim.graph.rewrite import Rewriter
 from sim.ops.optim import DEFAULTS
 from sim.passes.autodiff import gradients
 
@@ -181,11 +181,6 @@ class _TrainMode(Rewriter):
         for t, p, want in casts:
             self.b.node("Cast", [t], [f"{p}.new"], {"to": want}, name=f"{p}.cast_back",
                         meta={"role": "running_stats"})
-
-
-def _copy_leaves(src: Graph, dst: Graph, params: set[str]) -> None:
-    """Copy ``src``'s inputs and the named parameters (with their info and values) to ``dst``."""
-    copy_leaves(src, GraphBuilder(dst), [p for p in src.params if p in params])
 
 
 def _add_loss(g: Graph, loss: str, labels: str, class_axis: int | None) -> str:
@@ -398,55 +393,63 @@ def _live_nodes(g: Graph) -> set[str]:
     return live
 
 
-def _rebuild(g: Graph, forward: set[str], recompute: set[str] | None, keep_params: Iterable[str]) -> Graph:
+class _Rebuild(Rewriter):
     """Copy ``g`` without dead nodes (and unused constants); with ``recompute``, backward
     nodes read recomputed copies of those forward tensors, emitted just before first use."""
-    live = _live_nodes(g)
-    order = [n for n in g.topo_order() if n.name in live]
-    used = {t for n in order for t in n.inputs if t} | set(g.outputs)
-    keep = set(keep_params)
-    out = Graph(g.name, g.source)
-    out.meta = dict(g.meta)
-    _copy_leaves(g, out, {p for p in g.params if p in used or p in keep})
-    recomputed: dict[str, str] = {}
-    last_backward: list[str] = []  # output of the backward node emitted last
 
-    def materialise(t: str) -> str:
+    def __init__(self, g: Graph, forward: set[str], recompute: set[str] | None,
+                 keep_params: Iterable[str]) -> None:
+        super().__init__(g)
+        self.live = _live_nodes(g)
+        self.used = {t for n in g.topo_order() if n.name in self.live for t in n.inputs if t} | set(g.outputs)
+        self.keep, self.forward, self.recompute = set(keep_params), forward, recompute or set()
+        self.recomputed: dict[str, str] = {}
+        self.last_backward: list[str] = []  # output of the backward node emitted last
+
+    def keep_param(self, name: str) -> bool:
+        return name in self.used or name in self.keep
+
+    def materialise(self, t: str) -> str:
         """Name of the recomputed copy of forward tensor ``t`` (emitting it if needed)."""
-        if t in recomputed:
-            return recomputed[t]
-        src = g.producer(t)
+        if t in self.recomputed:
+            return self.recomputed[t]
+        src = self.src.producer(t)
         assert src is not None
-        ins = [materialise(i) if i in recompute_set else i for i in src.inputs]
-        if last_backward and not any(i in recompute_set for i in src.inputs):
+        ins = [self.materialise(i) if i in self.recompute else i for i in src.inputs]
+        if self.last_backward and not any(i in self.recompute for i in src.inputs):
             # a chain start: hold it back until the backward pass gets here (the engine
             # starts any op whose inputs are ready)
             first = next(k for k, i in enumerate(ins) if i)
-            (ins[first],) = out.add_node(
-                "Depend", [ins[first], last_backward[-1]], [out.unique_name(f"{ins[first]}.after")],
-                name=out.unique_name(f"{src.name}.recompute_after"),
+            (ins[first],) = self.b.node(
+                "Depend", [ins[first], self.last_backward[-1]], [self.b.unique(f"{ins[first]}.after")],
+                name=self.b.unique(f"{src.name}.recompute_after"),
                 meta={"inplace": {0: 0}, "recompute": src.name})
         outs = [f"{o}.recompute" if o else "" for o in src.outputs]
         meta = dict(src.meta)
         meta.update({"recompute": src.name, "forward": src.name})
-        out.add_node(src.op, ins, outs, dict(src.attrs), name=out.unique_name(f"{src.name}.recompute"),
-                     meta=meta)
+        self.b.node(src.op, ins, outs, dict(src.attrs), name=self.b.unique(f"{src.name}.recompute"),
+                    meta=meta)
         for o, r in zip(src.outputs, outs):
             if o:
-                recomputed[o] = r
-        return recomputed[t]
+                self.recomputed[o] = r
+        return self.recomputed[t]
 
-    recompute_set = recompute or set()
-    for node in order:
+    def visit(self, node: Node) -> None:
+        if node.name not in self.live:
+            return
         ins = list(node.inputs)
-        backward = node.name not in forward
-        if recompute_set and backward:
-            ins = [materialise(t) if t in recompute_set else t for t in ins]
-        out.add_node(node.op, ins, node.outputs, dict(node.attrs), name=node.name, meta=dict(node.meta))
+        backward = node.name not in self.forward
+        if self.recompute and backward:
+            ins = [self.materialise(t) if t in self.recompute else t for t in ins]
+        self.emit(node, inputs=ins)
         if backward and node.outputs and node.outputs[0]:
-            last_backward.append(node.outputs[0])
-    out.set_outputs(g.outputs)
-    return out
+            self.last_backward.append(node.outputs[0])
+
+
+def _rebuild(g: Graph, forward: set[str], recompute: set[str] | None, keep_params: Iterable[str]) -> Graph:
+    """Copy ``g`` without dead nodes (and unused constants); with ``recompute``, backward
+    nodes read recomputed copies of those forward tensors, emitted just before first use."""
+    return _Rebuild(g, forward, recompute, keep_params).run()
 
 
 def forward_node_names(graph: Graph) -> list[str]:
