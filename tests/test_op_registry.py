@@ -44,7 +44,7 @@ def test_op_traits_name_the_op_groups():
     with_trait = {t: {n for n, d in ops.items() if t in d.traits} for t in TRAITS}
     assert with_trait["view"] == {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
     assert with_trait["no_kernel"] == with_trait["view"] | {"Depend"}
-    assert with_trait["collective"] == {"AllReduce", "AllGather", "ReduceScatter"}
+    assert with_trait["collective"] == {"AllReduce", "AllGather", "ReduceScatter", "AllToAll"}
     assert with_trait["strided_operands"] == {"MatMul", "Gemm", "Attention"}
     assert {"Add", "Relu", "Gelu", "GeluGrad", "Where", "Cast", "Equal"} <= with_trait["elementwise"]
     not_elementwise = {"Softmax", "Transpose", "MatMul", "LayerNormalization", "ReduceSum"}

@@ -626,3 +626,18 @@ def test_cli_dp_needs_train(capsys):
 
     assert main(["run", "mlp-mnist", "--hw", "dgx-h100", "--parallel", "dp=2"]) == 2
     assert "--train" in capsys.readouterr().err
+
+
+def test_switch_alltoall_pairwise_by_hand():
+    """AllToAll of S = 400 MB per member over 8 NVSwitch ports of 400 GB/s and 3 us: each
+    member streams its 7 chunks of S/8 through its own port, ``7 (alpha + S/(8 B))``; with no
+    latency the bandwidth term equals the cluster model's ``(n-1)/n S / B``."""
+    from sim.cluster.collectives import Fabric, Group, collective_time
+
+    g = collective_graph("AllToAll", 8, 100_000_000)
+    r = simulate(g, switch_system(8, bw=400e9, lat=3e-6), host_inputs=False, transfer_fn=linear)
+    assert r.makespan_s == pytest.approx(7 * (3e-6 + 50e6 / 400e9), rel=1e-12)
+    assert all(o.bytes == 7 * 50e6 and o.steps == 7 for o in r.ops)
+    r0 = simulate(g, switch_system(8, bw=400e9), host_inputs=False, transfer_fn=linear)
+    closed = collective_time("all_to_all", 400e6, Fabric(8, 1, 400e9, 0.0, 0.0, 0, 0.0), Group(8, 8))
+    assert r0.makespan_s == pytest.approx(closed.seconds, rel=1e-12)

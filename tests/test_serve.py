@@ -232,8 +232,11 @@ def _device_of(hw):
 
 def test_expert_parallel_rank_dispatch_and_combine():
     """Mixtral over 4 GPUs with expert parallelism: a rank holds 2 of the 8 experts and all of
-    attention; per layer its tokens are all-gathered before the router (3 steps of S/4 on a
-    ring of 4) and the partial expert outputs reduce-scattered back."""
+    attention. Per layer its 2 decode tokens' top-2 copies go out by an all-to-all: the
+    [2 x 2, 1, 4096] bf16 buffer S, S/4 = tokens x k x hidden x 2 B / ep to each rank, in
+    3 pairwise steps over its NVSwitch port (2 us, 450 GB/s x 0.8, hwspecs/dgx-h100.yaml),
+    and the expert outputs come back the same way. The rank's experts serve the pairs that all
+    4 ranks route to them: 4 x 2 x 2 x 2/8 = 4 token-expert pairs."""
     from sim.serve import _timer
 
     hw = sim.hardware("dgx-h100")
@@ -241,16 +244,62 @@ def test_expert_parallel_rank_dispatch_and_combine():
     g = t._prepared(2, 1, 64)
     moe = [n for n in g.nodes.values() if n.op == "MoE"]
     assert g.tensors[moe[0].inputs[2]].shape[0] == 2 and moe[0].attrs["global_experts"] == 8
-    assert g.tensors[moe[0].inputs[0]].shape[0] == 4 * 2  # every rank's tokens
+    assert g.tensors[moe[0].inputs[0]].shape[0] == 2  # its own tokens, routed by its own router
+    w = g.work(moe[0])
+    assert w.matmul_flops == 2 * 4 * 4096 * 14336 * 3
     res = sim.simulate(fuse(g), hw, host_inputs=False)
-    ag = [r for r in res.ops if r["op"] == "AllGather" and r["device"] == "gpu0"]
-    rs = [r for r in res.ops if r["op"] == "ReduceScatter" and r["device"] == "gpu0"]
-    assert len(ag) == len(rs) == 2
-    S = 4 * 2 * 4096 * 2  # the gathered [8, 1, 4096] bf16 tensor
-    for r in ag + rs:
+    a2a = [r for r in res.ops if r["op"] == "AllToAll" and r["device"] == "gpu0"]
+    assert len(a2a) == 4 and not [r for r in res.ops if r["op"] in ("AllGather", "ReduceScatter")]
+    S = 2 * 2 * 4096 * 2
+    for r in a2a:
+        assert r["bytes"] == 3 * S / 4
         assert r["end_s"] - r["start_s"] == pytest.approx(3 * (2e-6 + S / 4 / (450e9 * 0.8)), rel=1e-6)
     s = serve("mixtral-8x7b", hw, ep=4, rate=8, requests=40, prompt_len=64, output_len=8, timer=t).summary
-    assert s["ep"] == 4 and s["completed"] == 40
+    assert s["ep"] == 4 and s["completed"] == 40 and s["ep_dispatcher"] == "alltoall"
+
+
+def test_expert_parallel_alltoall_is_below_the_allgather_bound():
+    """The all-to-all moves k/ep of a rank's tokens to each other rank where the all-gather
+    dispatcher moves all of them to every rank ((ep-1) x): with top-2 over 8 ranks, 7/4 of the
+    tokens' bytes against 7 x, so the step's communication is a quarter; prefill-heavy serving
+    (2048-token prompts) on 8 GPUs reaches the first token sooner and finishes sooner."""
+    from sim.serve import _timer
+
+    hw = sim.hardware("dgx-h100")
+    comm, summary = {}, {}
+    for disp in ("alltoall", "allgather"):
+        t = _timer("mixtral-8x7b", hw, _device_of(hw), 1, "bf16", "", "", {}, {}, ep=8)
+        t.ep_dispatcher = disp
+        res = sim.simulate(fuse(t._prepared(1, 512, 0)), hw, host_inputs=False)
+        recs = [r for r in res.ops if r["unit"] == "collective" and r["device"] == "gpu0"]
+        comm[disp] = sum(r["bytes"] for r in recs)
+        summary[disp] = serve("mixtral-8x7b", hw, ep=8, rate=4, requests=16, prompt_len=2048,
+                              output_len=4, timer=t).summary
+    tokens = 512 * 4096 * 2  # one rank's 512 prefill tokens, bf16
+    assert comm["alltoall"] == pytest.approx(2 * 2 * 2 * tokens * 7 / 8)  # 2 layers, dispatch + combine
+    assert comm["allgather"] == pytest.approx(2 * 2 * 7 * tokens)
+    for key in ("ttft_s", "latency_s"):
+        assert summary["alltoall"][key]["p50"] < summary["allgather"][key]["p50"]
+    with pytest.raises(SimError, match="--ep-dispatcher"):
+        serve("mixtral-8x7b", hw, ep=8, requests=2, prompt_len=8, output_len=2, ep_dispatcher="ring")
+
+
+def test_expert_parallel_rank_graph_runs_in_the_executor():
+    """The executor runs an EP rank's graph (permute Concat, AllToAll, MoE, AllToAll, unpermute
+    mean over the k copies): in the one-member view the all-to-alls are the identity, so the
+    logits equal those of the rank's graph without the dispatch, value for value."""
+    from sim.exec import Executor
+    from sim.serve.parallel import add_ep_collectives
+
+    m = ServeModel("mixtral-8x7b", d=64, heads=4, kv_heads=2, n_layer=2, ffn=96, vocab=50, expert_shards=4)
+    g = m.step_graph(2, 3, 0)
+    ep = add_ep_collectives(g, ["gpu0", "gpu1", "gpu2", "gpu3"], 2)
+    assert sum(n.op == "AllToAll" for n in ep.nodes.values()) == 2 * 2
+    ids = np.random.default_rng(0).integers(0, 50, (2, 3))
+    ref = Executor(g, seed=0)
+    want = ref.run({"input_ids": ids}).values[g.outputs[0]]
+    got = Executor(ep, params=ref.params).run({"input_ids": ids}).values[ep.outputs[0]]
+    np.testing.assert_array_equal(got, want)
 
 
 def test_pipeline_parallel_adds_the_stage_sends_by_hand():

@@ -32,6 +32,9 @@ def add_parser(sub: Any) -> None:
                    help="tensor parallelism over the first N GPUs of a system spec (--hw dgx-h100)")
     p.add_argument("--ep", type=int, default=1,
                    help="expert parallelism of a MoE model over N GPUs (data-parallel attention)")
+    p.add_argument("--ep-dispatcher", default="alltoall", choices=("alltoall", "allgather"),
+                   help="EP token dispatch: all-to-all of the routed tokens (default) or all-gather "
+                        "of every rank's tokens (an upper bound)")
     p.add_argument("--pp", type=int, default=1,
                    help="pipeline parallelism over N nodes of a cluster spec (--hw dgx-h100-cluster)")
     p.add_argument("--max-num-seqs", type=int, default=256)
@@ -63,7 +66,7 @@ def serve_command(args: argparse.Namespace) -> int:
     res = serve(args.workload, hw, rate=args.rate, requests=args.requests,
                 prompt_len=args.prompt_len, output_len=args.output_len, trace=args.trace,
                 scheduler=args.scheduler, dtype=args.dtype, kv_dtype=args.kv_dtype, quant=args.quant,
-                tp=args.tp, ep=args.ep, pp=args.pp, seed=args.seed,
+                tp=args.tp, ep=args.ep, ep_dispatcher=args.ep_dispatcher, pp=args.pp, seed=args.seed,
                 max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
                 block_size=args.block_size, memory_utilization=args.memory_utilization,
                 kv_blocks=args.kv_blocks, **parse_sets(args.set))

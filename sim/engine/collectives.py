@@ -1,4 +1,4 @@
-"""Collectives (AllReduce, AllGather, ReduceScatter) as flows over the system's links.
+"""Collectives (AllReduce, AllGather, ReduceScatter, AllToAll) as flows over the system's links.
 
 A collective node spans the devices of its ``group`` attribute (``sim/ops/collective.py``).
 In the all-members form input and output ``j`` live on ``group[j]``; in the one-member form
@@ -10,6 +10,12 @@ taken to be there at the same time. The op starts when its inputs are ready on e
   each member sending ``S/n`` bytes to its ring successor in every step;
 * AllGather (``S`` = the gathered output) and ReduceScatter (``S`` = one member's input):
   ``n-1`` steps of ``S/n`` bytes.
+
+* AllToAll (``S`` = one member's tensor): the pairwise exchange, ``n-1`` steps of ``S/n``
+  bytes, member ``k`` sending its chunk for member ``(k+s) mod n`` in step ``s``; a step needs
+  nothing received, so each member streams its ``n-1`` chunks back to back and, with equal
+  links, the op takes ``(n-1) (latency + S/(n B))`` (the alpha-beta form of
+  ``sim/cluster/collectives.py`` inside a node, with one latency per step).
 
 Each send is an ordinary transfer over the engine's routes and link resources (a direct
 link, the switch's egress port of the sender, the device link, or through the host), so it
@@ -78,7 +84,7 @@ def ring_plan(node: Node, nbytes_in: float, nbytes_out: float) -> tuple[int, flo
         return 2 * (n - 1), nbytes_in / n
     if node.op == "AllGather":
         return n - 1, nbytes_out / n
-    return n - 1, nbytes_in / n  # ReduceScatter
+    return n - 1, nbytes_in / n  # ReduceScatter, AllToAll
 
 
 def run_collective(eng: _Engine, i: int) -> Any:
@@ -104,11 +110,13 @@ def run_collective(eng: _Engine, i: int) -> Any:
     ends = [start] * n
     energy = [0.0] * n
 
+    pairwise = node.op == "AllToAll"
+
     def member(k: int) -> Any:
-        src, dst = group[k], group[(k + 1) % n]
-        hops = eng.router.route(src, dst)
+        src = group[k]
         for s in range(steps):
-            if s > 0:
+            hops = eng.router.route(src, group[(k + (s + 1 if pairwise else 1)) % n])
+            if s > 0 and not pairwise:
                 prev = sent[s - 1][(k - 1) % n]
                 if not prev.processed:
                     yield prev
@@ -130,6 +138,8 @@ def run_collective(eng: _Engine, i: int) -> Any:
     for p in procs:
         if not p.processed:
             yield p
+    if pairwise and steps:  # a member is done once every other member's chunk for it has arrived
+        ends = [max(ends)] * n
     for k in range(n):  # a member is done once it has also received its last chunk
         if steps:
             ends[k] = max(ends[k], ends[(k - 1) % n])

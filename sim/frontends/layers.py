@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -466,7 +467,9 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
     """Multi-head self-attention on ``[batch, seq, dim]``: q/k/v projections, heads split by
     Reshape+Transpose, the fused ``Attention`` op (``causal``), heads merged, output projection.
     ``kv_heads`` < ``heads`` gives grouped-query attention; ``rotary: true`` applies
-    ``RotaryEmbedding`` to q and k. An optional second input is an additive attention mask."""
+    ``RotaryEmbedding`` to q and k. An optional second input is an additive attention mask.
+    ``impl: unfused`` spells the core out with the scores materialised (``_unfused_attention``)
+    and ``dropout: p`` then drops the attention probabilities (training mode)."""
     a = ctx.args
     if len(inputs) not in (1, 2):
         raise GraphError(f"attention takes x and an optional mask, got {len(inputs)} inputs")
@@ -489,6 +492,10 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
     kv_cache = a.integer("kv_cache", 0)
     if kv_cache < 0 or 0 < kv_cache < seq:
         raise GraphError(f"kv_cache {kv_cache} must be 0 (no cache) or at least seq ({seq})")
+    impl = a.text("impl", "fused", choices=("fused", "unfused"))
+    p_drop = a.number("dropout", 0.0)
+    if kv_cache and (impl == "unfused" or p_drop):
+        raise GraphError("attention with kv_cache is the fused op without dropout (impl: fused, dropout: 0)")
 
     def heads_of(t: str, n: int, tag: str) -> str:
         r = ctx.op("Reshape", [t], suffix=f"{tag}_split", shape=[bsz, seq, n, hd])
@@ -506,11 +513,56 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
         if len(inputs) == 2:
             raise GraphError("attention with kv_cache takes no mask (the cache lengths mask it)")
         return _cached_attention(ctx, q, k, v, out, kv_cache, causal, bias, dim)
-    att_in = [q, k, v] + ([inputs[1]] if len(inputs) == 2 else [])
-    o = ctx.op("Attention", att_in, suffix="sdpa", is_causal=int(causal), scale=1.0 / math.sqrt(hd))
+    mask = inputs[1] if len(inputs) == 2 else None
+    if impl == "unfused":
+        o = _unfused_attention(ctx, q, k, v, mask, causal, 1.0 / math.sqrt(hd), p_drop)
+    else:
+        if p_drop:
+            raise GraphError("attention dropout needs impl: unfused (the fused Attention op has no dropout)")
+        att_in = [q, k, v] + ([mask] if mask else [])
+        o = ctx.op("Attention", att_in, suffix="sdpa", is_causal=int(causal), scale=1.0 / math.sqrt(hd))
     o = ctx.op("Transpose", [o], suffix="merge", perm=[0, 2, 1, 3])
     o = ctx.op("Reshape", [o], suffix="concat", shape=[bsz, seq, heads * hd])
     return ctx.call("linear", "o", [o], out=out, out_features=dim, bias=bias)
+
+
+def _train_dropout(ctx: LayerContext, x: str, ratio: float, suffix: str) -> str:
+    """Training-mode ``Dropout`` of ``x`` (seeded by the node's name), or ``x`` when ``ratio`` is 0."""
+    if not ratio:
+        return x
+    if not 0.0 < ratio < 1.0:
+        raise GraphError(f"dropout ratio must be in [0, 1), got {ratio}")
+    seed = zlib.crc32(f"{ctx.name}.{suffix}".encode()) & 0x7FFFFFFF
+    return ctx.op("Dropout", [x], suffix=suffix, ratio=float(ratio), training_mode=1, seed=seed)
+
+
+def _unfused_attention(ctx: LayerContext, q: str, k: str, v: str, mask: str | None, causal: bool,
+                       scale: float, p_drop: float) -> str:
+    """Attention with the scores materialised, as Megatron-LM ran it before fused (flash)
+    kernels: ``q`` scaled, ``MatMul(q, k^T)`` -> [batch, heads, seq, seq], the causal (and
+    any given) additive mask, ``Softmax``, ``Dropout`` of the probabilities, ``MatMul(p, v)``.
+    Needs as many key/value heads as query heads."""
+    g = ctx.graph
+    bsz, heads, seq, _ = ctx.spec(q).shape
+    if ctx.spec(k).shape[1] != heads:
+        raise GraphError("attention impl: unfused needs kv_heads == heads")
+    dt = ctx.float_dtype(q)
+    sname = f"{ctx.name}.scale"
+    g.add_param(sname, TensorSpec((), dt), "constant", trainable=False, value=np.array(scale))
+    qs = ctx.op("Mul", [q, sname], suffix="q_scaled")
+    kt = ctx.op("Transpose", [k], suffix="k_t", perm=[0, 1, 3, 2])
+    s = ctx.op("MatMul", [qs, kt], suffix="scores")
+    if causal:
+        mname = f"causal_mask_{seq}"
+        if mname not in g.params:
+            tri = np.triu(np.full((seq, seq), -1e9, dtype=np.float64), k=1)
+            g.add_param(mname, TensorSpec((seq, seq), dt), "constant", trainable=False, value=tri)
+        s = ctx.op("Add", [s, mname], suffix="masked")
+    if mask:
+        s = ctx.op("Add", [s, mask], suffix="user_masked")
+    p = ctx.op("Softmax", [s], suffix="probs", axis=-1)
+    p = _train_dropout(ctx, p, p_drop, "attn_dropout")
+    return ctx.op("MatMul", [p, v], suffix="context")
 
 
 def _cached_attention(ctx: LayerContext, q: str, k: str, v: str, out: str, kv_cache: int,
@@ -598,7 +650,10 @@ def transformer_block(ctx: LayerContext, inputs: list[str], out: str) -> str:
     """Attention + MLP (or ``experts: E`` with ``top_k``: a ``moe`` FFN) with residual adds.
     ``prenorm: true`` (GPT-2, Llama):
     ``h = x + attn(norm1(x)); y = h + mlp(norm2(h))``; ``prenorm: false`` (BERT):
-    ``h = norm1(x + attn(x)); y = norm2(h + mlp(h))``."""
+    ``h = norm1(x + attn(x)); y = norm2(h + mlp(h))``. ``dropout: p`` drops the attention and
+    MLP outputs before each residual add (training mode); ``attention: unfused`` materialises
+    the scores (``attn_dropout: p`` then drops the probabilities), ``fused`` (default) is one
+    ``Attention`` op."""
     a = ctx.args
     x = _one(inputs, "transformer_block")
     d = ctx.spec(x).shape[-1]
@@ -610,7 +665,10 @@ def transformer_block(ctx: LayerContext, inputs: list[str], out: str) -> str:
                            "causal": a.flag("causal", False), "bias": bias,
                            "rotary": a.flag("rotary", False),
                            "rotary_base": a.number("rotary_base", 10000.0),
-                           "kv_cache": a.integer("kv_cache", 0)}
+                           "kv_cache": a.integer("kv_cache", 0),
+                           "impl": a.text("attention", "fused", choices=("fused", "unfused")),
+                           "dropout": a.number("attn_dropout", 0.0)}
+    p_hidden = a.number("dropout", 0.0)
     if a.has("head_dim"):
         att["head_dim"] = a.integer("head_dim")
     ff: dict[str, Any] = {"hidden": a.integer("hidden", 4 * d), "act": a.text("act", "gelu"), "bias": bias}
@@ -624,12 +682,14 @@ def transformer_block(ctx: LayerContext, inputs: list[str], out: str) -> str:
         nargs["bias"] = a.flag("norm_bias", True)
     if prenorm:
         h = ctx.call("attention", "attn", [ctx.call(norm, "norm1", [x], **nargs)], **att)
-        h = ctx.op("Add", [x, h], suffix="add1")
+        h = ctx.op("Add", [x, _train_dropout(ctx, h, p_hidden, "attn_out_dropout")], suffix="add1")
         m = ctx.call(ffn, ffn, [ctx.call(norm, "norm2", [h], **nargs)], **ff)
-        return ctx.op("Add", [h, m], out=out)
-    h = ctx.op("Add", [x, ctx.call("attention", "attn", [x], **att)], suffix="add1")
+        return ctx.op("Add", [h, _train_dropout(ctx, m, p_hidden, "mlp_out_dropout")], out=out)
+    a_out = _train_dropout(ctx, ctx.call("attention", "attn", [x], **att), p_hidden, "attn_out_dropout")
+    h = ctx.op("Add", [x, a_out], suffix="add1")
     h = ctx.call(norm, "norm1", [h], **nargs)
-    m = ctx.op("Add", [h, ctx.call(ffn, ffn, [h], **ff)], suffix="add2")
+    m = ctx.op("Add", [h, _train_dropout(ctx, ctx.call(ffn, ffn, [h], **ff), p_hidden, "mlp_out_dropout")],
+               suffix="add2")
     return ctx.call(norm, "norm2", [m], out=out, **nargs)
 
 

@@ -1,4 +1,4 @@
-"""Collective communication: AllReduce, AllGather, ReduceScatter (NCCL semantics).
+"""Collective communication: AllReduce, AllGather, ReduceScatter, AllToAll (NCCL semantics).
 
 Attributes shared by all three:
 
@@ -23,6 +23,16 @@ A node takes one of two forms:
   shard ``n`` times along ``axis``, ReduceScatter returns the first of the ``n`` slices
   (``reduction="sum"`` is then off by the factor ``n``, which the one-member view cannot see).
   The engine still times the full collective over every member of the group.
+
+``AllToAll`` (``axis``, default 0; ``torch.distributed.all_to_all_single``, TensorFlow's
+``AllToAll`` with ``split_dimension == concat_dimension``): every member splits its tensor
+into ``n`` chunks along ``axis`` and sends chunk ``j`` to member ``j``; member ``j``'s output
+is the chunks it received, in member order (shape unchanged). The all-members form needs the
+axis to split into ``n`` equal chunks and computes exactly that; the one-member form is the
+identity (what each member receives when all hold the same tensor is a permutation of its
+rows, taken in place) and accepts any length, its chunks then being ``np.array_split``'s
+nearly equal parts. Its gradient is the AllToAll of the output gradients (a permutation's
+transpose is its inverse, and AllToAll is its own inverse).
 
 Work (for the whole node): FLOPs are the reduction's adds, ``(n - 1)`` per element of one
 member's tensor for AllReduce and ReduceScatter (plus one divide per result element for
@@ -50,7 +60,7 @@ from sim.ops.registry import add_traits, defop
 from sim.ops.work import Work
 from sim.tensor import TensorSpec
 
-COLLECTIVES = ("AllReduce", "AllGather", "ReduceScatter")
+COLLECTIVES = ("AllReduce", "AllGather", "ReduceScatter", "AllToAll")
 ALGORITHMS = ("ring",)
 REDUCTIONS = ("sum", "mean")
 
@@ -232,5 +242,41 @@ def _reducescatter_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str |
 defop("ReduceScatter", infer=_reducescatter_infer, work=_reducescatter_work,
       kernel=_reducescatter_kernel, grad=_reducescatter_grad,
       doc="Member j gets the j-th equal slice (along axis) of the sum (or mean) of all members' tensors.")
+
+# ---------------------------------------------------------------------------- AllToAll
+def _alltoall_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+    n, x = _members(specs, attrs, "AllToAll")
+    if x.rank == 0:
+        raise GraphError("AllToAll needs a tensor of rank >= 1")
+    if len(specs) > 1:
+        _scatter_shape(x, int(attrs.get("axis", 0)), n, "AllToAll")
+    return [x] * len(specs)
+
+
+def _alltoall_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    _members(ins, attrs, "AllToAll")
+    r, w = io_bytes(ins, outs)
+    return Work(bytes_read=r, bytes_written=w)
+
+
+def _alltoall_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+    n = len(group_of(attrs))
+    xs = [np.asarray(x) for x in inputs]
+    if len(xs) == 1:
+        return [np.array(xs[0], copy=True)]
+    ax = norm_axis(int(attrs.get("axis", 0)), xs[0].ndim)
+    chunks = [np.split(x, n, axis=ax) for x in xs]
+    return [np.concatenate([chunks[i][j] for i in range(n)], axis=ax) for j in range(n)]
+
+
+def _alltoall_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    dys_ = _zeros_for(gb, node, dys)
+    res = gb.op("AllToAll", dys_, n_out=len(dys_), **_attrs(node, axis=int(node.attrs.get("axis", 0))))
+    return [res] if len(dys_) == 1 else list(res)
+
+
+defop("AllToAll", infer=_alltoall_infer, work=_alltoall_work, kernel=_alltoall_kernel, grad=_alltoall_grad,
+      doc="Member i sends the j-th chunk (along axis) of its tensor to member j; "
+          "member j gets them in member order.")
 
 add_traits("collective", *COLLECTIVES)

@@ -17,6 +17,11 @@ rank's share of a layer of G experts. ``router_probs`` has G columns (the replic
 the op holds E of the experts (the rank's; taken as the first E, every rank's share being
 alike) and computes only the token-expert pairs routed to them; the rest of each token's
 output comes from the other ranks (summed by a ReduceScatter or AllReduce after it).
+With an all-to-all dispatcher (``source_ranks`` R, default 1) the op stands for the rank's
+experts serving the tokens that ``R`` symmetric ranks (its own included) route to them: each
+rank routes its own ``rows`` tokens (the router's work is its own), the held experts get the
+routed pairs of ``R x rows`` tokens (the work model's expert part). The executor, seeing one
+member, computes its own tokens' share as above.
 """
 
 from __future__ import annotations
@@ -71,8 +76,11 @@ def _dims(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> dict[str, in
     act = str(attrs.get("activation_type", "relu"))
     if act not in ACTIVATIONS:
         raise GraphError(f"MoE activation_type {act!r} is not one of {', '.join(ACTIVATIONS)}")
+    src = int(attrs.get("source_ranks", 1))
+    if src < 1:
+        raise GraphError(f"MoE source_ranks {src} must be >= 1")
     return {"rows": rows, "hidden": hidden, "E": E, "inter": inter, "k": k, "G": G,
-            "gated": int(w3 is not None)}
+            "gated": int(w3 is not None), "src": src}
 
 
 def _infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
@@ -105,8 +113,9 @@ def _work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str,
     the weights (and biases) of the experts hit."""
     d = _dims(ins, attrs)
     rows, h, E, inter, k, G = d["rows"], d["hidden"], d["E"], d["inter"], d["k"], d["G"]
-    pairs = rows * k * E / G  # the token-expert pairs that fall on the experts held
-    hit = E * (1.0 - (1.0 - k / G) ** rows)
+    routed = rows * d["src"]  # the tokens whose pairs may fall here (source_ranks x own)
+    pairs = routed * k * E / G  # the token-expert pairs that fall on the experts held
+    hit = E * (1.0 - (1.0 - k / G) ** routed)
     per_expert = max(1, round(pairs / hit)) if hit else 0
     n_hit = max(1, round(hit))
     n_proj = 3 if d["gated"] else 2

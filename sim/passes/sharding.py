@@ -31,6 +31,7 @@ _BATCHED_FIRST: dict[str, tuple[int, ...] | None] = {
     "Softmax": None, "LogSoftmax": None, "LayerNormalization": None, "RMSNormalization": None,
     "SimplifiedLayerNormalization": None, "RotaryEmbedding": (-2, -1),
     "LayerNormGrad": None, "RMSNormGrad": None,
+    "Dropout": (),  # elementwise: any axis; each shard draws its own mask (Megatron's per-rank RNG)
 }
 # ops whose leading inputs are per-(batch, head) slices: axes 0 and 1 may be sharded
 _HEADS = frozenset({"Attention", "AttentionGrad", "RotaryEmbeddingGrad", "SoftmaxGrad"})

@@ -4,7 +4,7 @@ A *linear* is a ``Gemm`` or ``MatMul`` whose second operand is a rank-2 paramete
 through ``Cast`` nodes, as AMP leaves it). Two patterns make Megatron-LM's blocks:
 
 * **attention**: an ``Attention`` node, or the spelled-out core ``MatMul(q, k^T) -> (scale,
-  mask) -> Softmax -> MatMul(p, v)`` that ONNX and torch exports write. Walking back from q, k
+  mask) -> Softmax -> (dropout) -> MatMul(p, v)`` that ONNX and torch exports write. Walking back from q, k
   and v through per-head ops (reshapes, transposes, rotary, bias adds) reaches their
   projections (column-parallel); walking forward from the context through reshapes and
   transposes reaches the output projection (row-parallel).
@@ -128,9 +128,15 @@ def _attention_cores(g: Graph, fwd: set[str]) -> list[tuple[Node, list[str], str
 
 
 def _spelled_out_core(g: Graph, softmax: Node, fwd: set[str]) -> tuple[Node, list[str], str] | None:
-    """``MatMul(q, kT) -> [Div/Mul/Add]* -> Softmax -> MatMul(., v)`` around ``softmax``."""
-    cons = [c for c in g.consumers(softmax.outputs[0]) if c.name in fwd]
-    if len(cons) != 1 or cons[0].op != "MatMul" or cons[0].inputs[0] != softmax.outputs[0]:
+    """``MatMul(q, kT) -> [Div/Mul/Add]* -> Softmax -> [Dropout/Cast]* -> MatMul(., v)`` around
+    ``softmax``."""
+    probs = softmax.outputs[0]
+    for _ in range(4):
+        cons = [c for c in g.consumers(probs) if c.name in fwd]
+        if len(cons) != 1 or cons[0].op not in ("Dropout", "Cast"):
+            break
+        probs = cons[0].outputs[0]
+    if len(cons) != 1 or cons[0].op != "MatMul" or cons[0].inputs[0] != probs:
         return None
     t = softmax.inputs[0]
     for _ in range(4):

@@ -98,7 +98,7 @@ def _timer(workload: str, hw: Any, device: Any, tp: int, dtype: str, kv_dtype: s
 def serve(workload: str, hw: Any, *, rate: float = math.inf, requests: int = 100,
           prompt_len: int = 512, output_len: int = 128, trace: str | None = None,
           scheduler: str = "continuous", dtype: str = "bf16", kv_dtype: str = "", quant: str = "",
-          tp: int = 1, ep: int = 1, pp: int = 1, seed: int = 0,
+          tp: int = 1, ep: int = 1, pp: int = 1, seed: int = 0, ep_dispatcher: str = "alltoall",
           max_num_seqs: int = 256, max_batched_tokens: int = 2048, block_size: int = 16,
           memory_utilization: float = 0.9, kv_blocks: int | None = None,
           engine: dict[str, Any] | None = None, timer: IterationTimer | None = None,
@@ -113,7 +113,9 @@ def serve(workload: str, hw: Any, *, rate: float = math.inf, requests: int = 100
     parallelism over the first ``tp`` GPUs of ``hw`` (a system such as dgx-h100), one rank's
     shard timed with its all-reduces (``sim.serve.parallel``); ``ep`` > 1: expert parallelism of
     a MoE model over ``ep`` GPUs (data-parallel attention, each rank serving every ``ep``-th
-    request; throughputs are the ranks' total). ``pp`` > 1: pipeline parallelism over ``pp``
+    request; throughputs are the ranks' total), its tokens dispatched to the experts by an
+    all-to-all (``ep_dispatcher="allgather"``: all-gather / reduce-scatter, an upper bound).
+    ``pp`` > 1: pipeline parallelism over ``pp``
     nodes of a cluster spec (dgx-h100-cluster), with ``tp`` inside each node.
     The KV cache gets what ``memory_utilization`` of device memory leaves after the weights
     (or ``kv_blocks`` blocks of ``block_size`` tokens). ``engine`` holds ``sim.simulate``
@@ -127,6 +129,10 @@ def serve(workload: str, hw: Any, *, rate: float = math.inf, requests: int = 100
         spec = load_hardware(hw) if isinstance(hw, str) else hw
         node = getattr(spec, "node", spec)  # a cluster's node runs the TP / EP ranks
         timer = _timer(workload, node, device, tp, dtype, kv_dtype, quant, dict(engine or {}), params, ep)
+        if ep_dispatcher not in ("alltoall", "allgather"):
+            raise SimError(f"unknown EP dispatcher {ep_dispatcher!r} (alltoall, allgather)",
+                           where="--ep-dispatcher")
+        timer.ep_dispatcher = ep_dispatcher
         if pp > 1:
             _pipeline(timer, hw, pp)
     info = timer.model.info

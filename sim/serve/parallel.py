@@ -14,12 +14,19 @@ times each as a ring over the system's links between the ``group`` devices
 
 Expert parallelism (MoE workloads, ``ep`` ranks) pairs data-parallel attention (every rank
 holds the whole attention and serves its own requests) with experts split over the ranks
-(``expert_shards``: each holds ``experts/ep``). Tokens reach their experts with Megatron-Core's
-*allgather* token dispatcher: ``add_ep_collectives`` puts an ``AllGather`` of the MoE layer's
-input (every rank's tokens) before the router and a sum ``ReduceScatter`` of the partial
-expert outputs after it (each rank keeps its own tokens' rows). It moves ``(ep - 1)`` times a
-rank's activations each way where an all-to-all dispatcher moves only the ``k/ep`` share
-routed off-rank, so it is an upper bound on the dispatch traffic of all-to-all EP.
+(``expert_shards``: each holds ``experts/ep``). ``add_ep_collectives`` dispatches tokens with
+an all-to-all (Megatron-Core's *alltoall* token dispatcher): around each MoE, the rank's
+tokens are copied once per chosen expert (``Concat`` of the ``top_k`` copies: the permute),
+an ``AllToAll`` sends each rank the chunk routed to its experts (``tokens x k x d x bytes /
+ep`` per pair under uniform routing), the MoE serves the pairs that all ``ep`` ranks route to
+its experts (``source_ranks``), the outputs go back by a second ``AllToAll`` and the
+unpermute (``ReduceMean`` over the copies) restores the rank's rows. The MoE reads its own
+rows through a ``Depend`` on the received buffer, so it waits for the dispatch; in the
+executor's one-member view the all-to-alls are the identity and the rank computes its own
+tokens' share of its experts. ``dispatcher="allgather"`` builds the all-gather dispatcher
+instead: an ``AllGather`` of the MoE input before the router and a sum ``ReduceScatter`` of
+the partial outputs after it, moving ``ep - 1`` times a rank's activations each way where the
+all-to-all moves ``k (ep - 1) / ep`` times: an upper bound.
 """
 
 from __future__ import annotations
@@ -87,7 +94,57 @@ def add_tp_collectives(graph: Graph, group: list[str], vocab_sharded: bool) -> G
     return g.verify()
 
 
-def add_ep_collectives(graph: Graph, group: list[str]) -> Graph:
+def add_ep_collectives(graph: Graph, group: list[str], top_k: int, dispatcher: str = "alltoall") -> Graph:
+    """A copy of one expert-parallel rank's step graph with its token dispatch and combine
+    around every MoE (module doc): ``dispatcher`` "alltoall" (default) or "allgather"."""
+    if dispatcher == "allgather":
+        return _ep_allgather(graph, group)
+    if dispatcher != "alltoall":
+        raise SimError(f"unknown dispatcher {dispatcher!r} (alltoall, allgather)", where="dispatcher")
+    moes = [n for n in graph.nodes.values() if n.op == "MoE"]
+    if not moes:
+        raise SimError("expert parallelism needs a mixture-of-experts workload", where="--ep")
+    ep = len(group)
+    g = Graph(graph.name, graph.source)
+    g.meta = dict(graph.meta)
+    for name, spec in graph.inputs.items():
+        g.add_input(name, spec)
+    for name, spec in graph.params.items():
+        info = graph.param_info[name]
+        g.add_param(name, spec, info.init, trainable=info.trainable, value=graph.initializers.get(name),
+                    **info.options)
+    a2a = {"group": list(group), "algorithm": "ring", "axis": 0}
+    alias: dict[str, str] = {}  # MoE output -> the combined copy
+    for node in graph.topo_order():
+        ins = [alias.get(t, t) for t in node.inputs]
+        attrs, meta = dict(node.attrs), dict(node.meta)
+        layer = str(meta.get("layer", ""))
+        if node.op != "MoE":
+            g.add_node(node.op, ins, list(node.outputs), attrs, name=node.name, meta=meta)
+            continue
+        x = ins[0]
+        sent = g.add_node("Concat", [x] * top_k, [f"{x}.ep_send"], {"axis": 0},
+                          name=f"{node.name}.ep_permute", meta={"layer": layer, "ep": "permute"})[0]
+        got = g.add_node("AllToAll", [sent], [f"{x}.ep_recv"], dict(a2a), name=f"{node.name}.ep_dispatch",
+                         meta={"layer": layer, "ep": "dispatch"})[0]
+        ins[0] = g.add_node("Depend", [x, got], [f"{x}.ep_rows"], {}, name=f"{node.name}.ep_rows",
+                            meta={"layer": layer, "ep": "rows"})[0]
+        out = node.outputs[0]
+        g.add_node("MoE", ins, [out], {**attrs, "source_ranks": ep}, name=node.name, meta=meta)
+        back = g.add_node("Concat", [out] * top_k, [f"{out}.ep_send"], {"axis": 0},
+                          name=f"{node.name}.ep_pack", meta={"layer": layer, "ep": "pack"})[0]
+        back = g.add_node("AllToAll", [back], [f"{out}.ep_recv"], dict(a2a), name=f"{node.name}.ep_combine",
+                          meta={"layer": layer, "ep": "combine"})[0]
+        shape = list(graph.tensors[out].shape)
+        back = g.add_node("Reshape", [back], [f"{out}.ep_split"], {"shape": [top_k, *shape]},
+                          name=f"{node.name}.ep_split", meta={"layer": layer, "ep": "unpermute"})[0]
+        alias[out] = g.add_node("ReduceMean", [back], [f"{out}.ep_out"], {"axes": [0], "keepdims": 0},
+                                name=f"{node.name}.ep_unpermute", meta={"layer": layer, "ep": "unpermute"})[0]
+    g.set_outputs([alias.get(t, t) for t in graph.outputs])
+    return g.verify()
+
+
+def _ep_allgather(graph: Graph, group: list[str]) -> Graph:
     """A copy of one expert-parallel rank's step graph with its token dispatch (module doc):
     the MoE input gathered from every rank before the router and the MoE, the MoE's partial
     outputs reduce-scattered back to the rank's own rows."""

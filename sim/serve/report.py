@@ -57,6 +57,7 @@ def summarise(run: ServeRun, timer: IterationTimer, cfg: SchedulerConfig, kv_byt
         "workload": timer.model.info.name, "hardware": hardware, "dtype": timer.dtype,
         "kv_dtype": timer.kv_dtype, "quant": timer.quant, "tp": max(1, len(timer.tp_group)),
         "ep": max(1, len(timer.ep_group)), "pp": timer.pp,
+        "ep_dispatcher": timer.ep_dispatcher if len(timer.ep_group) > 1 else "",
         "scheduler": cfg.scheduler,
         "config": {"max_num_seqs": cfg.max_num_seqs, "max_batched_tokens": cfg.max_batched_tokens,
                    "block_size": cfg.block_size},

@@ -133,6 +133,7 @@ class IterationTimer:
     tp_group: tuple[str, ...] = ()  # tensor-parallel ranks (devices of ``hw``, a system); model = one rank
     vocab_sharded: bool = False  # the rank's LM head holds vocab / tp rows (logits all-gathered)
     ep_group: tuple[str, ...] = ()  # expert-parallel ranks (MoE; attention data-parallel)
+    ep_dispatcher: str = "alltoall"  # token dispatch of expert parallelism ("allgather": upper bound)
     pp: int = 1  # pipeline stages across nodes (the model's layers split evenly)
     p2p_s: Any = None  # bytes -> seconds of one activation send between stages (pp > 1)
     fuse: bool = True
@@ -165,7 +166,8 @@ class IterationTimer:
         if len(self.ep_group) > 1:
             from sim.serve.parallel import add_ep_collectives
 
-            g = add_ep_collectives(g, list(self.ep_group))
+            k = int(self.model.params.get("top_k", 2) or 2)
+            g = add_ep_collectives(g, list(self.ep_group), k, self.ep_dispatcher)
         return g
 
     def weight_bytes(self) -> float:
