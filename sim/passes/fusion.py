@@ -41,7 +41,7 @@ its storage dtype as the unfused graph would.
 from __future__ import annotations
 
 from sim.graph import Graph, Node
-from sim.graph.rewrite import GraphBuilder, copy_leaves
+from sim.graph.rewrite import GraphBuilder, Rewriter
 from sim.ops.registry import has_trait
 
 
@@ -69,24 +69,36 @@ def fuse(graph: Graph) -> Graph:
     pending, shared_const = _openers(graph, prologue, pos)
     groups = _grow_groups(graph, prologue, pending, pos)
     groups = _split_trailing_views(graph, _merge_siblings(graph, groups, prologue, pos), pos)
-    out = Graph(graph.name, graph.source)
-    copy_leaves(graph, GraphBuilder(out))
-    outputs = set(graph.outputs)
-    # emit groups in the order of their first member: every external input of a group is
-    # made before that member, hence by a group emitted earlier
-    for members in [[c] for c in shared_const] + groups:
-        if len(members) == 1:
-            n = members[0]
-            meta = dict(n.meta)
-            if _view(n.op) and n.inputs:
-                meta["alias_of"] = n.inputs[0]
-            out.add_node(n.op, list(n.inputs), list(n.outputs), dict(n.attrs), name=n.name, meta=meta)
-            continue
-        _emit_group(graph, out, members, outputs)
-    out.set_outputs(graph.outputs)
-    out.meta = dict(graph.meta)
+    out = _Fuse(graph, [[c] for c in shared_const] + groups).run()
     out.meta["fused"] = True
     return out.verify()
+
+
+class _Fuse(Rewriter):
+    """Emit ``groups`` in the order of their first member (every external input of a group is
+    made before that member, hence by a group emitted earlier): a single node as it is (a view
+    recording what it aliases), a larger group as one ``Fused`` node. Names are kept."""
+
+    def __init__(self, src: Graph, groups: list[list[Node]]) -> None:
+        super().__init__(src)
+        self.groups = groups
+
+    def visit(self, node: Node) -> None:
+        meta = dict(node.meta)
+        if _view(node.op) and node.inputs:
+            meta["alias_of"] = node.inputs[0]
+        self.emit(node, inputs=list(node.inputs), meta=meta)
+
+    def run(self) -> Graph:
+        self.leaves()
+        outputs = set(self.src.outputs)
+        for members in self.groups:
+            if len(members) == 1:
+                self.visit(members[0])
+            else:
+                _emit_group(self.src, self.b, members, outputs)
+        self.out.set_outputs(self.src.outputs)
+        return self.out
 
 
 def _openers(graph: Graph, prologue: dict[str, str], pos: dict[str, int]
@@ -293,7 +305,7 @@ def _prologues(graph: Graph) -> dict[str, str]:
     return out
 
 
-def _emit_group(graph: Graph, out: Graph, members: list[Node], graph_outputs: set[str]) -> None:
+def _emit_group(graph: Graph, b: GraphBuilder, members: list[Node], graph_outputs: set[str]) -> None:
     names = {n.name for n in members}
     made = {t for n in members for t in n.outputs if t}
     ext_in: list[str] = []
@@ -320,5 +332,4 @@ def _emit_group(graph: Graph, out: Graph, members: list[Node], graph_outputs: se
             shared.append(i)
         roots.append(t)
     attrs = {"inputs": ext_in, "outputs": ext_out, "nodes": sub, "dtypes": dtypes, "shared_inputs": shared}
-    out.add_node("Fused", ext_in, ext_out, attrs, name=out.unique_name(f"{head.name}.fused"),
-                 meta=meta)
+    b.node("Fused", ext_in, ext_out, attrs, name=b.unique(f"{head.name}.fused"), meta=meta)
