@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from sim.graph import Graph, Node
+from sim.graph.rewrite import Rewriter
 
 PATTERNS = ("attention", "gelu", "layernorm", "bias", "fold")
 
@@ -426,21 +427,25 @@ def rewrite(graph: Graph, patterns: Sequence[str] = PATTERNS) -> Graph:
     dropped = {n.name for m in matches for n in m.drop}
     # each replacement goes where the last node it replaces was: all it reads exists by then
     at: dict[str, Match] = {max((n for n in m.drop), key=lambda n: pos[n.name]).name: m for m in matches}
-    out = Graph(graph.name, graph.source)
-    for name, spec in graph.inputs.items():
-        out.add_input(name, spec)
-    for name, spec in graph.params.items():
-        info = graph.param_info[name]
-        out.add_param(name, spec, info.init, trainable=info.trainable, value=graph.initializers.get(name),
-                      **info.options)
-    for node in graph.topo_order():
-        if node.name in at:
-            for op, ins, outs, attrs, nm in at[node.name].add:
-                out.add_node(op, ins, outs, attrs, name=out.unique_name(nm) if nm in out.nodes else nm,
-                             meta={"rewritten": [n.name for n in at[node.name].drop]})
-        if node.name not in dropped:
-            out.add_node(node.op, list(node.inputs), list(node.outputs), dict(node.attrs), name=node.name,
-                         meta=dict(node.meta))
-    out.set_outputs(graph.outputs)
-    out.meta = dict(graph.meta)
-    return out.verify()
+    return _Replace(graph, at, dropped).run().verify()
+
+
+class _Replace(Rewriter):
+    """Copy the graph, emitting each match's replacement where the last node it replaces was
+    and leaving out the nodes it drops. Tensor names are kept."""
+
+    def __init__(self, src: Graph, at: dict[str, Match], dropped: set[str]) -> None:
+        super().__init__(src)
+        self.at, self.dropped = at, dropped
+
+    def visit(self, node: Node) -> None:
+        if node.name in self.at:
+            m = self.at[node.name]
+            for op, ins, outs, attrs, nm in m.add:
+                self.b.node(op, ins, outs, attrs, name=self.b.unique(nm) if nm in self.out.nodes else nm,
+                            meta={"rewritten": [n.name for n in m.drop]})
+        if node.name not in self.dropped:
+            self.emit(node, inputs=list(node.inputs))
+
+    def finish(self) -> None:
+        self.out.set_outputs(self.src.outputs)
