@@ -26,7 +26,8 @@ import numpy as np
 from sim.dtypes import canonical, is_float
 from sim.errors import GraphError
 from sim.frontends.expr import resolve
-from sim.graph import Graph, TensorSpec
+from sim.graph import Graph, ParamInfo, TensorSpec
+from sim.graph.rewrite import GraphBuilder
 from sim.ops.registry import has_op
 
 _REQUIRED = object()
@@ -132,6 +133,7 @@ class LayerContext:
     def __init__(self, graph: Graph, name: str, kind: str, args: Args, *, dtype: str = "fp32",
                  expand: ExpandFn | None = None, lookup: LookupFn | None = None) -> None:
         self.graph = graph
+        self.b = GraphBuilder(graph)
         self.name = name
         self.kind = kind
         self.args = args
@@ -152,7 +154,7 @@ class LayerContext:
         else:
             node = self.graph.unique_name(self.name)
         meta = {"layer": self.name, "layer_type": self.kind}
-        return self.graph.add_node(op, list(inputs), [out], attrs, name=node, meta=meta)[0]
+        return self.b.node(op, list(inputs), [out], attrs, name=node, meta=meta)[0]
 
     def param(self, suffix: str, shape: Sequence[int], init: str, dtype: str | None = None,
               trainable: bool = True, value: np.ndarray | None = None, **options: Any) -> str:
@@ -160,8 +162,8 @@ class LayerContext:
         name = f"{self.name}.{suffix}"
         if any(int(d) <= 0 for d in shape):
             raise GraphError(f"parameter {name!r} would have shape {list(shape)}")
-        return self.graph.add_param(name, TensorSpec(tuple(shape), dtype or self.dtype), init,
-                                    trainable=trainable, value=value, **options)
+        return self.b.param(name, TensorSpec(tuple(shape), dtype or self.dtype),
+                            ParamInfo(init, trainable, dict(options)), value)
 
     def sub(self, suffix: str, kind: str, args: Mapping[str, Any]) -> LayerContext:
         """A nested layer ``<layer>.<suffix>`` with Python-given args."""
@@ -396,9 +398,8 @@ def _rotary_cache(ctx: LayerContext, seq: int, rot_dim: int, base: float, dtype:
     if cos_name not in g.params:
         inv = 1.0 / (base ** (np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim))
         ang = np.outer(np.arange(seq, dtype=np.float64), inv)
-        spec = TensorSpec((seq, rot_dim // 2), dtype)
-        g.add_param(cos_name, spec, "constant", trainable=False, value=np.cos(ang))
-        g.add_param(sin_name, spec, "constant", trainable=False, value=np.sin(ang))
+        ctx.b.constant(cos_name, np.cos(ang), dtype)
+        ctx.b.constant(sin_name, np.sin(ang), dtype)
     return cos_name, sin_name
 
 
@@ -407,7 +408,7 @@ def _rotary_positions(ctx: LayerContext, batch: int, seq: int) -> str:
     name = f"rotary.positions_{batch}x{seq}"
     if name not in g.params:
         pos = np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy()
-        g.add_param(name, TensorSpec((batch, seq), "int64"), "constant", trainable=False, value=pos)
+        ctx.b.constant(name, pos, "int64")
     return name
 
 
@@ -419,7 +420,7 @@ def cache_lens(ctx: LayerContext, batch: int) -> str:
     which is also where this step's keys and values are written (one per graph)."""
     g = ctx.graph
     if CACHE_LENS not in g.tensors:
-        g.add_input(CACHE_LENS, TensorSpec((batch,), "int64"))
+        ctx.b.input(CACHE_LENS, TensorSpec((batch,), "int64"))
     spec = g.tensors[CACHE_LENS]
     if spec.shape != (batch,):
         raise GraphError(f"{CACHE_LENS} is {list(spec.shape)}, this layer's batch is {batch}")
@@ -434,18 +435,14 @@ def cache_positions(ctx: LayerContext, batch: int, seq: int) -> str:
     if name not in g.tensors:
         lens = cache_lens(ctx, batch)
         ar = f"kv.arange_{seq}"
-        g.add_param(ar, TensorSpec((1, seq), "int64"), "constant", trainable=False,
-                    value=np.arange(seq, dtype=np.int64)[None, :])
-        col = g.add_node("Unsqueeze", [lens], ["kv.lens_col"], {"axes": [1]}, name="kv.lens_col")[0]
-        g.add_node("Add", [col, ar], [name], name=name)
+        ctx.b.constant(ar, np.arange(seq, dtype=np.int64)[None, :], "int64")
+        col = ctx.b.node("Unsqueeze", [lens], ["kv.lens_col"], {"axes": [1]}, name="kv.lens_col")[0]
+        ctx.b.node("Add", [col, ar], [name], name=name)
     return name
 
 
 def _int_const(g: Graph, name: str, value: list[int]) -> str:
-    if name not in g.tensors:
-        g.add_param(name, TensorSpec((len(value),), "int64"), "constant", trainable=False,
-                    value=np.asarray(value, dtype=np.int64))
-    return name
+    return GraphBuilder(g).constant(name, np.asarray(value, dtype=np.int64), "int64")
 
 
 def _total_lens(ctx: LayerContext, batch: int, seq: int) -> str:
@@ -453,7 +450,7 @@ def _total_lens(ctx: LayerContext, batch: int, seq: int) -> str:
     g = ctx.graph
     name = f"kv.total_lens_{seq}"
     if name not in g.tensors:
-        g.add_node("Add", [cache_lens(ctx, batch), _int_const(g, f"kv.seq_{seq}", [seq])], [name],
+        ctx.b.node("Add", [cache_lens(ctx, batch), _int_const(g, f"kv.seq_{seq}", [seq])], [name],
                    name=name)
     return name
 
@@ -581,8 +578,8 @@ def _cached_attention(ctx: LayerContext, q: str, k: str, v: str, out: str, kv_ca
     heads = ctx.spec(q).shape[1]
     lens = cache_lens(ctx, bsz)
     spec = TensorSpec((bsz, kvh, kv_cache, hd), ctx.spec(k).dtype)
-    past_k = g.add_input(f"{ctx.name}.past_key", spec)
-    past_v = g.add_input(f"{ctx.name}.past_value", spec)
+    past_k = ctx.b.input(f"{ctx.name}.past_key", spec)
+    past_v = ctx.b.input(f"{ctx.name}.past_value", spec)
     pres_k = ctx.op("TensorScatter", [past_k, k, lens], out=f"{ctx.name}.present_key", axis=2)
     pres_v = ctx.op("TensorScatter", [past_v, v, lens], out=f"{ctx.name}.present_value", axis=2)
     g.meta.setdefault("kv_cache", []).append((past_k, pres_k, past_v, pres_v))

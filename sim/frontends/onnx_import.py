@@ -8,7 +8,7 @@ library's own kernels, and returns a verified graph.
 
 Rules:
 
-* Initializers become parameters (``graph.add_param(name, spec, value=array)``); BatchNorm
+* Initializers become parameters (``GraphBuilder.param(name, spec, info, array)``); BatchNorm
   running statistics and non-float tensors are not trainable. Initializers used only as
   shape operands become attributes and never appear as parameters.
 * Graph inputs that are weights (float, fully static, consumed only in weight slots such as
@@ -31,7 +31,8 @@ import numpy as np
 from sim.dtypes import from_numpy, is_float, to_numpy
 from sim.errors import GraphError, UnsupportedOpError
 from sim.frontends.onnx_schema import check_node
-from sim.graph import Graph, TensorSpec
+from sim.graph import Graph, ParamInfo, TensorSpec
+from sim.graph.rewrite import GraphBuilder
 from sim.io import check_input, read_bytes
 from sim.limits import check
 
@@ -171,6 +172,7 @@ class _Importer:
                              where=source)
         name = model.graph.name or (os.path.basename(source) if source else "onnx")
         self.g = Graph(name, source=source)
+        self.b = GraphBuilder(self.g)
         self.consts: dict[str, np.ndarray] = {}
         self.init_names: set[str] = set()
         self.frozen: set[str] = set()  # initializers that are not trained (BN stats, ints)
@@ -266,9 +268,11 @@ class _Importer:
                 continue
             spec = self._input_spec(vi, unbound)
             if vi.name in weights:
-                self.g.add_param(vi.name, spec, **self._weight_init(vi.name, spec, graph))
+                kw = self._weight_init(vi.name, spec, graph)
+                info = ParamInfo(kw.pop("init", "normal"), kw.pop("trainable", True), kw)
+                self.b.param(vi.name, spec, info)
                 continue
-            self.g.add_input(vi.name, spec)
+            self.b.input(vi.name, spec)
         if unbound:
             names = ", ".join(dict.fromkeys(unbound))
             named = [u for u in unbound if "[" not in u]
@@ -380,10 +384,10 @@ class _Importer:
         arr = self.consts[name]
         dtype = from_numpy(arr.dtype)
         if name in self.init_names:
-            self.g.add_param(name, TensorSpec(arr.shape, dtype), "constant",
-                             trainable=name not in self.frozen and is_float(dtype), value=arr)
+            self.b.param(name, TensorSpec(arr.shape, dtype),
+                         ParamInfo("constant", name not in self.frozen and is_float(dtype)), arr)
         else:
-            self.g.add_node("Constant", [], [name], {"value": arr},
+            self.b.node("Constant", [], [name], {"value": arr},
                             name=self.g.unique_name(f"{name}.const"))
 
     def _node(self, node: Any, index: int) -> None:
@@ -441,7 +445,7 @@ class _Importer:
             outputs.pop()
         outputs = [o if (o in self.used or k == 0) else "" for k, o in enumerate(outputs)]
         try:
-            self.g.add_node(op, inputs, outputs, attrs, name=self.g.unique_name(name),
+            self.b.node(op, inputs, outputs, attrs, name=self.g.unique_name(name),
                             meta={"onnx_op": node.op_type})
         except GraphError as err:
             if isinstance(err, UnsupportedOpError):
@@ -504,7 +508,7 @@ class _Importer:
                 self._materialize(t)
         x, slope = self.g.tensors[inputs[0]], self.g.tensors[inputs[1]]
         if slope.rank == 1 and x.rank > 2 and slope.shape[0] == x.shape[1] != x.shape[-1]:
-            (r,) = self.g.add_node("Reshape", [inputs[1]], None,
+            (r,) = self.b.node("Reshape", [inputs[1]], None,
                                    {"shape": [slope.shape[0]] + [1] * (x.rank - 2)},
                                    name=self.g.unique_name(f"{name}.slope"))
             return [inputs[0], r]
@@ -520,7 +524,7 @@ class _Importer:
             self._materialize(x)
         if "axis" not in attrs:
             n = self.g.tensors[x].numel
-            (x,) = self.g.add_node("Reshape", [x], None, {"shape": [n]},
+            (x,) = self.b.node("Reshape", [x], None, {"shape": [n]},
                                    name=self.g.unique_name(f"{name}.flatten"))
             axis = 0
         else:
@@ -528,7 +532,7 @@ class _Importer:
         size = self.g.tensors[x].shape[axis % self.g.tensors[x].rank]
         keep = np.nonzero(cond[:size])[0].astype(np.int64)
         idx = self.g.unique_name(f"{name}.indices")
-        self.g.add_node("Constant", [], [idx], {"value": keep}, name=idx)
+        self.b.node("Constant", [], [idx], {"value": keep}, name=idx)
         return "Gather", [x, idx], {"axis": axis}
 
     def _legacy_softmax(self, op: str, inputs: list[str], attrs: dict[str, Any],
@@ -541,9 +545,9 @@ class _Importer:
         ax = int(attrs["axis"]) % max(spec.rank, 1)
         if ax == spec.rank - 1:
             return op, inputs, {"axis": -1}
-        (flat,) = self.g.add_node("Flatten", inputs[:1], None, {"axis": ax},
+        (flat,) = self.b.node("Flatten", inputs[:1], None, {"axis": ax},
                                   name=self.g.unique_name(f"{inputs[0]}.flatten"))
-        (sm,) = self.g.add_node(op, [flat], None, {"axis": -1},
+        (sm,) = self.b.node(op, [flat], None, {"axis": -1},
                                 name=self.g.unique_name(f"{inputs[0]}.{op.lower()}2d"))
         return "Reshape", [sm], {"shape": list(spec.shape)}
 
@@ -604,15 +608,16 @@ class _Emitter:
 
     def __init__(self, imp: _Importer, name: str, onnx_op: str, dtype: str) -> None:
         self.g, self.name, self.onnx_op, self.dtype = imp.g, name, onnx_op, dtype
+        self.b = imp.b
 
     def __call__(self, op: str, ins: list[str], out: str | None = None, **kw: Any) -> str:
         nm = self.g.unique_name(f"{self.name}.{op.lower()}")
-        return self.g.add_node(op, ins, [out or nm], kw, name=nm,
+        return self.b.node(op, ins, [out or nm], kw, name=nm,
                                meta={"onnx_op": self.onnx_op})[0]
 
     def const(self, v: float) -> str:
         nm = self.g.unique_name(f"{self.name}.const")
-        return self.g.add_node("Constant", [], [nm], {"value": np.array(v, to_numpy(self.dtype))},
+        return self.b.node("Constant", [], [nm], {"value": np.array(v, to_numpy(self.dtype))},
                                name=nm)[0]
 
 

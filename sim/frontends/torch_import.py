@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from sim.errors import GraphError, UnsupportedOpError
-from sim.graph import Graph, TensorSpec
+from sim.graph import Graph, ParamInfo, TensorSpec
+from sim.graph.rewrite import GraphBuilder
 
 _TORCH_DTYPES = {
     "torch.float32": "fp32", "torch.float64": "fp64", "torch.float16": "fp16",
@@ -41,6 +42,7 @@ class _Ctx:
 
     def __init__(self, graph: Graph) -> None:
         self.g = graph
+        self.b = GraphBuilder(graph)
         self.env: dict[str, Any] = {}  # fx node name -> our tensor name (or tuple / python value)
         self.node: Any = None
 
@@ -64,7 +66,7 @@ class _Ctx:
         base = self.node.name if self.node is not None else op.lower()
         name = self.g.unique_name(base)
         outs = [name if i == 0 else f"{name}:{i}" for i in range(n_out)]
-        res = self.g.add_node(op, list(inputs), outs, attrs, name=name,
+        res = self.b.node(op, list(inputs), outs, attrs, name=name,
                               meta={"aten": str(self.node.target)} if self.node is not None else {})
         return res[0] if n_out == 1 else res
 
@@ -73,9 +75,7 @@ class _Ctx:
         from sim.dtypes import to_numpy
 
         arr = np.asarray(value).astype(to_numpy(dtype))
-        name = self.g.unique_name(f"{self.node.name}.const")
-        self.g.add_param(name, TensorSpec(arr.shape, dtype), "constant", trainable=False, value=arr)
-        return name
+        return self.b.constant(self.b.unique(f"{self.node.name}.const"), arr, dtype)
 
     def tensor_or_const(self, v: Any, like: str) -> str:
         return v if isinstance(v, str) else self.const(v, self.spec(like).dtype)
@@ -581,13 +581,13 @@ def load_module(module: Any, example_inputs: Any, *, name: str | None = None) ->
                     else tensor.detach().cpu().numpy()
                 dt = torch_dtype(tensor.dtype, where=f"parameter {fqn!r}")
                 trainable = node.name in params and bool(getattr(tensor, "requires_grad", True))
-                c.env[node.name] = g.add_param(fqn, TensorSpec(tuple(tensor.shape), dt), "constant",
-                                               trainable=trainable, value=arr)
+                c.env[node.name] = c.b.param(fqn, TensorSpec(tuple(tensor.shape), dt),
+                                             ParamInfo("constant", trainable), arr)
             else:
                 if val is None or not hasattr(val, "shape"):
                     raise GraphError("only tensor inputs are supported", where=f"input {node.name!r}")
                 spec = TensorSpec(tuple(int(s) for s in val.shape), torch_dtype(val.dtype))
-                c.env[node.name] = g.add_input(node.name, spec)
+                c.env[node.name] = c.b.input(node.name, spec)
         elif node.op == "call_function":
             args = c.arg(list(node.args))
             kwargs = {k: c.arg(v) for k, v in node.kwargs.items()}
@@ -612,7 +612,7 @@ def load_module(module: Any, example_inputs: Any, *, name: str | None = None) ->
             named = []
             for o in outs:
                 if o in g.inputs or o in g.params:
-                    o = g.add_node("Identity", [o], None, {}, name=g.unique_name("output"))[0]
+                    o = c.b.node("Identity", [o], None, {}, name=c.b.unique("output"))[0]
                 named.append(o)
             g.set_outputs(named)
         elif node.op == "get_attr":

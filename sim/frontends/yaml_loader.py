@@ -43,7 +43,8 @@ from sim.errors import GraphError
 from sim.frontends import expr
 from sim.frontends.layers import LAYERS, Args, LayerContext
 from sim.frontends.onnx_schema import check_node
-from sim.graph import Graph, TensorSpec
+from sim.graph import Graph, ParamInfo, TensorSpec
+from sim.graph.rewrite import GraphBuilder
 from sim.io import compose, read_text, safe_load
 from sim.limits import check, limit
 
@@ -221,6 +222,7 @@ class _Loader:
         self.lines = lines
         self.blocks: dict[str, Any] = doc.get("blocks") or {}
         self.graph = Graph(str(doc.get("name") or Path(source).stem), source=source)
+        self.b = GraphBuilder(self.graph)
         self.dtype = "fp32"
         self.expanding: list[str] = []  # blocks being expanded, outermost first
         self.max_nodes = limit("graph_nodes")
@@ -412,7 +414,7 @@ class _Loader:
             node = self.graph.unique_name(node)
         meta = {"layer": scope.prefix[:-1]} if scope.prefix else {}
         self.check_size()
-        self.graph.add_node(entry["op"], g_ins, g_outs, attrs, name=node, meta=meta)
+        self.b.node(entry["op"], g_ins, g_outs, attrs, name=node, meta=meta)
         for loc, glob in zip(outs, g_outs):
             scope.bound[loc] = glob
 
@@ -588,7 +590,7 @@ class _Loader:
             dtype = canonical(str(expr.resolve(decl.get("dtype", self.dtype), env)))
             spec = TensorSpec(tuple(shape), dtype)
             if what == "input":
-                self.graph.add_input(name, spec)
+                self.b.input(name, spec)
             else:
                 init = str(decl.get("init", "normal"))
                 if init not in INITS:
@@ -596,8 +598,7 @@ class _Loader:
                                      f"{', '.join(INITS)}")
                 opts = {k: expr.resolve(decl[k], env, True) for k in ("std", "scale", "value")
                         if k in decl}
-                self.graph.add_param(name, spec, init,
-                                     trainable=bool(decl.get("trainable", True)), **opts)
+                self.b.param(name, spec, ParamInfo(init, bool(decl.get("trainable", True)), opts))
             scope.bound[name] = name
         except GraphError as err:
             raise self.wrap(err, where) from None

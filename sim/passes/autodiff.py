@@ -17,6 +17,7 @@ import numpy as np
 from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.graph import Graph, Node, TensorSpec
+from sim.graph.rewrite import GraphBuilder
 from sim.ops.registry import get_op
 
 
@@ -25,6 +26,7 @@ class GradBuilder:
 
     def __init__(self, graph: Graph, forward: Node | None) -> None:
         self.graph = graph
+        self.b = GraphBuilder(graph)
         self.forward = forward
         self.base = f"{forward.name}.grad" if forward is not None else "grad"
 
@@ -38,16 +40,13 @@ class GradBuilder:
         if self.forward is not None and "layer" in self.forward.meta:
             meta["layer"] = self.forward.meta["layer"]
         outs = [name if i == 0 else f"{name}:{i}" for i in range(n_out)]
-        res = self.graph.add_node(op, list(inputs), outs, attrs, name=name, meta=meta)
+        res = self.b.node(op, list(inputs), outs, attrs, name=name, meta=meta)
         return res[0] if n_out == 1 else res
 
     def const(self, value: float | np.ndarray, dtype: str, shape: Sequence[int] = ()) -> str:
         """A constant tensor (a non-trainable parameter with a fixed value)."""
         arr = np.broadcast_to(np.asarray(value, dtype=np.float64), tuple(shape))
-        name = self.graph.unique_name(f"{self.base}.const")
-        self.graph.add_param(name, TensorSpec(tuple(shape), dtype), "constant",
-                             trainable=False, value=np.array(arr))
-        return name
+        return self.b.constant(self.b.unique(f"{self.base}.const"), np.array(arr), dtype)
 
     def transpose_last2(self, tensor: str) -> str:
         rank = self.spec(tensor).rank

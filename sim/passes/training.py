@@ -42,8 +42,8 @@ import numpy as np
 
 from sim.dtypes import is_float
 from sim.errors import GraphError
-from sim.graph import Graph, Node, TensorSpec
-from sim.graph.rewrite import Rewriter
+from sim.graph import Graph, Node, ParamInfo, TensorSpec
+from sim.graph.rewrite import GraphBuilder, Rewriter
 from sim.ops.optim import DEFAULTS
 from sim.passes.autodiff import gradients
 
@@ -188,13 +188,14 @@ def _add_loss(g: Graph, loss: str, labels: str, class_axis: int | None) -> str:
         raise GraphError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})", where="training_graph")
     if not g.outputs:
         raise GraphError("graph has no outputs to put a loss on", where=g.source)
+    b = GraphBuilder(g)
     y = g.outputs[0]
     spec = g.tensors[y]
     if not is_float(spec.dtype):
         raise GraphError(f"output {y!r} is {spec.dtype}, not floating", where=g.source)
     if loss == "mse":
-        g.add_input(labels, spec)
-        (out,) = g.add_node("MSELoss", [y, labels], ["loss"], {"reduction": "mean"}, name="loss",
+        b.input(labels, spec)
+        (out,) = b.node("MSELoss", [y, labels], ["loss"], {"reduction": "mean"}, name="loss",
                             meta={"role": "loss"})
         return out
     if spec.rank < 2:
@@ -204,21 +205,21 @@ def _add_loss(g: Graph, loss: str, labels: str, class_axis: int | None) -> str:
     axis = axis % spec.rank
     scores = y
     if axis == 1:
-        g.add_input(labels, TensorSpec((spec.shape[0], *spec.shape[2:]), "int64"))
+        b.input(labels, TensorSpec((spec.shape[0], *spec.shape[2:]), "int64"))
         target = labels
     elif axis == spec.rank - 1:
         # [N, ..., C] (a sequence model's [batch, seq, vocab]): flatten to rows of classes
         lead = spec.shape[:-1]
-        g.add_input(labels, TensorSpec(lead, "int64"))
+        b.input(labels, TensorSpec(lead, "int64"))
         rows = int(np.prod(lead))
-        (scores,) = g.add_node("Reshape", [y], [g.unique_name(f"{y}.rows")],
-                               {"shape": [rows, spec.shape[-1]]}, name=g.unique_name("loss.scores"),
+        (scores,) = b.node("Reshape", [y], [b.unique(f"{y}.rows")],
+                               {"shape": [rows, spec.shape[-1]]}, name=b.unique("loss.scores"),
                                meta={"role": "loss"})
-        (target,) = g.add_node("Reshape", [labels], [g.unique_name(f"{labels}.rows")], {"shape": [rows]},
-                               name=g.unique_name("loss.labels"), meta={"role": "loss"})
+        (target,) = b.node("Reshape", [labels], [b.unique(f"{labels}.rows")], {"shape": [rows]},
+                               name=b.unique("loss.labels"), meta={"role": "loss"})
     else:
         raise GraphError(f"class_axis must be 1 or the last axis, got {class_axis}", where="training_graph")
-    (out,) = g.add_node("SoftmaxCrossEntropyLoss", [scores, target], ["loss"], {"reduction": "mean"},
+    (out,) = b.node("SoftmaxCrossEntropyLoss", [scores, target], ["loss"], {"reduction": "mean"},
                         name="loss", meta={"role": "loss"})
     return out
 
@@ -298,27 +299,28 @@ def _backward(g: Graph, graph: Graph, loss_t: str, params: list[str],
     scale = float(graph.meta.get("loss_scale", 1.0))
     seed = None
     if scale != 1.0:
-        seed = g.add_param("loss.scale", TensorSpec((), g.tensors[loss_t].dtype), "constant",
-                           trainable=False, value=np.array(scale))
+        seed = GraphBuilder(g).param("loss.scale", TensorSpec((), g.tensors[loss_t].dtype),
+                                     ParamInfo("constant", False), np.array(scale))
         attrs["grad_scale"] = 1.0 / scale
     return gradients(g, loss_t, params, [seed] if seed else None)
 
 
 def _step_counter(g: Graph, grads: dict[str, str], fused_update: bool) -> str:
     """The step counter's increment; unless ``fused_update``, after every gradient exists."""
-    g.add_param(STEP, TensorSpec((), "int64"), "zeros", trainable=False, value=np.array(0, np.int64),
-                role="optimizer_state")
-    one = g.add_param("optimizer.one", TensorSpec((), "int64"), "constant", trainable=False,
-                      value=np.array(1, np.int64))
+    b = GraphBuilder(g)
+    b.param(STEP, TensorSpec((), "int64"), ParamInfo("zeros", False, {"role": "optimizer_state"}),
+            np.array(0, np.int64))
+    one = b.param("optimizer.one", TensorSpec((), "int64"), ParamInfo("constant", False),
+                  np.array(1, np.int64))
     step_in = STEP
     if not fused_update:
         # optimizer.step() after loss.backward(): every update reads the step counter, and the
         # counter moves only once all gradients exist, so all gradients are alive together
         # (as in a framework) instead of each update running as soon as its gradient is ready.
-        (step_in,) = g.add_node("Depend", [STEP, *dict.fromkeys(grads.values())],
+        (step_in,) = b.node("Depend", [STEP, *dict.fromkeys(grads.values())],
                                 [f"{STEP}.after_backward"], name="optimizer.after_backward",
                                 meta={"role": "optimizer", "inplace": {0: 0}})
-    (step_new,) = g.add_node("Add", [step_in, one], [f"{STEP}.new"], name="optimizer.step_inc",
+    (step_new,) = b.node("Add", [step_in, one], [f"{STEP}.new"], name="optimizer.step_inc",
                              meta={"role": "optimizer"})
     return step_new
 
@@ -327,15 +329,16 @@ def _add_updates(g: Graph, op: str, params: list[str], grads: dict[str, str], at
                  step_new: str, running: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     """One update node per parameter (with its optimizer states). Returns the updates map
     (output -> parameter or state it replaces) and the outputs after the loss."""
+    b = GraphBuilder(g)
     updates: dict[str, str] = dict(running)
     outputs: list[str] = []
     for p in params:
         spec = g.params[p]
-        states = [g.add_param(f"{p}.{s}", spec, "zeros", trainable=False, role="optimizer_state", of=p)
+        states = [b.param(f"{p}.{s}", spec, ParamInfo("zeros", False, {"role": "optimizer_state", "of": p}))
                   for s in STATE_NAMES[op]]
         outs = [f"{p}.new"] + [f"{s}.new" for s in states]
         inplace = {0: 0, **{i + 1: i + 2 for i in range(len(states))}}
-        g.add_node(op, [p, grads[p], *states, step_new], outs, dict(attrs), name=f"{p}.update",
+        b.node(op, [p, grads[p], *states, step_new], outs, dict(attrs), name=f"{p}.update",
                    meta={"role": "optimizer", "inplace": inplace, "param": p})
         for o, target in zip(outs, [p, *states]):
             updates[o] = target
