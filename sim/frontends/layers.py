@@ -548,7 +548,7 @@ def _unfused_attention(ctx: LayerContext, q: str, k: str, v: str, mask: str | No
         raise GraphError("attention impl: unfused needs kv_heads == heads")
     dt = ctx.float_dtype(q)
     sname = f"{ctx.name}.scale"
-    g.add_param(sname, TensorSpec((), dt), "constant", trainable=False, value=np.array(scale))
+    ctx.b.param(sname, TensorSpec((), dt), ParamInfo("constant", False), np.array(scale))
     qs = ctx.op("Mul", [q, sname], suffix="q_scaled")
     kt = ctx.op("Transpose", [k], suffix="k_t", perm=[0, 1, 3, 2])
     s = ctx.op("MatMul", [qs, kt], suffix="scores")
@@ -556,7 +556,7 @@ def _unfused_attention(ctx: LayerContext, q: str, k: str, v: str, mask: str | No
         mname = f"causal_mask_{seq}"
         if mname not in g.params:
             tri = np.triu(np.full((seq, seq), -1e9, dtype=np.float64), k=1)
-            g.add_param(mname, TensorSpec((seq, seq), dt), "constant", trainable=False, value=tri)
+            ctx.b.constant(mname, tri, dt)
         s = ctx.op("Add", [s, mname], suffix="masked")
     if mask:
         s = ctx.op("Add", [s, mask], suffix="user_masked")
