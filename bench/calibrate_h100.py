@@ -62,9 +62,11 @@ from sim.hw import DeviceSpec, load_hardware, override  # noqa: E402
 from sim.ops.work import Work  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# the measurements live beside the clone (``../shared``); a git worktree sits one level deeper
-_CANDIDATES = (ROOT / ".." / "shared" / "calibration", ROOT / ".." / ".." / "shared" / "calibration")
-DATA = next((d for d in _CANDIDATES if d.exists()), _CANDIDATES[0])
+# the measurements live beside the clone (``../shared``; a git worktree sits one level deeper);
+# a copy in bench/data/calibration serves any other clone
+_CANDIDATES = (ROOT / ".." / "shared" / "calibration", ROOT / ".." / ".." / "shared" / "calibration",
+               ROOT / "bench" / "data" / "calibration")
+DATA = next(d for d in _CANDIDATES if d.exists())
 SPEC = ROOT / "hwspecs" / "h100.yaml"
 # Specs that take every fitted H100 value: the H200 is the same GH100 die at the same clocks
 # with the same libraries (only its HBM3e differs, and the HBM efficiency carries over).
