@@ -96,3 +96,21 @@ def test_resident_inputs_and_streams(model, tmp_path, capsys):
                  "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert [o["op"] for o in doc["ops"]] == ["MatMul", "Relu"]
+
+
+def test_run_options_are_one_typed_record():
+    """``sim run``'s arguments become one frozen RunOptions: values parsed once, typed."""
+    import dataclasses
+
+    from sim.cli import build_parser
+    from sim.cli.options import RunOptions
+
+    args = build_parser().parse_args([
+        "run", "gpt2", "--hw", "a100", "--set", "batch=8", "--hw-set", "memory.hbm.bandwidth=2 TB/s",
+        "--place", "embed*=host", "--dispatch", "8 us", "--no-cache-reuse", "--train", "--streams", "2"])
+    opts = RunOptions.from_args(args)
+    assert opts.sets == {"batch": 8} and opts.hw_sets == {"memory.hbm.bandwidth": "2 TB/s"}
+    assert opts.placement == {"embed*": "host"} and opts.dispatch_s == pytest.approx(8e-6)
+    assert opts.cache_reuse is False and opts.train is True and opts.streams == 2 and opts.hw == "a100"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.train = False  # type: ignore[misc]
