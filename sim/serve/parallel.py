@@ -35,6 +35,7 @@ from typing import Any
 
 from sim.errors import SimError
 from sim.graph import Graph
+from sim.graph.rewrite import GraphBuilder, copy_leaves
 
 ROW_PARALLEL = (".attn.o", ".mlp.down", ".mlp.fc2", ".moe")
 
@@ -64,12 +65,7 @@ def add_tp_collectives(graph: Graph, group: list[str], vocab_sharded: bool) -> G
     """A copy of one rank's step graph with its tensor-parallel collectives (module doc)."""
     g = Graph(graph.name, graph.source)
     g.meta = dict(graph.meta)
-    for name, spec in graph.inputs.items():
-        g.add_input(name, spec)
-    for name, spec in graph.params.items():
-        info = graph.param_info[name]
-        g.add_param(name, spec, info.init, trainable=info.trainable, value=graph.initializers.get(name),
-                    **info.options)
+    copy_leaves(graph, GraphBuilder(g))
     attrs = {"group": list(group), "algorithm": "ring"}
     rename: dict[str, str] = {}
     for node in graph.topo_order():
@@ -107,12 +103,7 @@ def add_ep_collectives(graph: Graph, group: list[str], top_k: int, dispatcher: s
     ep = len(group)
     g = Graph(graph.name, graph.source)
     g.meta = dict(graph.meta)
-    for name, spec in graph.inputs.items():
-        g.add_input(name, spec)
-    for name, spec in graph.params.items():
-        info = graph.param_info[name]
-        g.add_param(name, spec, info.init, trainable=info.trainable, value=graph.initializers.get(name),
-                    **info.options)
+    copy_leaves(graph, GraphBuilder(g))
     a2a = {"group": list(group), "algorithm": "ring", "axis": 0}
     alias: dict[str, str] = {}  # MoE output -> the combined copy
     for node in graph.topo_order():
@@ -154,12 +145,7 @@ def _ep_allgather(graph: Graph, group: list[str]) -> Graph:
     gathered = {n.inputs[0] for n in moes}
     g = Graph(graph.name, graph.source)
     g.meta = dict(graph.meta)
-    for name, spec in graph.inputs.items():
-        g.add_input(name, spec)
-    for name, spec in graph.params.items():
-        info = graph.param_info[name]
-        g.add_param(name, spec, info.init, trainable=info.trainable, value=graph.initializers.get(name),
-                    **info.options)
+    copy_leaves(graph, GraphBuilder(g))
     attrs = {"group": list(group), "algorithm": "ring", "axis": 0}
     alias: dict[str, str] = {}  # MoE input -> its gathered copy; MoE output -> its scattered copy
     for node in graph.topo_order():

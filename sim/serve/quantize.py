@@ -24,6 +24,7 @@ import numpy as np
 from sim.errors import GraphError
 from sim.exec.executor import init_param
 from sim.graph import Graph, TensorSpec
+from sim.graph.rewrite import GraphBuilder, copy_leaves
 from sim.ops.quant import quantize
 
 SCHEMES = ("bf16", "fp8", "int8", "int4", "fp8-kv")
@@ -90,12 +91,7 @@ def fp8_gemm_inputs(graph: Graph) -> Graph:
     model (residual stream, norms, softmax) in the graph's own dtype, as FP8 serving runs."""
     g = Graph(graph.name, graph.source)
     g.meta = dict(graph.meta)
-    for name, spec in graph.inputs.items():
-        g.add_input(name, spec)
-    for name, spec in graph.params.items():
-        info = graph.param_info[name]
-        g.add_param(name, spec, info.init, trainable=info.trainable, value=graph.initializers.get(name),
-                    **info.options)
+    copy_leaves(graph, GraphBuilder(g))
     for node in graph.topo_order():
         ins = list(node.inputs)
         if node.op in ("MatMul", "Gemm"):
