@@ -79,7 +79,9 @@ class GpuArch(Arch):
         "(a convolution on the CUDA cores); absent: 1")
     attention_kernel: str | None = arch_field(
         None, "attention_kernel", "the fused attention kernel PyTorch's SDPA dispatches here (flash2, "
-        "flash3, cudnn, mem_efficient): its kernel_efficiency rates attention GEMMs")
+        "flash3, cudnn, mem_efficient): its kernel_efficiency rates attention GEMMs; materialized: "
+        "the scores are written out (math path, Megatron-LM before flash attention) and workloads "
+        "with attention: auto build the unfused core")
     tile_overhead: dict[str, float] = arch_field(
         {}, "number_map", "{dtype or unit: cycles} per GEMM output tile outside the main loop "
         "(pipeline fill, epilogue); absent: 0")
