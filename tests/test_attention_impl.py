@@ -10,7 +10,7 @@ from sim.cluster import stage
 from sim.errors import GraphError
 from sim.exec import execute
 from sim.frontends import load
-from sim.passes.training import training_graph
+from sim.passes.training import train_mode, training_graph
 
 TINY = {"batch": 2, "seq": 8, "n_ctx": 8, "d": 32, "heads": 4, "vocab": 50, "n_layer": 2}
 
@@ -34,7 +34,11 @@ def test_unfused_scores_and_dropout_hand_count():
     g = load("gpt3-175b", **TINY, attention="unfused", dropout=0.1, attn_dropout=0.1)
     drops = [nd for nd in g.nodes.values() if nd.op == "Dropout"]
     assert len(drops) == 3 * n  # attention probabilities, attention output, MLP output
-    assert all(nd.attrs["training_mode"] == 1 and nd.attrs["ratio"] == 0.1 for nd in drops)
+    # the identity at inference; a training step drops
+    assert all(not nd.attrs.get("training_mode") and nd.attrs["ratio"] == 0.1 for nd in drops)
+    assert all(g.work(nd).bytes == 0 for nd in drops)
+    g, _ = train_mode(g)
+    assert all(g.nodes[nd.name].attrs["training_mode"] == 1 for nd in drops)
     probs = g.tensors["h.0.attn.attn_dropout"]
     assert probs.shape == (b, h, s, s)  # the materialised [batch, heads, seq, seq] probabilities
     scores = g.nodes["h.0.attn.scores"]
@@ -44,7 +48,7 @@ def test_unfused_scores_and_dropout_hand_count():
     w = g.work(g.nodes["h.0.attn.attn_dropout"])
     assert (w.flops, w.bytes_read + w.bytes_written) == (2 * b * h * s * s, b * h * s * s * (4 + 4))
     with pytest.raises(GraphError, match="attention dropout needs impl: unfused"):
-        load("gpt3-175b", **TINY, attn_dropout=0.1)
+        load("gpt3-175b", **TINY, attention="fused", attn_dropout=0.1)
 
 
 def test_tensor_parallel_splits_the_unfused_attention_by_heads():
@@ -55,3 +59,40 @@ def test_tensor_parallel_splits_the_unfused_attention_by_heads():
     assert len(scores) == 1 and rank.work(scores[0]).flops == 2 * b * (h // 2) * s * s * (d // h)
     assert sum(nd.op == "AllReduce" for nd in rank.nodes.values()) >= 4  # 2 forward + 2 backward
     assert not any(nd.op == "AllGather" for nd in rank.nodes.values())
+
+
+def _attention_ops(g):
+    return {nd.op for nd in g.nodes.values() if ".attn." in nd.name and "gemm" not in nd.name}
+
+
+def test_auto_attention_follows_the_target_gpu_kernel():
+    # gpt3-175b declares attention: auto; unresolved (or on a flash/cuDNN GPU) it is the fused op
+    assert "Attention" in _attention_ops(load("gpt3-175b", **TINY))
+    assert "Attention" in _attention_ops(load("gpt3-175b", **TINY, target_attention="flash2"))
+    # on a GPU that materialises the scores: the unfused core (scores MatMul, Softmax, Dropout)
+    ops = _attention_ops(load("gpt3-175b", **TINY, target_attention="materialized"))
+    assert {"MatMul", "Softmax", "Dropout"} <= ops and "Attention" not in ops
+    # an explicit choice wins; a KV-cache step stays fused (decode kernels)
+    assert "Attention" in _attention_ops(load("gpt3-175b", **TINY, attention="fused", attn_dropout=0.0,
+                                              target_attention="materialized"))
+    cached = load("gpt3-175b", **{**TINY, "kv_cache": 8, "dropout": 0.0, "attn_dropout": 0.0},
+                  target_attention="materialized")
+    assert "Attention" in {nd.op for nd in cached.nodes.values()}
+
+
+def test_the_a100_cluster_spec_materialises_attention_and_flash2_overrides_it():
+    import sim
+    from sim.hw.spec import attention_kernel
+
+    assert attention_kernel(sim.hardware("dgx-a100-cluster", nodes=2)) == "materialized"
+    flash = sim.hardware("dgx-a100-cluster", nodes=2, **{"devices.gpu.arch.attention_kernel": "flash2"})
+    assert attention_kernel(flash) == "flash2"
+    assert attention_kernel(sim.hardware("a100")) == "flash2"  # PyTorch SDPA on one A100
+
+
+def test_default_dropout_is_the_identity_at_inference():
+    plain = load("gpt3-175b", **TINY, dropout=0.0, attn_dropout=0.0)
+    dflt = load("gpt3-175b", **TINY, target_attention="materialized")  # dropout 0.1 by default
+    want = execute(plain, _feeds(plain))[plain.outputs[0]]
+    got = execute(dflt, _feeds(dflt))[dflt.outputs[0]]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -16,11 +16,15 @@ def build(opts: RunOptions) -> tuple[Any, Any]:
     """The graph (loaded, trained, fused, parallelised as asked) and the hardware spec."""
     import sim
     from sim.hw import load_hardware
+    from sim.hw.spec import attention_kernel
 
     sets = opts.sets
+    hw = load_hardware(opts.hw, **opts.hw_sets)
+    target = attention_kernel(hw)
 
     def load(batch: int | None = None) -> Any:
-        return sim.load(opts.workload, **(sets if batch is None else {**sets, "batch": batch}))
+        return sim.load(opts.workload, target_attention=target,
+                        **(sets if batch is None else {**sets, "batch": batch}))
 
     def prepare(graph: Any) -> Any:
         if opts.amp and opts.train:
@@ -43,7 +47,6 @@ def build(opts: RunOptions) -> tuple[Any, Any]:
             graph = fuse(cast_graph(graph, opts.dtype) if opts.dtype else graph)
         return graph
 
-    hw = load_hardware(opts.hw, **opts.hw_sets)
     if opts.parallel:
         # rebuilt per device (data parallel) or per microbatch (pipeline): docs/parallel.md
         from sim.engine.topology import as_system

@@ -131,6 +131,7 @@ class ClusterResult:
             "hidden": self.hidden,
             "vocab": self.vocab,
             "recompute": self.recompute,
+            "attention": self.attention,
             "precision": self.precision,
             "optimizer": self.optimizer,
             "makespan_s": self.makespan_s,
@@ -156,6 +157,11 @@ class ClusterResult:
         }
 
     @property
+    def attention(self) -> str:
+        """The attention core timed: "fused" (one kernel) or "materialized" (scores written out)."""
+        return str(getattr(self.model, "attention", "fused"))
+
+    @property
     def precision(self) -> str:
         return (
             f"{self.dtype} mixed (fp32 master weights and optimizer states)"
@@ -175,7 +181,8 @@ class ClusterResult:
             f"{self.workload} on {self.hardware}: {self.gpus} GPUs "
             f"({self.gpus // max(1, self.per_node)} nodes), {lay.describe()}",
             f"  batch {self.batch} x {self.seq} tokens, {self.microbatches} microbatches per replica, "
-            f"{self.precision}, {self.optimizer}" + (", full recomputation" if self.recompute else ""),
+            f"{self.precision}, {self.optimizer}" + (", full recomputation" if self.recompute else "")
+            + (", attention scores materialised" if self.attention == "materialized" else ""),
             f"  step time        {self.makespan_s:.3f} s   ({self.tokens_per_s:,.0f} tokens/s)",
             f"  per-GPU          {self.tflops_per_gpu:.1f} TFLOP/s (hardware FLOPs, Megatron's count)   "
             f"MFU {self.mfu * 100:.1f}%",

@@ -61,6 +61,7 @@ class StageModel:
     vocab: int = 0
     ffn: int = 0
     act_bytes: int = 2  # bytes per activation element (bf16: 2)
+    attention: str = "fused"  # the attention core built: "fused" (one kernel) or "materialized"
     records: int = 0  # engine records simulated
     graph_nodes: int = 0
 
@@ -267,7 +268,9 @@ def stage_model(
     one = {**params, "batch": mbs, "n_layer": 1}
     if vocab:
         one["vocab"] = vocab // tp  # vocab-parallel embedding and LM head: this rank's V/t rows
-    fwd = load(workload, **one)
+    from sim.hw.spec import attention_kernel
+
+    fwd = load(workload, target_attention=attention_kernel(hw), **one)
     full_params.update(
         {k: v for k, v in fwd.meta.get("params", {}).items() if k not in ("n_layer", "vocab", "batch")}
     )
@@ -279,6 +282,7 @@ def stage_model(
     model = measure(timed, train if timed is not train else None, node_hw, sp=tp if sp else 1)
     model.layers = layers
     model.vocab = vocab
+    model.attention = "fused" if any(nd.op == "Attention" for nd in fwd.nodes.values()) else "materialized"
     model.hidden = int(full_params.get("d", 0) or 0)
     model.seq = int(full_params.get("seq", 0) or 0)
     model.heads = int(full_params.get("heads", 0) or 0)

@@ -9,11 +9,12 @@ from sim.errors import GraphError
 from sim.graph import Graph
 
 
-def load(path: str | os.PathLike[str], **params: Any) -> Graph:
+def load(path: str | os.PathLike[str], *, target_attention: str | None = None, **params: Any) -> Graph:
     """Load a network as a graph: ``.yaml``/``.yml`` workloads or ``.onnx`` models.
 
     Keyword arguments override the workload's ``params`` (``batch=32``) or, for ONNX, bind
-    symbolic input dimensions.
+    symbolic input dimensions. ``target_attention`` names the attention kernel of the GPU the
+    graph is for (``arch.attention_kernel``): it resolves a workload's ``attention: auto``.
     """
     if not isinstance(path, str | os.PathLike):
         raise GraphError(f"expected a file path or a bundled workload name, got {path!r}")
@@ -32,7 +33,7 @@ def load(path: str | os.PathLike[str], **params: Any) -> Graph:
     if ext in (".yaml", ".yml"):
         from sim.frontends.yaml_loader import load_yaml
 
-        return load_yaml(p, **params)
+        return load_yaml(p, target_attention=target_attention, **params)
     if ext == ".onnx":
         from sim.frontends.onnx_import import load_onnx
 

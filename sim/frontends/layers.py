@@ -492,8 +492,13 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
     kv_cache = a.integer("kv_cache", 0)
     if kv_cache < 0 or 0 < kv_cache < seq:
         raise GraphError(f"kv_cache {kv_cache} must be 0 (no cache) or at least seq ({seq})")
-    impl = a.text("impl", "fused", choices=("fused", "unfused"))
+    impl = a.text("impl", "fused", choices=("auto", "fused", "unfused"))
     p_drop = a.number("dropout", 0.0)
+    if impl == "auto":
+        # the workload leaves the kernel to the hardware (``sim.load(..., target_attention=)``);
+        # unresolved it is the fused op, whose flash-style kernels drop the probabilities inside
+        # the kernel: that dropout is neither timed nor executed here
+        impl, p_drop = "fused", 0.0
     if kv_cache and (impl == "unfused" or p_drop):
         raise GraphError("attention with kv_cache is the fused op without dropout (impl: fused, dropout: 0)")
 
@@ -527,13 +532,14 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
 
 
 def _train_dropout(ctx: LayerContext, x: str, ratio: float, suffix: str) -> str:
-    """Training-mode ``Dropout`` of ``x`` (seeded by the node's name), or ``x`` when ``ratio`` is 0."""
+    """``Dropout`` of ``x`` (seeded by the node's name), or ``x`` when ``ratio`` is 0: the
+    identity at inference, dropping once ``training_graph`` puts the step in training mode."""
     if not ratio:
         return x
     if not 0.0 < ratio < 1.0:
         raise GraphError(f"dropout ratio must be in [0, 1), got {ratio}")
     seed = zlib.crc32(f"{ctx.name}.{suffix}".encode()) & 0x7FFFFFFF
-    return ctx.op("Dropout", [x], suffix=suffix, ratio=float(ratio), training_mode=1, seed=seed)
+    return ctx.op("Dropout", [x], suffix=suffix, ratio=float(ratio), seed=seed)
 
 
 def _unfused_attention(ctx: LayerContext, q: str, k: str, v: str, mask: str | None, causal: bool,
@@ -653,7 +659,8 @@ def transformer_block(ctx: LayerContext, inputs: list[str], out: str) -> str:
     ``h = norm1(x + attn(x)); y = norm2(h + mlp(h))``. ``dropout: p`` drops the attention and
     MLP outputs before each residual add (training mode); ``attention: unfused`` materialises
     the scores (``attn_dropout: p`` then drops the probabilities), ``fused`` (default) is one
-    ``Attention`` op."""
+    ``Attention`` op, ``auto`` whichever the target GPU's ``attention_kernel`` runs (unfused
+    for ``materialized``, else fused with ``attn_dropout`` left inside the kernel, untimed)."""
     a = ctx.args
     x = _one(inputs, "transformer_block")
     d = ctx.spec(x).shape[-1]
@@ -666,7 +673,7 @@ def transformer_block(ctx: LayerContext, inputs: list[str], out: str) -> str:
                            "rotary": a.flag("rotary", False),
                            "rotary_base": a.number("rotary_base", 10000.0),
                            "kv_cache": a.integer("kv_cache", 0),
-                           "impl": a.text("attention", "fused", choices=("fused", "unfused")),
+                           "impl": a.text("attention", "fused", choices=("auto", "fused", "unfused")),
                            "dropout": a.number("attn_dropout", 0.0)}
     p_hidden = a.number("dropout", 0.0)
     if a.has("head_dim"):

@@ -604,8 +604,24 @@ class _Loader:
             raise self.wrap(err, where) from None
 
 
-def load_yaml_text(text: str, source: str = "<string>", **overrides: Any) -> Graph:
-    """Build a graph from workload YAML text (``source`` names it in errors)."""
+def _resolve_attention(doc: dict[str, Any], overrides: dict[str, Any],
+                       target_attention: str | None) -> dict[str, Any]:
+    """``overrides`` with a declared ``attention: auto`` resolved for the GPU that will run it:
+    one whose ``arch.attention_kernel`` is ``materialized`` (scores written out, then a softmax
+    kernel: PyTorch's math path, Megatron-LM before flash attention) gets the unfused core, unless
+    the step reads a KV cache (decode kernels are fused). Anything else leaves ``auto`` (fused)."""
+    declared = doc.get("params")
+    if target_attention != "materialized" or "attention" in overrides or not isinstance(declared, dict):
+        return overrides
+    if declared.get("attention") != "auto" or overrides.get("kv_cache", declared.get("kv_cache", 0)) != 0:
+        return overrides
+    return {**overrides, "attention": "unfused"}
+
+
+def load_yaml_text(text: str, source: str = "<string>", *, target_attention: str | None = None,
+                   **overrides: Any) -> Graph:
+    """Build a graph from workload YAML text (``source`` names it in errors). ``target_attention``
+    is the attention kernel of the GPU it is built for (``_resolve_attention``)."""
     try:
         doc = safe_load(text)
     except yaml.YAMLError as err:
@@ -613,10 +629,12 @@ def load_yaml_text(text: str, source: str = "<string>", **overrides: Any) -> Gra
     if not isinstance(doc, dict):
         raise GraphError("a workload must be a YAML mapping (name, params, inputs, graph, ...)",
                          where=source)
+    overrides = _resolve_attention(doc, overrides, target_attention)
     return _Loader(doc, source, _line_table(text)).build(overrides)
 
 
-def load_yaml(path: str | os.PathLike[str], **overrides: Any) -> Graph:
+def load_yaml(path: str | os.PathLike[str], *, target_attention: str | None = None,
+              **overrides: Any) -> Graph:
     """Load a workload file; keyword arguments override its ``params`` (``batch=32``).
 
     >>> g = load_yaml(workloads_dir() / "gemm.yaml", M=64)
@@ -624,4 +642,4 @@ def load_yaml(path: str | os.PathLike[str], **overrides: Any) -> Graph:
     (64, 768)
     """
     p = os.fspath(path)
-    return load_yaml_text(read_text(p, error=GraphError), p, **overrides)
+    return load_yaml_text(read_text(p, error=GraphError), p, target_attention=target_attention, **overrides)

@@ -79,7 +79,9 @@ class GpuArch(Arch):
         "(a convolution on the CUDA cores); absent: 1")
     attention_kernel: str | None = arch_field(
         None, "attention_kernel", "the fused attention kernel PyTorch's SDPA dispatches here (flash2, "
-        "flash3, cudnn, mem_efficient): its kernel_efficiency rates attention GEMMs")
+        "flash3, cudnn, mem_efficient): its kernel_efficiency rates attention GEMMs; materialized: "
+        "the scores are written out (math path, Megatron-LM before flash attention) and workloads "
+        "with attention: auto build the unfused core")
     softmax_overlap: dict[str, float] = arch_field(
         {}, "kernels", "{attention kernel: fraction} of the shorter of a fused attention kernel's "
         "GEMMs and softmax hidden under the other (warp-specialised Hopper kernels: FA3, cuDNN); "

@@ -145,10 +145,12 @@ def _tiles(v: Any, c: Ctx) -> dict[str, tuple[tuple[int, int], ...]]:
 # (``GemmShape.kernel``): arch.kernel_efficiency maps each to a fraction of the matrix unit's
 # achievable rate. "attention" rates every fused attention kernel alike; the named attention
 # kernels (FlashAttention-2/3, cuDNN, xFormers' memory-efficient) are picked by
-# ``arch.attention_kernel``; "conv" rates every convolution GEMM (forward, data and weight
-# gradients: ``conv``, ``conv_dgrad``, ``conv_wgrad``), "conv_simt" a convolution's implicit
-# GEMM on a GPU's CUDA cores.
-ATTENTION_KERNELS = ("flash2", "flash3", "cudnn", "mem_efficient")
+# ``arch.attention_kernel``; ``materialized`` (scores written out and a softmax kernel: PyTorch's
+# math path, Megatron-LM before flash attention) makes workloads with ``attention: auto`` build
+# the unfused core, whose GEMMs are the GEMM library's; "conv" rates every convolution GEMM
+# (forward, data and weight gradients: ``conv``, ``conv_dgrad``, ``conv_wgrad``), "conv_simt"
+# a convolution's implicit GEMM on a GPU's CUDA cores.
+ATTENTION_KERNELS = ("flash2", "flash3", "cudnn", "mem_efficient", "materialized")
 KERNELS = ("attention", *ATTENTION_KERNELS, "conv", "conv_simt")
 
 

@@ -200,3 +200,15 @@ class ClusterSpec:
     def device(self) -> DeviceSpec:
         """The accelerator spec (every accelerator of a cluster is the same part)."""
         return self.node.devices[self.node.accelerators[0]]
+
+
+def attention_kernel(hw: Any) -> str | None:
+    """The attention kernel (``arch.attention_kernel``) of ``hw``'s accelerators: a cluster's
+    device, a system's first accelerator, or a device spec's own (None when it names none)."""
+    if isinstance(hw, ClusterSpec):
+        dev: Any = hw.device
+    elif isinstance(hw, SystemSpec):
+        dev = hw.devices[hw.accelerators[0]] if hw.accelerators else None
+    else:
+        dev = hw
+    return getattr(getattr(dev, "arch", None), "attention_kernel", None)
