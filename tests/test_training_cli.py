@@ -1,4 +1,4 @@
-"""``sim train``: the command line over Trainer, amp, pruning and the engine."""
+"""``sim train``: the command line over Trainer, autocast, pruning and the engine."""
 
 import json
 import sys

@@ -77,7 +77,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--optimizer", default="adam")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", help="training precision: fp32 bf16 fp16 (AMP)")
+    p.add_argument("--dtype", help="training precision: fp32, or bf16/fp16 mixed precision as torch.autocast "
+                                   "runs it (fp32 master weights and optimizer states)")
     p.add_argument("--prune", help="magnitude pruning: e.g. 0.5 (unstructured) or 2:4")
     p.add_argument("--set", action="append", metavar="K=V")
     p.add_argument("--hw", default="h100",

@@ -79,9 +79,20 @@ def _finite(x: Any) -> Any:
     return x
 
 
+def _precision_text(model: Graph, dtype: str) -> str:
+    """How the step computes, as printed: fp32, or autocast mixed precision and its loss scale."""
+    if dtype == "fp32":
+        return "fp32"
+    scale = float(model.meta["loss_scale"])
+    scaled = f", static loss scale {scale:g}" if scale != 1 else ""
+    return (f"{dtype} mixed precision (autocast: {dtype} matrix ops, fp32 softmax/norms/loss, "
+            f"fp32 master weights and optimizer states{scaled})")
+
+
 def train_command(args: Any) -> int:
     """``sim train WORKLOAD --dataset digits --epochs N ...``: train, evaluate, optionally simulate."""
-    from sim.passes import precision, sparsity
+    from sim.passes import sparsity
+    from sim.passes.autocast import autocast
 
     hw_spec = check_train_args(args)
     forward = _load_workload(args)
@@ -95,7 +106,9 @@ def train_command(args: Any) -> int:
     if dtype not in ("fp32", "bf16", "fp16"):
         raise SimError(f"--dtype must be fp32, bf16 or fp16 for training, got {args.dtype!r}",
                        where="--dtype")
-    model = precision.amp(forward, dtype) if dtype != "fp32" else forward
+    # mixed precision as torch.autocast runs it: fp32 master weights and optimizer states,
+    # matrix ops in ``dtype``, softmax/norms/losses in fp32, fp16 with a static loss scale
+    model = autocast(forward, dtype) if dtype != "fp32" else forward
     trainer = Trainer(model, optimizer=args.optimizer, seed=args.seed, lr=args.lr)
     json_mode = bool(getattr(args, "json", None))
 
@@ -107,11 +120,13 @@ def train_command(args: Any) -> int:
 
     print(f"training {forward.name} ({forward.param_count:,} params) on {data.name}: "
           f"{len(data.x_train)} train / {len(data.x_test)} test, batch {trainer.batch}, "
-          f"{args.optimizer} lr {args.lr:g}, {dtype}")
+          f"{args.optimizer} lr {args.lr:g}, {_precision_text(model, dtype)}")
     t0 = time.perf_counter()
     hist = trainer.fit(data.x_train, data.y_train, args.epochs, data.x_test, data.y_test, on_epoch=show)
     report: dict[str, Any] = {
-        "workload": forward.name, "dataset": data.name, "dtype": dtype, "optimizer": args.optimizer,
+        "workload": forward.name, "dataset": data.name, "dtype": dtype,
+        "precision": "fp32" if dtype == "fp32" else "autocast",
+        "loss_scale": float(model.meta.get("loss_scale", 1.0)), "optimizer": args.optimizer,
         "lr": args.lr, "epochs": args.epochs, "batch": trainer.batch, "seed": args.seed,
         "losses": hist.losses, "test_accuracy": hist.epochs[-1].test_accuracy if hist.epochs else None,
         "train_seconds": time.perf_counter() - t0,
