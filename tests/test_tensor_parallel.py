@@ -191,12 +191,12 @@ def test_sequence_parallel_training_step(model):
         np.testing.assert_allclose(got[o], _slice(want[new_of[src]], tp, p), rtol=1e-9, atol=1e-12)
 
 
-def _step_matches(step: Graph, tp: Graph, seed: int, vocab: int) -> None:
+def _step_matches(step: Graph, tp: Graph, seed: int, vocab: int, batch: int = 2) -> None:
     """The tensor-parallel step's loss, every rank's gradients and updated parameters equal the
     single-device step's (the shards' slices of them)."""
     n = len(tp.meta["tp_devices"])
     rng = np.random.default_rng(seed)
-    ids, labels = rng.integers(0, vocab, (2, 8)), rng.integers(0, vocab, (2, 8))
+    ids, labels = rng.integers(0, vocab, (batch, 8)), rng.integers(0, vocab, (batch, 8))
     ids[0, :2], labels[0, :2] = vocab - 1, vocab - 1  # the last rows: on the padded rank
     ref = Executor(step, seed=seed)
     want = ref.run({"input_ids": ids, "labels": labels}, keep=step.meta["grads"].values()).values
@@ -298,3 +298,19 @@ def test_sequence_parallel_collectives_take_the_all_reduce_time(n):
                                                                    rel=1e-9)
     # the norms and residual adds on S/n rows: the step is shorter
     assert seq.makespan_s < plain.makespan_s
+
+
+def test_sequence_parallel_at_batch_one_gathers_each_norm_output_once():
+    """At batch 1 the [1, S/N, d] norm output flattened to [S/N, d] rows could stay sharded,
+    but each projection (q, k, v) flattens it on its own: it is all-gathered whole once, before
+    the flattening, as at batch > 1 and in Megatron-LM (one all-gather per column-parallel
+    group)."""
+    g = retype(sim.load("workloads/gpt2.yaml", batch=1, seq=8, vocab=64, n_ctx=8, d=32, heads=4, n_layer=2),
+               "fp64")
+    step = training_graph(g, "cross_entropy", "sgd", lr=0.1)
+    tp = tensor_parallel(step, names(2), sp=True)
+    fwd = [nd for nd in tp.nodes.values() if nd.meta.get("role") == "collective" and "forward" not in nd.meta]
+    assert [(nd.op, tp.tensors[nd.inputs[0]].shape) for nd in fwd if nd.op != "AllReduce"] == \
+        [("ReduceScatter", (1, 8, 32))] + [("AllGather", (1, 4, 32)), ("ReduceScatter", (1, 8, 32))] * 4 \
+        + [("AllGather", (1, 4, 32))]
+    _step_matches(step, tp, 5, 64, batch=1)
