@@ -110,13 +110,8 @@ def simulate_training(
     grad_item = 4.0 if amp else float(itemsize)
     weight_item = 2.0 if amp else float(itemsize)
     blk, pre, post = model.parts["block"], model.parts["pre"], model.parts["post"]
-    tp_grp = Group(lay.tp, lay.per_node("tp", per_node), 1, 1)
-    hidden_bytes = lay.mbs * model.seq * model.hidden * itemsize
-    emb_ar = collective_time("all_reduce", hidden_bytes, fab, tp_grp).seconds  # vocab-parallel embedding
-    head_ar = collective_time("all_reduce", hidden_bytes, fab, tp_grp).seconds  # LM head input grad
-    ce_ar = (
-        3 * collective_time("all_reduce", lay.mbs * model.seq * 4, fab, tp_grp).seconds
-    )  # max, target, sum
+    # the vocabulary-parallel embedding's, cross-entropy's and LM head's all-reduces are in
+    # pre and post (the engine's records of the rank graph)
     stages: list[StageTimes] = []
     for vs in range(nvs):
         lc = per_vs[vs]
@@ -124,12 +119,12 @@ def simulate_training(
         b = lc * (blk.bwd_s + (blk.fwd_s if recompute else 0.0))
         params_v = lc * blk.params
         if vs == 0:
-            f += pre.fwd_s + emb_ar
+            f += pre.fwd_s
             b += pre.bwd_s
             params_v += pre.params
         if vs == nvs - 1:
-            f += post.fwd_s + ce_ar
-            b += post.bwd_s + head_ar
+            f += post.fwd_s
+            b += post.bwd_s
             params_v += post.params + (pre_vocab_params(model, lay) if nvs > 1 else 0.0)
         stages.append(StageTimes(f, b, params_v * grad_item, params_v * weight_item))
     dev_params = [sum(stages[c * p + s].grad_bytes for c in range(v)) / grad_item for s in range(p)]
