@@ -148,7 +148,7 @@ def _vllm(m: int, tflops: float) -> Ref:
         name=f"linear bf16 M={m} N=12288 K=5376", category="gemm", device="h100", value=tflops,
         unit="TFLOP/s", setting=VLLM_SETTING, source=VLLM_PR,
         quote=f"batch_size {m}  torch-bf16 {tflops} (table 'BF16 vs FP8 GEMMs', N=12288 K=5376)",
-        case={"kind": "gemm", "b": 1, "m": m, "n": 12288, "k": 5376, "dtype": "bf16"})
+        case={"kind": "gemm", "b": 1, "m": m, "n": 12288, "k": 5376, "dtype": "bf16", "transB": True})
 
 
 def _attn(impl: str, d: int, s: int, causal: bool, tflops: float, src: str, row: str) -> Ref:
@@ -313,8 +313,11 @@ def simulate(ref: Ref) -> float:
     if kind == "gemm":
         store = "fp32" if c["dtype"] == "tf32" else c["dtype"]
         b, m, n, k = c["b"], c["m"], c["n"], c["k"]
-        shapes = [((m, k), store), ((k, n), store)] if b == 1 else [((b, m, k), store), ((b, k, n), store)]
-        g = _one_op("MatMul", shapes, {})
+        if c.get("transB"):  # F.linear: x @ W^T with W [n, k] (K-contiguous), ONNX Gemm transB=1
+            g = _one_op("Gemm", [((m, k), store), ((n, k), store)], {"transB": 1})
+        else:
+            lead: tuple[int, ...] = () if b == 1 else (b,)
+            g = _one_op("MatMul", [((*lead, m, k), store), ((*lead, k, n), store)], {})
         dtype = c["dtype"]
     elif kind == "attention":
         q = ((c["b"], c["h"], c["s"], c["d"]), "bf16")

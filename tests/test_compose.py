@@ -13,9 +13,13 @@ from sim.passes.retype import retype
 from sim.passes.training import training_graph
 
 
-def gpt(batch: int) -> Graph:
-    return retype(sim.load("workloads/gpt2.yaml", batch=batch, seq=8, vocab=64, n_ctx=8, d=32, heads=4,
+def gpt(batch: int, vocab: int = 64) -> Graph:
+    return retype(sim.load("workloads/gpt2.yaml", batch=batch, seq=8, vocab=vocab, n_ctx=8, d=32, heads=4,
                            n_layer=2), "fp64")
+
+
+def gpt63(batch: int) -> Graph:  # a vocabulary that tp=2 splits only padded (to 64 rows)
+    return gpt(batch, 63)
 
 
 def llama(batch: int) -> Graph:  # no biases: every gradient is non-zero, so Adam's steps compare
@@ -34,6 +38,10 @@ def _full(par: Graph, name: str, value: np.ndarray, tp: int) -> np.ndarray:
     if name not in par.meta.get("shards", {}):
         return value
     _, axis, i = par.meta["shards"][name]
+    vocab = par.meta["tp_vocab"]
+    if vocab["vocab"] and value.shape[axis] == vocab["vocab"]:  # the vocabulary, padded to tp x rows
+        value = np.pad(value, [(0, vocab["rows"] * tp - vocab["vocab"]) if a == axis else (0, 0)
+                               for a in range(value.ndim)])
     return np.split(value, tp, axis=axis)[i]
 
 
@@ -46,13 +54,15 @@ def _source(par: Graph, name: str) -> str:
 # that rounding noise is compared on the bias-free Llama instead
 @pytest.mark.parametrize("model, tp, pp, dp, m, zero, optimizer", [
     (gpt, 2, 2, 2, 2, 0, "sgd"), (gpt, 2, 2, 2, 2, 1, "momentum"), (llama, 2, 2, 2, 2, 3, "adam"),
+    (gpt63, 2, 2, 2, 2, 1, "momentum"),
     (gpt, 2, 1, 2, 1, 0, "sgd"), (gpt, 1, 2, 2, 2, 3, "momentum"), (gpt, 2, 2, 1, 2, 0, "sgd"),
     (llama, 1, 1, 2, 1, 1, "adam")])
 def test_tp_pp_dp_training_step_equals_one_device(model, tp, pp, dp, m, zero, optimizer):
     mbs, lr = 1, 0.1
     batch = dp * m * mbs
     rng = np.random.default_rng(0)
-    ids, labels = rng.integers(0, 64, (batch, 8)), rng.integers(0, 64, (batch, 8))
+    ids, labels = rng.integers(0, 63, (batch, 8)), rng.integers(0, 63, (batch, 8))
+    ids[0, 0] = labels[-1, -1] = 62  # the last row of the vocabulary (on the last tp rank)
     full = training_graph(model(batch), "cross_entropy", optimizer, lr=lr)
     ref = Executor(full, seed=3)
     want = ref.run({"input_ids": ids, "labels": labels}, keep=full.meta["grads"].values()).values
@@ -66,6 +76,10 @@ def test_tp_pp_dp_training_step_equals_one_device(model, tp, pp, dp, m, zero, op
         assert states and not [p for p in par.params if p.endswith((".m", ".velocity"))]
     if zero == 3:
         assert all(".zero" in p for p in par.params if par.param_info[p].trainable)
+    if tp > 1:  # the embedding table is split by vocabulary rows (Megatron's vocabulary parallelism)
+        table = "wte.weight" if model in (gpt, gpt63) else "embed_tokens.weight"
+        assert {par.meta["shards"][s] for s in par.meta["shards"] if s.startswith(table + ".tp")} == \
+            {(table, 0, i) for i in range(tp)}
     n = tp * pp * dp
     # every node on one of the n devices, with its Megatron rank coordinates
     for nd in par.nodes.values():

@@ -28,6 +28,16 @@ def test_allreduce_all_members(reduction):
         np.testing.assert_allclose(o, want, rtol=1e-12)
 
 
+def test_allreduce_max_is_the_elementwise_maximum_and_has_no_gradient():
+    xs = _xs(4, (3, 5))
+    outs = run_op("AllReduce", xs, {"group": G4, "reduction": "max"})
+    want = np.maximum(np.maximum(xs[0], xs[1]), np.maximum(xs[2], xs[3]))
+    for o in outs:
+        np.testing.assert_array_equal(o, want)
+    with pytest.raises(GraphError, match="no gradient"):
+        check_grad("AllReduce", [xs[0]], {"group": G4, "reduction": "max"})
+
+
 def test_allreduce_one_member_view_is_identity():
     (x,) = _xs(1, (2, 3))
     (y,) = run_op("AllReduce", [x], {"group": G4})
@@ -74,7 +84,7 @@ def test_shapes_and_dtypes():
     ({"group": ["a", "a"]}, 2, "repeats"),
     ({"group": ["a", "b", "c"]}, 2, "1 input"),
     ({"group": ["a", "b"], "algorithm": "tree"}, 2, "algorithm"),
-    ({"group": ["a", "b"], "reduction": "max"}, 2, "reduction"),
+    ({"group": ["a", "b"], "reduction": "prod"}, 2, "reduction"),
 ])
 def test_bad_attributes(attrs, n_in, msg):
     x = np.zeros((4,), np.float32)

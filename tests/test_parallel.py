@@ -455,7 +455,8 @@ def tiny_llama() -> Graph:  # swiglu MLP, grouped-query rotary attention, no bia
 
 
 def _shard_values(tp: Graph, full: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The original parameter values, each shard the ``i``-th slice of ``meta['shards']``."""
+    """The original parameter values, each shard the ``i``-th slice of ``meta['shards']`` (the
+    pass's own constants keep their values)."""
     out = {}
     for name in tp.params:
         if name in tp.meta["shards"]:
@@ -463,7 +464,7 @@ def _shard_values(tp: Graph, full: dict[str, np.ndarray]) -> dict[str, np.ndarra
             n = len(tp.meta["tp_devices"])
             size = full[p].shape[axis] // n
             out[name] = np.take(full[p], range(i * size, (i + 1) * size), axis=axis)
-        else:
+        elif name in full:
             out[name] = full[name]
     return out
 
@@ -483,16 +484,19 @@ def test_tensor_parallel_computes_the_original_outputs(make, n):
 
 
 def test_tensor_parallel_structure_and_flops():
-    n, b, s, d = 4, 2, 8, 32
+    n, b, s, d, v = 4, 2, 8, 32, 64
     g = tiny_gpt2(b, s)
     tp = tensor_parallel(g, names(n))
     ars = [nd for nd in tp.nodes.values() if nd.op == "AllReduce"]
-    # one all-reduce (sum) after each row-parallel linear: 2 per block, 2 blocks
-    assert [nd.meta["layer"] for nd in ars] == ["h.0.attn.o", "h.0.mlp.fc2", "h.1.attn.o", "h.1.mlp.fc2"]
+    # the vocabulary-parallel embedding's all-reduce, then one all-reduce (sum) after each
+    # row-parallel linear: 2 per block, 2 blocks
+    assert [nd.meta["layer"] for nd in ars] == ["wte", "h.0.attn.o", "h.0.mlp.fc2", "h.1.attn.o",
+                                                "h.1.mlp.fc2"]
     for nd in ars:
         assert nd.attrs["group"] == names(n) and nd.attrs["reduction"] == "sum"
         assert [tp.tensors[t].shape for t in nd.inputs] == [(b, s, d)] * n
-    # shards: q/fc1 columns, o/fc2 rows; row biases only on rank 0; embeddings, norms replicated
+    # shards: q/fc1 columns, o/fc2 rows, the (tied) token embedding's rows; row biases only on
+    # rank 0; the position embedding and norms replicated
     assert tp.params["h.0.attn.q.weight.tp3"].shape == (d, d // n)
     assert tp.params["h.0.attn.q.bias.tp3"].shape == (d // n,)
     assert tp.params["h.0.mlp.fc1.weight.tp0"].shape == (d, 4 * d // n)
@@ -500,19 +504,31 @@ def test_tensor_parallel_structure_and_flops():
     assert "h.0.attn.q.weight" not in tp.params and tp.params["h.0.mlp.fc2.bias"].shape == (d,)
     assert tp.nodes["gpu0/h.0.mlp.fc2.gemm"].inputs[2] == "h.0.mlp.fc2.bias"
     assert len(tp.nodes["gpu1/h.0.mlp.fc2.gemm"].inputs) == 2
-    assert {"wte.weight", "wpe.weight", "h.0.norm1.weight", "ln_f.weight"} <= set(tp.params)
+    assert {"wpe.weight", "h.0.norm1.weight", "ln_f.weight"} <= set(tp.params)
+    assert "wte.weight" not in tp.params and tp.params["wte.weight.tp3"].shape == (v // n, d)
     assert tp.nodes["gpu2/h.1.attn.sdpa"].meta == {**g.nodes["h.1.attn.sdpa"].meta, "device": "gpu2",
                                                  "tp": "sharded", "tp_rank": 2, "origin": "h.1.attn.sdpa"}
     assert tp.tensors["gpu2/h.1.attn.sdpa"].shape == (b, 4 // n, s, d // 4)
-    # the split work adds up exactly; the replicated work is done n times; each all-reduce adds
-    # (n - 1) per element of one member's tensor
+    # outside the vocabulary-parallel embedding and LM head (the masked lookups, and the logits'
+    # all-gather), the split work adds up exactly; the replicated work is done n times; each
+    # block all-reduce adds (n - 1) per element of one member's tensor
+    vocab = set(tp.meta["tp_vocab"]["embedding"] + tp.meta["tp_vocab"]["lm_head"])
     replicated = sum(g.work(nd).flops for nd in g.nodes.values()
-                     if tp.nodes[f"gpu0/{nd.name}"].meta["tp"] == "replicated")
+                     if nd.name not in vocab and tp.nodes[f"gpu0/{nd.name}"].meta["tp"] == "replicated")
     assert replicated > 0
-    assert tp.flops == pytest.approx(g.flops + (n - 1) * replicated + len(ars) * (n - 1) * b * s * d,
-                                     rel=1e-12)
+    rest = sum(tp.work(nd).flops for nd in tp.nodes.values()
+               if nd.meta.get("origin") not in vocab and nd.meta.get("layer") != "wte"
+               and nd.op not in ("AllGather",))
+    blocks = sum(g.work(nd).flops for nd in g.nodes.values() if nd.name not in vocab)
+    assert rest == pytest.approx(blocks + (n - 1) * replicated + (len(ars) - 1) * (n - 1) * b * s * d,
+                                 rel=1e-12)
+    # the LM head: 1/n of its GEMM on every rank (hand count 2 b s d V / n)
+    for dev in names(n):
+        head = [nd for nd in tp.nodes.values() if nd.meta["device"] == dev and nd.meta.get("origin") in vocab
+                and nd.op == "Gemm"]
+        assert sum(tp.work(nd).matmul_flops for nd in head) == 2 * b * s * d * v // n
     gemm = sum(g.work(nd).matmul_flops for nd in g.nodes.values()
-               if tp.nodes[f"gpu0/{nd.name}"].meta["tp"] in ("column", "row"))
+               if nd.name not in vocab and tp.nodes[f"gpu0/{nd.name}"].meta["tp"] in ("column", "row"))
     per_dev = sum(tp.work(nd).matmul_flops for nd in tp.nodes.values()
                   if nd.meta.get("device") == "gpu1" and nd.meta.get("tp") in ("column", "row"))
     assert per_dev == pytest.approx(gemm / n, rel=1e-12)
@@ -551,7 +567,7 @@ def test_tensor_parallel_timing_on_dgx_h100(n):
         t = block_gemm_s(r, tp, dev)
         assert base / n <= t * (1 + 1e-9) and t < 2 * base / n
     ars = [o for o in r.ops if o.op == "AllReduce" and o.device == "gpu0"]
-    assert len(ars) == 2  # two per block
+    assert len(ars) == 3  # the vocabulary-parallel embedding's, two per block
     switch = load_hardware("dgx-h100").switch
     chunk = b * s * d * 2 / n  # bf16 activations, S/n per step
     for o in ars:  # each runs alone (the next layer waits for it): the ring formula exactly

@@ -20,15 +20,26 @@ def names(n: int) -> list[str]:
     return [f"gpu{i}" for i in range(n)]
 
 
-def shard_values(tp: Graph, full: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each parameter of ``tp``: the original value, or the ``i``-th slice for a shard."""
+def _split(value: np.ndarray, tp: Graph, name: str) -> np.ndarray:
+    """Shard ``name``'s slice of the full ``value``: the ``i``-th of n on its axis, the vocabulary
+    axis first padded with zeros to n x the rows each rank holds."""
+    _, axis, i = tp.meta["shards"][name]
     n = len(tp.meta["tp_devices"])
+    vocab = tp.meta["tp_vocab"]
+    if vocab["vocab"] and value.shape[axis] == vocab["vocab"]:
+        pad = [(0, vocab["rows"] * n - value.shape[axis]) if a == axis else (0, 0) for a in range(value.ndim)]
+        value = np.pad(value, pad)
+    return np.split(value, n, axis=axis)[i]
+
+
+def shard_values(tp: Graph, full: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each parameter of ``tp`` that comes from the model: the original value, or its slice for
+    a shard (the pass's own constants keep their values)."""
     out = {}
     for name in tp.params:
         if name in tp.meta["shards"]:
-            p, axis, i = tp.meta["shards"][name]
-            out[name] = np.split(full[p], n, axis=axis)[i]
-        else:
+            out[name] = _split(full[tp.meta["shards"][name][0]], tp, name)
+        elif name in full:
             out[name] = full[name]
     return out
 
@@ -47,9 +58,13 @@ def test_onnx_bert_splits_by_pattern_and_computes_the_same():
             assert {f"{p}.{w}.weight", f"{p}.{w}.bias"} <= split
         assert {f"{p}.attention.output.weight", f"{p}.output.weight"} <= split
         assert f"{p}.output.bias" not in split  # a row-parallel bias is added once, after the sum
-    # two all-reduces per layer, nothing gathered
+    # the word embedding is vocabulary-parallel (40 rows: 20 per rank); the position table
+    # (added, not looked up by token ids) stays whole
+    assert "embeddings.word.weight" in split and "embeddings.position.weight" not in split
+    assert tp.meta["tp_vocab"]["rows"] == 20
+    # the embedding's all-reduce, two per layer, nothing gathered
     ops = [nd.op for nd in tp.nodes.values() if nd.meta.get("role") == "collective"]
-    assert ops == ["AllReduce"] * 4
+    assert ops == ["AllReduce"] * 5
     # the matrix-multiply FLOPs of the split GEMMs divide by n on every rank; the reference is
     # the hand count 2*b*s*(4*h*h + 2*h*ffn) per layer for the projections
     b, s, h, ffn = 2, 6, 16, 32
@@ -72,19 +87,19 @@ def tiny_gpt2(layers: int = 2) -> Graph:
 
 
 def _slice(value: np.ndarray, tp: Graph, name: str) -> np.ndarray:
-    if name not in tp.meta["shards"]:
-        return value
-    _, axis, i = tp.meta["shards"][name]
-    return np.split(value, len(tp.meta["tp_devices"]), axis=axis)[i]
+    return _split(value, tp, name) if name in tp.meta["shards"] else value
 
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_training_step_under_tp_equals_the_single_device_step(n):
     step = training_graph(tiny_gpt2(), "cross_entropy", "sgd", lr=0.1)
     tp = tensor_parallel(step, names(n))
-    # Megatron's communication: one all-reduce per block half forward, one backward
+    # Megatron's communication: one all-reduce per block half forward, one backward (8 for two
+    # layers); the vocabulary-parallel embedding's output (1), the cross-entropy's row max, target
+    # logit and sum of exponentials (3), the LM head's input gradient (1)
     ars = [nd for nd in tp.nodes.values() if nd.meta.get("role") == "collective"]
-    assert [nd.op for nd in ars] == ["AllReduce"] * 8
+    assert [nd.op for nd in ars] == ["AllReduce"] * 13
+    assert [nd.attrs["reduction"] for nd in ars].count("max") == 1
     # every node is placed on one tensor-parallel rank
     assert all(nd.meta["device"] in names(n) for nd in tp.nodes.values())
     rng = np.random.default_rng(0)
@@ -147,20 +162,18 @@ def test_sequence_parallel_training_step(model):
     step = training_graph(g, "cross_entropy", "sgd", lr=0.1)
     n = 2
     tp = tensor_parallel(step, names(n), sp=True)
-    from sim.passes.training import forward_node_names
-
-    forward = set(forward_node_names(step))
-    fwd = [nd for nd in tp.nodes.values() if nd.meta.get("role") == "collective"
-           and all(c.meta.get("origin") in forward for c in tp.consumers(nd.outputs[0]))]
-    kinds = [nd.op for nd in fwd]
-    # per block: 2 reduce-scatters (after the row-parallel projections), 2 all-gathers (before
-    # the column-parallel ones, but the first block reads the replicated embeddings); GPT-2's
-    # LM head (a Gemm on [batch*seq, d]) gathers the final norm's output, Llama's (a MatMul on
-    # [batch, seq, d]) runs on the sequence shard and the loss gathers the logits
-    gathers = 4 if model == "gpt2" else 3
-    assert kinds.count("ReduceScatter") == 4 and kinds.count("AllGather") == gathers
-    assert "AllReduce" not in kinds
-    assert all(nd.attrs["axis"] == 1 for nd in fwd)
+    # the forward collectives (no "forward" meta): the vocabulary-parallel embedding's output
+    # reduce-scattered along the sequence; per block an all-gather before the column-parallel
+    # projections and a reduce-scatter after the row-parallel one, twice; an all-gather of the
+    # final norm's output before the LM head; the cross-entropy's three all-reduces of one
+    # value per row (max, target logit, sum of exponentials)
+    fwd = [nd for nd in tp.nodes.values() if nd.meta.get("role") == "collective" and "forward" not in nd.meta]
+    seq = [(nd.op, nd.attrs["axis"], tp.tensors[nd.inputs[0]].shape) for nd in fwd if nd.op != "AllReduce"]
+    assert seq == [("ReduceScatter", 1, (2, 8, 32))] + [("AllGather", 1, (2, 4, 32)),
+                                                         ("ReduceScatter", 1, (2, 8, 32))] * 4 \
+        + [("AllGather", 1, (2, 4, 32))]
+    assert [(nd.attrs["reduction"], tp.tensors[nd.inputs[0]].shape) for nd in fwd if nd.op == "AllReduce"] \
+        == [("max", (16, 1)), ("sum", (16, 1)), ("sum", (16, 1))]
     # the norms between blocks run on half the sequence
     norm = next(nd for nd in tp.nodes.values() if nd.op in ("LayerNormalization", "RMSNormalization")
                 and nd.meta.get("origin", "").endswith("norm2") and nd.meta["tp_rank"] == 1)
@@ -176,3 +189,76 @@ def test_sequence_parallel_training_step(model):
     for o, p in tp.meta["updates"].items():
         src = tp.meta["shards"][p][0] if p in tp.meta["shards"] else p
         np.testing.assert_allclose(got[o], _slice(want[new_of[src]], tp, p), rtol=1e-9, atol=1e-12)
+
+
+def _step_matches(step: Graph, tp: Graph, seed: int, vocab: int) -> None:
+    """The tensor-parallel step's loss, every rank's gradients and updated parameters equal the
+    single-device step's (the shards' slices of them)."""
+    n = len(tp.meta["tp_devices"])
+    rng = np.random.default_rng(seed)
+    ids, labels = rng.integers(0, vocab, (2, 8)), rng.integers(0, vocab, (2, 8))
+    ids[0, :2], labels[0, :2] = vocab - 1, vocab - 1  # the last rows: on the padded rank
+    ref = Executor(step, seed=seed)
+    want = ref.run({"input_ids": ids, "labels": labels}, keep=step.meta["grads"].values()).values
+    feeds = {f"{d}/{k}": v for d in names(n) for k, v in (("input_ids", ids), ("labels", labels))}
+    got = Executor(tp, params=shard_values(tp, ref.params)).run(
+        feeds, keep=[t for _, t, _ in tp.meta["rank_grads"]]).values
+    np.testing.assert_allclose(got[tp.meta["loss"]], want[step.meta["loss"]], rtol=1e-12)
+    for p, t, _ in tp.meta["rank_grads"]:
+        src = tp.meta["shards"][p][0] if p in tp.meta["shards"] else p
+        np.testing.assert_allclose(got[t], _slice(want[step.meta["grads"][src]], tp, p), rtol=1e-9,
+                                   atol=1e-12)
+    new_of = {p: o for o, p in step.meta["updates"].items()}
+    for o, p in tp.meta["updates"].items():
+        src = tp.meta["shards"][p][0] if p in tp.meta["shards"] else p
+        np.testing.assert_allclose(got[o], _slice(want[new_of[src]], tp, p), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("model, vocab, n", [("gpt2", 64, 2), ("gpt2", 63, 2), ("gpt2", 61, 4),
+                                             ("llama", 61, 2)])
+def test_vocab_parallel_embedding_lm_head_and_cross_entropy(model, vocab, n):
+    """The embedding table and the LM head split by vocabulary rows (tied for GPT-2, separate
+    for Llama), padded when V does not divide; the step computes the single device's."""
+    if model == "gpt2":
+        g = retype(sim.load("workloads/gpt2.yaml", batch=2, seq=8, vocab=vocab, n_ctx=8, d=32, heads=4,
+                            n_layer=1), "fp64")
+        tables = {"wte.weight"}
+    else:
+        g = retype(sim.load("workloads/llama2-7b.yaml", batch=2, seq=8, vocab=vocab, d=32, heads=4,
+                            kv_heads=2, n_layer=1, ffn=48), "fp64")
+        tables = {"embed_tokens.weight", "lm_head.weight"}
+    step = training_graph(g, "cross_entropy", "adam" if model == "llama" else "sgd", lr=0.01)
+    tp = tensor_parallel(step, names(n))
+    rows = -(-vocab // n)  # V padded up to a multiple of n, over n
+    assert tp.meta["tp_vocab"]["rows"] == rows
+    d, tokens = 32, 2 * 8
+    for k, dev in enumerate(names(n)):
+        # parameter bytes: each table's shard holds rows x d float64 (1/n of the padded table)
+        shard = [s for s, (p, axis, i) in tp.meta["shards"].items() if p in tables and i == k]
+        assert sorted(tp.meta["shards"][s][0] for s in shard) == sorted(tables)
+        assert all(tp.params[s].nbytes == rows * d * 8 for s in shard)
+        # the LM head's GEMMs (forward, input and weight gradients): 3 x 2 x tokens x d x rows
+        head = [nd for nd in tp.nodes.values() if nd.meta["device"] == dev and nd.op in ("Gemm", "MatMul")
+                and (nd.meta.get("origin") in tp.meta["tp_vocab"]["lm_head"]
+                     or str(nd.meta.get("forward", "")).split("/")[-1] in tp.meta["tp_vocab"]["lm_head"])]
+        assert len(head) == 3
+        assert sum(tp.work(nd).matmul_flops for nd in head) == 3 * 2 * tokens * d * rows
+        # the embedding's gradient: a scatter-add of every token's d-vector (masked to zero on
+        # the ranks that do not own its row) into the rank's rows
+        (scatter,) = [nd for nd in tp.nodes.values() if nd.meta["device"] == dev and nd.op == "GatherGrad"]
+        assert tp.work(scatter).flops == tokens * d and tp.tensors[scatter.outputs[0]].shape == (rows, d)
+    _step_matches(step, tp, 3, vocab)
+
+
+def test_vocab_parallel_forward_gathers_the_unpadded_logits():
+    g = retype(sim.load("workloads/gpt2.yaml", batch=2, seq=8, vocab=61, n_ctx=8, d=32, heads=4, n_layer=1),
+               "fp64")
+    tp = tensor_parallel(g, names(4))
+    ids = np.random.default_rng(0).integers(0, 61, (2, 8))
+    ref = Executor(g, seed=0)
+    want = ref.run({"input_ids": ids}).values[g.outputs[0]]
+    got = Executor(tp, params=shard_values(tp, ref.params)).run({f"{d}/input_ids": ids for d in names(4)})
+    assert len(tp.outputs) == 4
+    for o in tp.outputs:
+        assert tp.tensors[o].shape == (2, 8, 61)
+        np.testing.assert_allclose(got.values[o], want, rtol=1e-12)

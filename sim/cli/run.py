@@ -28,9 +28,10 @@ def build(opts: RunOptions) -> tuple[Any, Any]:
 
     def prepare(graph: Any) -> Any:
         if opts.amp and opts.train:
-            from sim.passes.precision import amp
+            from sim.passes.autocast import autocast
 
-            graph = amp(graph, (opts.dtype or "bf16").lower())  # fp32 master weights
+            # mixed precision as torch.autocast runs it: its op lists, fp32 master weights
+            graph = autocast(graph, (opts.dtype or "bf16").lower())
         if opts.train:
             graph = sim.training_graph(graph, loss=opts.loss or "cross_entropy",
                                        optimizer=opts.optimizer or "adam",
@@ -211,7 +212,8 @@ def run_command(args: argparse.Namespace) -> int:
                       oom="ignore" if opts.ignore_oom else "stop")
     say(result.summary(top=opts.top))
     if opts.train and opts.dtype:
-        print(f"  precision: {opts.dtype} mixed (fp32 master weights and optimizer states, --amp)" if mixed
+        print(f"  precision: {opts.dtype} mixed as torch.autocast runs it (matrix ops {opts.dtype}, "
+              "softmax/norms/loss fp32, fp32 master weights and optimizer states, --amp)" if mixed
               else f"  precision: the whole step cast to {opts.dtype}, weights and optimizer states included "
                    "(--amp for mixed precision)")
     if result.meta.get("oom"):

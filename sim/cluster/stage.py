@@ -7,7 +7,12 @@ cluster's node, and every stage's time and memory are built from its parts:
 * ``pre``: the embedding (vocab-parallel: the rank's ``V/t`` rows, then an all-reduce);
 * ``block``: one transformer layer (Megatron TP: attention split by heads, MLP column- then
   row-parallel, the all-reduces after each row-parallel linear, in the engine);
-* ``post``: the final norm, the vocab-parallel LM head (``V/t`` columns) and the loss.
+* ``post``: the final norm, the vocab-parallel LM head (``V/t`` columns), the vocab-parallel
+  cross-entropy (its three all-reduces of one value per token) and, in the backward pass,
+  the all-reduce of the LM head's input gradient.
+
+``V`` is the vocabulary padded as Megatron-LM pads it (``layout.padded_vocab``); all of these
+collectives are nodes of the rank's graph (``sim.passes.tensor_parallel``), timed by the engine.
 
 Each part's time per microbatch is the sum of the engine's records of its nodes (forward:
 the forward nodes; backward: the gradient nodes; a one-member TP collective counts on the
@@ -95,8 +100,8 @@ def rank_graph(train: Graph, tp: int, devices: list[str] | None = None) -> Graph
     Built with ``sim.passes.tensor_parallel.tensor_parallel`` on the training step over ``tp``
     ranks (column/row-parallel projections, two forward and two backward all-reduces per
     block), keeping rank 0's nodes and its side of each all-reduce (the one-member form, which
-    the engine times over the whole group's links). The embedding and LM head are taken
-    vocab-parallel by building the workload with ``vocab / tp`` (see ``stage_model``).
+    the engine times over the whole group's links). The embedding, LM head and cross-entropy
+    are vocabulary-parallel there: rank 0 holds the table's first ``V/tp`` rows.
     """
     if tp == 1:
         return train
@@ -267,7 +272,7 @@ def stage_model(
         )
     one = {**params, "batch": mbs, "n_layer": 1}
     if vocab:
-        one["vocab"] = vocab // tp  # vocab-parallel embedding and LM head: this rank's V/t rows
+        one["vocab"] = vocab  # padded: rank_graph splits it into V/t rows per rank
     from sim.hw.spec import attention_kernel
 
     fwd = load(workload, target_attention=attention_kernel(hw), **one)

@@ -20,7 +20,7 @@ from sim.cluster.report import ClusterResult
 from sim.cluster.schedule import Comm, StageTimes, simulate_schedule
 from sim.cluster.stage import StageModel, stage_model, workload_params
 from sim.errors import SimError
-from sim.hw.spec import ClusterSpec, DeviceSpec, SystemSpec
+from sim.hw.spec import ClusterSpec, DeviceSpec, SystemSpec, accelerator
 
 
 def as_cluster(hw: Any) -> ClusterSpec | SystemSpec:
@@ -36,16 +36,12 @@ def as_cluster(hw: Any) -> ClusterSpec | SystemSpec:
     return hw
 
 
-def _gpus(hw: ClusterSpec | SystemSpec) -> tuple[int, int]:
+def gpu_counts(hw: ClusterSpec | SystemSpec) -> tuple[int, int]:
     """(accelerators in all, per node)."""
     if isinstance(hw, ClusterSpec):
         return hw.accelerator_count, hw.per_node
     n = len(hw.accelerators)
     return n, n
-
-
-def _device(hw: ClusterSpec | SystemSpec) -> DeviceSpec:
-    return hw.device if isinstance(hw, ClusterSpec) else hw.devices[hw.accelerators[0]]
 
 
 def _int_param(params: dict[str, Any], key: str) -> int:
@@ -62,7 +58,7 @@ def check_training(
     params = {**workload_params(workload), **(sets or {})}
     check_layout(
         lay,
-        gpus=_gpus(cl)[0],
+        gpus=gpu_counts(cl)[0],
         layers=_int_param(params, "n_layer") or 1,
         heads=_int_param(params, "heads") or 1,
         batch=batch,
@@ -100,7 +96,7 @@ def simulate_training(
     t_wall = time.perf_counter()
     lay, params = check_training(workload, hw, layout, batch, sets)
     cl = as_cluster(hw)
-    gpus, per_node = _gpus(cl)
+    gpus, per_node = gpu_counts(cl)
     fab = Fabric.of(cl)
     m = lay.microbatches(batch)
     model = stage_model(
@@ -114,13 +110,8 @@ def simulate_training(
     grad_item = 4.0 if amp else float(itemsize)
     weight_item = 2.0 if amp else float(itemsize)
     blk, pre, post = model.parts["block"], model.parts["pre"], model.parts["post"]
-    tp_grp = Group(lay.tp, lay.per_node("tp", per_node), 1, 1)
-    hidden_bytes = lay.mbs * model.seq * model.hidden * itemsize
-    emb_ar = collective_time("all_reduce", hidden_bytes, fab, tp_grp).seconds  # vocab-parallel embedding
-    head_ar = collective_time("all_reduce", hidden_bytes, fab, tp_grp).seconds  # LM head input grad
-    ce_ar = (
-        3 * collective_time("all_reduce", lay.mbs * model.seq * 4, fab, tp_grp).seconds
-    )  # max, target, sum
+    # the vocabulary-parallel embedding's, cross-entropy's and LM head's all-reduces are in
+    # pre and post (the engine's records of the rank graph)
     stages: list[StageTimes] = []
     for vs in range(nvs):
         lc = per_vs[vs]
@@ -128,12 +119,12 @@ def simulate_training(
         b = lc * (blk.bwd_s + (blk.fwd_s if recompute else 0.0))
         params_v = lc * blk.params
         if vs == 0:
-            f += pre.fwd_s + emb_ar
+            f += pre.fwd_s
             b += pre.bwd_s
             params_v += pre.params
         if vs == nvs - 1:
-            f += post.fwd_s + ce_ar
-            b += post.bwd_s + head_ar
+            f += post.fwd_s
+            b += post.bwd_s
             params_v += post.params + (pre_vocab_params(model, lay) if nvs > 1 else 0.0)
         stages.append(StageTimes(f, b, params_v * grad_item, params_v * weight_item))
     dev_params = [sum(stages[c * p + s].grad_bytes for c in range(v)) / grad_item for s in range(p)]
@@ -167,7 +158,7 @@ def simulate_training(
     finally:
         if bar is not None:
             bar.close()
-    mems = _memory(lay, model, m, optimizer, amp, recompute, stages, dev_params, grad_item, _device(cl))
+    mems = _memory(lay, model, m, optimizer, amp, recompute, stages, dev_params, grad_item, accelerator(cl))
     if check_memory:
         check_fits(mems)
     result = ClusterResult(
@@ -191,7 +182,7 @@ def simulate_training(
         schedule=sched,
         memory=mems,
         stages=stages,
-        peak_flops=_peak(_device(cl), dtype),
+        peak_flops=_peak(accelerator(cl), dtype),
         model=model,
         tp_comm_s=_tp_comm(model, max(per_vs), recompute, m),
     )

@@ -32,6 +32,17 @@ by exactly that stream. This is why M = 1..128 bf16 layers stream their weights 
 TB/s and an fp32 one at ~2.7 TB/s while a copy reaches 3.0 (h100_kernels.jsonl). Wider GEMMs
 keep whole pipeline stages of tiles in flight; their HBM traffic is the op's memory term.
 
+The in-flight limit belongs to the layout those kernels were measured on: ``a @ b`` with B
+``[K, N]``, N-contiguous (cuBLAS "NN"). There a skinny kernel's threads each own output
+columns and walk down K, one narrow load per thread per k (a GEMV "N" kernel is an axpy over
+the columns of B), so few bytes are in flight per SM. With B K-contiguous (``x @ W^T``:
+``F.linear``, Gemm ``transB=1``, ``GemmShape.b_kmajor``) every output is a dot product over
+one contiguous weight row: a warp reads the row with 16-byte vector loads, as a copy kernel
+reads its source, and the stream reaches the copy's rate (HBM peak x the efficiency fitted
+on copies: the op's memory term) with no further limit. No "TN" kernel is in the calibration
+files, so this half of the model is checked only against published ``F.linear`` timings
+(docs/validation.md).
+
 **Row-wise kernels** (softmax, layer/RMS norm; ``Work.rows``): one warp or thread block per row
 holds a row of up to ``rowwise.onchip_row_bytes`` on chip, so such a row crosses HBM once each
 way whatever the op's re-reads (a longer row is re-read from HBM as the op's Work says); the
@@ -43,9 +54,16 @@ several rows per block, one warp each), plus ``rowwise.round_trips`` dependent H
 
 **Attention**: the GEMMs of a fused attention op run at ``kernel_efficiency`` of the kernel
 named by ``arch.attention_kernel`` (which one PyTorch's SDPA dispatches on that GPU:
-FlashAttention-2 on Ampere, cuDNN on Hopper with PyTorch >= 2.5). The softmax is timed after
-the GEMMs, not under them: Hopper kernels (FA3, cuDNN) overlap the two partly, and the two
-measured causal SDPA kernels do not pin down how much (docs/validation.md).
+FlashAttention-2 on Ampere, cuDNN on Hopper with PyTorch >= 2.5). Its softmax (exponentials on
+the SFUs, max/sum/scale on the FP32 pipes) and its GEMMs (tensor cores) use different units.
+A kernel that issues them from one warp in sequence (FlashAttention-2: each warp waits for its
+``mma.sync`` results before the softmax that needs them) pays for both one after the other.
+Hopper's warp-specialised kernels hide the shorter behind the longer: FlashAttention-3
+(Shah et al., arXiv:2407.08608, section 3.1) "ping-pongs" two warpgroups, so one warpgroup's
+softmax runs while the other's asynchronous ``wgmma`` GEMMs run, and pipelines the softmax of
+one block under the GEMMs of the next within a warpgroup (section 3.2). ``softmax_overlap``
+(``arch.softmax_overlap[kernel]``, 0..1) is the fraction of the shorter part hidden:
+``mm + vec - overlap x min(mm, vec)``.
 """
 
 from __future__ import annotations
@@ -82,6 +100,8 @@ class GemmModel:
 
     Rates in FLOP/s, bandwidths in B/s, times in s. ``smem_Bps`` 0: no shared-memory bound;
     ``simt``: the CUDA-core micro-tile operand pattern; ``k_align`` elements a K run is padded to.
+    ``stream_s_per_byte`` is a skinny kernel's operand stream with B N-contiguous,
+    ``kmajor_s_per_byte`` with B K-contiguous (``GemmShape.b_kmajor``).
     """
 
     rate_per_sm: float
@@ -100,6 +120,7 @@ class GemmModel:
     k_align: int = 1
     skinny_max: int = 0
     gemv_max: int = GEMV_MAX
+    kmajor_s_per_byte: float = 0.0
 
 
 def padded_k(g: GemmShape, align: int) -> int:
@@ -133,8 +154,8 @@ def gemm_time(g: GemmShape, gm: GemmModel) -> float:
     stream_s = 0.0
     if min(g.m, g.n) <= gm.skinny_max:
         b_bytes = g.b_bytes or gm.elem_bytes  # a weight-only quantised B streams narrower
-        stream_s = ((g.m * k + g.m * g.n) * gm.elem_bytes + k * g.n * b_bytes) * g.batch \
-            * gm.stream_s_per_byte
+        per_byte = gm.kmajor_s_per_byte if g.b_kmajor else gm.stream_s_per_byte
+        stream_s = ((g.m * k + g.m * g.n) * gm.elem_bytes + k * g.n * b_bytes) * g.batch * per_byte
     best = math.inf
     if gm.gemv_rate > 0 and min(g.m, g.n) <= gm.gemv_max:
         best = max(g.flops / gm.gemv_rate, stream_s)
@@ -164,6 +185,63 @@ def stream_s_per_byte(device: DeviceSpec, arch: GpuArch, elem_bytes: int, dtype:
     if inflight > 0 and main.latency_s > 0:
         per_byte += main.latency_s / (arch.sms * inflight * elem_bytes)
     return per_byte
+
+
+def kmajor_s_per_byte(device: DeviceSpec) -> float:
+    """Seconds per byte of a skinny kernel's stream over a K-contiguous B: a copy's (the HBM
+    peak x its fitted efficiency), with no in-flight limit of its own (module docstring)."""
+    bw = device.main_memory.achievable_Bps
+    return 1.0 / bw if bw > 0 else 0.0
+
+
+def softmax_overlap(arch: GpuArch) -> float:
+    """Fraction (0..1) of the shorter of a fused attention kernel's GEMMs and softmax that the
+    kernel named by ``arch.attention_kernel`` hides under the other (0 when the spec says none)."""
+    name = arch.attention_kernel or "attention"
+    return float(arch.softmax_overlap.get(name, arch.softmax_overlap.get("attention", 0.0)))
+
+
+def overlapped(mm_s: float, vec_s: float, overlap: float) -> float:
+    """Seconds of GEMMs and softmax on separate units with ``overlap`` of the shorter hidden.
+
+    >>> overlapped(3.0, 1.0, 0.0), overlapped(3.0, 1.0, 1.0), overlapped(1.0, 3.0, 0.5)
+    (4.0, 3.0, 3.5)
+    """
+    return mm_s + vec_s - min(max(overlap, 0.0), 1.0) * min(mm_s, vec_s)
+
+
+KEY_BLOCK = 128  # keys per inner-loop step of a fused attention kernel (FA3 on Hopper: 128-176)
+
+
+def key_blocks_per_row(work: Work) -> float:
+    """Mean inner-loop steps (key blocks of ``KEY_BLOCK``) of one query row of a fused attention
+    op: attended pairs / query rows. The pairs are the score GEMMs' m x n (the GEMM whose n,
+    the keys, is at least its k, the head size); every pair takes one exponential (two with a
+    softcap) and every row one reciprocal (``sim.ops.attention``), which gives the rows."""
+    pairs = sum(g.m * g.n * g.batch for g in work.gemms if g.kernel == "attention" and g.n >= g.k)
+    if pairs <= 0:
+        return 1.0
+    # rows <= pairs (a row attends at least one key): over 2 per pair only with a softcap
+    per_pair = 2.0 if work.transcendentals > 2.0 * pairs else 1.0
+    rows = work.transcendentals - per_pair * pairs
+    if rows <= 0:
+        return 1.0
+    return max(1.0, pairs / rows / KEY_BLOCK)
+
+
+def matrix_and_vector_s(work: Work, device: DeviceSpec, mm_s: float, vec_s: float) -> float:
+    """Compute seconds of an op's matrix part ``mm_s`` and vector part ``vec_s`` on a GPU: in
+    sequence, except in a fused attention kernel that overlaps its softmax with its GEMMs.
+
+    The overlap is a pipeline over each query block's key blocks: the softmax of one block runs
+    under the GEMMs of the next, so the last block's softmax of every query block has nothing
+    left to hide under. Of ``n`` key blocks, ``(n - 1) / n`` of the softmax can be hidden:
+    ``softmax_overlap x (1 - 1 / n)`` (all at S = 8k, 3/4 with four key blocks)."""
+    arch = device.arch
+    if isinstance(arch, GpuArch) and any(g.kernel == "attention" for g in work.gemms):
+        fill = 1.0 / key_blocks_per_row(work)
+        return overlapped(mm_s, vec_s, softmax_overlap(arch) * (1.0 - fill))
+    return mm_s + vec_s
 
 
 def attention_efficiency(arch: GpuArch) -> float:
@@ -211,6 +289,7 @@ def gemm_model(device: DeviceSpec, arch: GpuArch, unit: ComputeUnit, rate: float
         k_align=max(1, (arch.k_align_bytes or 0) // elem_bytes) if unit.matrix else 1,
         skinny_max=arch.skinny_max or 0,
         gemv_max=int(arch.gemv_max.get(unit.name, GEMV_MAX)),
+        kmajor_s_per_byte=0.0 if attention or kernel == "conv" else kmajor_s_per_byte(device),
     )
 
 

@@ -82,6 +82,10 @@ class GpuArch(Arch):
         "flash3, cudnn, mem_efficient): its kernel_efficiency rates attention GEMMs; materialized: "
         "the scores are written out (math path, Megatron-LM before flash attention) and workloads "
         "with attention: auto build the unfused core")
+    softmax_overlap: dict[str, float] = arch_field(
+        {}, "kernels", "{attention kernel: fraction} of the shorter of a fused attention kernel's "
+        "GEMMs and softmax hidden under the other (warp-specialised Hopper kernels: FA3, cuDNN); "
+        "absent: 0, the two in sequence")
     tile_overhead: dict[str, float] = arch_field(
         {}, "number_map", "{dtype or unit: cycles} per GEMM output tile outside the main loop "
         "(pipeline fill, epilogue); absent: 0")

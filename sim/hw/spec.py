@@ -202,13 +202,17 @@ class ClusterSpec:
         return self.node.devices[self.node.accelerators[0]]
 
 
-def attention_kernel(hw: Any) -> str | None:
-    """The attention kernel (``arch.attention_kernel``) of ``hw``'s accelerators: a cluster's
-    device, a system's first accelerator, or a device spec's own (None when it names none)."""
+def accelerator(hw: Any) -> Any:
+    """The accelerator spec of ``hw``: a cluster's device, a system's first accelerator, or a
+    device spec itself (None for a system without accelerators)."""
     if isinstance(hw, ClusterSpec):
-        dev: Any = hw.device
-    elif isinstance(hw, SystemSpec):
-        dev = hw.devices[hw.accelerators[0]] if hw.accelerators else None
-    else:
-        dev = hw
-    return getattr(getattr(dev, "arch", None), "attention_kernel", None)
+        return hw.device
+    if isinstance(hw, SystemSpec):
+        return hw.devices[hw.accelerators[0]] if hw.accelerators else None
+    return hw
+
+
+def attention_kernel(hw: Any) -> str | None:
+    """The attention kernel (``arch.attention_kernel``) of ``hw``'s accelerators (None when it
+    names none)."""
+    return getattr(getattr(accelerator(hw), "arch", None), "attention_kernel", None)

@@ -314,6 +314,11 @@ def describe_cluster(spec: ClusterSpec) -> str:
     desc = f" ({spec.description})" if spec.description else ""
     lines = [f"{spec.name}: cluster of {spec.nodes} nodes x {spec.per_node} {spec.device.name} = "
              f"{spec.accelerator_count} accelerators{desc}"]
+    kernel = getattr(spec.device.arch, "attention_kernel", None)
+    if kernel:
+        lines.append(f"  attention kernel: {kernel}" + (
+            " (scores materialised; workloads with attention: auto build the unfused core)"
+            if kernel == "materialized" else ""))
     if node.switch is not None:
         lines.append(f"  in a node ({node.name}): {node.switch.name} switch, "
                      f"{fq(node.switch.bandwidth_Bps, 'bandwidth')} per GPU per direction "

@@ -5,7 +5,9 @@ Attributes shared by all three:
 * ``group``: the device instance names taking part (``["gpu0", "gpu1", ...]``), in ring
   order; required, non-empty, no repeats.
 * ``algorithm``: ``"ring"`` (the only one; the default).
-* ``reduction`` (AllReduce, ReduceScatter): ``"sum"`` (default) or ``"mean"``.
+* ``reduction`` (AllReduce, ReduceScatter): ``"sum"`` (default), ``"mean"`` or ``"max"``
+  (NCCL's ``ncclMax``: the elementwise maximum, as vocabulary-parallel cross-entropy takes
+  the row maximum of the logits; it has no gradient).
 * ``axis`` (AllGather, ReduceScatter): the axis that is gathered or scattered (default 0).
 
 A node takes one of two forms:
@@ -34,7 +36,7 @@ rows, taken in place) and accepts any length, its chunks then being ``np.array_s
 nearly equal parts. Its gradient is the AllToAll of the output gradients (a permutation's
 transpose is its inverse, and AllToAll is its own inverse).
 
-Work (for the whole node): FLOPs are the reduction's adds, ``(n - 1)`` per element of one
+Work (for the whole node): FLOPs are the reduction's adds (compares for max), ``(n - 1)`` per element of one
 member's tensor for AllReduce and ReduceScatter (plus one divide per result element for
 ``mean``); the one-member form counts its member's share, ``1/n`` of that. AllGather does no
 arithmetic. Bytes are the local reads and writes: each input read once, each output written
@@ -62,7 +64,7 @@ from sim.tensor import TensorSpec
 
 COLLECTIVES = ("AllReduce", "AllGather", "ReduceScatter", "AllToAll")
 ALGORITHMS = ("ring",)
-REDUCTIONS = ("sum", "mean")
+REDUCTIONS = ("sum", "mean", "max")
 
 
 def group_of(attrs: dict[str, Any]) -> list[str]:
@@ -127,13 +129,24 @@ def _allreduce_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs:
 
 
 def _allreduce_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
-    n = len(group_of(attrs))
     if len(inputs) == 1:
         return [np.array(inputs[0], copy=True)]
-    total = np.sum(np.stack([np.asarray(x) for x in inputs]), axis=0)
-    if attrs.get("reduction", "sum") == "mean":
-        total = total / n
+    total = _combine([np.asarray(x) for x in inputs], attrs)
     return [np.array(total, copy=True) for _ in inputs]
+
+
+def _combine(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    """The reduction of the members' tensors (sum, mean or elementwise max)."""
+    red = attrs.get("reduction", "sum")
+    if red == "max":
+        return np.max(np.stack(xs), axis=0)
+    total = np.sum(np.stack(xs), axis=0)
+    return total / len(xs) if red == "mean" else total
+
+
+def _no_max(node: Any) -> None:
+    if node.attrs.get("reduction", "sum") == "max":
+        raise GraphError(f"{node.op} with reduction='max' has no gradient")
 
 
 def _zeros_for(gb: Any, node: Any, dys: list[str | None]) -> list[str]:
@@ -153,6 +166,7 @@ def _attrs(node: Any, **extra: Any) -> dict[str, Any]:
 
 
 def _allreduce_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    _no_max(node)
     dys_ = _zeros_for(gb, node, dys)
     red = node.attrs.get("reduction", "sum")
     res = gb.op("AllReduce", dys_, n_out=len(dys_), **_attrs(node, reduction=red))
@@ -161,7 +175,7 @@ def _allreduce_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | Non
 
 defop("AllReduce", infer=_allreduce_infer, work=_allreduce_work, kernel=_allreduce_kernel,
       grad=_allreduce_grad,
-      doc="Every member gets the sum (or mean) of all members' tensors (ring algorithm).")
+      doc="Every member gets the sum (mean, max) of all members' tensors (ring algorithm).")
 
 
 # ---------------------------------------------------------------------------- AllGather
@@ -222,13 +236,11 @@ def _reducescatter_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.n
     ax = norm_axis(int(attrs.get("axis", 0)), xs[0].ndim)
     if len(xs) == 1:
         return [np.array(np.split(xs[0], n, axis=ax)[0], copy=True)]
-    total = np.sum(np.stack(xs), axis=0)
-    if attrs.get("reduction", "sum") == "mean":
-        total = total / n
-    return [np.array(p, copy=True) for p in np.split(total, n, axis=ax)]
+    return [np.array(p, copy=True) for p in np.split(_combine(xs, attrs), n, axis=ax)]
 
 
 def _reducescatter_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
+    _no_max(node)
     dys_ = _zeros_for(gb, node, dys)
     n = len(node.attrs["group"])
     res = gb.op("AllGather", dys_, n_out=len(dys_), **_attrs(node, axis=int(node.attrs.get("axis", 0))))

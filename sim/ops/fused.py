@@ -11,6 +11,7 @@ intermediate to its storage dtype as the unfused graph would.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -50,30 +51,58 @@ def _fused_infer(in_specs: list[TensorSpec | None], attrs: dict[str, Any]) -> li
 def _fused_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
     specs = _sub_specs(ins, attrs)
     total = Work()
+    swapped = _last2_transposed(_sub_nodes(attrs), specs)
     for sub in _sub_nodes(attrs):
         opdef = get_op(sub["op"])
         w = opdef.work([specs[t] if t else None for t in sub["inputs"]],
                        [specs[t] for t in sub["outputs"] if t], sub["attrs"])
-        total = total + Work(w.flops, w.matmul_flops, w.transcendentals, gemms=w.gemms)
+        gemms = w.gemms
+        if sub["op"] in ("MatMul", "Gemm") and len(sub["inputs"]) > 1 and sub["inputs"][1] in swapped:
+            # B read through the strides of a transpose of its last two axes: the layout flips
+            gemms = tuple(replace(g, b_kmajor=not g.b_kmajor) for g in gemms)
+        total = total + Work(w.flops, w.matmul_flops, w.transcendentals, gemms=gemms)
     shared = set(attrs.get("shared_inputs", ()))
     read = sum(s.nbytes for i, s in enumerate(ins) if s is not None and i not in shared)
     total = Work(total.flops, total.matmul_flops, total.transcendentals, gemms=_concat_gemms(total.gemms))
     return total + Work(bytes_read=read, bytes_written=sum(o.nbytes for o in outs))
 
 
+def _last2_transposed(nodes: list[dict[str, Any]], specs: dict[str, TensorSpec]) -> set[str]:
+    """Outputs of the group's Transposes that swap the last two axes and keep the others
+    (no ``perm``: all axes reversed, which is that swap for a matrix).
+
+    >>> sorted(_last2_transposed([{"op": "Transpose", "outputs": ["wt"], "attrs": {"perm": [1, 0]}},
+    ...                           {"op": "Transpose", "outputs": ["u"], "attrs": {"perm": [1, 0, 2]}}], {}))
+    ['wt']
+    """
+    out = set()
+    for sub in nodes:
+        if sub["op"] != "Transpose":
+            continue
+        perm = list(sub["attrs"].get("perm", ()))
+        if not perm and sub["outputs"][0] in specs:
+            perm = list(range(specs[sub["outputs"][0]].rank))[::-1]
+        r = len(perm)
+        if r >= 2 and perm == [*range(r - 2), r - 1, r - 2]:
+            out.add(sub["outputs"][0])
+    return out
+
+
 def _concat_gemms(gemms: tuple[GemmShape, ...]) -> tuple[GemmShape, ...]:
-    """GEMMs of one group with the same (m, k, batch, kernel, k_runs, b_bytes) as one GEMM of summed n: in
+    """GEMMs of one group with the same (m, k, batch, kernel, k_runs, b_bytes, b_kmajor) as one GEMM
+    of summed n: in
     a fused group they come from sibling projections of one activation (weights concatenated).
 
     >>> merged = _concat_gemms((GemmShape(8, 4, 16), GemmShape(8, 6, 16), GemmShape(2, 2, 2)))
     >>> [(g.m, g.n, g.k) for g in merged]
     [(8, 10, 16), (2, 2, 2)]
     """
-    merged: dict[tuple[int, int, int, str, int, float], int] = {}
+    merged: dict[tuple[int, int, int, str, int, float, bool], int] = {}
     for g in gemms:
-        key = (g.m, g.k, g.batch, g.kernel, g.k_runs, g.b_bytes)
+        key = (g.m, g.k, g.batch, g.kernel, g.k_runs, g.b_bytes, g.b_kmajor)
         merged[key] = merged.get(key, 0) + g.n
-    return tuple(GemmShape(m, n, k, b, kern, runs, bb) for (m, k, b, kern, runs, bb), n in merged.items())
+    return tuple(GemmShape(m, n, k, b, kern, runs, bb, km)
+                 for (m, k, b, kern, runs, bb, km), n in merged.items())
 
 
 def _fused_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:

@@ -4,7 +4,8 @@ Conventions chosen here:
 
 * Gemm: ``Y = alpha * A' @ B' + beta * C`` with ``A' = A.T if transA``, ``B' = B.T if transB``
   and C (optional) unidirectionally broadcast to ``(M, N)``. Work: the GEMM is
-  ``2*M*N*K`` matmul FLOP; on top, vector FLOPs of 1 per output element for each of:
+  ``2*M*N*K`` matmul FLOP (with ``transB``, B is K-contiguous: ``GemmShape.b_kmajor``); on
+  top, vector FLOPs of 1 per output element for each of:
   scaling by ``alpha`` (when ``alpha != 1``), adding C (when present), scaling C by ``beta``
   (when present and ``beta != 1``). Its gradient is expressed with Gemm again (transposes
   become trans flags); dC is ``beta * dY`` summed over C's broadcast axes.
@@ -132,7 +133,7 @@ def _gemm_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[T
 
 def _gemm_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
     m, n, k = _gemm_dims(ins, attrs)
-    g = GemmShape(m, n, k)
+    g = GemmShape(m, n, k, b_kmajor=bool(int(attrs.get("transB", 0))))
     has_c = len(ins) > 2 and ins[2] is not None
     extra = 0
     if float(attrs.get("alpha", 1.0)) != 1.0:

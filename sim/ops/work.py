@@ -25,6 +25,10 @@ class GemmShape:
     vector width, so a 3-channel stem costs more than its FLOPs.
     ``b_bytes`` is the bytes per element of B when B is stored narrower than A (weight-only
     quantised GEMMs: 0.5 for int4 plus its scales); 0 means A's element size.
+    ``b_kmajor`` says B is stored K-contiguous, as an ``[n, k]`` row-major matrix read
+    transposed (``x @ W^T``: ONNX Gemm ``transB=1``, ``torch.nn.functional.linear``, cuBLAS's
+    "TN"); False is ``a @ b`` with B ``[k, n]``, N-contiguous. A GPU cost model streams the
+    two layouts differently in skinny and matrix-vector kernels (``sim.cost.gpu``).
     """
 
     m: int
@@ -34,6 +38,7 @@ class GemmShape:
     kernel: str = ""
     k_runs: int = 1
     b_bytes: float = field(default=0.0, repr=False)
+    b_kmajor: bool = field(default=False, repr=False)
 
     @property
     def flops(self) -> float:

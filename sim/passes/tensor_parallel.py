@@ -1,7 +1,8 @@
 """Megatron-LM tensor parallelism found by graph pattern, for forward and training graphs.
 
 ``tensor_parallel(graph, devices, *, sp=False)`` is the public entry (see its docstring). The
-blocks to split come from ``sim.passes.tp_blocks`` (attention and MLP patterns); the split of
+blocks to split come from ``sim.passes.tp_blocks`` (attention, MLP and vocabulary patterns), the
+vocabulary-parallel embedding and cross-entropy from ``sim.passes.tp_vocab``; the split of
 every other tensor follows from the sharding rules of ``sim.passes.sharding``, node by node,
 so the backward and optimizer nodes of a training step are split consistently with their
 forward nodes (column-parallel input gradients become partial sums and are all-reduced, the
@@ -22,6 +23,7 @@ from sim.ops.registry import has_trait
 from sim.passes import sharding as sh
 from sim.passes.sharding import P, R, State
 from sim.passes.tp_blocks import Plan, find_blocks
+from sim.passes.tp_vocab import VocabParallel
 
 
 def is_elementwise(op: str) -> bool:
@@ -57,13 +59,16 @@ def plan_for(g: Graph) -> Plan:
     return plan
 
 
-class TensorParallel(Rewriter):
+class TensorParallel(VocabParallel, Rewriter):
     """The rewriter: per-rank tensor maps, sharding states, conversions by collectives."""
 
     def __init__(self, src: Graph, devices: list[str], sp: bool) -> None:
-        super().__init__(src, f"{src.name}.tp{len(devices)}")
+        Rewriter.__init__(self, src, f"{src.name}.tp{len(devices)}")
         self.devs, self.n, self.sp = devices, len(devices), sp
         self.plan = plan_for(src)
+        self.vocab = self.plan.vocab if self.n > 1 else 0
+        self.vp_done: dict[str, list[dict[str, str]]] = {}
+        self.vp_ids: dict[str, dict[str, str]] = {}
         self.state: dict[str, State] = {}
         self.envs: list[dict[str, str]] = [{} for _ in devices]
         self.conv: dict[tuple[str, State], list[str]] = {}
@@ -88,13 +93,17 @@ class TensorParallel(Rewriter):
 
     def _shard_param(self, p: str, axis: int) -> None:
         spec, info = self.src.params[p], self.src.param_info[p]
-        if spec.shape[axis] % self.n:
+        padded = self.padded(spec.shape[axis])
+        if spec.shape[axis] % self.n and padded is None:
             raise GraphError(f"parameter {p!r} axis {axis} ({spec.shape[axis]}) does not split into "
                              f"{self.n} parts (heads and widths must divide by the device count)",
                              where="tensor_parallel")
         shape = list(spec.shape)
-        shape[axis] //= self.n
+        shape[axis] = (padded or shape[axis]) // self.n
         val = self.src.initializers.get(p)
+        if val is not None and padded is not None:  # zero rows past the vocabulary
+            pad = [(0, padded - spec.shape[axis]) if a == axis else (0, 0) for a in range(spec.rank)]
+            val = np.pad(np.asarray(val), pad)
         for k in range(self.n):
             part = None if val is None else np.split(np.asarray(val), self.n, axis=axis)[k]
             name = self.b.param(f"{p}.tp{k}", TensorSpec(tuple(shape), spec.dtype), info, part)
@@ -143,12 +152,19 @@ class TensorParallel(Rewriter):
         if not isinstance(s, int):
             return None
         src, dst = self.src.tensors[node.inputs[0]].shape, self.src.tensors[node.outputs[0]].shape
+        padded = self.padded(src[s])
+        if padded is not None:  # the vocabulary axis: map it as its padded size
+            v = src[s]
+            src = tuple(padded if d == v else d for d in src)
+            dst = tuple(padded if d == v else d for d in dst)
         axis = sh.reshape_axis(src, dst, s, self.n)
         return None if axis is None else ([s], [axis])
 
     # ------------------------------------------------------------------ visiting
     def visit(self, node: Node) -> None:
         states = [self.state.get(t, R) if t else R for t in node.inputs]
+        if self.vocab_visit(node, states):
+            return
         rule = self.rule(node, states) if self.n > 1 else None
         none: list[State] = [R] * (len(node.inputs) + len(node.outputs))
         want, outs = rule if rule is not None else (none[:len(node.inputs)], none[len(node.inputs):])
@@ -195,6 +211,7 @@ class TensorParallel(Rewriter):
         if not isinstance(s, int):
             return spec
         shape = list(spec.shape)
+        shape[s] = self.padded(shape[s]) or shape[s]
         if shape[s] % self.n:
             raise GraphError(f"dimension {shape[s]} of {t!r} does not split into {self.n} parts",
                              where="tensor_parallel")
@@ -216,16 +233,25 @@ class TensorParallel(Rewriter):
     def _make(self, t: str, have: State, want: State, names: list[str]) -> list[str]:
         if want is R:
             op = "AllReduce" if have == P else "AllGather"
-            return self._collective(op, t, names, {} if have == P else {"axis": have})
+            out = self._collective(op, t, names, {} if have == P else {"axis": have})
+            if isinstance(have, int) and self.padded(self.src.tensors[t].shape[have]):
+                out = [self._unpad(t, k, name, have) for k, name in enumerate(out)]
+            return out
         assert isinstance(want, int), (t, have, want)
+        if self.padded(self.src.tensors[t].shape[want]):
+            raise GraphError(f"{t!r} would be split on its padded vocabulary axis from state {have}",
+                             where="tensor_parallel")
         if have == P:
             return self._collective("ReduceScatter", t, names, {"axis": want})
         if isinstance(have, int):
             names = self._make(t, have, R, names)
         return [self._slice(t, k, names[k], want) for k in range(self.n)]
 
-    def _collective(self, op: str, t: str, names: list[str], attrs: dict[str, Any]) -> list[str]:
-        prod = self.src.producer(t)
+    def _collective(self, op: str, t: str, names: list[str], attrs: dict[str, Any],
+                    node: Node | None = None) -> list[str]:
+        """``op`` over the ranks' ``names`` of ``t`` (a source tensor, or a tensor made for source
+        ``node``, whose layer and phase the collective then takes)."""
+        prod = node or self.src.producer(t)
         layer = str(prod.meta.get("layer", t)) if prod is not None else t
         suffix = {"AllReduce": "allreduce", "AllGather": "allgather", "ReduceScatter": "reducescatter"}[op]
         name = self.b.unique(f"{layer}.{suffix}")
@@ -239,16 +265,23 @@ class TensorParallel(Rewriter):
             self.allreduce.setdefault(layer, name)
         return outs
 
-    def _slice(self, t: str, k: int, name: str, axis: int) -> str:
+    def _slice(self, t: str, k: int, name: str, axis: int, start: int = -1, end: int = -1) -> str:
+        """Rank ``k``'s slice of replicated ``t`` on ``axis`` (default: its ``k``-th of ``n``)."""
         size = self.src.tensors[t].shape[axis] // self.n
+        if start < 0:
+            start, end = k * size, (k + 1) * size
         dev = self.devs[k]
         meta = {"device": dev, "tp": "sharded", "tp_rank": k, "role": "tp_slice"}
         prod = self.src.producer(t)
         if prod is not None and "forward" in prod.meta:
             meta["forward"] = f"{dev}/{prod.meta['forward']}"
         return self.b.node("Slice", [name], [self.b.unique(f"{dev}/{t}.slice")],
-                           {"starts": [k * size], "ends": [(k + 1) * size], "axes": [axis]},
+                           {"starts": [start], "ends": [end], "axes": [axis]},
                            name=self.b.unique(f"{dev}/{t}.slice"), meta=meta)[0]
+
+    def _unpad(self, t: str, k: int, name: str, axis: int) -> str:
+        """The gathered ``t`` without the padding past the vocabulary."""
+        return self._slice(t, k, name, axis, 0, self.src.tensors[t].shape[axis])
 
     # ------------------------------------------------------------------ outputs and meta
     def finish(self) -> None:
@@ -262,7 +295,9 @@ class TensorParallel(Rewriter):
                     for t, keep in zip(src.outputs, outputs)}
         self.out.set_outputs([per_rank[t][k] for k in range(self.n) for t in src.outputs])
         self.out.meta.update({"tp_devices": self.devs, "shards": self.shards, "allreduce": self.allreduce,
-                              "tp_plan": {"attention": self.plan.attention, "mlp": self.plan.mlp}})
+                              "tp_plan": {"attention": self.plan.attention, "mlp": self.plan.mlp},
+                              "tp_vocab": {"vocab": self.vocab, "rows": self.slab() if self.vocab else 0,
+                                           "embedding": self.plan.embedding, "lm_head": self.plan.lm_head}})
         if src.meta.get("grads"):
             self._training_meta(updates, per_rank)
 
@@ -302,15 +337,22 @@ def tensor_parallel(graph: Graph, devices: Sequence[str], *, sp: bool = False) -
     partial sum, all-reduced (``AllReduce``, ``reduction="sum"``, all-members form: exact) where
     a replicated tensor is needed, so a block costs two forward all-reduces, and in a
     training step two backward ones (the column-parallel input gradients); the bias of a
-    partial product is added by rank 0 only. ``sp=True`` adds Megatron's sequence parallelism
-    (Korthikanti et al. 2022): a partial sum is reduce-scattered along the sequence axis
-    instead of all-reduced, the norms, dropout and residual adds between blocks run on
-    1/N of the sequence, and an all-gather rebuilds the whole sequence before each
-    column-parallel projection (the same bytes moved, 1/N of the activations stored).
+    partial product is added by rank 0 only. The token embedding and the LM head are
+    vocabulary-parallel (``sim.passes.tp_vocab``: Megatron's ``VocabParallelEmbedding``,
+    column-parallel LM head, ``vocab_parallel_cross_entropy``): rank ``i`` holds rows
+    ``[i*V'/N, (i+1)*V'/N)`` of the table (``V'``: ``V`` padded up to a multiple of ``N``, the
+    padding masked out), the embedding output is all-reduced, the loss takes three all-reduces
+    of one value per row (max, target logit, sum of exponentials); ``meta["tp_vocab"]`` gives
+    ``vocab``, ``rows`` (per rank), ``embedding`` and ``lm_head`` (node names).
+    ``sp=True`` adds Megatron's sequence parallelism (Korthikanti et al. 2022): a partial sum
+    is reduce-scattered along the sequence axis instead of all-reduced, the norms, dropout
+    and residual adds between blocks run on 1/N of the sequence, and an all-gather rebuilds
+    the whole sequence before each column-parallel projection and the LM head (the same bytes
+    moved, 1/N of the activations stored).
 
     The result: nodes ``<device>/<name>`` with ``meta["device"]``, ``meta["tp_rank"]``,
-    ``meta["origin"]`` (the source node) and ``meta["tp"]`` (``column``, ``row``, ``sharded``
-    or ``replicated``); collectives named ``<layer>.allreduce`` on the first device; graph
+    ``meta["origin"]`` (the source node) and ``meta["tp"]`` (``column``, ``row``, ``vocab``,
+    ``sharded`` or ``replicated``); collectives named ``<layer>.allreduce`` on the first device; graph
     inputs ``<device>/<input>``; shards are parameters ``<param>.tp<i>`` listed in
     ``meta["shards"]`` (shard -> ``(param, axis, i)``); replicated parameters keep their
     names. A training step's meta: ``grads`` (parameter or shard -> gradient on its rank,

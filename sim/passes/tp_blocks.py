@@ -12,8 +12,14 @@ through ``Cast`` nodes, as AMP leaves it). Two patterns make Megatron-LM's block
   elementwise ops only (activation, gate product, bias add), from linears (column-parallel: the
   *up* and *gate* projections) of its input width, with at least one non-linear op between.
 
+* **vocabulary** (Megatron-LM's ``VocabParallelEmbedding`` and parallel LM head): the largest
+  table (a rank-2 parameter) that a ``Gather`` on axis 0 reads with token ids (a graph input)
+  splits by rows; a linear outside the blocks whose output width is the table's row count
+  (the LM head, tied to the table or not) splits by output columns.
+
 The result maps each weight parameter to its split: ``("column", out_axis)`` or ``("row",
-in_axis)``, and each bias parameter added to a column-parallel output to ``("column", 0)``.
+in_axis)``, each bias parameter added to a column-parallel output to ``("column", 0)``, and the
+vocabulary's table, LM-head weight and bias to ``("vocab", vocabulary axis)``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ class Plan:
     params: dict[str, tuple[str, int]] = field(default_factory=dict)
     attention: list[str] = field(default_factory=list)  # attention core node names
     mlp: list[str] = field(default_factory=list)  # down-projection node names
+    vocab: int = 0  # rows of the vocabulary-parallel table (0: none)
+    embedding: list[str] = field(default_factory=list)  # the table's Gather node names
+    lm_head: list[str] = field(default_factory=list)  # the vocabulary-parallel linears
 
 
 def param_behind(g: Graph, tensor: str) -> str | None:
@@ -242,9 +251,50 @@ def _producer_inputs(g: Graph, t: str) -> tuple[str, ...]:
     return prod.inputs if prod is not None else ("input",)
 
 
+def _token_ids(g: Graph, t: str) -> bool:
+    """True when ``t`` is a graph input (token ids), directly or through views and casts."""
+    for _ in range(8):
+        if t in g.inputs:
+            return True
+        node = g.producer(t)
+        if node is None or node.op not in _VIEWS | {"Cast"}:
+            return False
+        t = node.inputs[0]
+    return False
+
+
+def _find_vocab(g: Graph, plan: Plan, fwd: set[str]) -> None:
+    tables: list[tuple[int, str]] = []
+    for node in g.topo_order():
+        w = param_behind(g, node.inputs[0]) if node.op == "Gather" and node.name in fwd else None
+        if w is None or w in plan.params or g.params[w].rank != 2 or int(node.attrs.get("axis", 0)):
+            continue
+        if _token_ids(g, node.inputs[1]):
+            tables.append((g.params[w].shape[0], w))
+    if not tables:
+        return
+    plan.vocab, table = max(tables)
+    plan.params[table] = ("vocab", 0)
+    plan.embedding = [n.name for n in g.topo_order() if n.name in fwd and n.op == "Gather"
+                      and param_behind(g, n.inputs[0]) == table]
+    for node in g.topo_order():
+        lw = linear_weight(g, node) if node.name in fwd else None
+        if lw is None or g.params[lw[0]].shape[lw[2]] != plan.vocab:
+            continue
+        if plan.params.get(lw[0], ("vocab", lw[2])) != ("vocab", lw[2]):
+            continue  # a block's projection, or the table laid out the other way
+        plan.params[lw[0]] = ("vocab", lw[2])
+        bias = _bias_of(g, node, plan.vocab, fwd)
+        if bias is not None:
+            plan.params[bias] = ("vocab", 0)
+        plan.lm_head.append(node.name)
+
+
 def find_blocks(g: Graph, elementwise: frozenset[str], forward: set[str]) -> Plan:
-    """The tensor-parallel plan of ``g``'s ``forward`` nodes: attention blocks, then MLPs."""
+    """The tensor-parallel plan of ``g``'s ``forward`` nodes: attention blocks, MLPs, then the
+    vocabulary-parallel embedding and LM head."""
     plan = Plan()
     _find_attention(g, plan, forward)
     _find_mlp(g, plan, elementwise, forward)
+    _find_vocab(g, plan, forward)
     return plan

@@ -33,12 +33,9 @@ def _device(hw: Any) -> Any:
     """The device spec to serve on: ``hw`` itself, or a system's (a cluster node's) first
     accelerator."""
     from sim.hw import load_hardware
+    from sim.hw.spec import accelerator
 
-    spec: Any = load_hardware(hw) if isinstance(hw, str) else hw
-    spec = getattr(spec, "node", spec)  # a cluster: one of its nodes
-    accel = getattr(spec, "accelerators", None)
-    if accel:
-        spec = spec.devices[accel[0]]
+    spec = accelerator(load_hardware(hw) if isinstance(hw, str) else hw)
     if not getattr(spec, "memory", None):
         raise SimError("serving needs a device spec with a memory level", where=str(hw))
     return spec

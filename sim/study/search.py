@@ -189,8 +189,9 @@ def search(workload: str, hw: str, *, batch: int, space: Space | None = None, to
     """
     import pandas as pd
 
-    from sim.cluster.training import _device, _gpus, as_cluster
+    from sim.cluster.training import as_cluster, gpu_counts
     from sim.hw import load_hardware
+    from sim.hw.spec import accelerator
     from sim.study.executors import executor_runner
     from sim.study.point import workload_source
     from sim.study.store import Store
@@ -198,8 +199,8 @@ def search(workload: str, hw: str, *, batch: int, space: Space | None = None, to
 
     space = space or Space()
     cl = as_cluster(load_hardware(hw, **dict(hw_sets or {})))
-    gpus, per_node = _gpus(cl)
-    dev = _device(cl)
+    gpus, per_node = gpu_counts(cl)
+    dev = accelerator(cl)
     capacity = dev.main_memory.capacity_bytes
     dims = model_dims(workload, sets)
     path, _text, digest = workload_source(workload)
