@@ -71,11 +71,12 @@ def test_overlapped_hides_the_shorter_part():
     assert gpu.overlapped(2.0, 2.0, 0.0) == 4.0
 
 
-def _attention(s, causal):
+def _attention(s, causal, softcap=0.0):
     q = TensorSpec((1, 2, s, 64), "bf16")
     g = Graph("a")
     names = [g.add_input(f"{c}", q) for c in "qkv"]
-    outs = g.add_node("Attention", names, ["y", "", "", ""], {"is_causal": int(causal)}, name="node")
+    attrs = {"is_causal": int(causal), **({"softcap": softcap} if softcap else {})}
+    outs = g.add_node("Attention", names, ["y", "", "", ""], attrs, name="node")
     g.set_outputs([o for o in outs if o])
     return g.verify().work("node")
 
@@ -85,6 +86,10 @@ def test_key_blocks_per_row_counts_pairs_per_query_row():
     assert gpu.key_blocks_per_row(_attention(512, False)) == pytest.approx(4.0)
     # causal S = 512: 512 x 513 / 2 pairs over 512 rows = 256.5 keys = 2.004 blocks
     assert gpu.key_blocks_per_row(_attention(512, True)) == pytest.approx(256.5 / 128)
+    # a softcap adds a tanh per pair: the row count read from the transcendentals stays right
+    assert gpu.key_blocks_per_row(_attention(512, True, softcap=30.0)) == pytest.approx(256.5 / 128)
+    # fewer keys than one block: the whole softmax is exposed (one block)
+    assert gpu.key_blocks_per_row(_attention(64, False)) == 1.0
 
 
 def test_attention_overlap_leaves_the_last_key_block_exposed():

@@ -221,7 +221,8 @@ def key_blocks_per_row(work: Work) -> float:
     pairs = sum(g.m * g.n * g.batch for g in work.gemms if g.kernel == "attention" and g.n >= g.k)
     if pairs <= 0:
         return 1.0
-    per_pair = 2.0 if work.transcendentals >= 3.0 * pairs else 1.0
+    # rows <= pairs (a row attends at least one key): over 2 per pair only with a softcap
+    per_pair = 2.0 if work.transcendentals > 2.0 * pairs else 1.0
     rows = work.transcendentals - per_pair * pairs
     if rows <= 0:
         return 1.0
