@@ -96,13 +96,19 @@ def _transpose_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | Non
     return [gb.op("Transpose", [dys[0]], perm=[int(i) for i in np.argsort(perm)])]
 
 
+def _transpose_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+    """A copy, unless ``strided``: a GEMM reads the operand through its transpose flag."""
+    return Work() if int(attrs.get("strided", 0)) else movement_work(ins, outs, attrs)
+
+
 defop(
     "Transpose",
     infer=_transpose_infer,
-    work=movement_work,
+    work=_transpose_work,
     kernel=lambda xs, attrs: [np.ascontiguousarray(np.transpose(xs[0], _perm(attrs, xs[0].ndim)))],
     grad=_transpose_grad,
-    doc="attrs: perm (default: reverse the axes).",
+    doc="attrs: perm (default: reverse the axes); strided=1 (ours; sim.passes.layout): the "
+        "consumers are GEMMs that read it through a layout flag, so no copy, no work.",
 )
 
 # --------------------------------------------------------------------------- Expand

@@ -46,6 +46,7 @@ from sim.graph import Graph, Node, ParamInfo, TensorSpec
 from sim.graph.rewrite import GraphBuilder, Rewriter
 from sim.ops.optim import DEFAULTS
 from sim.passes.autodiff import gradients
+from sim.passes.layout import strided_transposes
 
 LOSSES = {"cross_entropy": "SoftmaxCrossEntropyLoss", "mse": "MSELoss"}
 OPTIMIZERS = {"sgd": "SGDUpdate", "momentum": "MomentumUpdate", "adam": "AdamUpdate",
@@ -289,7 +290,7 @@ def training_graph(
     out = _rebuild(g, set(forward_nodes) | loss_nodes, plan, keep_params=set(graph.params))
     out.meta["checkpoint"] = bool(checkpoint)
     _backward_compute_dtype(out, graph.meta.get("dtype"))
-    return out.verify()
+    return strided_transposes(out)  # GEMMs read transposed operands through layout flags
 
 
 def _backward(g: Graph, graph: Graph, loss_t: str, params: list[str],
