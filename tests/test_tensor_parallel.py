@@ -191,12 +191,12 @@ def test_sequence_parallel_training_step(model):
         np.testing.assert_allclose(got[o], _slice(want[new_of[src]], tp, p), rtol=1e-9, atol=1e-12)
 
 
-def _step_matches(step: Graph, tp: Graph, seed: int, vocab: int) -> None:
+def _step_matches(step: Graph, tp: Graph, seed: int, vocab: int, batch: int = 2) -> None:
     """The tensor-parallel step's loss, every rank's gradients and updated parameters equal the
     single-device step's (the shards' slices of them)."""
     n = len(tp.meta["tp_devices"])
     rng = np.random.default_rng(seed)
-    ids, labels = rng.integers(0, vocab, (2, 8)), rng.integers(0, vocab, (2, 8))
+    ids, labels = rng.integers(0, vocab, (batch, 8)), rng.integers(0, vocab, (batch, 8))
     ids[0, :2], labels[0, :2] = vocab - 1, vocab - 1  # the last rows: on the padded rank
     ref = Executor(step, seed=seed)
     want = ref.run({"input_ids": ids, "labels": labels}, keep=step.meta["grads"].values()).values
@@ -262,3 +262,55 @@ def test_vocab_parallel_forward_gathers_the_unpadded_logits():
     for o in tp.outputs:
         assert tp.tensors[o].shape == (2, 8, 61)
         np.testing.assert_allclose(got.values[o], want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_sequence_parallel_collectives_take_the_all_reduce_time(n):
+    """One GPT-2-small block forward on dgx-h100 in bf16: with sp=True each all-reduce of a
+    [b, s, d] activation becomes a reduce-scatter and an all-gather, each (n - 1) ring steps of
+    S/n bytes, together the all-reduce's 2 (n - 1) steps (the ring formula, run alone)."""
+    from sim.cost import transfer_time
+    from sim.hw import load_hardware
+
+    b, s, d = 8, 1024, 768
+    g = sim.load("workloads/gpt2.yaml", batch=b, seq=s, vocab=512, n_ctx=s, d=d, heads=12, n_layer=1)
+    switch = load_hardware("dgx-h100").switch
+    chunk = b * s * d * 2 / n  # bf16 activations, S/n per ring step
+    step = transfer_time(switch, chunk)
+
+    def collectives(sp):
+        r = sim.simulate(tensor_parallel(g, names(n), sp=sp), "dgx-h100", "bf16", host_inputs=False)
+        kinds = ("AllReduce", "AllGather", "ReduceScatter")
+        return r, [o for o in r.ops if o.device == "gpu0" and o.op in kinds and o.chunk_bytes == chunk]
+
+    plain, ars = collectives(False)
+    seq, rsag = collectives(True)
+    # the embedding's and the two row-parallel outputs' all-reduces; with sp the embedding's and
+    # each row-parallel output's reduce-scatter, the all-gathers before both norms' consumers
+    # and before the LM head
+    assert [o.op for o in ars] == ["AllReduce"] * 3
+    assert [o.op for o in rsag] == ["ReduceScatter", "AllGather"] * 3
+    for o in ars:
+        assert o.steps == 2 * (n - 1) and o.end_s - o.start_s == pytest.approx(2 * (n - 1) * step, rel=1e-9)
+    for o in rsag:
+        assert o.steps == n - 1 and o.end_s - o.start_s == pytest.approx((n - 1) * step, rel=1e-9)
+    assert sum(o.end_s - o.start_s for o in rsag) == pytest.approx(sum(o.end_s - o.start_s for o in ars),
+                                                                   rel=1e-9)
+    # the norms and residual adds on S/n rows: the step is shorter
+    assert seq.makespan_s < plain.makespan_s
+
+
+def test_sequence_parallel_at_batch_one_gathers_each_norm_output_once():
+    """At batch 1 the [1, S/N, d] norm output flattened to [S/N, d] rows could stay sharded,
+    but each projection (q, k, v) flattens it on its own: it is all-gathered whole once, before
+    the flattening, as at batch > 1 and in Megatron-LM (one all-gather per column-parallel
+    group)."""
+    g = retype(sim.load("workloads/gpt2.yaml", batch=1, seq=8, vocab=64, n_ctx=8, d=32, heads=4, n_layer=2),
+               "fp64")
+    step = training_graph(g, "cross_entropy", "sgd", lr=0.1)
+    tp = tensor_parallel(step, names(2), sp=True)
+    fwd = [nd for nd in tp.nodes.values() if nd.meta.get("role") == "collective" and "forward" not in nd.meta]
+    assert [(nd.op, tp.tensors[nd.inputs[0]].shape) for nd in fwd if nd.op != "AllReduce"] == \
+        [("ReduceScatter", (1, 8, 32))] + [("AllGather", (1, 4, 32)), ("ReduceScatter", (1, 8, 32))] * 4 \
+        + [("AllGather", (1, 4, 32))]
+    _step_matches(step, tp, 5, 64, batch=1)

@@ -152,6 +152,8 @@ class TensorParallel(VocabParallel, Rewriter):
         if not isinstance(s, int):
             return None
         src, dst = self.src.tensors[node.inputs[0]].shape, self.src.tensors[node.outputs[0]].shape
+        if self.sp and s == 1 and len(src) > len(dst) and dst[0] == src[0] * src[1]:
+            return None  # [b, s/N, ...] flattened to rows: gathered whole first, once for all its readers
         padded = self.padded(src[s])
         if padded is not None:  # the vocabulary axis: map it as its padded size
             v = src[s]
