@@ -92,11 +92,20 @@ def test_key_blocks_per_row_counts_pairs_per_query_row():
     assert gpu.key_blocks_per_row(_attention(64, False)) == 1.0
 
 
+def test_query_block_waves():
+    # 2 heads x 512 rows = 8 blocks of 128 queries: one wave on 132 SMs
+    assert gpu.query_block_waves(_attention(512, False), 132) == 1
+    # 2 heads x 16896 rows = 264 blocks = two full waves of 132; one more block: a third
+    assert gpu.query_block_waves(_attention(16896, True), 132) == 2
+    assert gpu.query_block_waves(_attention(16896 + 64, True), 132) == 3
+    assert gpu.query_block_waves(Work(flops=1.0, gemms=(GemmShape(8, 8, 8),)), 132) == 0
+
+
 def test_attention_overlap_leaves_the_last_key_block_exposed():
-    w = _attention(512, False)  # 4 key blocks: 3/4 of the shorter part can hide
-    on = load_hardware("h100", **{"arch.softmax_overlap.cudnn": 1.0})
-    assert gpu.matrix_and_vector_s(w, on, 4.0, 2.0) == pytest.approx(4.0 + 2.0 - 0.75 * 2.0)
-    off = load_hardware("h100", **{"arch.attention_kernel": "flash2"})  # no overlap given
-    assert gpu.matrix_and_vector_s(w, off, 4.0, 2.0) == 6.0
+    w = _attention(512, False)  # 4 key blocks: 3/4 of the shorter part can hide; one wave of blocks
+    on = load_hardware("h100", **{"arch.softmax_overlap.cudnn": 1.0, "memory.hbm.latency": "1 us"})
+    assert gpu.matrix_and_vector_s(w, on, 4.0, 2.0) == pytest.approx(4.0 + 2.0 - 0.75 * 2.0 + 1e-6)
+    off = load_hardware("h100", **{"arch.attention_kernel": "flash2", "memory.hbm.latency": "1 us"})
+    assert gpu.matrix_and_vector_s(w, off, 4.0, 2.0) == pytest.approx(6.0 + 1e-6)  # in sequence
     plain = Work(flops=1.0, matmul_flops=1.0, gemms=(GemmShape(8, 8, 8),))
     assert gpu.matrix_and_vector_s(plain, on, 4.0, 2.0) == 6.0

@@ -63,7 +63,10 @@ Hopper's warp-specialised kernels hide the shorter behind the longer: FlashAtten
 softmax runs while the other's asynchronous ``wgmma`` GEMMs run, and pipelines the softmax of
 one block under the GEMMs of the next within a warpgroup (section 3.2). ``softmax_overlap``
 (``arch.softmax_overlap[kernel]``, 0..1) is the fraction of the shorter part hidden:
-``mm + vec - overlap x min(mm, vec)``.
+``mm + vec - overlap x min(mm, vec)``, less the pipeline's fill (the last key block of every
+query block has no next GEMM to hide its softmax under). Every attention kernel also pays one
+HBM latency per wave of its thread blocks (``QUERY_BLOCK`` queries of one head each): a block
+cannot start its first GEMM before its Q tile and first K/V block arrive from HBM.
 """
 
 from __future__ import annotations
@@ -211,22 +214,37 @@ def overlapped(mm_s: float, vec_s: float, overlap: float) -> float:
 
 
 KEY_BLOCK = 128  # keys per inner-loop step of a fused attention kernel (FA3 on Hopper: 128-176)
+QUERY_BLOCK = 128  # query rows per thread block of a fused attention kernel (FA2/FA3 forward: 128)
+
+
+def attention_pairs_rows(work: Work) -> tuple[float, float]:
+    """(attended pairs, query rows) of a fused attention op's Work, over all batches and heads.
+
+    The pairs are the score GEMMs' m x n (the GEMM whose n, the keys, is at least its k, the
+    head size); every pair takes one exponential (two with a softcap) and every row one
+    reciprocal (``sim.ops.attention``), which gives the rows. (0, 0) for other work."""
+    pairs = float(sum(g.m * g.n * g.batch for g in work.gemms if g.kernel == "attention" and g.n >= g.k))
+    if pairs <= 0:
+        return 0.0, 0.0
+    # rows <= pairs (a row attends at least one key): over 2 per pair only with a softcap
+    per_pair = 2.0 if work.transcendentals > 2.0 * pairs else 1.0
+    return pairs, max(work.transcendentals - per_pair * pairs, 0.0)
 
 
 def key_blocks_per_row(work: Work) -> float:
     """Mean inner-loop steps (key blocks of ``KEY_BLOCK``) of one query row of a fused attention
-    op: attended pairs / query rows. The pairs are the score GEMMs' m x n (the GEMM whose n,
-    the keys, is at least its k, the head size); every pair takes one exponential (two with a
-    softcap) and every row one reciprocal (``sim.ops.attention``), which gives the rows."""
-    pairs = sum(g.m * g.n * g.batch for g in work.gemms if g.kernel == "attention" and g.n >= g.k)
-    if pairs <= 0:
-        return 1.0
-    # rows <= pairs (a row attends at least one key): over 2 per pair only with a softcap
-    per_pair = 2.0 if work.transcendentals > 2.0 * pairs else 1.0
-    rows = work.transcendentals - per_pair * pairs
+    op: attended pairs / query rows (at least 1)."""
+    pairs, rows = attention_pairs_rows(work)
     if rows <= 0:
         return 1.0
     return max(1.0, pairs / rows / KEY_BLOCK)
+
+
+def query_block_waves(work: Work, sms: int) -> int:
+    """Waves of a fused attention op's thread blocks (``QUERY_BLOCK`` query rows of one head
+    each, one block per SM at a time)."""
+    _, rows = attention_pairs_rows(work)
+    return math.ceil(rows / QUERY_BLOCK / sms) if rows > 0 else 0
 
 
 def matrix_and_vector_s(work: Work, device: DeviceSpec, mm_s: float, vec_s: float) -> float:
@@ -236,11 +254,17 @@ def matrix_and_vector_s(work: Work, device: DeviceSpec, mm_s: float, vec_s: floa
     The overlap is a pipeline over each query block's key blocks: the softmax of one block runs
     under the GEMMs of the next, so the last block's softmax of every query block has nothing
     left to hide under. Of ``n`` key blocks, ``(n - 1) / n`` of the softmax can be hidden:
-    ``softmax_overlap x (1 - 1 / n)`` (all at S = 8k, 3/4 with four key blocks)."""
+    ``softmax_overlap x (1 - 1 / n)`` (all at S = 8k, 3/4 with four key blocks).
+
+    Each thread block of the attention kernel (one query block of one head) loads its Q tile and
+    its first K/V block from HBM before its first GEMM can start: one HBM round trip per wave of
+    blocks that its GEMMs cannot hide (nothing of that block is on chip yet). At S = 512 that is
+    3 waves in a ~20 us kernel, at S = 8k 16 waves in ~900 us."""
     arch = device.arch
     if isinstance(arch, GpuArch) and any(g.kernel == "attention" for g in work.gemms):
         fill = 1.0 / key_blocks_per_row(work)
-        return overlapped(mm_s, vec_s, softmax_overlap(arch) * (1.0 - fill))
+        prologue = query_block_waves(work, arch.sms) * device.main_memory.latency_s
+        return overlapped(mm_s, vec_s, softmax_overlap(arch) * (1.0 - fill)) + prologue
     return mm_s + vec_s
 
 
