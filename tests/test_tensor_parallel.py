@@ -314,3 +314,12 @@ def test_sequence_parallel_at_batch_one_gathers_each_norm_output_once():
         [("ReduceScatter", (1, 8, 32))] + [("AllGather", (1, 4, 32)), ("ReduceScatter", (1, 8, 32))] * 4 \
         + [("AllGather", (1, 4, 32))]
     _step_matches(step, tp, 5, 64, batch=1)
+
+
+def test_a_model_without_blocks_is_refused_even_with_a_vocabulary():
+    """An LSTM language model has an embedding table and a vocabulary-wide decoder but no
+    attention or MLP block: tensor parallelism refuses it rather than split the vocabulary alone."""
+    from sim.errors import GraphError
+
+    with pytest.raises(GraphError, match="no attention or mlp block"):
+        tensor_parallel(sim.load("workloads/lstm-lm.yaml", batch=2), names(2))

@@ -369,6 +369,6 @@ def tensor_parallel(graph: Graph, devices: Sequence[str], *, sp: bool = False) -
         raise GraphError("tensor_parallel takes a graph not yet placed on devices: apply it before "
                          "data/pipeline parallelism (pp(dp(tp(g))))", where=where)
     tp = TensorParallel(graph, devs, sp)
-    if len(devs) > 1 and not tp.plan.params:
+    if len(devs) > 1 and not (tp.plan.attention or tp.plan.mlp):
         raise GraphError("tensor_parallel found no attention or mlp block to split", where=where)
     return tp.run().verify()
