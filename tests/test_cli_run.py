@@ -114,3 +114,25 @@ def test_run_options_are_one_typed_record():
     assert opts.cache_reuse is False and opts.train is True and opts.streams == 2 and opts.hw == "a100"
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.train = False  # type: ignore[misc]
+
+
+def test_inference_reads_a_weight_transpose_as_the_gemm_layout_flag(tmp_path):
+    """``MatMul(x, Transpose(w))`` (PyTorch's F.linear as exported): one GEMM, no transpose
+    kernel, no transposed copy of the weight in memory."""
+    n, k = 1024, 2048
+    w = numpy_helper.from_array(np.ones((n, k), np.float32), "w")  # [out, in], as nn.Linear stores it
+    g = helper.make_graph(
+        [helper.make_node("Transpose", ["w"], ["wt"], name="wt", perm=[1, 0]),
+         helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm")],
+        "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])], [w])
+    path = tmp_path / "linear.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    out = tmp_path / "r.json"
+    assert main(["run", str(path), "--hw", "h100", "--resident-inputs", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    (tr,) = [o for o in doc["ops"] if o["op"] == "Transpose"]
+    assert tr["end_s"] - tr["start_s"] == 0.0
+    # peak: the weight, x and y (fp32), and no second n x k buffer
+    want = 4 * (n * k + 4 * k + 4 * n)
+    assert max(doc["peak_memory_by_device"].values()) == want

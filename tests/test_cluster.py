@@ -227,6 +227,28 @@ def test_tp_splits_the_layer_work():
     assert two.model.parts["block"].fwd_comm_s > 0 and one.model.parts["block"].fwd_comm_s == 0
 
 
+def test_tp_stage_is_vocabulary_parallel():
+    """tp=2: the rank graph holds V'/2 rows of the (tied) token table, V' = 1024 padded to a
+    multiple of 128 x 2; the LM head's GEMMs are 1/2 of the hand count 3 x 2 x tokens x d x V';
+    the embedding's all-reduce is in the pre part, the cross-entropy's and the LM head's input
+    gradient's in the post part."""
+    from sim.cluster.layout import padded_vocab
+    from sim.cluster.stage import stage_model
+
+    d, seq, mbs = SMALL["d"], SMALL["seq"], 2
+    vp = padded_vocab(SMALL["vocab"], 2)
+    m = stage_model("gpt2", sim.hardware("dgx-a100"), tp=2, mbs=mbs, sets=SMALL, dtype="bf16")
+    one = stage_model("gpt2", sim.hardware("dgx-a100"), tp=1, mbs=mbs, sets=SMALL, dtype="bf16")
+    n_ctx = 1024  # gpt2's position table (not split)
+    assert m.vocab == vp and m.parts["pre"].params == vp // 2 * d + n_ctx * d
+    assert one.parts["pre"].params == padded_vocab(SMALL["vocab"], 1) * d + n_ctx * d
+    head = 3 * 2 * mbs * seq * d * vp
+    post = m.parts["post"]
+    assert post.flops_fwd + post.flops_bwd == pytest.approx(head / 2, rel=0.05)
+    assert m.parts["pre"].fwd_comm_s > 0 and post.fwd_comm_s > 0 and post.bwd_comm_s > 0
+    assert one.parts["pre"].fwd_comm_s == 0 and one.parts["post"].fwd_comm_s == 0
+
+
 def test_out_of_memory_names_rank_and_component():
     with pytest.raises(OutOfMemoryError, match=r"stage 0 .*optimizer states"):
         simulate_training(

@@ -36,6 +36,10 @@ def build(opts: RunOptions) -> tuple[Any, Any]:
             graph = sim.training_graph(graph, loss=opts.loss or "cross_entropy",
                                        optimizer=opts.optimizer or "adam",
                                        checkpoint=opts.checkpoint)
+        else:  # as training_graph does: a weight transpose feeding a GEMM is its layout flag
+            from sim.passes.layout import strided_transposes
+
+            graph = strided_transposes(graph)
         if opts.runtime:
             from sim.passes.runtime import runtime_graph
 
