@@ -296,7 +296,7 @@ class ClusterResult:
                     ("opt", "optimizer"),
                     ("dp", "DP grad reduce"),
                     ("zero", "ZeRO gather"),
-                    ("emb", "embedding grads"),
+                    ("emb", "embedding/SP-norm grads"),
                 )
             ],
             loc="upper center",

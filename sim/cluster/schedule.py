@@ -53,7 +53,7 @@ class Comm:
         None  # device -> seconds after the optimizer (ZeRO-1/2 gather)
     )
     extra_reduce_s: Callable[[int], float] | None = (
-        None  # device -> extra reduce before the update (tied embedding)
+        None  # device -> extra reduce before the update (tied embedding, SP norms)
     )
 
 

@@ -21,10 +21,13 @@ critical path: the next op waits for it). A stage of ``L`` layers is ``L x block
 Full activation recomputation (``checkpoint``) re-runs a layer's forward before its backward,
 as Megatron-LM's ``--recompute-granularity full`` does: backward += forward.
 
-Saved activations per layer are the bytes of forward tensors that the layer's backward nodes
-read (from the graph, not a formula). With sequence parallelism the replicated parts (norms,
-residual adds) are split over the ``t`` ranks: their time and saved bytes are divided by
-``t`` (the all-reduces become reduce-scatter + all-gather of the same total time).
+Saved activations per layer are the bytes of the forward buffers that the layer's backward
+nodes read (from the graph, not a formula; views of one buffer count once). Sequence
+parallelism (``sp``) is the rank graph of ``tensor_parallel(..., sp=True)``: reduce-scatters
+and all-gathers, norms and residual adds on ``s/t`` rows, timed by the engine; as in
+Megatron-LM, the norms' partial weight gradients are all-reduced once per step, not per
+microbatch (``rank_graph``), and a gathered norm output is saved as its shard and gathered
+again in the backward pass (``measure``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class PartCost:
     params: float = 0.0  # parameter elements on this rank
     flops_fwd: float = 0.0
     flops_bwd: float = 0.0
+    step_grad_elems: float = 0.0  # gradients all-reduced over the TP group once per step (SP norms)
 
 
 @dataclass
@@ -94,24 +98,41 @@ def block_prefix(graph: Graph) -> str:
     )
 
 
-def rank_graph(train: Graph, tp: int, devices: list[str] | None = None) -> Graph:
+def rank_graph(train: Graph, tp: int, devices: list[str] | None = None, *, sp: bool = False) -> Graph:
     """The training step one tensor-parallel rank runs: rank 0 of Megatron's split.
 
     Built with ``sim.passes.tensor_parallel.tensor_parallel`` on the training step over ``tp``
     ranks (column/row-parallel projections, two forward and two backward all-reduces per
-    block), keeping rank 0's nodes and its side of each all-reduce (the one-member form, which
+    block), keeping rank 0's nodes and its side of each collective (the one-member form, which
     the engine times over the whole group's links). The embedding, LM head and cross-entropy
     are vocabulary-parallel there: rank 0 holds the table's first ``V/tp`` rows.
+
+    ``sp=True``: Megatron's sequence parallelism (``tensor_parallel(..., sp=True)``: each
+    all-reduce a reduce-scatter and an all-gather, norms and residual adds on ``1/tp`` of the
+    sequence). The norms' weight and bias gradients are then partial sums over the sequence
+    shards; Megatron-LM accumulates them locally over the microbatches and all-reduces them
+    over the TP group once per step (``finalize_model_grads``), so the graph's per-microbatch
+    all-reduce of each such gradient is dropped (the update reads the local sum) and the
+    elements are listed in ``meta["step_grads"]`` (parameter -> elements) for the step's
+    reduction.
     """
     if tp == 1:
         return train
     from sim.passes.tensor_parallel import tensor_parallel
 
     devs = list(devices or [f"gpu{i}" for i in range(tp)])[:tp]
-    full = tensor_parallel(train, devs)
-    out = Graph(f"{train.name}.tp{tp}.rank0", train.source)
+    full = tensor_parallel(train, devs, sp=sp)
+    out = Graph(f"{train.name}.tp{tp}{'.sp' if sp else ''}.rank0", train.source)
     keep = [nd for nd in full.topo_order() if nd.meta.get("device") == devs[0]]
-    used = {t for nd in keep for t in nd.inputs if t}
+    grads = {g: p for p, g, d in full.meta.get("rank_grads", ()) if d == devs[0]}
+    rename: dict[str, str] = {}  # a dropped gradient all-reduce's output -> its local input
+    step_grads: dict[str, int] = {}
+    for nd in keep:
+        if nd.op == "AllReduce" and nd.outputs[0] in grads:
+            rename[nd.outputs[0]] = nd.inputs[0]
+            step_grads[grads[nd.outputs[0]]] = full.tensors[nd.inputs[0]].numel
+    keep = [nd for nd in keep if not (nd.op == "AllReduce" and nd.outputs[0] in rename)]
+    used = {rename.get(t, t) for nd in keep for t in nd.inputs if t}
     for name, spec in full.params.items():
         if name in used:
             info = full.param_info[name]
@@ -120,10 +141,10 @@ def rank_graph(train: Graph, tp: int, devices: list[str] | None = None) -> Graph
         if name in used:
             out.add_input(name, spec)
     for nd in keep:
-        if nd.op == "AllReduce":
+        if nd.op in ("AllReduce", "AllGather", "ReduceScatter"):
             ins, outs = [nd.inputs[0]], [nd.outputs[0]]
         else:
-            ins, outs = list(nd.inputs), list(nd.outputs)
+            ins, outs = [rename.get(t, t) if t else t for t in nd.inputs], list(nd.outputs)
         meta = dict(nd.meta)
         origin = train.nodes.get(str(meta.get("origin", "")))
         if origin is not None and "forward" in origin.meta:
@@ -132,6 +153,7 @@ def rank_graph(train: Graph, tp: int, devices: list[str] | None = None) -> Graph
     produced = {t for nd in out.nodes.values() for t in nd.outputs if t}
     consumed = {t for nd in out.nodes.values() for t in nd.inputs if t}
     out.set_outputs(sorted(t for t in produced if t not in consumed))
+    out.meta["step_grads"] = step_grads
     return out.verify()
 
 
@@ -140,9 +162,15 @@ def _role(graph: Graph, name: str) -> tuple[str, str, str]:
     nd = graph.nodes[name]
     m = nd.meta
     if nd.op in ("AllReduce", "AllGather", "ReduceScatter") and nd.inputs:
-        src_node = graph.producer(nd.inputs[0])  # a collective belongs to its input's phase and part
+        # a collective belongs to its input's phase and part; in the backward pass to the part
+        # of the op that waits for it (SP: a layer's backward starts with the all-gather of its
+        # output gradient, which the next layer's, or the final norm's, backward produced)
+        src_node = graph.producer(nd.inputs[0])
         if src_node is not None:
             phase, part, _ = _role(graph, src_node.name)
+            users = graph.consumers(nd.outputs[0]) if phase == "bwd" else []
+            if users:
+                part = _role(graph, users[0].name)[1]
             return phase, part, "collective"
     if m.get("role") == "optimizer":
         p = str(m.get("param", ""))
@@ -160,14 +188,15 @@ def _param_part(p: str) -> str:
     return _part_of(base.rsplit(".", 1)[0] if "." in base else base, "")
 
 
-def measure(
-    train: Graph, opt_train: Graph | None, hw: Any, *, sp: int = 1, dtype: str | None = None
-) -> StageModel:
+def measure(train: Graph, opt_train: Graph | None, hw: Any, *, dtype: str | None = None) -> StageModel:
     """Run the engine on a one-layer training step and sum its records per part and phase.
 
     ``train`` is timed for the forward and backward passes (cast to ``dtype`` if given);
     ``opt_train`` (the same step in fp32: AMP's master weights and optimizer states) for the
-    optimizer updates. ``sp > 1`` divides the replicated ops of a layer by ``sp``.
+    optimizer updates. A forward all-gather whose output the backward pass reads (sequence
+    parallelism: the gathered norm output a column-parallel weight gradient needs) is run
+    again in the backward pass, as Megatron-LM does, which keeps only the shard: its time is
+    charged to the backward pass too and its shard, not the gathered tensor, is saved.
     """
     from sim.engine import simulate
     from sim.passes.precision import cast_graph
@@ -177,22 +206,24 @@ def measure(
     res = simulate(cast_graph(train, dtype) if dtype else train, hw, host_inputs=False)
     model.records = len(res.ops)
     model.graph_nodes = len(train.nodes)
+    regather = set(_saved_buffers(train).values())
     for r in res.ops:
         name = r["name"]
         if name not in train.nodes or r["device"] != rank0:
             continue
-        phase, part, tp_role = _role(train, name)
+        phase, part, _ = _role(train, name)
         if phase == "opt" and opt_train is not None:
             continue
         dur = float(r["end_s"]) - float(r["start_s"])
-        if sp > 1 and part == "block" and tp_role == "replicated" and r.get("unit") != "collective":
-            dur /= sp
         pc = model.parts[part]
         comm = r.get("unit") == "collective"
         if phase == "fwd":
             pc.fwd_s += dur
             pc.fwd_comm_s += dur if comm else 0.0
             pc.flops_fwd += float(r.get("flops", 0.0))
+            if name in regather:  # the backward pass gathers the shard again
+                pc.bwd_s += dur
+                pc.bwd_comm_s += dur
         elif phase == "bwd":
             pc.bwd_s += dur
             pc.bwd_comm_s += dur if comm else 0.0
@@ -208,37 +239,64 @@ def measure(
                 continue
             part = _param_part(str(nd.meta.get("param", "")))
             model.parts[part].opt_s += float(r["end_s"]) - float(r["start_s"])
-    _saved(train, model, sp)
+    _saved(train, model)
     for p in train.params:
         info = train.param_info[p]
         if info.trainable and info.options.get("role") != "optimizer_state":
             model.parts[_param_part(p)].params += float(train.params[p].numel)
+    for p, n in dict(train.meta.get("step_grads") or {}).items():
+        model.parts[_param_part(p)].step_grad_elems += float(n)
     return model
 
 
-def _saved(train: Graph, model: StageModel, sp: int) -> None:
-    """Saved-activation bytes per part: forward tensors that backward nodes read."""
-    fwd_producer: dict[str, str] = {}
+_VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _buffer(train: Graph, t: str) -> str:
+    """The tensor whose buffer ``t`` is: ``t`` itself, or what a chain of views of it starts from."""
+    while True:
+        prod = train.producer(t)
+        if prod is None or prod.op not in _VIEWS or not prod.inputs or not prod.inputs[0]:
+            return t
+        src = prod.inputs[0]
+        if train.tensors[src].nbytes != train.tensors[t].nbytes:
+            return t
+        t = src
+
+
+def _saved_buffers(train: Graph) -> dict[str, str]:
+    """The forward all-gathers whose output the backward pass reads: their output -> node."""
+    out: dict[str, str] = {}
     for nd in train.nodes.values():
-        ph, _, _ = _role(train, nd.name)
-        if ph == "fwd":
-            for t in nd.outputs:
-                if t:
-                    fwd_producer[t] = nd.name
+        if nd.op == "AllGather" and _role(train, nd.name)[0] == "fwd":
+            out[nd.outputs[0]] = nd.name
+    read = {_buffer(train, t) for nd in train.nodes.values() if _role(train, nd.name)[0] == "bwd"
+            for t in nd.inputs if t}
+    return {t: n for t, n in out.items() if t in read}
+
+
+def _saved(train: Graph, model: StageModel) -> None:
+    """Saved-activation bytes per part: the buffers of forward tensors that backward nodes read
+    (views of one buffer count once; a re-gathered tensor counts as its shard)."""
+    fwd_out: set[str] = set()
+    for nd in train.nodes.values():
+        if _role(train, nd.name)[0] == "fwd":
+            fwd_out.update(t for t in nd.outputs if t)
+    regather = _saved_buffers(train)
     counted: set[tuple[str, str]] = set()
     for nd in train.nodes.values():
         ph, part, _ = _role(train, nd.name)
         if ph != "bwd":
             continue
         for t in nd.inputs:
-            if t in fwd_producer and (part, t) not in counted:
-                counted.add((part, t))
-                prod = train.nodes[fwd_producer[t]]
-                nbytes = float(train.tensors[t].nbytes)
-                _, _, tp_role = _role(train, prod.name)
-                if sp > 1 and part == "block" and tp_role == "replicated":
-                    nbytes /= sp
-                model.parts[part].saved_bytes += nbytes
+            if t not in fwd_out:
+                continue
+            buf = _buffer(train, t)
+            if buf in regather:
+                buf = train.nodes[regather[buf]].inputs[0]
+            if (part, buf) not in counted:
+                counted.add((part, buf))
+                model.parts[part].saved_bytes += float(train.tensors[buf].nbytes)
 
 
 def stage_model(
@@ -281,10 +339,10 @@ def stage_model(
     )
     node_hw = tp_system(hw, tp)
     train = rank_graph(
-        training_graph(fwd, loss="cross_entropy", optimizer=optimizer), tp, node_hw.accelerators
+        training_graph(fwd, loss="cross_entropy", optimizer=optimizer), tp, node_hw.accelerators, sp=sp
     )
     timed = cast_graph(train, dtype) if dtype and dtype != "fp32" else train
-    model = measure(timed, train if timed is not train else None, node_hw, sp=tp if sp else 1)
+    model = measure(timed, train if timed is not train else None, node_hw)
     model.layers = layers
     model.vocab = vocab
     model.attention = "fused" if any(nd.op == "Attention" for nd in fwd.nodes.values()) else "materialized"

@@ -128,7 +128,8 @@ def simulate_training(
             params_v += post.params + (pre_vocab_params(model, lay) if nvs > 1 else 0.0)
         stages.append(StageTimes(f, b, params_v * grad_item, params_v * weight_item))
     dev_params = [sum(stages[c * p + s].grad_bytes for c in range(v)) / grad_item for s in range(p)]
-    comm = _comm(lay, fab, per_node, model, itemsize, weight_item, dev_params)
+    step_grads = [step_grad_elems(model, per_vs, p, s) * grad_item for s in range(p)]
+    comm = _comm(lay, fab, per_node, model, itemsize, weight_item, dev_params, step_grads)
     opt_s = []
     for s in range(p):
         t = 0.0
@@ -196,6 +197,20 @@ def pre_vocab_params(model: StageModel, lay: Layout) -> float:
     return float(model.vocab // lay.tp * model.hidden) if model.vocab else 0.0
 
 
+def step_grad_elems(model: StageModel, per_vs: list[int], p: int, s: int) -> float:
+    """Gradient elements pipeline stage ``s`` all-reduces over its TP group once per step: with
+    sequence parallelism the norms' weights and biases (partial sums over the sequence shards,
+    accumulated locally over the microbatches; Megatron-LM's ``finalize_model_grads``)."""
+    parts = model.parts
+    nvs = len(per_vs)
+    total = 0.0
+    for vs in range(s, nvs, p):
+        total += per_vs[vs] * parts["block"].step_grad_elems
+        total += parts["pre"].step_grad_elems if vs == 0 else 0.0
+        total += parts["post"].step_grad_elems if vs == nvs - 1 else 0.0
+    return total
+
+
 def _tp_comm(model: StageModel, lc: int, recompute: bool, m: int) -> float:
     blk = model.parts["block"]
     per_layer = blk.fwd_comm_s * (2 if recompute else 1) + blk.bwd_comm_s
@@ -217,8 +232,11 @@ def _comm(
     itemsize: int,
     weight_item: float,
     dev_params: list[float],
+    step_grads: list[float],
 ) -> Comm:
-    """Point-to-point and data-parallel costs of ``lay`` on ``fab``."""
+    """Point-to-point and data-parallel costs of ``lay`` on ``fab``, and the once-per-step
+    reductions before the update: the tied embedding's (first and last stage) and the TP
+    group's all-reduce of ``step_grads[s]`` bytes (sequence-parallel norm gradients)."""
     p2p_bytes = lay.mbs * model.seq * model.hidden * itemsize / lay.tp  # Megatron's scatter/gather
     pp_same_node = lay.stride("pp") < per_node and lay.per_node("pp", per_node) > 1
     ranks_per_node_sending = min(per_node, lay.tp)
@@ -242,10 +260,15 @@ def _comm(
     emb_bytes = (model.vocab // lay.tp) * model.hidden * 4.0 if model.vocab else 0.0
     emb_grp = Group(2, 1, min(per_node, lay.tp))
 
+    tp_grp = Group(lay.tp, min(lay.tp, per_node), max(1, per_node // lay.tp))
+
     def extra(s: int) -> float:  # tied embeddings: first and last stage all-reduce their gradients
+        t = 0.0
         if lay.pp > 1 and s in (0, lay.pp - 1) and emb_bytes:
-            return collective_time("all_reduce", emb_bytes, fab, emb_grp).seconds
-        return 0.0
+            t += collective_time("all_reduce", emb_bytes, fab, emb_grp).seconds
+        if lay.tp > 1 and step_grads[s] > 0:  # then the norms' (Megatron: layer-norm grads first)
+            t += collective_time("all_reduce", step_grads[s], fab, tp_grp).seconds
+        return t
 
     return Comm(p2p, p2p, reduce, gather, post, extra)
 
