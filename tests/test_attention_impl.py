@@ -47,7 +47,7 @@ def test_unfused_scores_and_dropout_hand_count():
     # and a scale each (its backward regenerates the mask from the seed, as Philox kernels do)
     w = g.work(g.nodes["h.0.attn.attn_dropout"])
     assert (w.flops, w.bytes_read + w.bytes_written) == (2 * b * h * s * s, b * h * s * s * (4 + 4))
-    with pytest.raises(GraphError, match="attention dropout needs impl: unfused"):
+    with pytest.raises(GraphError, match="attention dropout 0.1 needs impl: unfused"):
         load("gpt3-175b", **TINY, attention="fused", attn_dropout=0.1)
 
 

@@ -523,7 +523,9 @@ def attention(ctx: LayerContext, inputs: list[str], out: str) -> str:
         o = _unfused_attention(ctx, q, k, v, mask, causal, 1.0 / math.sqrt(hd), p_drop)
     else:
         if p_drop:
-            raise GraphError("attention dropout needs impl: unfused (the fused Attention op has no dropout)")
+            raise GraphError(f"attention dropout {p_drop:g} needs impl: unfused (the fused Attention op has "
+                             "no dropout); set it to 0, or the attention to auto (flash kernels drop inside "
+                             "the kernel, untimed)")
         att_in = [q, k, v] + ([mask] if mask else [])
         o = ctx.op("Attention", att_in, suffix="sdpa", is_causal=int(causal), scale=1.0 / math.sqrt(hd))
     o = ctx.op("Transpose", [o], suffix="merge", perm=[0, 2, 1, 3])
