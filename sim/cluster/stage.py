@@ -332,6 +332,7 @@ def stage_model(
     if vocab:
         one["vocab"] = vocab  # padded: rank_graph splits it into V/t rows per rank
     from sim.hw.spec import attention_kernel
+    from sim.passes.fusion import fuse, megatron_epilogues
 
     fwd = load(workload, target_attention=attention_kernel(hw), **one)
     full_params.update(
@@ -342,7 +343,9 @@ def stage_model(
         training_graph(fwd, loss="cross_entropy", optimizer=optimizer), tp, node_hw.accelerators, sp=sp
     )
     timed = cast_graph(train, dtype) if dtype and dtype != "fp32" else train
-    model = measure(timed, train if timed is not train else None, node_hw)
+    # Megatron-LM's kernels: the attention scale and mask inside the GEMM / softmax kernels
+    timed = fuse(timed, join=megatron_epilogues)
+    model = measure(timed, train, node_hw)
     model.layers = layers
     model.vocab = vocab
     model.attention = "fused" if any(nd.op == "Attention" for nd in fwd.nodes.values()) else "materialized"

@@ -40,6 +40,8 @@ its storage dtype as the unfused graph would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sim.graph import Graph, Node
 from sim.graph.rewrite import GraphBuilder, Rewriter
 from sim.ops.registry import has_trait
@@ -62,13 +64,18 @@ def _joinable(node: Node) -> bool:
 
 
 # ------------------------------------------------------------------------------ the pass
-def fuse(graph: Graph) -> Graph:
-    """A new graph with elementwise chains fused into their producers (see module doc)."""
+def fuse(graph: Graph, join: Callable[[Graph, Node], bool] | None = None) -> Graph:
+    """A new graph with elementwise chains fused into their producers (see module doc).
+
+    ``join`` restricts fusion to a framework's hand-written kernels: only a node it accepts
+    joins its producer's group, and no prologues or siblings merge (``megatron_epilogues``)."""
     pos = {n.name: i for i, n in enumerate(graph.topo_order())}
-    prologue = _prologues(graph)  # node -> the matrix op whose group it opens
+    prologue = _prologues(graph) if join is None else {}  # node -> the matrix op whose group it opens
     pending, shared_const = _openers(graph, prologue, pos)
-    groups = _grow_groups(graph, prologue, pending, pos)
-    groups = _split_trailing_views(graph, _merge_siblings(graph, groups, prologue, pos), pos)
+    groups = _grow_groups(graph, prologue, pending, pos, join)
+    if join is None:
+        groups = _merge_siblings(graph, groups, prologue, pos)
+    groups = _split_trailing_views(graph, groups, pos)
     out = _Fuse(graph, [[c] for c in shared_const] + groups).run()
     out.meta["fused"] = True
     return out.verify()
@@ -121,10 +128,10 @@ def _openers(graph: Graph, prologue: dict[str, str], pos: dict[str, int]
 
 
 def _join_target(graph: Graph, node: Node, made_in: dict[str, int], first: list[int],
-                 pos: dict[str, int]) -> int | None:
+                 pos: dict[str, int], join: Callable[[Graph, Node], bool] | None = None) -> int | None:
     """The latest-started group ``node`` can join: one that made an input of it, when every
     other input it reads is made before that group's first node (the graph stays acyclic)."""
-    if not _joinable(node):
+    if not _joinable(node) or (join is not None and not join(graph, node)):
         return None
     cands = {made_in[t] for t in node.inputs if t and t in made_in}
     for gid in sorted(cands, key=lambda g: -first[g]):
@@ -136,7 +143,7 @@ def _join_target(graph: Graph, node: Node, made_in: dict[str, int], first: list[
 
 
 def _grow_groups(graph: Graph, prologue: dict[str, str], pending: dict[str, list[Node]],
-                 pos: dict[str, int]) -> list[list[Node]]:
+                 pos: dict[str, int], join: Callable[[Graph, Node], bool] | None = None) -> list[list[Node]]:
     """Each node joins the group of a producer (``_join_target``) or opens its own."""
     groups: list[list[Node]] = []
     first: list[int] = []  # topological position of each group's first node
@@ -144,7 +151,7 @@ def _grow_groups(graph: Graph, prologue: dict[str, str], pending: dict[str, list
     for node in graph.topo_order():
         if (node.op == "Constant" and not node.inputs) or node.name in prologue:
             continue
-        target = _join_target(graph, node, made_in, first, pos)
+        target = _join_target(graph, node, made_in, first, pos, join)
         if target is None:
             target = len(groups)
             groups.append([])
@@ -333,3 +340,29 @@ def _emit_group(graph: Graph, b: GraphBuilder, members: list[Node], graph_output
         roots.append(t)
     attrs = {"inputs": ext_in, "outputs": ext_out, "nodes": sub, "dtypes": dtypes, "shared_inputs": shared}
     b.node("Fused", ext_in, ext_out, attrs, name=b.unique(f"{head.name}.fused"), meta=meta)
+
+
+def _constant(graph: Graph, t: str) -> bool:
+    """Whether ``t`` is a non-trainable parameter or constant, directly or through casts."""
+    while True:
+        if t in graph.params:
+            return not graph.param_info[t].trainable
+        prod = graph.producer(t)
+        if prod is None:
+            return False
+        if prod.op == "Constant":
+            return True
+        if prod.op != "Cast" or not prod.inputs:
+            return False
+        t = prod.inputs[0]
+
+
+def megatron_epilogues(graph: Graph, node: Node) -> bool:
+    """The elementwise ops Megatron-LM's kernels take in: a ``Mul`` or ``Add`` of a constant
+    operand (the attention scale, folded into ``baddbmm``'s alpha; the causal mask, inside
+    ``FusedScaleMaskSoftmax``) joins the kernel that made its other operand. Residual adds,
+    dropouts and activations stay kernels of their own."""
+    if node.op == "Add" and any((p := graph.producer(t)) is not None and p.op == "Dropout"
+                                and int(p.attrs.get("training_mode", 0)) for t in node.inputs if t):
+        return True  # bias-dropout-add: the residual add inside the dropout's kernel
+    return node.op in ("Mul", "Add") and any(t and _constant(graph, t) for t in node.inputs)
