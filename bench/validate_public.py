@@ -33,8 +33,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sim  # noqa: E402
-from sim.graph import Graph, TensorSpec  # noqa: E402
 from sim.passes.fusion import fuse  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibrate_h100 import one_op as _one_op  # noqa: E402  (the fit and this table build one-op graphs alike)
 
 # ------------------------------------------------------------------------------ hardware
 # Boards the sources used that are not a bundled spec: the bundled part with its datasheet
@@ -283,15 +285,6 @@ def source_tag(ref: Ref) -> str:
 
 
 # ------------------------------------------------------------------------------ simulation
-def _one_op(op: str, inputs: list[tuple[tuple[int, ...], str]], attrs: dict[str, Any],
-            outputs: list[str] | None = None) -> Graph:
-    g = Graph(f"one-{op}")
-    names = [g.add_input(f"x{i}", TensorSpec(shape, dt)) for i, (shape, dt) in enumerate(inputs)]
-    outs = g.add_node(op, names, outputs, attrs, name="node")
-    g.set_outputs([o for o in outs if o])
-    return g.verify()
-
-
 def work(ref: Ref) -> float:
     """The source's own work count behind a throughput (FLOPs for TFLOP/s, bytes for TB/s)."""
     c = ref.case

@@ -307,3 +307,13 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.summary()}>"
+
+
+def param_behind(g: Graph, tensor: str) -> str | None:
+    """The parameter ``tensor`` is, directly or through ``Cast`` nodes (AMP), else None."""
+    while tensor not in g.params:
+        node = g.producer(tensor)
+        if node is None or node.op != "Cast" or not node.inputs:
+            return None
+        tensor = node.inputs[0]
+    return tensor

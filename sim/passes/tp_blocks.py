@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sim.graph import Graph, Node
+from sim.graph import Graph, Node, param_behind
 
 # ops a q/k/v path may pass through between its projection and the attention core
 _HEAD_PATH = frozenset({"Reshape", "Transpose", "Add", "Mul", "Div", "Sub", "Neg", "Cast",
@@ -46,16 +46,6 @@ class Plan:
     vocab: int = 0  # rows of the vocabulary-parallel table (0: none)
     embedding: list[str] = field(default_factory=list)  # the table's Gather node names
     lm_head: list[str] = field(default_factory=list)  # the vocabulary-parallel linears
-
-
-def param_behind(g: Graph, tensor: str) -> str | None:
-    """The parameter ``tensor`` is, directly or through ``Cast`` nodes, else None."""
-    while tensor not in g.params:
-        node = g.producer(tensor)
-        if node is None or node.op != "Cast":
-            return None
-        tensor = node.inputs[0]
-    return tensor
 
 
 def linear_weight(g: Graph, node: Node) -> tuple[str, int, int] | None:

@@ -42,7 +42,7 @@ import numpy as np
 
 from sim.dtypes import is_float
 from sim.errors import GraphError
-from sim.graph import Graph, Node, ParamInfo, TensorSpec
+from sim.graph import Graph, Node, ParamInfo, TensorSpec, param_behind
 from sim.graph.rewrite import GraphBuilder, Rewriter
 from sim.ops.optim import DEFAULTS
 from sim.passes.autodiff import gradients
@@ -107,16 +107,6 @@ def _optimizer_attrs(op: str, hyper: dict[str, Any]) -> dict[str, Any]:
     return {k: attrs.get(k, v) for k, v in DEFAULTS[op].items()}
 
 
-def _param_behind(g: Graph, tensor: str) -> str | None:
-    """The parameter ``tensor`` is, directly or through ``Cast`` nodes (AMP), else None."""
-    while tensor not in g.params:
-        node = g.producer(tensor)
-        if node is None or node.op != "Cast":
-            return None
-        tensor = node.inputs[0]
-    return tensor
-
-
 def train_mode(graph: Graph) -> tuple[Graph, dict[str, str]]:
     """``graph`` as ``model.train()`` runs it, and the running statistics it updates.
 
@@ -164,7 +154,7 @@ class _TrainMode(Rewriter):
 
     def _batchnorm(self, node: Node) -> None:
         g = self.src
-        running = [_param_behind(g, t) for t in node.inputs[3:5]]
+        running = [param_behind(g, t) for t in node.inputs[3:5]]
         if len(running) != 2 or not all(p is not None and not g.param_info[p].trainable for p in running):
             self.emit(node)
             return
