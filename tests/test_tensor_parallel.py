@@ -103,21 +103,7 @@ def test_training_step_under_tp_equals_the_single_device_step(n):
     # every node is placed on one tensor-parallel rank
     assert all(nd.meta["device"] in names(n) for nd in tp.nodes.values())
     rng = np.random.default_rng(0)
-    ids, labels = rng.integers(0, 64, (2, 8)), rng.integers(0, 64, (2, 8))
-    ref = Executor(step, seed=1)
-    want = ref.run({"input_ids": ids, "labels": labels}, keep=step.meta["grads"].values()).values
-    feeds = {f"{d}/{k}": v for d in names(n) for k, v in (("input_ids", ids), ("labels", labels))}
-    got = Executor(tp, params=shard_values(tp, ref.params)).run(
-        feeds, keep=[t for _, t, _ in tp.meta["rank_grads"]]).values
-    np.testing.assert_allclose(got[tp.meta["loss"]], want[step.meta["loss"]], rtol=1e-12)
-    for p, t, _ in tp.meta["rank_grads"]:
-        src = tp.meta["shards"][p][0] if p in tp.meta["shards"] else p
-        np.testing.assert_allclose(got[t], _slice(want[step.meta["grads"][src]], tp, p), rtol=1e-9,
-                                   atol=1e-12)
-    new_of = {p: o for o, p in step.meta["updates"].items()}
-    for o, p in tp.meta["updates"].items():
-        src = tp.meta["shards"][p][0] if p in tp.meta["shards"] else p
-        np.testing.assert_allclose(got[o], _slice(want[new_of[src]], tp, p), rtol=1e-9, atol=1e-12)
+    _matches(step, tp, rng.integers(0, 64, (2, 8)), rng.integers(0, 64, (2, 8)), seed=1)
 
 
 def test_llama_training_step_under_tp():
@@ -127,16 +113,7 @@ def test_llama_training_step_under_tp():
     tp = tensor_parallel(step, names(2))
     assert tp.meta["tp_plan"] == {"attention": ["layers.0.attn.sdpa"], "mlp": ["layers.0.mlp.down"]}
     rng = np.random.default_rng(1)
-    ids, labels = rng.integers(0, 64, (2, 8)), rng.integers(0, 64, (2, 8))
-    ref = Executor(step, seed=2)
-    want = ref.run({"input_ids": ids, "labels": labels}).values
-    feeds = {f"{d}/{k}": v for d in names(2) for k, v in (("input_ids", ids), ("labels", labels))}
-    got = Executor(tp, params=shard_values(tp, ref.params)).run(feeds).values
-    np.testing.assert_allclose(got[tp.meta["loss"]], want[step.meta["loss"]], rtol=1e-12)
-    new_of = {p: o for o, p in step.meta["updates"].items()}
-    for o, p in tp.meta["updates"].items():
-        src = tp.meta["shards"][p][0] if p in tp.meta["shards"] else p
-        np.testing.assert_allclose(got[o], _slice(want[new_of[src]], tp, p), rtol=1e-9, atol=1e-12)
+    _matches(step, tp, rng.integers(0, 64, (2, 8)), rng.integers(0, 64, (2, 8)), seed=2)
 
 
 def test_tp_then_training_refuses_and_placed_graphs_refuse():
@@ -179,25 +156,21 @@ def test_sequence_parallel_training_step(model):
                 and nd.meta.get("origin", "").endswith("norm2") and nd.meta["tp_rank"] == 1)
     assert tp.tensors[norm.outputs[0]].shape == (2, 8 // n, 32)
     rng = np.random.default_rng(0)
-    ids, labels = rng.integers(0, 64, (2, 8)), rng.integers(0, 64, (2, 8))
-    ref = Executor(step, seed=1)
-    want = ref.run({"input_ids": ids, "labels": labels}).values
-    feeds = {f"{d}/{k}": v for d in names(n) for k, v in (("input_ids", ids), ("labels", labels))}
-    got = Executor(tp, params=shard_values(tp, ref.params)).run(feeds).values
-    np.testing.assert_allclose(got[tp.meta["loss"]], want[step.meta["loss"]], rtol=1e-12)
-    new_of = {p: o for o, p in step.meta["updates"].items()}
-    for o, p in tp.meta["updates"].items():
-        src = tp.meta["shards"][p][0] if p in tp.meta["shards"] else p
-        np.testing.assert_allclose(got[o], _slice(want[new_of[src]], tp, p), rtol=1e-9, atol=1e-12)
+    _matches(step, tp, rng.integers(0, 64, (2, 8)), rng.integers(0, 64, (2, 8)), seed=1)
 
 
 def _step_matches(step: Graph, tp: Graph, seed: int, vocab: int, batch: int = 2) -> None:
-    """The tensor-parallel step's loss, every rank's gradients and updated parameters equal the
-    single-device step's (the shards' slices of them)."""
-    n = len(tp.meta["tp_devices"])
+    """``_matches`` on random tokens that include the vocabulary's last rows (the padded rank's)."""
     rng = np.random.default_rng(seed)
     ids, labels = rng.integers(0, vocab, (batch, 8)), rng.integers(0, vocab, (batch, 8))
     ids[0, :2], labels[0, :2] = vocab - 1, vocab - 1  # the last rows: on the padded rank
+    _matches(step, tp, ids, labels, seed)
+
+
+def _matches(step: Graph, tp: Graph, ids: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    """Fed ``ids`` and ``labels``, the tensor-parallel step's loss, every rank's gradients and
+    updated parameters equal the single-device step's (the shards' slices of them)."""
+    n = len(tp.meta["tp_devices"])
     ref = Executor(step, seed=seed)
     want = ref.run({"input_ids": ids, "labels": labels}, keep=step.meta["grads"].values()).values
     feeds = {f"{d}/{k}": v for d in names(n) for k, v in (("input_ids", ids), ("labels", labels))}
