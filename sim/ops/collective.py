@@ -52,6 +52,7 @@ SPMD run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -120,12 +121,17 @@ def _reduce_flops(numel: int, n: int, k: int, red: str) -> float:
     return per_member * n if k == n else per_member
 
 
-def _allreduce_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
-    n, x = _members(ins, attrs, "AllReduce")
-    red = attrs.get("reduction", "sum")
-    flops = _reduce_flops(x.numel, n, len(ins), red)
-    r, w = io_bytes(ins, outs)
-    return Work(flops=flops, bytes_read=r, bytes_written=w)
+def _collective_work(op: str, *, reduces: bool) -> Callable[..., Work]:
+    """The work function of collective ``op``: its members' bytes in and out, and for a
+    reduction the adds (``_reduce_flops``)."""
+
+    def work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
+        n, x = _members(ins, attrs, op)
+        flops = _reduce_flops(x.numel, n, len(ins), attrs.get("reduction", "sum")) if reduces else 0.0
+        r, w = io_bytes(ins, outs)
+        return Work(flops=flops, bytes_read=r, bytes_written=w)
+
+    return work
 
 
 def _allreduce_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
@@ -173,8 +179,8 @@ def _allreduce_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | Non
     return [res] if len(dys_) == 1 else list(res)
 
 
-defop("AllReduce", infer=_allreduce_infer, work=_allreduce_work, kernel=_allreduce_kernel,
-      grad=_allreduce_grad,
+defop("AllReduce", infer=_allreduce_infer, work=_collective_work("AllReduce", reduces=True),
+      kernel=_allreduce_kernel, grad=_allreduce_grad,
       doc="Every member gets the sum (mean, max) of all members' tensors (ring algorithm).")
 
 
@@ -187,12 +193,6 @@ def _allgather_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> l
     shape = list(x.shape)
     shape[ax] *= n
     return [TensorSpec(tuple(shape), x.dtype)] * len(specs)
-
-
-def _allgather_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
-    _members(ins, attrs, "AllGather")
-    r, w = io_bytes(ins, outs)
-    return Work(bytes_read=r, bytes_written=w)
 
 
 def _allgather_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
@@ -211,8 +211,8 @@ def _allgather_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | Non
     return [res] if len(dys_) == 1 else list(res)
 
 
-defop("AllGather", infer=_allgather_infer, work=_allgather_work, kernel=_allgather_kernel,
-      grad=_allgather_grad,
+defop("AllGather", infer=_allgather_infer, work=_collective_work("AllGather", reduces=False),
+      kernel=_allgather_kernel, grad=_allgather_grad,
       doc="Every member gets all members' tensors concatenated along axis (ring algorithm).")
 
 
@@ -221,13 +221,6 @@ def _reducescatter_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) 
     n, x = _members(specs, attrs, "ReduceScatter")
     shape = _scatter_shape(x, int(attrs.get("axis", 0)), n, "ReduceScatter")
     return [TensorSpec(shape, x.dtype)] * len(specs)
-
-
-def _reducescatter_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
-    n, x = _members(ins, attrs, "ReduceScatter")
-    flops = _reduce_flops(x.numel, n, len(ins), attrs.get("reduction", "sum"))
-    r, w = io_bytes(ins, outs)
-    return Work(flops=flops, bytes_read=r, bytes_written=w)
 
 
 def _reducescatter_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
@@ -251,7 +244,7 @@ def _reducescatter_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str |
     return outs
 
 
-defop("ReduceScatter", infer=_reducescatter_infer, work=_reducescatter_work,
+defop("ReduceScatter", infer=_reducescatter_infer, work=_collective_work("ReduceScatter", reduces=True),
       kernel=_reducescatter_kernel, grad=_reducescatter_grad,
       doc="Member j gets the j-th equal slice (along axis) of the sum (or mean) of all members' tensors.")
 
@@ -263,12 +256,6 @@ def _alltoall_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> li
     if len(specs) > 1:
         _scatter_shape(x, int(attrs.get("axis", 0)), n, "AllToAll")
     return [x] * len(specs)
-
-
-def _alltoall_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict) -> Work:
-    _members(ins, attrs, "AllToAll")
-    r, w = io_bytes(ins, outs)
-    return Work(bytes_read=r, bytes_written=w)
 
 
 def _alltoall_kernel(inputs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
@@ -287,7 +274,8 @@ def _alltoall_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None
     return [res] if len(dys_) == 1 else list(res)
 
 
-defop("AllToAll", infer=_alltoall_infer, work=_alltoall_work, kernel=_alltoall_kernel, grad=_alltoall_grad,
+defop("AllToAll", infer=_alltoall_infer, work=_collective_work("AllToAll", reduces=False),
+      kernel=_alltoall_kernel, grad=_alltoall_grad,
       doc="Member i sends the j-th chunk (along axis) of its tensor to member j; "
           "member j gets them in member order.")
 
