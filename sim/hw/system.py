@@ -10,7 +10,7 @@ from typing import Any
 
 from sim.errors import SpecError
 from sim.hw.schema import Ctx, _fraction, _pos_q, check_version, mapping, read, read_int, read_link, read_str
-from sim.hw.spec import ClusterSpec, DeviceSpec, FabricSpec, LinkSpec, SystemSpec
+from sim.hw.spec import ClusterSpec, DeviceSpec, FabricSpec, LinkSpec, SystemSpec, attention_kernel
 from sim.hw.units import parse_number, parse_quantity
 from sim.limits import check
 
@@ -314,7 +314,7 @@ def describe_cluster(spec: ClusterSpec) -> str:
     desc = f" ({spec.description})" if spec.description else ""
     lines = [f"{spec.name}: cluster of {spec.nodes} nodes x {spec.per_node} {spec.device.name} = "
              f"{spec.accelerator_count} accelerators{desc}"]
-    kernel = getattr(spec.device.arch, "attention_kernel", None)
+    kernel = attention_kernel(spec)
     if kernel:
         lines.append(f"  attention kernel: {kernel}" + (
             " (scores materialised; workloads with attention: auto build the unfused core)"

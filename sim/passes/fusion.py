@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sim.graph import Graph, Node, param_behind
+from sim.graph import Graph, Node
 from sim.graph.rewrite import GraphBuilder, Rewriter
 from sim.ops.registry import has_trait
 
@@ -344,11 +344,10 @@ def _emit_group(graph: Graph, b: GraphBuilder, members: list[Node], graph_output
 
 def _constant(graph: Graph, t: str) -> bool:
     """Whether ``t`` is a non-trainable parameter or a ``Constant``, directly or through casts."""
-    p = param_behind(graph, t)
-    if p is not None:
-        return not graph.param_info[p].trainable
     while (prod := graph.producer(t)) is not None and prod.op == "Cast" and prod.inputs:
         t = prod.inputs[0]
+    if t in graph.params:
+        return not graph.param_info[t].trainable
     return prod is not None and prod.op == "Constant"
 
 
