@@ -33,6 +33,9 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--train", action="store_true", help="simulate one training step")
     p.add_argument("--loss", help="training loss with --train: cross_entropy (default) or mse")
     p.add_argument("--optimizer", help="optimizer with --train: sgd momentum adam (default) adamw ...")
+    p.add_argument("--optimizer-impl", choices=("foreach", "fused", "forloop", "per_param"),
+                   help="how the optimizer step runs, as torch.optim's foreach (default) / fused=True / "
+                        "foreach=False, or one fused kernel per parameter (docs/training.md)")
     p.add_argument("--checkpoint", action="store_true", help="activation checkpointing (with --train)")
     p.add_argument("--ignore-oom", action="store_true",
                    help="keep simulating past an out-of-memory point and report the would-be peak")

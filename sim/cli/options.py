@@ -23,6 +23,7 @@ class RunOptions:
     train: bool = False
     loss: str | None = None
     optimizer: str | None = None
+    optimizer_impl: str | None = None
     checkpoint: bool = False
     amp: bool = False
     ignore_oom: bool = False
@@ -50,7 +51,8 @@ class RunOptions:
             hw_sets=parse_hw_sets(getattr(args, "hw_set", None)),
             placement=parse_place(getattr(args, "place", None)),
             train=bool(getattr(args, "train", False)), loss=getattr(args, "loss", None),
-            optimizer=getattr(args, "optimizer", None), checkpoint=bool(getattr(args, "checkpoint", False)),
+            optimizer=getattr(args, "optimizer", None), optimizer_impl=getattr(args, "optimizer_impl", None),
+            checkpoint=bool(getattr(args, "checkpoint", False)),
             amp=bool(getattr(args, "amp", False)), ignore_oom=bool(getattr(args, "ignore_oom", False)),
             fuse=bool(getattr(args, "fuse", False)), runtime=getattr(args, "runtime", None),
             json=getattr(args, "json", None), trace=getattr(args, "trace", None),

@@ -35,7 +35,8 @@ def build(opts: RunOptions) -> tuple[Any, Any]:
         if opts.train:
             graph = sim.training_graph(graph, loss=opts.loss or "cross_entropy",
                                        optimizer=opts.optimizer or "adam",
-                                       checkpoint=opts.checkpoint)
+                                       checkpoint=opts.checkpoint,
+                                       **({"impl": opts.optimizer_impl} if opts.optimizer_impl else {}))
         else:  # as training_graph does: a weight transpose feeding a GEMM is its layout flag
             from sim.passes.layout import strided_transposes
 

@@ -340,7 +340,10 @@ def stage_model(
     )
     node_hw = tp_system(hw, tp)
     train = rank_graph(
-        training_graph(fwd, loss="cross_entropy", optimizer=optimizer), tp, node_hw.accelerators, sp=sp
+        # Megatron-LM's fused Adam moves each parameter's bytes once (one pass); its launches,
+        # a few for the whole group, are charged one per parameter so a layer's share scales
+        training_graph(fwd, loss="cross_entropy", optimizer=optimizer, impl="per_param"), tp,
+        node_hw.accelerators, sp=sp,
     )
     timed = cast_graph(train, dtype) if dtype and dtype != "fp32" else train
     # Megatron-LM's kernels: the attention scale and mask inside the GEMM / softmax kernels

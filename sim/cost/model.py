@@ -201,7 +201,7 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
 
     if work.flops <= 0 and work.bytes <= 0:
         return OpCost(0.0, "memory", "launch", 0.0, 0.0, 0.0, 0.0, 0.0, memory_level=level.name)
-    launch_s = device.launch_s
+    launch_s = device.launch_s * work.launches
     if isinstance(device.arch, GpuArch) and work.flops > 0:
         passes = gpu.cross_sm_passes(work.bytes_read, work.bytes_written, storage_bytes(dt),
                                      device.arch.sms, bool(work.gemms))

@@ -31,7 +31,29 @@ Every op also takes ``grad_scale`` (default 1): the gradient is multiplied by it
 mixed-precision pass uses ``1 / loss_scale`` to unscale fp16 gradients); 1 more FLOP per
 element when it is not 1.
 
-Bytes: param, grad and every state read once; new param and new states written once.
+Bytes and kernels follow the implementation torch.optim runs (attribute ``impl``; torch 2.13,
+``torch/optim/sgd.py`` and ``adam.py``, traced op by op in ``tests/test_optim_impl.py``):
+
+* ``foreach`` (torch's default for CUDA tensors, ``foreach=None``, and so
+  ``training_graph``'s): a sequence of
+  ``torch._foreach_*`` ops over the whole parameter group, each one pass over its tensor
+  lists and one or more ``multi_tensor_apply`` launches (``mta_launches``). SGD with
+  momentum: ``_foreach_mul_(bufs)``, ``_foreach_add_(bufs, grads)``, ``_foreach_add_(params,
+  bufs)`` (8 element passes: each op reads its lists and writes its first); Adam:
+  ``_foreach_lerp_(m, g)``, ``_foreach_mul_(v)``, ``_foreach_addcmul_(v, g, g)``,
+  ``_foreach_sqrt(v)`` (a new list), ``_foreach_div_``, ``_foreach_add_(eps)``,
+  ``_foreach_addcdiv_(p, m, denom)`` (19 passes); weight decay adds ``_foreach_add(grads,
+  params)`` (SGD, Adam's L2) or ``_foreach_mul_(params)`` (AdamW), nesterov one more add;
+* ``forloop`` (``foreach=False``): the same tensor ops, one kernel each per parameter;
+* ``fused`` (``fused=True``): ``_fused_sgd_`` / ``_fused_adam(w)_``, one pass (param, grad and
+  every state read once, new param and states written once) in ``multi_tensor_apply``
+  launches over the group (Adam's device step counters: one more launch);
+* ``per_param`` (the op's own default): one fused kernel per parameter, the same one pass
+  (an optimizer fused into the backward pass, or a hand-written per-tensor kernel).
+
+The update ops stay one node per parameter (values, in-place memory); a ``multi_tensor_apply``
+launch shared by the group is charged to each node in proportion: the training pass sets
+``launches`` (this node's share of the group's kernel launches) from ``mta_launches``.
 """
 
 from __future__ import annotations
@@ -49,13 +71,97 @@ from sim.tensor import TensorSpec
 
 # number of state tensors each optimizer keeps per parameter, by update op
 N_STATES = {"SGDUpdate": 0, "MomentumUpdate": 1, "AdamUpdate": 2, "AdamWUpdate": 2}
-DEFAULTS: dict[str, dict[str, float]] = {
-    "SGDUpdate": {"lr": 0.01, "weight_decay": 0.0},
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "SGDUpdate": {"lr": 0.01, "weight_decay": 0.0, "impl": "per_param"},
     "MomentumUpdate": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "nesterov": 0,
-                       "dampening": 0.0},
-    "AdamUpdate": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "weight_decay": 0.0},
-    "AdamWUpdate": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "weight_decay": 0.01},
+                       "dampening": 0.0, "impl": "per_param"},
+    "AdamUpdate": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "weight_decay": 0.0,
+                   "impl": "per_param"},
+    "AdamWUpdate": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "weight_decay": 0.01,
+                    "impl": "per_param"},
 }
+IMPLS = ("foreach", "fused", "forloop", "per_param")
+
+# multi_tensor_apply (aten/src/ATen/native/cuda/MultiTensorApply.cuh): chunks of 65536 elements,
+# one thread block each; a launch takes at most max_blocks blocks and max_tensors tensors (by
+# depth, the number of tensor lists). With 32 KB kernel arguments (CUDA >= 12.1 on sm_70 and
+# newer: DepthToMaxConfig<true>) the limits are 7x those of the 4 KB configuration.
+MTA_CHUNK = 65536
+MTA_MAX_TENSORS = {False: (110, 64, 48, 36, 30), True: (770, 448, 336, 252, 210)}
+MTA_MAX_BLOCKS = {False: 320, True: 2240}
+
+
+def mta_launches(numels: list[int], depth: int, large_kernel_arg: bool = True) -> int:
+    """Kernel launches ``multi_tensor_apply`` makes for tensors of ``numels`` elements over
+    ``depth`` lists: a launch goes out when its blocks (chunks) or its tensors are full (a
+    tensor counts once all its chunks are in), and once at the end.
+
+    >>> mta_launches([65536] * 3, 2), mta_launches([2240 * 65536 + 1], 1), mta_launches([1] * 449, 2)
+    (1, 2, 2)
+    """
+    max_t = MTA_MAX_TENSORS[large_kernel_arg][depth - 1]
+    max_b = MTA_MAX_BLOCKS[large_kernel_arg]
+    launches = blocks = tensors = 0
+    for n in numels:
+        if n <= 0:
+            continue
+        tensors += 1
+        rem = -(-int(n) // MTA_CHUNK)
+        while rem:
+            take = min(rem, max_b - blocks)
+            blocks += take
+            rem -= take
+            if blocks == max_b or (tensors == max_t and rem == 0):
+                launches += 1
+                blocks = 0
+                tensors = 0 if rem == 0 else 1
+    return launches + (1 if blocks else 0)
+
+
+def torch_sequence(op: str, attrs: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """The tensor ops torch.optim's foreach (and for-loop) step runs for ``op``:
+    (name, element passes, tensor lists = multi_tensor_apply depth). Passes count every list
+    read (a list passed twice, ``addcmul_(v, g, g)``, twice) and the one written."""
+    wd = _attr(op, attrs, "weight_decay") != 0.0
+    seq: list[tuple[str, int, int]] = []
+    if float(attrs.get("grad_scale", 1.0)) != 1.0:  # GradScaler.unscale_
+        seq.append(("_amp_foreach_non_finite_check_and_unscale_", 2, 1))
+    if wd and op != "AdamWUpdate":
+        seq.append(("_foreach_add", 3, 3))  # grads + wd * params, a new list
+    if op == "SGDUpdate":
+        return seq + [("_foreach_add_", 3, 2)]
+    if op == "MomentumUpdate":
+        seq += [("_foreach_mul_", 2, 1), ("_foreach_add_", 3, 2)]
+        if attrs.get("nesterov", 0):
+            seq.append(("_foreach_add_", 3, 2))
+        return seq + [("_foreach_add_", 3, 2)]
+    if op == "AdamWUpdate" and wd:
+        seq.append(("_foreach_mul_", 2, 1))
+    return seq + [("_foreach_lerp_", 3, 2), ("_foreach_mul_", 2, 1), ("_foreach_addcmul_", 4, 3),
+                  ("_foreach_sqrt", 2, 2), ("_foreach_div_", 2, 1), ("_foreach_add_", 2, 1),
+                  ("_foreach_addcdiv_", 4, 3)]
+
+
+def impl_of(attrs: dict[str, Any]) -> str:
+    impl = str(attrs.get("impl", "per_param"))
+    if impl not in IMPLS:
+        raise GraphError(f"unknown optimizer impl {impl!r} (choose from {', '.join(IMPLS)})")
+    return impl
+
+
+def group_launches(op: str, attrs: dict[str, Any], numels: list[int]) -> float:
+    """Kernel launches one step of ``op`` makes for a group of parameters of ``numels``
+    elements under ``attrs["impl"]`` (module doc)."""
+    impl = impl_of(attrs)
+    if impl == "per_param":
+        return float(len(numels))
+    if impl == "forloop":
+        return float(len(numels) * len(torch_sequence(op, attrs)))
+    if impl == "fused":
+        depth = 2 + N_STATES[op]
+        steps = mta_launches([1] * len(numels), 1) if op in ("AdamUpdate", "AdamWUpdate") else 0
+        return float(mta_launches(numels, depth) + steps)
+    return float(sum(mta_launches(numels, depth) for _, _, depth in torch_sequence(op, attrs)))
 
 
 def _attr(op: str, attrs: dict[str, Any], key: str) -> float:
@@ -110,8 +216,16 @@ def _work(op: str):
         assert param is not None
         f, t = flops_per_element(op, attrs)
         r, w = io_bytes(ins, outs)
+        launches = float(attrs.get("launches", 1.0))
+        if impl_of(attrs) in ("foreach", "forloop"):  # one pass per tensor op (module doc)
+            seq = torch_sequence(op, attrs)
+            size = float(param.nbytes)
+            passes = sum(p for _, p, _ in seq)
+            r, w = (passes - len(seq)) * size, len(seq) * size
+            if "launches" not in attrs:
+                launches = float(len(seq))
         return Work(flops=f * param.numel, transcendentals=t * param.numel,
-                    bytes_read=r, bytes_written=w)
+                    bytes_read=r, bytes_written=w, launches=launches)
 
     return work
 

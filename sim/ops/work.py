@@ -76,6 +76,8 @@ class Work:
 
     ``flops`` is the total; ``matmul_flops`` is the part that matrix units (tensor cores,
     MXUs, systolic arrays, DSP MAC arrays) can run; the rest runs on vector units.
+    ``launches`` is the number of kernel launches the work takes (1; a share of a launch when
+    one multi-tensor kernel serves several ops, as an optimizer's ``multi_tensor_apply``).
     ``rows`` is nonzero for a row-wise kernel: the number of independent rows it reduces,
     each inside one warp or thread block, so a cost model can charge per-row work and keep a
     row's re-reads on chip; ``kernel`` names which (``"softmax"``, ``"norm"``).
@@ -94,9 +96,11 @@ class Work:
     serial: tuple[Serial, ...] = field(default=(), repr=False)
     rows: float = 0.0
     kernel: str = ""
+    launches: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("flops", "matmul_flops", "transcendentals", "bytes_read", "bytes_written", "rows"):
+        for name in ("flops", "matmul_flops", "transcendentals", "bytes_read", "bytes_written", "rows",
+                     "launches"):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "gemms", tuple(self.gemms))
         object.__setattr__(self, "serial", tuple(self.serial))
@@ -112,6 +116,7 @@ class Work:
             self.serial + other.serial,
             self.rows + other.rows,
             self.kernel or other.kernel,
+            max(self.launches, other.launches),  # work added into one kernel launches once
         )
 
     @property
@@ -136,6 +141,7 @@ class Work:
             tuple(Serial(s.count, tuple(k.scaled(factor) for k in s.kernels)) for s in self.serial),
             self.rows * factor,
             self.kernel,
+            self.launches,
         )
 
     def parallel_part(self) -> Work:

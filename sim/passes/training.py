@@ -92,8 +92,20 @@ def resolve_optimizer(optimizer: str, hyper: dict[str, Any]) -> str:
     return op
 
 
+def _impl(hyper: dict[str, Any]) -> str:
+    """torch.optim's ``foreach`` / ``fused`` keywords -> the update's ``impl``: ``fused=True``
+    is ``fused``; ``foreach=False`` the for-loop; otherwise (``foreach=None`` or ``True``, on a
+    GPU) ``foreach``. ``impl`` may also be given directly (``sim.ops.optim.IMPLS``)."""
+    fused, foreach = hyper.pop("fused", None), hyper.pop("foreach", None)
+    if fused and foreach:
+        raise GraphError("fused=True and foreach=True cannot both be set (as torch.optim)", where="training_graph")
+    if "impl" in hyper:
+        return str(hyper.pop("impl"))
+    return "fused" if fused else ("forloop" if foreach is False else "foreach")
+
+
 def _optimizer_attrs(op: str, hyper: dict[str, Any]) -> dict[str, Any]:
-    attrs: dict[str, Any] = {}
+    attrs: dict[str, Any] = {"impl": _impl(hyper)}
     for key, value in hyper.items():
         if key == "betas":
             attrs["beta1"], attrs["beta2"] = (float(b) for b in value)
@@ -269,7 +281,7 @@ def training_graph(
         raise GraphError("graph has no trainable parameters", where=graph.source)
     g, grads = _backward(g, graph, loss_t, params, attrs)
     step_new = _step_counter(g, grads, fused_update)
-    updates, outputs = _add_updates(g, op, params, grads, attrs, step_new, running)
+    updates, outputs = _add_updates(g, op, params, grads, attrs, step_new, running, fused_update)
     g.set_outputs([loss_t, *running, *outputs])
     g.meta.update({
         "updates": updates, "loss": loss_t, "labels": labels, "logits": graph.outputs[0],
@@ -317,13 +329,23 @@ def _step_counter(g: Graph, grads: dict[str, str], fused_update: bool) -> str:
 
 
 def _add_updates(g: Graph, op: str, params: list[str], grads: dict[str, str], attrs: dict[str, Any],
-                 step_new: str, running: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+                 step_new: str, running: dict[str, str], fused_update: bool = False
+                 ) -> tuple[dict[str, str], list[str]]:
     """One update node per parameter (with its optimizer states). Returns the updates map
-    (output -> parameter or state it replaces) and the outputs after the loss."""
+    (output -> parameter or state it replaces) and the outputs after the loss. Each node's
+    ``launches`` is its share of the group's kernel launches (``sim.ops.optim``); with
+    ``fused_update`` every parameter is a group of its own."""
+    from sim.ops.optim import group_launches, impl_of
+
+    impl_of(attrs)  # a bad impl fails here, naming the choices
     b = GraphBuilder(g)
     updates: dict[str, str] = dict(running)
     outputs: list[str] = []
+    numels = [g.params[p].numel for p in params]
+    share = group_launches(op, attrs, numels) / len(params)
     for p in params:
+        launches = group_launches(op, attrs, [g.params[p].numel]) if fused_update else share
+        attrs = {**attrs, "launches": launches}
         spec = g.params[p]
         states = [b.param(f"{p}.{s}", spec, ParamInfo("zeros", False, {"role": "optimizer_state", "of": p}))
                   for s in STATE_NAMES[op]]
