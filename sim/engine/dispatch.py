@@ -58,8 +58,10 @@ def issue_times(
 ) -> list[float] | None:
     """The time the host has issued each op (aligned with ``nodes``), or None when no op waits.
 
-    ``dispatch``: device -> per-op host issue time. With ``cuda_graphs`` every kernel is issued
-    after one launch of the whole graph (the dispatch time of the first kernel's device).
+    ``dispatch``: device -> per-op host issue time, times the op's ``launches`` attribute when
+    it has one (an optimizer update's share of its group's kernel launches). With
+    ``cuda_graphs`` every kernel is issued after one launch of the whole graph (the dispatch
+    time of the first kernel's device).
     """
     kernels = [launches_kernel(n, v) for n, v in zip(nodes, views)]
     if not any(dispatch.get(d, 0.0) > 0 for d, k in zip(devs, kernels) if k):
@@ -70,9 +72,9 @@ def issue_times(
         launch = dispatch.get(first, 0.0) if first is not None else 0.0
         return [launch if k else 0.0 for k in kernels]
     t = 0.0
-    for d, k in zip(devs, kernels):
+    for n, d, k in zip(nodes, devs, kernels):
         if k:
-            t += dispatch.get(d, 0.0)
+            t += dispatch.get(d, 0.0) * float(n.attrs.get("launches", 1.0))
             out.append(t)
         else:
             out.append(0.0)

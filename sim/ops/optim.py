@@ -215,7 +215,7 @@ def _work(op: str):
         param = ins[0]
         assert param is not None
         f, t = flops_per_element(op, attrs)
-        r, w = io_bytes(ins, outs)
+        r, w = (float(b) for b in io_bytes(ins, outs))
         launches = float(attrs.get("launches", 1.0))
         if impl_of(attrs) in ("foreach", "forloop"):  # one pass per tensor op (module doc)
             seq = torch_sequence(op, attrs)

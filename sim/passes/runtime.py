@@ -88,14 +88,15 @@ def prepare(graph: Graph, mode: str, hw: Any = None,
 
 
 def kernel_count(graph: Graph) -> int:
-    """Kernels ``graph`` launches: ops with work that are neither views nor metadata."""
+    """Kernels ``graph`` launches: ops with work that are neither views nor metadata, each
+    counted by its ``Work.launches`` (optimizer updates share their multi-tensor launches)."""
     from sim.ops.registry import has_trait
 
-    n = 0
+    n = 0.0
     for node in graph.nodes.values():
         if has_trait(node.op, "no_kernel") or "alias_of" in node.meta or node.op == "Constant":
             continue
         w = graph.work(node)
         if w.flops > 0 or w.bytes > 0:
-            n += 1
-    return n
+            n += w.launches
+    return int(round(n))

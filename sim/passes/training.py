@@ -98,7 +98,8 @@ def _impl(hyper: dict[str, Any]) -> str:
     GPU) ``foreach``. ``impl`` may also be given directly (``sim.ops.optim.IMPLS``)."""
     fused, foreach = hyper.pop("fused", None), hyper.pop("foreach", None)
     if fused and foreach:
-        raise GraphError("fused=True and foreach=True cannot both be set (as torch.optim)", where="training_graph")
+        raise GraphError("fused=True and foreach=True cannot both be set (as torch.optim)",
+                         where="training_graph")
     if "impl" in hyper:
         return str(hyper.pop("impl"))
     return "fused" if fused else ("forloop" if foreach is False else "foreach")
