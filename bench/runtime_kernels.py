@@ -20,31 +20,7 @@ import sim
 from sim.passes.runtime import MODES, kernel_count, runtime_graph
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-
-# ATen ops that only make views or metadata (no kernel on a device)
-VIEWS = {"view", "_unsafe_view", "transpose", "t", "permute", "expand", "unsqueeze", "squeeze", "slice",
-         "select", "as_strided", "detach", "alias", "split", "unbind", "lift_fresh", "_to_copy_view",
-         "reshape", "flatten", "unflatten", "view_as", "expand_as", "arange", "zeros_like", "empty_like",
-         "empty", "empty_strided", "scalar_tensor", "_local_scalar_dense", "sym_size", "sym_stride"}
-
-
-def aten_ops(model, example) -> tuple[int, dict[str, int]]:
-    """ATen compute ops one eager forward dispatches (views excluded), and a count per op."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    counts: dict[str, int] = {}
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            if name not in VIEWS:
-                counts[name] = counts.get(name, 0) + 1
-            return func(*args, **(kwargs or {}))
-
-    with torch.no_grad(), Count():
-        model(example)
-    return sum(counts.values()), counts
+from torch_nets import aten_ops  # noqa: E402
 
 
 def export(model, example, path: str, opset: int) -> None:

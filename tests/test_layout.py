@@ -4,7 +4,7 @@
 import numpy as np
 
 import sim
-from sim.exec import Executor
+from sim.exec import Executor, execute
 from sim.graph import Graph, TensorSpec
 from sim.passes.layout import strided_transposes
 from sim.passes.training import training_graph
@@ -113,3 +113,67 @@ def test_peak_drops_by_the_weight_transpose_by_hand():
     ops = {r["name"]: r for r in folded.records()}
     assert all(ops[m]["end_s"] == ops[m]["start_s"] for m in _marked(t))
     assert folded.makespan_s < copies.makespan_s
+
+
+def test_batched_view_by_hand_strides():
+    """Strides worked by hand for a contiguous [b, s, h, d] = [b, 5, 3, 4] (strides 60, 12, 4, 1):
+    the head split perm (0, 2, 1, 3) gives sizes [b, 3, 5, 4], strides [60, 4, 12, 1]; batch
+    axes b and h collapse only if 60 == 3 * 4, so only when b = 1 (then one batch stride, 4).
+    K^T, perm (0, 2, 3, 1): [b, 3, 4, 5] strides [60, 4, 1, 12], the same. A permutation that
+    moves the unit-stride axis into the batch (0, 3, 1, 2) leaves no unit-stride matrix axis."""
+    from sim.graph import Node
+    from sim.passes.layout import batched_view
+
+    def t(perm):
+        return Node("t", "Transpose", ["x"], ["y"], {"perm": list(perm)})
+
+    assert batched_view(t((0, 2, 1, 3)), (1, 5, 3, 4))
+    assert not batched_view(t((0, 2, 1, 3)), (2, 5, 3, 4))
+    assert batched_view(t((0, 2, 3, 1)), (1, 5, 3, 4))
+    assert not batched_view(t((0, 2, 3, 1)), (2, 5, 3, 4))
+    assert not batched_view(t((0, 3, 1, 2)), (1, 5, 3, 4))
+    assert batched_view(t((0, 2, 1, 3)), (2, 1, 3, 4))  # s = 1: the view is contiguous
+
+
+def test_batched_marks_only_in_batched_mode():
+    g = Graph("heads")
+    g.add_input("x", TensorSpec((1, 5, 3, 4)))
+    g.add_input("k", TensorSpec((1, 3, 4, 6)))
+    g.add_node("Transpose", ["x"], ["q"], {"perm": [0, 2, 1, 3]}, name="split")
+    g.add_node("MatMul", ["q", "k"], ["s"], name="qk")
+    g.set_outputs(["s"])
+    assert _marked(strided_transposes(g)) == []
+    out = strided_transposes(g, batched=True)
+    assert _marked(out) == ["split"]
+    x = np.random.default_rng(0).standard_normal((1, 5, 3, 4)).astype(np.float32)
+    k = np.random.default_rng(1).standard_normal((1, 3, 4, 6)).astype(np.float32)
+    np.testing.assert_allclose(execute(out, {"x": x, "k": k})["s"], x.transpose(0, 2, 1, 3) @ k, rtol=1e-6)
+
+
+def test_attention_reads_head_splits_in_place_at_any_batch():
+    """Batched mode: head splits (last axis kept) feeding only Q, K, V of a fused Attention
+    are views at batch 2; a transpose that moves the last axis is not; values unchanged."""
+    def build(k_shape, k_perm):
+        g = Graph("sdpa")
+        g.add_input("q", TensorSpec((2, 5, 3, 4)))
+        g.add_input("k", TensorSpec(k_shape))
+        g.add_input("v", TensorSpec((2, 5, 3, 4)))
+        g.add_input("w", TensorSpec((2, 3, 6, 4)))
+        g.add_node("Transpose", ["q"], ["qh"], {"perm": [0, 2, 1, 3]}, name="q_split")
+        g.add_node("Transpose", ["k"], ["kh"], {"perm": k_perm}, name="k_split")
+        g.add_node("Transpose", ["v"], ["vh"], {"perm": [0, 2, 1, 3]}, name="v_split")
+        g.add_node("Attention", ["qh", "kh", "vh"], ["y"], name="attn")
+        g.add_node("Transpose", ["w"], ["wt"], {"perm": [0, 1, 3, 2]}, name="w_t")  # a GEMM flag
+        g.add_node("MatMul", ["y", "wt"], ["z"], name="mm")
+        g.set_outputs(["z"])
+        return g
+
+    g = build((2, 5, 3, 4), [0, 2, 1, 3])
+    assert _marked(strided_transposes(g)) == ["w_t"]
+    assert _marked(strided_transposes(g, batched=True)) == ["k_split", "q_split", "v_split", "w_t"]
+    moved = build((2, 5, 4, 3), [0, 3, 1, 2])  # K's rows come from a strided axis: a copy
+    assert _marked(strided_transposes(moved, batched=True)) == ["q_split", "v_split", "w_t"]
+    rng = np.random.default_rng(2)
+    feeds = {t: rng.standard_normal(g.tensors[t].shape).astype(np.float32) for t in ("q", "k", "v", "w")}
+    marked = strided_transposes(g, batched=True)
+    np.testing.assert_allclose(execute(marked, feeds)["z"], execute(g, feeds)["z"])

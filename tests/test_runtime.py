@@ -126,3 +126,74 @@ def test_cli_runtime(capsys):
     assert main(["run", "bert-base", "--set", "batch=1", "--set", "n_layer=2", "--runtime", "tensorrt",
                  "--dtype", "bf16"]) == 0
     assert "makespan" in capsys.readouterr().out
+
+
+def test_eager_conv_bias_is_its_own_kernel_as_aten_runs_it(tmp_path):
+    """An eval-mode export folds each BatchNorm into its convolution's bias; PyTorch eager on
+    CUDA runs the convolution and then adds the bias in a second kernel (at::_convolution,
+    cuDNN path). So eager on the export launches what eager PyTorch launches for the model:
+    per bottleneck 3 or 4 convolutions, as many batch norms (here bias adds), 3 ReLUs and the
+    residual add; 16 bottlenecks (4 with a projection) make 52 + 52 + 48 + 16; the stem's
+    convolution, batch norm and ReLU, the max pool, the average pool and the classifier: 174."""
+    torch = pytest.importorskip("torch")
+    from torch_nets import ResNet50, aten_ops
+
+    torch.manual_seed(0)
+    model = ResNet50(classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    path = str(tmp_path / "resnet50.onnx")
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17)
+        want = model(x).numpy()
+    g = sim.load(path)
+    assert sum(n.op == "Conv" and len(n.inputs) == 3 for n in g.nodes.values()) == 53
+    eager = runtime_graph(g, "eager")
+    assert kernel_count(eager) == 174 == aten_ops(model, x)[0]
+    assert kernel_count(runtime_graph(g, "compiled")) == 56  # bias, ReLU and residual in the conv epilogue
+    assert sum(n.op == "Conv" and len(n.inputs) == 3 for n in eager.nodes.values()) == 0
+    (inp,) = eager.inputs
+    np.testing.assert_allclose(execute(eager, {inp: x.numpy()})[eager.outputs[0]], want, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_time_is_the_device_s_ops_without_host_waits_or_copies():
+    """Host-bound eager run: the makespan is at least the host's issue time, while the kernel
+    time equals the makespan of the same graph run back to back with its inputs resident (a
+    chain, so that makespan is the sum of the kernels)."""
+    g = import_model(bert_layers(batch=1, seq=8, hidden=32, heads=2, ffn=64, layers=2, vocab=40))
+    h100 = sim.hardware("h100")
+    eager = sim.simulate(g, h100, runtime="eager")
+    back_to_back = sim.simulate(g, h100, runtime="eager", dispatch_s=0.0, host_inputs=False)
+    assert eager.host_bound_s > 0 and back_to_back.host_bound_s == 0
+    assert eager.kernel_time_s == pytest.approx(back_to_back.makespan_s, rel=1e-9)
+    assert eager.makespan_s > eager.kernel_time_s + 0.9 * eager.host_bound_s
+    d = eager.to_dict()
+    assert d["kernel_time_by_device"] == {"gpu0": pytest.approx(eager.kernel_time_s)}
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_eager_export_launches_what_pytorch_eager_dispatches(batch, tmp_path):
+    """The ATen operators one eager forward of the torch model dispatches (counted with a
+    TorchDispatchMode, views left out), against the eager kernels of its ONNX export, op by
+    op. At batch 1 the Q/K/V head transposes are views bmm reads through its batch stride; at
+    batch 2 torch.matmul's reshape copies each (clone), and so do the exported Transposes."""
+    torch = pytest.importorskip("torch")
+    from torch_nets import Bert, aten_ops
+
+    torch.manual_seed(0)
+    model = Bert(vocab=50, d=32, layers=2, heads=4, ffn=64, max_pos=16).eval()
+    ids = torch.randint(0, 50, (batch, 8))
+    path = str(tmp_path / "bert.onnx")
+    with torch.no_grad():
+        torch.onnx.export(model, (ids,), path, dynamo=False, opset_version=17)
+    eager = runtime_graph(sim.load(path), "eager")
+    total, per_op = aten_ops(model, ids)
+    launched = [n.op for n in eager.nodes.values() if n.op != "Constant" and "alias_of" not in n.meta
+                and (eager.work(n).flops > 0 or eager.work(n).bytes > 0)]
+    aten = {"Gemm": "addmm", "Add": "add", "LayerNormalization": "native_layer_norm", "MatMul": "bmm",
+            "Gather": "embedding", "Div": "div", "Softmax": "_softmax", "Transpose": "clone", "Gelu": "gelu"}
+    assert kernel_count(eager) == len(launched) == total
+    assert {aten[op]: launched.count(op) for op in set(launched)} == per_op
+    (inp,) = eager.inputs
+    with torch.no_grad():
+        np.testing.assert_allclose(execute(eager, {inp: ids.numpy()})[eager.outputs[0]], model(ids).numpy(),
+                                   rtol=1e-4, atol=1e-5)

@@ -86,3 +86,28 @@ class Bert(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+# ATen ops that only make views or metadata (no kernel on a device)
+VIEWS = {"view", "_unsafe_view", "transpose", "t", "permute", "expand", "unsqueeze", "squeeze", "slice",
+         "select", "as_strided", "detach", "alias", "split", "unbind", "lift_fresh", "_to_copy_view",
+         "reshape", "flatten", "unflatten", "view_as", "expand_as", "arange", "zeros_like", "empty_like",
+         "empty", "empty_strided", "scalar_tensor", "_local_scalar_dense", "sym_size", "sym_stride"}
+
+
+def aten_ops(model, example) -> tuple[int, dict[str, int]]:
+    """ATen compute ops one eager forward dispatches (views excluded), and a count per op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts: dict[str, int] = {}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name not in VIEWS:
+                counts[name] = counts.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Count():
+        model(example)
+    return sum(counts.values()), counts

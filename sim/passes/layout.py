@@ -15,8 +15,20 @@ each holds a weight-sized buffer until its GEMM, inflating the peak.
   contiguous, which a last-two-axes swap breaks), and
 * is not a graph output,
 
-with ``strided=1``: the op then does no work, so the engine takes it as a view (no kernel, no
-time, its output aliases the input's buffer, which stays alive until the GEMM has read it).
+with ``strided=1``. ``strided_transposes(graph, batched=True)`` also marks any other
+permutation a strided batched GEMM (``cublasGemmStridedBatched``, which PyTorch's ``bmm``
+calls on a view when its strides allow) reads in place: one of the two matrix axes has
+unit stride, and the batch axes (those of size 1 left out) collapse into one batch stride.
+A head split ``[b, s, h, d] -> [b, h, s, d]`` qualifies at ``b = 1`` (batch stride ``d``,
+leading dimension ``h d``) and not for ``b > 1``, where ``torch.matmul``'s reshape to
+``[b h, s, d]`` copies: PyTorch eager launches no kernel for the head transposes of a
+batch-1 attention and one copy each otherwise. In the same mode a Transpose that keeps the
+last axis last and feeds only Q, K or V of a fused ``Attention`` is marked too, at any batch:
+``scaled_dot_product_attention``'s kernels (flash, memory-efficient, cuDNN) take separate
+batch, head and sequence strides and need only unit-stride rows.
+
+A marked op does no work, so the engine takes it as a view (no kernel, no time, its output
+aliases the input's buffer, which stays alive until the GEMM has read it).
 The executor still computes the transpose, so values do not change. Nothing else changes:
 passes that look through ``Transpose`` (sharding, sparsity, fusion) see the same graph.
 """
@@ -36,36 +48,75 @@ def swaps_last_two(node: Node, rank: int) -> bool:
     return rank >= 2 and perm == [*range(rank - 2), rank - 1, rank - 2]
 
 
-def gemm_operand_only(graph: Graph, tensor: str) -> bool:
-    """Whether ``tensor`` is read only as operand A or B of GEMMs (and is not a graph output)."""
+def batched_view(node: Node, shape: tuple[int, ...]) -> bool:
+    """Whether a Transpose of a contiguous ``shape`` gives a view a strided batched GEMM reads
+    in place (module doc): a unit-stride matrix axis, and batch axes with one stride."""
+    rank = len(shape)
+    if rank < 2:
+        return False
+    perm = [int(p) % rank for p in (node.attrs.get("perm") or range(rank)[::-1])]
+    stride = [1] * rank
+    for i in range(rank - 2, -1, -1):
+        stride[i] = stride[i + 1] * shape[i + 1]
+    sizes, strides = [shape[p] for p in perm], [stride[p] for p in perm]
+    if 1 not in (strides[-1], strides[-2]) and 1 not in (sizes[-1], sizes[-2]):
+        return False
+    batch = [(n, st) for n, st in zip(sizes[:-2], strides[:-2]) if n > 1]
+    return all(a[1] == b[0] * b[1] for a, b in zip(batch, batch[1:]))
+
+
+def gemm_operand_only(graph: Graph, tensor: str, attention: bool = False) -> bool:
+    """Whether ``tensor`` is read only as operand A or B of GEMMs (with ``attention``: only as
+    Q, K or V of fused ``Attention`` ops), and is not a graph output."""
     users = graph.consumers(tensor)
     if not users or tensor in graph.outputs:
         return False
-    return all(n.op in GEMMS and has_trait(n.op, "strided_operands") and tensor not in n.inputs[2:]
+    ops, operands = (("Attention",), 3) if attention else (GEMMS, 2)
+    return all(n.op in ops and has_trait(n.op, "strided_operands") and tensor not in n.inputs[operands:]
                for n in users)
+
+
+def last_axis_kept(node: Node, rank: int) -> bool:
+    """Whether a Transpose leaves the last axis last (its rows stay unit-stride)."""
+    perm = [int(p) % rank for p in (node.attrs.get("perm") or range(rank)[::-1])]
+    return rank >= 1 and perm[-1] == rank - 1
 
 
 class _Strided(Rewriter):
     """Every node copied; the qualifying Transposes get ``strided=1`` (see the module doc)."""
 
-    def __init__(self, src: Graph) -> None:
+    def __init__(self, src: Graph, batched: bool) -> None:
         super().__init__(src)
         self.marked: list[str] = []
+        self.batched = batched
 
     def visit(self, node: Node) -> None:
-        if node.op == "Transpose" and not int(node.attrs.get("strided", 0)) \
-                and swaps_last_two(node, self.src.tensors[node.inputs[0]].rank) \
-                and gemm_operand_only(self.src, node.outputs[0]):
+        shape = self.src.tensors[node.inputs[0]].shape if node.op == "Transpose" else ()
+        if node.op == "Transpose" and not int(node.attrs.get("strided", 0)) and self._reads(node, shape):
             self.emit(node, attrs={**node.attrs, "strided": 1})
             self.marked.append(node.name)
         else:
             self.emit(node)
 
+    def _reads(self, node: Node, shape: tuple[int, ...]) -> bool:
+        return _reads_in_place(self.src, node, shape, self.batched)
 
-def strided_transposes(graph: Graph) -> Graph:
-    """``graph`` with the Transposes its GEMMs read through layout flags marked ``strided=1``
-    (names, values and structure unchanged); ``meta["strided_transposes"]`` counts them."""
-    rw = _Strided(graph)
+
+def _reads_in_place(src: Graph, node: Node, shape: tuple[int, ...], batched: bool) -> bool:
+    out = node.outputs[0]
+    if swaps_last_two(node, len(shape)) and gemm_operand_only(src, out):
+        return True
+    if not batched:
+        return False
+    return ((batched_view(node, shape) and gemm_operand_only(src, out))
+            or (last_axis_kept(node, len(shape)) and gemm_operand_only(src, out, attention=True)))
+
+
+def strided_transposes(graph: Graph, batched: bool = False) -> Graph:
+    """``graph`` with the Transposes its GEMMs read through layout flags (``batched``: also
+    through batch strides) marked ``strided=1`` (names, values and structure unchanged);
+    ``meta["strided_transposes"]`` counts them."""
+    rw = _Strided(graph, batched)
     out = rw.run()
     out.meta["strided_transposes"] = len(rw.marked) + int(graph.meta.get("strided_transposes", 0))
     return out.verify()

@@ -17,7 +17,14 @@ with one op whose kernel computes the same values:
   ``Pow(d, 0.5)`` of a 1/sqrt(d) scale; a framework computes it on the host);
 * ``bias``: ``MatMul(x, W) + b`` with a 1-D ``b`` becomes ``Gemm(x, W, b)`` (2-D ``x``), or
   ``Reshape -> Gemm -> Reshape`` for a [batch, seq, k] ``x`` (views around one GEMM with its
-  bias in the epilogue, as ``nn.Linear`` runs ``addmm``).
+  bias in the epilogue, as ``nn.Linear`` runs ``addmm``);
+* ``conv_bias`` goes the other way: ``Conv(x, W, b)`` (and ``ConvTranspose``) becomes
+  ``Conv(x, W)`` then ``Add`` of ``b`` viewed as [C, 1, ...], two kernels, as PyTorch eager
+  runs a cuDNN convolution: ``at::_convolution`` calls ``cudnn_convolution`` without the bias
+  and then ``output.add_(reshape_bias(...))`` (pytorch/pytorch
+  ``aten/src/ATen/native/Convolution.cpp``, ``case ConvBackend::Cudnn``). An exporter folds
+  an eval-mode BatchNorm into its convolution's weights and bias, so this is also where the
+  export's missing BatchNorm kernels come back as the bias adds that replace them.
 
 A chain is rewritten only when every intermediate tensor is used inside the chain alone and
 is no graph output, so values downstream are unchanged (up to fp32 rounding of the fused
@@ -47,7 +54,7 @@ import numpy as np
 from sim.graph import Graph, Node
 from sim.graph.rewrite import Rewriter
 
-PATTERNS = ("attention", "gelu", "layernorm", "bias", "fold")
+PATTERNS = ("attention", "gelu", "layernorm", "bias", "fold")  # the fusing rewrites; "conv_bias" splits
 
 
 @dataclass
@@ -383,12 +390,34 @@ def _match_bias(graph: Graph, mm: Node) -> Match | None:
     return m
 
 
+# ------------------------------------------------------------------------------ conv bias (eager)
+def _split_conv_bias(graph: Graph, conv: Node) -> Match | None:
+    """``Conv(x, W, b)`` -> ``Conv(x, W)`` + ``Add(., b as [C, 1, ...])``: eager PyTorch's
+    cuDNN path adds the bias in a kernel of its own (module doc)."""
+    if conv.op not in ("Conv", "ConvTranspose") or len(conv.inputs) < 3 or not conv.inputs[2]:
+        return None
+    x, w, b = conv.inputs[:3]
+    y = conv.outputs[0]
+    sy = graph.tensors[y]
+    if graph.tensors[b].rank != 1 or sy.rank < 3:
+        return None
+    y0 = graph.unique_name(f"{conv.name}.nobias")
+    bv = graph.unique_name(f"{conv.name}.bias_view")
+    return Match([conv], [
+        (conv.op, [x, w], [y0], dict(conv.attrs), conv.name),
+        ("Reshape", [b], [bv], {"shape": [graph.tensors[b].shape[0]] + [1] * (sy.rank - 2)},
+         graph.unique_name(f"{conv.name}.bias_reshape")),
+        ("Add", [y0, bv], [y], {}, graph.unique_name(f"{conv.name}.bias_add")),
+    ])
+
+
 MATCHERS: dict[str, Sequence[Callable[[Graph, Node], Match | None]]] = {
     "attention": (_match_attention,),
     "gelu": (_match_gelu_erf, _match_gelu_tanh),
     "layernorm": (_match_layernorm,),
     "bias": (_match_bias,),
     "fold": (_match_fold,),
+    "conv_bias": (_split_conv_bias,),
 }
 
 
@@ -399,7 +428,7 @@ def find(graph: Graph, patterns: Sequence[str] = PATTERNS) -> list[Match]:
 
     unknown = [p for p in patterns if p not in MATCHERS]
     if unknown:
-        raise GraphError(f"unknown pattern(s) {unknown} (choose from {', '.join(PATTERNS)})", where="rewrite")
+        raise GraphError(f"unknown pattern(s) {unknown} (choose from {', '.join(MATCHERS)})", where="rewrite")
     taken: set[str] = set()
     out: list[Match] = []
     order = graph.topo_order()

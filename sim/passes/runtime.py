@@ -10,9 +10,12 @@ the engine options that go with it (``sim.engine.simulate``'s ``dispatch_s`` and
   an estimate inside the 5-25 us range docs/engine.md cites). Exported subgraphs that
   PyTorch runs as one ATen kernel are put back first: GELU (``aten::gelu``), layer norm
   (``aten::native_layer_norm``) and the bias of a linear layer (``aten::addmm``)
-  (``sim.passes.patterns``). Attention is left as the graph has it: whether eager runs one
-  fused kernel depends on the model calling ``scaled_dot_product_attention``, which an export
-  does not record;
+  (``sim.passes.patterns``); a convolution's bias goes the other way, a kernel of its own
+  after the cuDNN convolution, as ATen's ``_convolution`` adds it. A head transpose that
+  ``bmm`` reads through its batch stride (batch 1) is a view, as in PyTorch
+  (``sim.passes.layout``). Attention is left as the graph has it: whether eager runs one
+  fused kernel depends on the model calling ``scaled_dot_product_attention``, which an
+  export does not record;
 * ``compiled`` (``torch.compile``, Inductor): also the exporter's decomposed attention becomes
   the fused ``Attention`` op (Inductor pattern-matches it onto SDPA / flash attention), then
   ``sim.passes.fusion.fuse``: pointwise chains join their producer, views and the head
@@ -33,7 +36,7 @@ from sim.graph import Graph
 
 MODES = ("eager", "compiled", "tensorrt")
 EAGER_DISPATCH_S = 8e-6  # estimate: host time per eager kernel (docs/engine.md, "How much per op")
-_PATTERNS = {"eager": ("gelu", "layernorm", "bias", "fold"),
+_PATTERNS = {"eager": ("gelu", "layernorm", "bias", "fold", "conv_bias"),
              "compiled": ("attention", "gelu", "layernorm", "bias", "fold"),
              "tensorrt": ("attention", "gelu", "layernorm", "bias", "fold")}
 
@@ -50,10 +53,13 @@ def runtime_graph(graph: Graph, mode: str, dtype: str | None = None) -> Graph:
     graph is cast after the pattern rewrites (which read the exporter's fp32 constants) and
     before fusion (so the casts join their groups)."""
     from sim.passes.fusion import fuse
+    from sim.passes.layout import strided_transposes
     from sim.passes.patterns import rewrite
     from sim.passes.precision import cast_graph
 
     g = rewrite(graph, _PATTERNS[check_mode(mode)])
+    # a GEMM reads a transposed operand through its flags; eager bmm also through batch strides
+    g = strided_transposes(g, batched=mode == "eager")
     if dtype:
         g = cast_graph(g, dtype)
     if mode in ("compiled", "tensorrt"):

@@ -35,6 +35,10 @@ class Result:
     peak_flops (unit -> dtype -> FLOP/s), for reports and plots.
     ``host_bound_by_device``: device -> time its compute streams sat idle waiting for the host
     to issue the next op (sum of the records' ``host_wait_s``); ``host_bound_s`` their sum.
+    ``kernel_time_by_device``: device -> the sum of its ops' durations, copies (``Transfer``
+    hops) left out: what a profiler's kernel-time total (``torch.profiler``'s "Self CUDA time
+    total", nsys's kernel summary) adds up, without the time the device sat waiting for the
+    host or for a copy; ``kernel_time_s`` their sum.
     ``memory_traffic``: device -> ``level`` (main memory's name), bytes its ops moved
     (``bytes``, transfers and collectives left out), ``cached_bytes`` (of those, reads served
     by the reuse cache), ``main_bytes`` (the rest, through main memory), ``achieved_Bps``
@@ -71,6 +75,20 @@ class Result:
     def host_bound_s(self) -> float:
         """Device idle time spent waiting for the host to issue ops, summed over devices."""
         return float(sum(self.host_bound_by_device.values()))
+
+    @property
+    def kernel_time_by_device(self) -> dict[str, float]:
+        """Device -> the sum of its ops' durations, transfers excluded (class doc)."""
+        out: dict[str, float] = {}
+        for r in self.ops:
+            if r.op != "Transfer" and r.end_s > r.start_s:
+                out[r.device] = out.get(r.device, 0.0) + (r.end_s - r.start_s)
+        return dict(sorted(out.items()))
+
+    @property
+    def kernel_time_s(self) -> float:
+        """``kernel_time_by_device`` summed over devices."""
+        return float(sum(self.kernel_time_by_device.values()))
 
     @property
     def throughput(self) -> float | None:
@@ -121,6 +139,8 @@ class Result:
             "utilisation": self.utilisation,
             "host_bound_s": self.host_bound_s,
             "host_bound_by_device": self.host_bound_by_device,
+            "kernel_time_s": self.kernel_time_s,
+            "kernel_time_by_device": self.kernel_time_by_device,
             "memory_traffic": self.memory_traffic,
             "devices": self.devices,
             "by_op_type": self.by_op_type(),

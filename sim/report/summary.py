@@ -59,6 +59,15 @@ def summary_text(result: Result, top: int = 10) -> str:
                      f"{fmt_si(r.flops / r.makespan_s, 'FLOP/s')} achieved")
     lines.append(f"  energy       {r.energy_j:.4g} J (dynamic {r.dynamic_energy_j:.4g} J, idle "
                  f"{r.idle_energy_j:.4g} J)")
+    kt = r.kernel_time_by_device
+    if len(kt) == 1:
+        (d, busy), = kt.items()
+        lines.append(f"  kernel time  {fmt_time(busy)} on {d} (its ops' times summed, as a profiler totals "
+                     f"kernel time: no host waits, no copies)")
+    elif kt:
+        d = max(kt, key=lambda k: kt[k])
+        lines.append(f"  kernel time  {fmt_time(r.kernel_time_s)} summed over {len(kt)} devices "
+                     f"(busiest {d}: {fmt_time(kt[d])})")
     for d, wait in r.host_bound_by_device.items():
         share = 100 * wait / r.makespan_s if r.makespan_s > 0 else 0.0
         lines.append(f"  host-bound   {d}: {share:.1f}% of the makespan ({fmt_time(wait)} idle "
