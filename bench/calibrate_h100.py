@@ -16,7 +16,8 @@ runs in stages, each a few physical parameters on the kernels they govern:
 2. row-wise kernels: cycles per element, per block row, dependent HBM round trips: softmax, norm;
 3. tensor-core GEMMs: TF32/bf16/fp16 efficiency, per-tile overhead cycles, operand elements in
    flight per SM: GEMM, bmm and convolution in tf32/bf16/fp16;
-4. CUDA-core GEMMs: fp32 efficiency and per-tile overhead: fp32 GEMM, bmm, convolution;
+4. CUDA-core GEMMs: fp32 efficiency, per-tile overhead, skinny-tile and GEMV operands in flight,
+   GEMV round trips: fp32 GEMM, bmm, convolution;
 5. the attention kernel's efficiency: causal SDPA;
 6. host link: least squares of ``latency + bytes / bandwidth`` on the pinned copies.
 
@@ -250,6 +251,8 @@ STAGES = (
     Stage((Param("units.vector.efficiency.fp32", 0.8, 0.3, 1.0),
            Param("arch.tile_overhead.fp32", 4000.0, 0.0, 20000.0),
            Param("arch.stream_inflight.fp32", 16000.0, 1000.0, 200000.0),
+           Param("arch.gemv_inflight.fp32", 16000.0, 1000.0, 200000.0),
+           Param("arch.gemv_round_trips.fp32", 1.0, 0.0, 10.0),
            Param("arch.kernel_efficiency.conv_simt", 0.8, 0.3, 1.0)),
           lambda p: _kind(p) in GEMMS and _dtype(p) == "fp32", "CUDA cores"),
     Stage((Param("arch.kernel_efficiency.cudnn", 0.9, 0.3, 1.0),),

@@ -20,7 +20,11 @@ When the grid is smaller than the SM count, K may be split across otherwise idle
 slices' fp32 partial tiles are combined by a serialised fix-up (CUTLASS's serial split-K /
 stream-K fix-up): each of the ``s - 1`` later slices waits for the previous one's flag, reads
 the running partial, adds its own and writes it back. The library's choice among the spec's
-tile shapes and split factors is modelled as the fastest one. A convolution's K is R x S runs
+tile shapes and split factors is modelled as the fastest one. A skinny GEMM (below) may cut K
+finer, down to ``skinny_split_k_min`` of its unit (absent: ``split_k_min``): on the CUDA cores
+down to the SIMT tile's k depth of 8, so the tile overhead and the fix-up alone price the split
+(cuBLAS runs fp32 M = 8 against a 768 x 768 weight in 12.3 us, where six 32 x 128 tiles that
+keep K whole would take ~25 us with the launch floor: h100_kernels.jsonl). A convolution's K is R x S runs
 of C channels; tensor-core kernels pad each run to ``k_align_bytes`` (cuDNN's NHWC kernels
 need C a multiple of 8 fp16 values), which is why the 3-channel stem costs more than its FLOPs.
 
@@ -29,8 +33,13 @@ than memory-level parallelism allows (Little's law): the library's skinny and GE
 ``stream_inflight`` elements in flight per SM, each waiting the HBM latency, in series with the
 HBM peak. A matrix-vector product (``min(m, n) <= GEMV_MAX``) may run as a GEMV kernel bound
 by exactly that stream. This is why M = 1..128 bf16 layers stream their weights at ~2.2-2.4
-TB/s and an fp32 one at ~2.7 TB/s while a copy reaches 3.0 (h100_kernels.jsonl). Wider GEMMs
-keep whole pipeline stages of tiles in flight; their HBM traffic is the op's memory term.
+TB/s while a copy reaches 3.0 (h100_kernels.jsonl). Wider GEMMs keep whole pipeline stages of
+tiles in flight; their HBM traffic is the op's memory term. A GEMV kernel may keep a number of
+its own in flight (``gemv_inflight``; absent: ``stream_inflight``) and wait
+``gemv_round_trips`` dependent HBM latencies beyond its stream: fp32 M = 1 streams its weights
+at ~2.7 TB/s (4096 x 11008: 73 us) and takes ~1.6 us more than that stream at 768 x 768, while
+fp32 M = 8..32 tile kernels stream at 1.3-2.0 TB/s; one in-flight figure for both was 33-36%
+slow on the large GEMVs.
 
 The in-flight limit belongs to the layout those kernels were measured on: ``a @ b`` with B
 ``[K, N]``, N-contiguous (cuBLAS "NN"). There a skinny kernel's threads each own output
@@ -39,7 +48,8 @@ the columns of B), so few bytes are in flight per SM. With B K-contiguous (``x @
 ``F.linear``, Gemm ``transB=1``, ``GemmShape.b_kmajor``) every output is a dot product over
 one contiguous weight row: a warp reads the row with 16-byte vector loads, as a copy kernel
 reads its source, and the stream reaches the copy's rate (HBM peak x the efficiency fitted
-on copies: the op's memory term) with no further limit. No "TN" kernel is in the calibration
+on copies: the op's memory term) with no further limit (nor the GEMV's round trips, fitted on
+the "N" kernel). No "TN" kernel is in the calibration
 files, so this half of the model is checked only against published ``F.linear`` timings
 (docs/validation.md).
 
@@ -104,7 +114,10 @@ class GemmModel:
     Rates in FLOP/s, bandwidths in B/s, times in s. ``smem_Bps`` 0: no shared-memory bound;
     ``simt``: the CUDA-core micro-tile operand pattern; ``k_align`` elements a K run is padded to.
     ``stream_s_per_byte`` is a skinny kernel's operand stream with B N-contiguous,
-    ``kmajor_s_per_byte`` with B K-contiguous (``GemmShape.b_kmajor``).
+    ``kmajor_s_per_byte`` with B K-contiguous (``GemmShape.b_kmajor``); ``gemv_s_per_byte``
+    (0: ``stream_s_per_byte``) and ``gemv_fixed_s`` are a matrix-vector kernel's stream and
+    dependent round trips with B N-contiguous; ``skinny_split_k_min`` (0: ``split_k_min``) is
+    the smallest K slice a skinny GEMM cuts.
     """
 
     rate_per_sm: float
@@ -124,6 +137,9 @@ class GemmModel:
     skinny_max: int = 0
     gemv_max: int = GEMV_MAX
     kmajor_s_per_byte: float = 0.0
+    gemv_s_per_byte: float = 0.0
+    gemv_fixed_s: float = 0.0
+    skinny_split_k_min: int = 0
 
 
 def padded_k(g: GemmShape, align: int) -> int:
@@ -148,25 +164,43 @@ def k_step_s(tm: int, tn: int, rows: int, cols: int, gm: GemmModel) -> float:
     return max(math_s, load_s, smem_s)
 
 
+def operand_bytes(g: GemmShape, k: int, elem_bytes: int) -> float:
+    """Bytes of A (m x k), C (m x n) and B (k x n) over the batch; a weight-only quantised B
+    (``b_bytes``) streams narrower."""
+    b_bytes = g.b_bytes or elem_bytes
+    return ((g.m * k + g.m * g.n) * elem_bytes + k * g.n * b_bytes) * g.batch
+
+
+def gemv_s(g: GemmShape, nbytes: float, stream_s: float, gm: GemmModel) -> float:
+    """Seconds of a matrix-vector kernel moving ``nbytes``: its FLOPs at the vector rate or its
+    operand stream, whichever is longer; with B N-contiguous the stream is the GEMV kernel's own
+    (``gemv_s_per_byte``) plus its dependent round trips (``gemv_fixed_s``)."""
+    if g.b_kmajor or stream_s <= 0:
+        return max(g.flops / gm.gemv_rate, stream_s)
+    per_byte = gm.gemv_s_per_byte or gm.stream_s_per_byte
+    return max(g.flops / gm.gemv_rate, nbytes * per_byte) + gm.gemv_fixed_s
+
+
 def gemm_time(g: GemmShape, gm: GemmModel) -> float:
     """Seconds for one (batched) GEMM: the best tile shape and split-K factor in whole waves,
     never faster than streaming its operands (or a GEMV kernel for matrix-vector shapes)."""
     if g.m <= 0 or g.n <= 0 or g.k <= 0 or g.batch <= 0:
         return 0.0
     k = padded_k(g, gm.k_align)
+    nbytes = operand_bytes(g, k, gm.elem_bytes)
+    skinny = min(g.m, g.n) <= gm.skinny_max
     stream_s = 0.0
-    if min(g.m, g.n) <= gm.skinny_max:
-        b_bytes = g.b_bytes or gm.elem_bytes  # a weight-only quantised B streams narrower
-        per_byte = gm.kmajor_s_per_byte if g.b_kmajor else gm.stream_s_per_byte
-        stream_s = ((g.m * k + g.m * g.n) * gm.elem_bytes + k * g.n * b_bytes) * g.batch * per_byte
+    if skinny:
+        stream_s = nbytes * (gm.kmajor_s_per_byte if g.b_kmajor else gm.stream_s_per_byte)
     best = math.inf
     if gm.gemv_rate > 0 and min(g.m, g.n) <= gm.gemv_max:
-        best = max(g.flops / gm.gemv_rate, stream_s)
+        best = gemv_s(g, nbytes, stream_s, gm)
+    split_min = gm.skinny_split_k_min if skinny and gm.skinny_split_k_min > 0 else gm.split_k_min
     for tm, tn in gm.tiles:
         grid = math.ceil(g.m / tm) * math.ceil(g.n / tn) * g.batch
         max_split = 1
         if grid < gm.sms:
-            max_split = max(1, min(gm.sms // grid, k // max(gm.split_k_min, 1)))
+            max_split = max(1, min(gm.sms // grid, k // max(split_min, 1)))
         rows, cols = min(tm, g.m), min(tn, g.n)
         step = k_step_s(tm, tn, rows, cols, gm)
         for split in range(1, max_split + 1):
@@ -188,6 +222,17 @@ def stream_s_per_byte(device: DeviceSpec, arch: GpuArch, elem_bytes: int, dtype:
     if inflight > 0 and main.latency_s > 0:
         per_byte += main.latency_s / (arch.sms * inflight * elem_bytes)
     return per_byte
+
+
+def gemv_s_per_byte(device: DeviceSpec, arch: GpuArch, elem_bytes: int, dtype: str) -> float:
+    """Seconds per byte of a matrix-vector kernel's stream (B N-contiguous): the HBM peak in
+    series with Little's law on its own ``gemv_inflight`` elements per SM; 0 (the skinny
+    kernels' stream) when the spec gives none for ``dtype``."""
+    inflight = arch.gemv_inflight.get(dtype, 0.0)
+    main = device.main_memory
+    if inflight <= 0 or main.latency_s <= 0 or main.bandwidth_Bps <= 0:
+        return 0.0
+    return 1.0 / main.bandwidth_Bps + main.latency_s / (arch.sms * inflight * elem_bytes)
 
 
 def kmajor_s_per_byte(device: DeviceSpec) -> float:
@@ -293,6 +338,7 @@ def gemm_model(device: DeviceSpec, arch: GpuArch, unit: ComputeUnit, rate: float
     vec_dt = "fp32" if dtype in ("tf32", "") else dtype
     overhead = arch.tile_overhead.get(dtype, arch.tile_overhead.get(unit.name, 0.0))
     attention = kernel == "attention"
+    plain = not attention and kernel != "conv"  # a GEMM library's kernel (its skinny and GEMV family)
     return GemmModel(
         rate_per_sm=rate * eff / arch.sms, sms=arch.sms, tiles=arch.tiles_for(unit.name),
         load_Bps=arch.sm_load_bytes_per_cycle * arch.clock,
@@ -314,6 +360,9 @@ def gemm_model(device: DeviceSpec, arch: GpuArch, unit: ComputeUnit, rate: float
         skinny_max=arch.skinny_max or 0,
         gemv_max=int(arch.gemv_max.get(unit.name, GEMV_MAX)),
         kmajor_s_per_byte=0.0 if attention or kernel == "conv" else kmajor_s_per_byte(device),
+        gemv_s_per_byte=gemv_s_per_byte(device, arch, elem_bytes, dtype) if plain else 0.0,
+        gemv_fixed_s=arch.gemv_round_trips.get(dtype, 0.0) * main.latency_s if plain else 0.0,
+        skinny_split_k_min=int(arch.skinny_split_k_min.get(unit.name, 0)) if plain else 0,
     )
 
 

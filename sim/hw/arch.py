@@ -101,6 +101,15 @@ class GpuArch(Arch):
     stream_inflight: dict[str, float] = arch_field(
         {}, "number_map", "{dtype: operand elements in flight per SM} of skinny and GEMV kernels "
         "(Little's law with the HBM latency); absent: the HBM peak alone")
+    gemv_inflight: dict[str, float] = arch_field(
+        {}, "number_map", "{dtype: operand elements in flight per SM} of the matrix-vector kernel "
+        "(min(M, N) <= gemv_max, B N-contiguous); absent: stream_inflight's")
+    gemv_round_trips: dict[str, float] = arch_field(
+        {}, "number_map", "{dtype: dependent HBM round trips} a matrix-vector kernel (B N-contiguous) "
+        "adds to its operand stream; absent: 0")
+    skinny_split_k_min: dict[str, float] = arch_field(
+        {}, "number_map", "{unit: smallest K slice} a skinny GEMM (min(M, N) <= skinny_max) on that "
+        "unit cuts when it splits K; absent: split_k_min")
     rowwise: dict[str, float] = arch_field(
         {}, "rowwise", "row-wise kernels (softmax, norms): cycles_per_element, cycles_per_row, "
         "round_trips, warp_row_max, onchip_row_bytes; absent: the plain roofline")
