@@ -10,6 +10,7 @@ from onnx_nets import _Builder, bert_layers
 
 import sim
 from sim.exec import execute
+from sim.graph import Graph, TensorSpec
 from sim.frontends.onnx_import import import_model
 from sim.passes.patterns import rewrite
 from sim.passes.runtime import EAGER_DISPATCH_S, engine_options, kernel_count, runtime_graph
@@ -197,3 +198,106 @@ def test_eager_export_launches_what_pytorch_eager_dispatches(batch, tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(execute(eager, {inp: ids.numpy()})[eager.outputs[0]], model(ids).numpy(),
                                    rtol=1e-4, atol=1e-5)
+
+
+def _export_gpt2(torch, tmp_path, attn, batch=2):
+    from torch_nets import GPT2
+
+    torch.manual_seed(0)
+    model = GPT2(attn=attn).eval()
+    ids = torch.randint(0, 50, (batch, 8))
+    path = str(tmp_path / f"gpt2-{attn}.onnx")
+    with torch.no_grad():
+        torch.onnx.export(model, (ids,), path, dynamo=False, opset_version=17)
+        want = model(ids).numpy()
+    return model, ids, sim.load(path), want
+
+
+def _launched(g):
+    return sorted(n.op for n in g.nodes.values() if n.op != "Constant" and "alias_of" not in n.meta
+                  and (g.work(n).flops > 0 or g.work(n).bytes > 0))
+
+
+def _check_values(g, ids, want):
+    (inp,) = g.inputs
+    np.testing.assert_allclose(execute(g, {inp: ids.numpy()})[g.outputs[0]], want, rtol=1e-4, atol=1e-5)
+
+
+def test_gpt2_hand_written_attention_and_gelu_new(tmp_path):
+    """HF GPT-2's own attention (matmul, divide, where(causal, w, finfo.min), softmax, matmul)
+    and its Python tanh GELU. Eager keeps both as their ops, as torch dispatches them (per
+    layer: 2 bmm, 1 where, 1 softmax, 4 mul, 1 pow, 1 tanh); compiled recognises a causal
+    Attention (the where's constant mask is exactly causal) and one GELU."""
+    torch = pytest.importorskip("torch")
+    from torch_nets import aten_ops
+
+    model, ids, g, want = _export_gpt2(torch, tmp_path, "eager")
+    eager = runtime_graph(g, "eager")
+    ops, (_, aten) = _launched(eager), aten_ops(model, ids)
+    assert (ops.count("MatMul"), ops.count("Where"), ops.count("Softmax")) == (aten["bmm"], aten["where"], 2)
+    assert (ops.count("Mul"), ops.count("Pow"), ops.count("Tanh")) == (aten["mul"], aten["pow"], aten["tanh"])
+    assert ops.count("Transpose") == aten["clone"]  # batch 2: torch.matmul's reshape copies q, k, v; the merge
+    _check_values(eager, ids, want)
+    compiled = rewrite(g)
+    attn = [n for n in compiled.nodes.values() if n.op == "Attention"]
+    assert len(attn) == 2 and all(n.attrs.get("is_causal") == 1 and len(n.inputs) == 3 for n in attn)
+    assert sum(n.op == "Gelu" for n in compiled.nodes.values()) == 2
+    _check_values(runtime_graph(g, "compiled"), ids, want)
+
+
+def test_sdpa_export_is_one_kernel_in_eager(tmp_path):
+    """A model calling scaled_dot_product_attention(is_causal=True) exports Q and K^T each
+    scaled by sqrt(scale) and an additive causal mask: eager rewrites that signature (torch
+    dispatches one attention op), with is_causal; the transpose merging its heads is a view
+    (the kernels write [b, s, h, d]). Left: the q/k/v Split, a view in torch, a copy here."""
+    torch = pytest.importorskip("torch")
+    from torch_nets import aten_ops
+
+    model, ids, g, want = _export_gpt2(torch, tmp_path, "sdpa")
+    eager = runtime_graph(g, "eager")
+    attn = [n for n in eager.nodes.values() if n.op == "Attention"]
+    assert len(attn) == 2 and all(n.attrs["is_causal"] == 1 for n in attn)
+    assert attn[0].attrs["scale"] == pytest.approx(8 ** -0.5, rel=1e-6)
+    total, aten = aten_ops(model, ids)
+    assert sum(k.startswith("_scaled_dot_product") for k in aten for _ in range(aten[k])) == 2
+    assert kernel_count(eager) == total + _launched(eager).count("Split") == total + 2
+    _check_values(eager, ids, want)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_signature_only_in_eager_patterns(causal):
+    """The manual attention of _decomposed_block is not rewritten by "sdpa"; an
+    SDPA-signature graph built by hand is, and a float mask that is not causal stays a mask."""
+    r = rewrite(import_model(_decomposed_block()), ("sdpa",))
+    assert not any(n.op == "Attention" for n in r.nodes.values())
+    b = _Builder(seed=4)
+    q, kt = b.op("Mul", ["q", b.scalar(0.5)]), b.op("Mul", [b.op("Transpose", ["k"], perm=[0, 1, 3, 2]),
+                                                            b.scalar(0.5)])
+    keep = np.tril(np.ones((5, 5), bool)) if causal else np.arange(5)[None, :] < 4
+    mask = b.weight("mask", (1, 1, 5, 5), value=np.broadcast_to(np.where(keep, 0.0, -np.inf), (1, 1, 5, 5)))
+    y = b.op("MatMul", [b.op("Softmax", [b.op("Add", [b.op("MatMul", [q, kt]), mask])], axis=-1), "v"])
+    spec = [helper.make_tensor_value_info(t, TensorProto.FLOAT, [2, 3, 5, 4]) for t in ("q", "k", "v")]
+    m = b.model(spec, [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)])
+    g = import_model(m)
+    r = rewrite(g, ("sdpa",))
+    (attn,) = [n for n in r.nodes.values() if n.op == "Attention"]
+    assert attn.attrs["scale"] == pytest.approx(0.25)
+    assert (attn.attrs.get("is_causal") == 1) == causal and (len(attn.inputs) == 3) == causal
+    rng = np.random.default_rng(5)
+    feeds = {t: rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for t in ("q", "k", "v")}
+    (want,) = ReferenceEvaluator(m).run(None, feeds)
+    np.testing.assert_allclose(execute(r, feeds)[r.outputs[0]], want, rtol=1e-5, atol=1e-6)
+
+
+def test_dead_nodes_are_dropped():
+    from sim.passes.dce import live
+
+    g = Graph("d")
+    g.add_input("x", TensorSpec((4,)))
+    g.add_node("Relu", ["x"], ["a"], name="used")
+    g.add_node("Exp", ["x"], ["b"], name="dead")
+    g.add_node("Neg", ["b"], ["c"], name="dead_too")
+    g.set_outputs(["a"])
+    out = live(g)
+    assert sorted(out.nodes) == ["used"] and out.meta["dead_nodes"] == 2
+    assert live(out) is out

@@ -111,3 +111,69 @@ def aten_ops(model, example) -> tuple[int, dict[str, int]]:
     with torch.no_grad(), Count():
         model(example)
     return sum(counts.values()), counts
+
+
+class _Conv1D(nn.Module):
+    """HF GPT-2's projection: ``addmm(bias, x, W)`` with W [in, out]."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.02)
+        self.nf = nf
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(*x.shape[:-1], self.nf)
+
+
+class GPT2Block(nn.Module):
+    """A GPT-2 layer written as HF transformers' ``GPT2Block`` runs it: ``attn="eager"`` is
+    its hand-written attention (matmul, divide by ``full(sqrt d)``, ``where(causal, w,
+    finfo.min)``, softmax, matmul), ``attn="sdpa"`` calls ``scaled_dot_product_attention``
+    with ``is_causal=True``; the MLP's activation is ``NewGELUActivation``, the tanh formula
+    written in Python (eight elementwise kernels in eager PyTorch)."""
+
+    def __init__(self, d, heads, n_pos, attn="eager"):
+        super().__init__()
+        self.d, self.heads, self.attn = d, heads, attn
+        self.register_buffer("causal", torch.tril(torch.ones(n_pos, n_pos, dtype=torch.bool)).view(
+            1, 1, n_pos, n_pos), persistent=False)
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.c_attn, self.c_proj = _Conv1D(3 * d, d), _Conv1D(d, d)
+        self.c_fc, self.mlp_proj = _Conv1D(4 * d, d), _Conv1D(d, 4 * d)
+
+    def _heads(self, t):
+        b, s, _ = t.shape
+        return t.view(b, s, self.heads, self.d // self.heads).permute(0, 2, 1, 3)
+
+    def _attention(self, x):
+        q, k, v = (self._heads(t) for t in self.c_attn(x).split(self.d, dim=2))
+        if self.attn == "sdpa":
+            o = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            w = torch.matmul(q, k.transpose(-1, -2)) / torch.full([], v.size(-1) ** 0.5)
+            s = q.size(-2)
+            w = torch.where(self.causal[:, :, :s, :s], w, torch.full([], torch.finfo(w.dtype).min))
+            o = torch.matmul(nn.functional.softmax(w, dim=-1), v)
+        o = o.permute(0, 2, 1, 3).contiguous()
+        return self.c_proj(o.view(o.size(0), o.size(1), self.d))
+
+    def forward(self, x):
+        x = x + self._attention(self.ln_1(x))
+        h = self.c_fc(self.ln_2(x))
+        h = 0.5 * h * (1.0 + torch.tanh((2.0 / torch.pi) ** 0.5 * (h + 0.044715 * torch.pow(h, 3.0))))
+        return x + self.mlp_proj(h)
+
+
+class GPT2(nn.Module):
+    def __init__(self, vocab=50, d=32, layers=2, heads=4, n_pos=16, attn="eager"):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(n_pos, d)
+        self.h = nn.ModuleList(GPT2Block(d, heads, n_pos, attn) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, ids):
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]).unsqueeze(0))
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x)

@@ -25,7 +25,8 @@ leading dimension ``h d``) and not for ``b > 1``, where ``torch.matmul``'s resha
 batch-1 attention and one copy each otherwise. In the same mode a Transpose that keeps the
 last axis last and feeds only Q, K or V of a fused ``Attention`` is marked too, at any batch:
 ``scaled_dot_product_attention``'s kernels (flash, memory-efficient, cuDNN) take separate
-batch, head and sequence strides and need only unit-stride rows.
+batch, head and sequence strides and need only unit-stride rows. So is the transpose that
+merges the heads of an ``Attention`` output back (``_heads_merged``).
 
 A marked op does no work, so the engine takes it as a view (no kernel, no time, its output
 aliases the input's buffer, which stays alive until the GEMM has read it).
@@ -102,12 +103,23 @@ class _Strided(Rewriter):
         return _reads_in_place(self.src, node, shape, self.batched)
 
 
+def _heads_merged(src: Graph, node: Node) -> bool:
+    """A ``[b, h, s, d] -> [b, s, h, d]`` Transpose of a fused ``Attention``'s output: the
+    flash, memory-efficient and cuDNN kernels write O as ``[b, s, h, d]`` and return the
+    ``[b, h, s, d]`` view, so the transpose back (and torch's ``.contiguous()``) copies nothing."""
+    p = src.producer(node.inputs[0])
+    perm = [int(x) for x in (node.attrs.get("perm") or ())]
+    return p is not None and p.op == "Attention" and perm == [0, 2, 1, 3] and node.outputs[0] not in src.outputs
+
+
 def _reads_in_place(src: Graph, node: Node, shape: tuple[int, ...], batched: bool) -> bool:
     out = node.outputs[0]
     if swaps_last_two(node, len(shape)) and gemm_operand_only(src, out):
         return True
     if not batched:
         return False
+    if _heads_merged(src, node):
+        return True
     return ((batched_view(node, shape) and gemm_operand_only(src, out))
             or (last_axis_kept(node, len(shape)) and gemm_operand_only(src, out, attention=True)))
 

@@ -4,13 +4,24 @@
 chain of primitive ONNX ops. ``rewrite(graph, patterns)`` finds these chains and replaces each
 with one op whose kernel computes the same values:
 
-* ``attention``: ``MatMul(Q, K^T) -> Div(c) | Mul(c) -> [Add(mask)] -> Softmax(-1) ->
-  MatMul(., V)`` on 4-D [batch, heads, seq, dim] tensors becomes ``Attention(Q, K, V[, mask],
-  scale)`` (the fused SDPA / flash kernel); the Transpose that made K^T is folded into one
-  that makes K, which GEMM kernels read as a strided operand;
+* ``attention``: ``MatMul(Q, K^T) -> [Div(c) | Mul(c)] -> [Add(mask) | Where(keep, ., fill)]
+  -> Softmax(-1) -> MatMul(., V)`` on 4-D [batch, heads, seq, dim] tensors becomes
+  ``Attention(Q, K, V[, mask], scale)`` (the fused SDPA / flash kernel); the Transpose that
+  made K^T is folded into one that makes K, which GEMM kernels read as a strided operand.
+  ``Where`` with a large negative constant ``fill`` (HF GPT-2's ``torch.where(causal_mask,
+  w, finfo.min)``) is a boolean keep-mask; a constant mask that is exactly the causal one
+  becomes ``is_causal=1`` (the kernel skips the masked half). The scale may also sit on Q
+  and K^T as ``Mul(Q, sqrt s)`` and ``Mul(K^T, sqrt s)``: how ``torch.onnx.export`` writes
+  ``F.scaled_dot_product_attention``;
+* ``sdpa``: only that last form. It records that the model called
+  ``scaled_dot_product_attention``, which eager PyTorch runs as one fused kernel, so the
+  eager runtime rewrites it too (and leaves hand-written attention as its ops);
 * ``gelu``: ``x * 0.5 * (1 + erf(x / sqrt(2)))`` (any order of the two products, ``x / sqrt 2``
   or ``x * (1 / sqrt 2)``) becomes ``Gelu(x)``; ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715
-  x^3)))`` becomes ``Gelu(x, approximate="tanh")``;
+  x^3)))`` becomes ``Gelu(x, approximate="tanh")``; ``gelu_erf`` is the first form only (what
+  ``nn.GELU()`` exports; a tanh formula in an export below opset 20 may be ``nn.GELU(
+  approximate="tanh")`` or one written in Python, as HF's ``gelu_new`` for GPT-2 is, which
+  eager PyTorch runs as its eight elementwise ops);
 * ``layernorm``: ``ReduceMean -> Sub -> Pow(2) -> ReduceMean -> Add(eps) -> Sqrt -> Div ->
   Mul(gamma) [-> Add(beta)]`` over the last axis becomes ``LayerNormalization``;
 * ``fold``: an op whose inputs are all small constants becomes a Constant (the exporter's
@@ -66,9 +77,10 @@ class Match:
 
 
 # ------------------------------------------------------------------------------ helpers
-def constant(graph: Graph, t: str, depth: int = 3) -> np.ndarray | None:
+def constant(graph: Graph, t: str, depth: int = 3, limit: int = 64) -> np.ndarray | None:
     """The value of ``t`` if it is constant: an initializer, a Constant node, or an op of up
-    to ``depth`` levels over such (the exporter writes ``sqrt(d)`` as ``Pow(d, 0.5)``)."""
+    to ``depth`` levels over such (the exporter writes ``sqrt(d)`` as ``Pow(d, 0.5)``) whose
+    arguments hold at most ``limit`` elements in all."""
     if t in graph.initializers:
         return np.asarray(graph.initializers[t])
     p = graph.producer(t)
@@ -80,10 +92,10 @@ def constant(graph: Graph, t: str, depth: int = 3) -> np.ndarray | None:
         return np.asarray(constant_value(p.attrs))
     if depth <= 0 or not p.inputs or len(p.outputs) != 1 or p.op in ("RandomNormal", "RandomUniform"):
         return None
-    args = [constant(graph, i, depth - 1) if i else None for i in p.inputs]
+    args = [constant(graph, i, depth - 1, limit) if i else None for i in p.inputs]
     if any(a is None for a in args if a is not None) or any(a is None for a, i in zip(args, p.inputs) if i):
         return None
-    if sum(a.size for a in args if a is not None) > 64:
+    if sum(a.size for a in args if a is not None) > limit:
         return None
     from sim.ops.registry import get_op
 
@@ -134,7 +146,7 @@ def _constants_of(graph: Graph, nodes: Iterable[Node], keep: set[str]) -> list[N
                 p = graph.producer(t) if t else None
                 if (p is None or p.name in names or t in keep or t in graph.outputs
                         or not all(c.name in names for c in graph.consumers(t))
-                        or constant(graph, t) is None):
+                        or constant(graph, t, limit=1 << 20) is None):
                     continue
                 names.add(p.name)
                 out.append(p)
@@ -143,43 +155,114 @@ def _constants_of(graph: Graph, nodes: Iterable[Node], keep: set[str]) -> list[N
 
 
 # ------------------------------------------------------------------------------ attention
-def _match_attention(graph: Graph, sm: Node) -> Match | None:
+@dataclass
+class _Scores:
+    """The chain from a softmax's input back to ``Q @ K^T``: its nodes, the mask it adds
+    (None when causal or absent), whether that mask is causal, the scale, and whether the
+    scale sits on Q and K^T as ``torch.onnx.export`` writes ``scaled_dot_product_attention``."""
+
+    chain: list[Node]
+    q: str
+    kt: str
+    qk: Node
+    mask: str | None = None
+    causal: bool = False
+    scale: float = 1.0
+    sdpa: bool = False
+
+
+def _scaled_by(graph: Graph, node: Node | None, t: str) -> tuple[str, float] | None:
+    """``(x, c)`` when ``t`` is ``Div(x, c)`` or ``Mul(x, c)`` / ``Mul(c, x)`` with a scalar
+    constant ``c`` (a Div as ``1 / c``), used only once."""
+    if node is None or node.op not in ("Div", "Mul") or _only_user(graph, t) is None:
+        return None
+    x, c = node.inputs[0], scalar(graph, node.inputs[1])
+    if c is None and node.op == "Mul":
+        x, c = node.inputs[1], scalar(graph, node.inputs[0])
+    if c is None or c == 0:
+        return None
+    return x, (1.0 / c if node.op == "Div" else c)
+
+
+def _mask_of(graph: Graph, sm: Node, chain: list[Node]) -> tuple[str, str | None, bool]:
+    """Past an additive ``Add(scores, mask)`` or ``Where(keep, scores, fill)`` (fill a large
+    negative constant): (the scores tensor, the mask, whether it is a boolean keep-mask)."""
+    t = sm.inputs[0]
+    node = graph.producer(t)
+    if node is None or _only_user(graph, t) is not sm:
+        return t, None, False
+    if node.op == "Add":
+        a, b = node.inputs
+        inner = a if (pa := graph.producer(a)) is not None and pa.op in ("Div", "Mul", "MatMul") else b
+        chain.append(node)
+        return inner, (b if inner == a else a), False
+    if node.op == "Where" and graph.tensors[node.inputs[0]].dtype == "bool":
+        fill = scalar(graph, node.inputs[2])
+        if fill is not None and fill <= -1e4:
+            chain.append(node)
+            return node.inputs[1], node.inputs[0], True
+    return t, None, False
+
+
+def _is_causal(graph: Graph, mask: str, keep: bool, sq: int, t: int) -> bool:
+    """Whether a constant ``mask`` is the causal one for ``sq`` queries over ``t`` keys (query
+    i sees keys j <= i + t - sq): True / 0 there, False / a large negative value elsewhere."""
+    m = constant(graph, mask, depth=8, limit=1 << 24)
+    if m is None or m.ndim < 2 or m.shape[-2:] != (sq, t) or any(d != 1 for d in m.shape[:-2]):
+        return False
+    m = m.reshape(sq, t)
+    seen = np.arange(t)[None, :] <= np.arange(sq)[:, None] + (t - sq)
+    if keep:
+        return bool(np.array_equal(m.astype(bool), seen))
+    return bool(np.all(m[seen] == 0) and np.all(m[~seen] <= -1e4))
+
+
+def _scores(graph: Graph, sm: Node) -> _Scores | None:
+    chain: list[Node] = []
+    t, mask, keep = _mask_of(graph, sm, chain)
+    scale = 1.0
+    node = graph.producer(t)
+    scaled = _scaled_by(graph, node, t)
+    if scaled is not None and node is not None:
+        chain.append(node)
+        t, scale = scaled
+        node = graph.producer(t)
+    if node is None or node.op != "MatMul" or _only_user(graph, t) is None:
+        return None
+    chain.append(node)
+    s = _Scores(chain, node.inputs[0], node.inputs[1], node, mask, scale=scale)
+    mq, mk = graph.producer(s.q), graph.producer(s.kt)
+    on_q, on_k = _scaled_by(graph, mq, s.q), _scaled_by(graph, mk, s.kt)
+    if on_q is not None and on_k is not None and mq is not None and mk is not None and mq is not mk:
+        # torch.onnx.export's scaled_dot_product_attention: Q and K^T each times sqrt(scale)
+        chain += [mq, mk]
+        (s.q, cq), (s.kt, ck) = on_q, on_k
+        s.scale *= cq * ck
+        s.sdpa = True
+    if mask is not None:
+        sq, tk = graph.tensors[sm.inputs[0]].shape[-2:]
+        if _is_causal(graph, mask, keep, sq, tk):
+            s.mask, s.causal = None, True
+        elif not keep and graph.tensors[mask].dtype == "bool":
+            return None
+    return s
+
+
+def _match_attention(graph: Graph, sm: Node, sdpa_only: bool = False) -> Match | None:
     if sm.op != "Softmax" or int(sm.attrs.get("axis", -1)) not in (-1, graph.tensors[sm.inputs[0]].rank - 1):
         return None
     pv = _only_user(graph, sm.outputs[0])
     if pv is None or pv.op != "MatMul" or pv.inputs[0] != sm.outputs[0]:
         return None
-    chain, mask, scale = [sm, pv], None, 1.0
-    t = sm.inputs[0]
-    node = graph.producer(t)
-    if node is not None and node.op == "Add" and _only_user(graph, t) is sm:
-        a, b = node.inputs
-        inner = a if (pa := graph.producer(a)) is not None and pa.op in ("Div", "Mul", "MatMul") else b
-        mask = b if inner == a else a
-        chain.append(node)
-        t = inner
-        node = graph.producer(t)
-    if node is not None and node.op in ("Div", "Mul") and _only_user(graph, t) is not None:
-        x = node.inputs[0]
-        c = scalar(graph, node.inputs[1])
-        if c is None and node.op == "Mul":
-            x, c = node.inputs[1], scalar(graph, node.inputs[0])
-        if c is None or c == 0:
-            return None
-        scale = 1.0 / c if node.op == "Div" else c
-        chain.append(node)
-        t = x
-        node = graph.producer(t)
-    if node is None or node.op != "MatMul" or _only_user(graph, t) is None:
+    s = _scores(graph, sm)
+    if s is None or (sdpa_only and not s.sdpa):
         return None
-    chain.append(node)
-    q, kt = node.inputs
     v = pv.inputs[1]
-    if any(graph.tensors[x].rank != 4 for x in (q, kt, v)):
+    if any(graph.tensors[x].rank != 4 for x in (s.q, s.kt, v)):
         return None
-    match = Match(chain)
-    ktp = _made_by(graph, kt, "Transpose")
-    if ktp is not None and _only_user(graph, kt) is node:
+    match = Match([sm, pv, *s.chain])
+    ktp = _made_by(graph, s.kt, "Transpose")
+    if ktp is not None and graph.consumers(s.kt) == [match.drop[-1] if s.sdpa else s.qk]:
         # K^T = transpose(X, p1): K = transpose(X, p1 o [0, 1, 3, 2]); the old Transpose goes
         p1 = list(ktp.attrs.get("perm", [3, 2, 1, 0]))
         perm = [p1[i] for i in (0, 1, 3, 2)]
@@ -187,13 +270,19 @@ def _match_attention(graph: Graph, sm: Node) -> Match | None:
         match.drop.append(ktp)
         k_name = ktp.name
     else:
-        perm, k_in, k_name = [0, 1, 3, 2], kt, graph.unique_name(f"{node.name}.k")
+        perm, k_in, k_name = [0, 1, 3, 2], s.kt, graph.unique_name(f"{s.qk.name}.k")
     k = graph.unique_name(f"{sm.name}.k")
     match.add.append(("Transpose", [k_in], [k], {"perm": perm}, k_name))
-    ins = [q, k, v] + ([mask] if mask is not None else [])
-    match.add.append(("Attention", ins, [pv.outputs[0]], {"scale": float(scale)},
-                      graph.unique_name(f"{sm.name}.attention")))
+    ins = [s.q, k, v] + ([s.mask] if s.mask is not None else [])
+    attrs: dict[str, Any] = {"scale": float(s.scale), **({"is_causal": 1} if s.causal else {})}
+    match.add.append(("Attention", ins, [pv.outputs[0]], attrs, graph.unique_name(f"{sm.name}.attention")))
     return match
+
+
+def _match_sdpa(graph: Graph, sm: Node) -> Match | None:
+    """Only what ``scaled_dot_product_attention`` exported (``_Scores.sdpa``): a model that
+    called it runs one fused kernel in eager PyTorch too."""
+    return _match_attention(graph, sm, sdpa_only=True)
 
 
 # ------------------------------------------------------------------------------ gelu
@@ -413,7 +502,9 @@ def _split_conv_bias(graph: Graph, conv: Node) -> Match | None:
 
 MATCHERS: dict[str, Sequence[Callable[[Graph, Node], Match | None]]] = {
     "attention": (_match_attention,),
+    "sdpa": (_match_sdpa,),
     "gelu": (_match_gelu_erf, _match_gelu_tanh),
+    "gelu_erf": (_match_gelu_erf,),
     "layernorm": (_match_layernorm,),
     "bias": (_match_bias,),
     "fold": (_match_fold,),

@@ -36,7 +36,7 @@ from sim.graph import Graph
 
 MODES = ("eager", "compiled", "tensorrt")
 EAGER_DISPATCH_S = 8e-6  # estimate: host time per eager kernel (docs/engine.md, "How much per op")
-_PATTERNS = {"eager": ("gelu", "layernorm", "bias", "fold", "conv_bias"),
+_PATTERNS = {"eager": ("sdpa", "gelu_erf", "layernorm", "bias", "fold", "conv_bias"),
              "compiled": ("attention", "gelu", "layernorm", "bias", "fold"),
              "tensorrt": ("attention", "gelu", "layernorm", "bias", "fold")}
 
@@ -52,12 +52,13 @@ def runtime_graph(graph: Graph, mode: str, dtype: str | None = None) -> Graph:
     """``graph`` as runtime ``mode`` executes it (see the module doc). With ``dtype`` the
     graph is cast after the pattern rewrites (which read the exporter's fp32 constants) and
     before fusion (so the casts join their groups)."""
+    from sim.passes.dce import live
     from sim.passes.fusion import fuse
     from sim.passes.layout import strided_transposes
     from sim.passes.patterns import rewrite
     from sim.passes.precision import cast_graph
 
-    g = rewrite(graph, _PATTERNS[check_mode(mode)])
+    g = live(rewrite(graph, _PATTERNS[check_mode(mode)]))
     # a GEMM reads a transposed operand through its flags; eager bmm also through batch strides
     g = strided_transposes(g, batched=mode == "eager")
     if dtype:
