@@ -109,7 +109,8 @@ def _heads_merged(src: Graph, node: Node) -> bool:
     ``[b, h, s, d]`` view, so the transpose back (and torch's ``.contiguous()``) copies nothing."""
     p = src.producer(node.inputs[0])
     perm = [int(x) for x in (node.attrs.get("perm") or ())]
-    return p is not None and p.op == "Attention" and perm == [0, 2, 1, 3] and node.outputs[0] not in src.outputs
+    return (p is not None and p.op == "Attention" and perm == [0, 2, 1, 3]
+            and node.outputs[0] not in src.outputs)
 
 
 def _reads_in_place(src: Graph, node: Node, shape: tuple[int, ...], batched: bool) -> bool:
