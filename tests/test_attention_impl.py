@@ -96,3 +96,32 @@ def test_default_dropout_is_the_identity_at_inference():
     want = execute(plain, _feeds(plain))[plain.outputs[0]]
     got = execute(dflt, _feeds(dflt))[dflt.outputs[0]]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fp32_inputs_run_the_memory_efficient_kernel():
+    """PyTorch's flash and cuDNN attention take fp16/bf16 only; fp32 SDPA runs the
+    memory-efficient kernel: its efficiency and no softmax overlap. The same op in bf16 keeps
+    the spec's kernel; an fp32 op costs what it costs with that kernel named outright."""
+    import sim
+    from sim.cost.gpu import attention_efficiency, attention_kernel_for, softmax_overlap
+    from sim.graph import Graph, TensorSpec
+
+    h100 = sim.hardware("h100")
+    arch = h100.arch
+    assert (attention_kernel_for(arch, "bf16"), attention_kernel_for(arch, "fp32")) == ("cudnn", "mem_efficient")
+    assert attention_efficiency(arch, "fp32") == arch.kernel_efficiency["mem_efficient"]
+    assert softmax_overlap(arch, "fp32") == 0.0 and softmax_overlap(arch, "bf16") == 1.0
+
+    def attention(dtype):
+        g = Graph("a")
+        for t in ("q", "k", "v"):
+            g.add_input(t, TensorSpec((2, 8, 1024, 64), dtype))
+        g.add_node("Attention", ["q", "k", "v"], ["y"], {"is_causal": 1}, name="attn")
+        g.set_outputs(["y"])
+        return g
+
+    named = sim.hardware("h100", **{"arch.attention_kernel": "mem_efficient"})
+    t32 = sim.simulate(attention("fp32"), h100, host_inputs=False).makespan_s
+    assert t32 == sim.simulate(attention("fp32"), named, host_inputs=False).makespan_s
+    t16 = sim.simulate(attention("bf16"), h100, host_inputs=False).makespan_s
+    assert t16 < sim.simulate(attention("bf16"), named, host_inputs=False).makespan_s

@@ -242,10 +242,26 @@ def kmajor_s_per_byte(device: DeviceSpec) -> float:
     return 1.0 / bw if bw > 0 else 0.0
 
 
-def softmax_overlap(arch: GpuArch) -> float:
-    """Fraction (0..1) of the shorter of a fused attention kernel's GEMMs and softmax that the
-    kernel named by ``arch.attention_kernel`` hides under the other (0 when the spec says none)."""
+# PyTorch's SDPA backends that take only 16-bit (and fp8) inputs: the flash kernels and cuDNN's
+# (torch/csrc/.../transformers/cuda/sdp_utils.cpp, check_tensor_dtype); for fp32 inputs SDPA
+# dispatches the memory-efficient kernel, which takes fp32 too
+LOW_PRECISION_ONLY = ("flash2", "flash3", "cudnn")
+
+
+def attention_kernel_for(arch: GpuArch, dtype: str = "") -> str:
+    """The fused attention kernel that runs inputs of ``dtype``: ``arch.attention_kernel``,
+    except ``mem_efficient`` for fp32 (or tf32) inputs to a kernel that takes only 16-bit ones."""
     name = arch.attention_kernel or "attention"
+    if name in LOW_PRECISION_ONLY and dtype in ("fp32", "tf32", "fp64"):
+        return "mem_efficient"
+    return name
+
+
+def softmax_overlap(arch: GpuArch, dtype: str = "") -> float:
+    """Fraction (0..1) of the shorter of a fused attention kernel's GEMMs and softmax that the
+    kernel running ``dtype`` (``attention_kernel_for``) hides under the other (0 when the spec
+    says none)."""
+    name = attention_kernel_for(arch, dtype)
     return float(arch.softmax_overlap.get(name, arch.softmax_overlap.get("attention", 0.0)))
 
 
@@ -292,7 +308,7 @@ def query_block_waves(work: Work, sms: int) -> int:
     return math.ceil(rows / QUERY_BLOCK / sms) if rows > 0 else 0
 
 
-def matrix_and_vector_s(work: Work, device: DeviceSpec, mm_s: float, vec_s: float) -> float:
+def matrix_and_vector_s(work: Work, device: DeviceSpec, mm_s: float, vec_s: float, dtype: str = "") -> float:
     """Compute seconds of an op's matrix part ``mm_s`` and vector part ``vec_s`` on a GPU: in
     sequence, except in a fused attention kernel that overlaps its softmax with its GEMMs.
 
@@ -309,14 +325,15 @@ def matrix_and_vector_s(work: Work, device: DeviceSpec, mm_s: float, vec_s: floa
     if isinstance(arch, GpuArch) and any(g.kernel == "attention" for g in work.gemms):
         fill = 1.0 / key_blocks_per_row(work)
         prologue = query_block_waves(work, arch.sms) * device.main_memory.latency_s
-        return overlapped(mm_s, vec_s, softmax_overlap(arch) * (1.0 - fill)) + prologue
+        return overlapped(mm_s, vec_s, softmax_overlap(arch, dtype) * (1.0 - fill)) + prologue
     return mm_s + vec_s
 
 
-def attention_efficiency(arch: GpuArch) -> float:
-    """Fraction of the GEMM library's rate the fused attention kernel of this GPU reaches."""
+def attention_efficiency(arch: GpuArch, dtype: str = "") -> float:
+    """Fraction of the GEMM library's rate the fused attention kernel running ``dtype`` on this
+    GPU reaches (``attention_kernel_for``)."""
     eff = arch.kernel_efficiency
-    name = arch.attention_kernel or "attention"
+    name = attention_kernel_for(arch, dtype)
     return float(eff.get(name, eff.get("attention", 1.0)))
 
 
@@ -332,7 +349,7 @@ def gemm_model(device: DeviceSpec, arch: GpuArch, unit: ComputeUnit, rate: float
     # no latency falls back to main memory's
     onchip = device.memory[1] if len(device.memory) > 1 else main
     smem = next((lv for lv in device.memory if lv.name == "smem"), None)
-    eff = attention_efficiency(arch) if kernel == "attention" else 1.0
+    eff = attention_efficiency(arch, dtype) if kernel == "attention" else 1.0
     if kernel == "conv" and not unit.matrix:  # cuDNN's CUDA-core implicit GEMM (im2col gathers)
         eff = arch.kernel_efficiency.get("conv_simt", 1.0)
     vec_dt = "fp32" if dtype in ("tf32", "") else dtype

@@ -180,7 +180,8 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
         sfu = gpu.sfu_rate(device) if device.kind == "gpu" else 0.0
         if sfu > 0:
             vec_s = max(vec_s, work.transcendentals / sfu)
-    compute_s = gpu.matrix_and_vector_s(work, device, mm_s, vec_s) if device.kind == "gpu" else mm_s + vec_s
+    compute_s = (gpu.matrix_and_vector_s(work, device, mm_s, vec_s, dt) if device.kind == "gpu"
+                 else mm_s + vec_s)
 
     if device.kind == "cpu":
         level = cpu.streaming_level(device, work.bytes)
