@@ -259,3 +259,24 @@ def test_trainer_updates_running_statistics_and_redraws_dropout_masks():
     logp = z - z.max(axis=1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
     assert losses[0] == pytest.approx(-logp[np.arange(6), y].mean(), rel=1e-12)
+
+
+def test_batchnorm_counts_its_batches_as_torch_does():
+    """nn.BatchNorm2d in training mode adds 1 to its int64 num_batches_tracked each step; the
+    trained graph carries the same count, one tiny kernel per layer (torch: 53 add_ for
+    ResNet-50's 53 batch norms)."""
+    import sim
+    from sim.passes.runtime import kernel_count
+    from sim.training import Trainer
+
+    g = sim.load("resnet50", batch=2)
+    before = kernel_count(training_graph(g, optimizer="sgd", momentum=0.9, train=False))
+    t = training_graph(g, optimizer="sgd", momentum=0.9)
+    counts = [p for p in t.params if p.endswith(".num_batches_tracked")]
+    assert len(counts) == 53 and all(t.params[p].dtype == "int64" for p in counts)
+    assert kernel_count(t) == before + 53
+    tr = Trainer(_train_mode_net(), optimizer="sgd", lr=0.1)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        tr.step(rng.standard_normal((6, 2, 5, 5)), rng.integers(0, 4, 6))
+    assert int(tr.params["bn.num_batches_tracked"]) == 3

@@ -127,7 +127,8 @@ def train_mode(graph: Graph) -> tuple[Graph, dict[str, str]]:
     non-trainable parameters (directly or through AMP's casts) normalises with the batch
     statistics (``training_mode=1``) and outputs updated running statistics
     (``running = running * momentum + batch * (1 - momentum)``, ONNX semantics) as
-    ``<param>.new``, cast back to the parameter's dtype when it computes in another. A
+    ``<param>.new``, cast back to the parameter's dtype when it computes in another; and, as
+    ``nn.BatchNorm`` does, counts its batches (``<node>.num_batches_tracked``, int64). A
     ``Dropout`` in inference mode drops (``training_mode=1``) with a mask seeded by its
     node name unless it has a ``seed``. Returns the new graph and ``{"<param>.new": param}``.
 
@@ -138,8 +139,8 @@ def train_mode(graph: Graph) -> tuple[Graph, dict[str, str]]:
     >>> _ = g.add_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")
     >>> g.set_outputs(["y"])
     >>> t, stats = train_mode(g)
-    >>> t.nodes["bn"].attrs["training_mode"], t.nodes["bn"].outputs, stats
-    (1, ('y', 'm.new', 'v.new'), {'m.new': 'm', 'v.new': 'v'})
+    >>> t.nodes["bn"].attrs["training_mode"], t.nodes["bn"].outputs, sorted(stats.values())
+    (1, ('y', 'm.new', 'v.new'), ['bn.num_batches_tracked', 'm', 'v'])
     """
     mode = _TrainMode(graph)
     return mode.run(), mode.stats
@@ -185,6 +186,19 @@ class _TrainMode(Rewriter):
         for t, p, want in casts:
             self.b.node("Cast", [t], [f"{p}.new"], {"to": want}, name=f"{p}.cast_back",
                         meta={"role": "running_stats"})
+        self._count(node)
+
+    def _count(self, node: Node) -> None:
+        """``nn.BatchNorm`` in training mode also counts its batches (``num_batches_tracked
+        += 1``, an int64 buffer of the module): one more, tiny, kernel per layer."""
+        count = self.b.param(f"{node.name}.num_batches_tracked", TensorSpec((), "int64"),
+                             ParamInfo("zeros", False, {"role": "running_stats"}), np.array(0, np.int64))
+        if "train_mode.one" not in self.out.params:
+            self.b.param("train_mode.one", TensorSpec((), "int64"), ParamInfo("constant", False),
+                         np.array(1, np.int64))
+        self.b.node("Add", [count, "train_mode.one"], [f"{count}.new"], name=f"{node.name}.count",
+                    meta={"role": "running_stats"})
+        self.stats[f"{count}.new"] = count
 
 
 def _add_loss(g: Graph, loss: str, labels: str, class_axis: int | None) -> str:
