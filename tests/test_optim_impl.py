@@ -148,3 +148,34 @@ def test_bad_impl_is_refused():
         training_graph(_mlp(), optimizer="adam", impl="apex")
     with pytest.raises(sim.GraphError, match="fused=True and foreach=True"):
         training_graph(_mlp(), optimizer="adam", fused=True, foreach=True)
+
+
+def test_training_step_loss_runs_as_f_cross_entropy():
+    """F.cross_entropy in a torch step: _log_softmax + nll_loss_forward (2 kernels), and
+    backward ones_like + nll_loss_backward (a zero-fill of the [N, C] gradient and a scatter
+    on CUDA) + _log_softmax_backward_data: 4. The MLP's torch step, traced, has the same
+    ATen ops; bytes by hand for N = 8 rows of C = 4 classes in fp32 (labels int64)."""
+    torch = pytest.importorskip("torch")
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch_nets import VIEWS
+
+    t = training_graph(_mlp(), optimizer="sgd")
+    fwd, bwd = t.nodes["loss"], next(n for n in t.nodes.values() if n.op == "SoftmaxCrossEntropyLossGrad")
+    wf, wb = t.work(fwd), t.work(bwd)
+    assert (wf.launches, wb.launches) == (2, 4)
+    nc = 8 * 4 * 4
+    assert (wf.bytes_read, wf.bytes_written) == (nc + 8 * 8, nc + 4)  # scores, labels; log-probs, loss
+    assert (wb.bytes_read, wb.bytes_written) == (2 * nc + 8 * 8, 2 * nc)
+    seen = []
+
+    class Rec(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in VIEWS:
+                seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    logits, labels = torch.randn(8, 4, requires_grad=True), torch.randint(0, 4, (8,))
+    with Rec():
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+    assert seen == ["_log_softmax", "nll_loss_forward", "ones_like", "nll_loss_backward",
+                    "_log_softmax_backward_data"]

@@ -11,6 +11,13 @@ Work counts (per element of ``scores`` [N, C, d...], D = N * prod(d)):
   reciprocal, 1 FLOP + 1 transcendental), then with ``dloss`` subtracts the one-hot label
   and scales (2 FLOP per score: 7 per score in all), and with ``dlog_prob`` subtracts
   ``softmax * rowsum(dlog_prob)`` (3 FLOP per score).
+* ``impl="torch"`` (what ``training_graph`` asks for): the kernels ``F.cross_entropy`` runs
+  in PyTorch, not one fused kernel each way. Forward: ``_log_softmax`` (reads the scores,
+  writes the log-probabilities) and ``nll_loss_forward`` (picks one per row): 2 launches.
+  Backward: autograd's ``ones_like`` seed, ``nll_loss_backward`` (zero-fills the [N, C]
+  gradient, then scatters one value per row: 2 kernels on CUDA) and
+  ``_log_softmax_backward_data`` (reads that gradient and the log-probabilities, writes the
+  scores' gradient): 4 launches, two [N, C] writes and two [N, C] reads. FLOPs are as above.
 * ``MSELoss``: subtract, square, accumulate = 3 FLOP per element.
 * ``MSELossGrad``: subtract, multiply by the scaled upstream gradient = 2 FLOP per element.
 """
@@ -70,7 +77,12 @@ def _sce_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict)
     n = scores.numel
     rows = n // scores.shape[1]
     r, w = io_bytes(ins, outs)
-    return Work(flops=5 * n + 4 * rows, transcendentals=n + rows, bytes_read=r, bytes_written=w)
+    launches = 1.0
+    if attrs.get("impl") == "torch":  # _log_softmax writes the log-probabilities; nll_loss picks
+        w = max(float(w), float(outs[0].nbytes + scores.nbytes))
+        launches = 2.0
+    return Work(flops=5 * n + 4 * rows, transcendentals=n + rows, bytes_read=r, bytes_written=w,
+                launches=launches)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -163,7 +175,13 @@ def _sce_grad_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: 
     if ins[1] is not None:
         flops += 3 * n  # dlogp - softmax * rowsum(dlogp)
     r, w = io_bytes(ins, outs)
-    return Work(flops=flops, transcendentals=n + rows, bytes_read=r, bytes_written=w)
+    launches = 1.0
+    if attrs.get("impl") == "torch":  # ones_like, zero-fill + scatter, _log_softmax_backward_data
+        labels = ins[3]
+        r = 2.0 * scores.nbytes + (labels.nbytes if labels is not None else 0)
+        w = 2.0 * scores.nbytes
+        launches = 4.0
+    return Work(flops=flops, transcendentals=n + rows, bytes_read=r, bytes_written=w, launches=launches)
 
 
 def _sce_grad_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:

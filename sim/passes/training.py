@@ -237,8 +237,9 @@ def _add_loss(g: Graph, loss: str, labels: str, class_axis: int | None) -> str:
                                name=b.unique("loss.labels"), meta={"role": "loss"})
     else:
         raise GraphError(f"class_axis must be 1 or the last axis, got {class_axis}", where="training_graph")
-    (out,) = b.node("SoftmaxCrossEntropyLoss", [scores, target], ["loss"], {"reduction": "mean"},
-                        name="loss", meta={"role": "loss"})
+    # impl "torch": costed as F.cross_entropy's kernels (log_softmax + nll_loss; sim.ops.loss)
+    (out,) = b.node("SoftmaxCrossEntropyLoss", [scores, target], ["loss"],
+                    {"reduction": "mean", "impl": "torch"}, name="loss", meta={"role": "loss"})
     return out
 
 
