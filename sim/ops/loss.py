@@ -76,10 +76,10 @@ def _sce_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict)
     assert scores is not None
     n = scores.numel
     rows = n // scores.shape[1]
-    r, w = io_bytes(ins, outs)
+    r, w = (float(b) for b in io_bytes(ins, outs))
     launches = 1.0
     if attrs.get("impl") == "torch":  # _log_softmax writes the log-probabilities; nll_loss picks
-        w = max(float(w), float(outs[0].nbytes + scores.nbytes))
+        w = max(w, float(outs[0].nbytes + scores.nbytes))
         launches = 2.0
     return Work(flops=5 * n + 4 * rows, transcendentals=n + rows, bytes_read=r, bytes_written=w,
                 launches=launches)
@@ -174,7 +174,7 @@ def _sce_grad_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: 
         flops += 2 * n  # - onehot, * dloss (and the row weight)
     if ins[1] is not None:
         flops += 3 * n  # dlogp - softmax * rowsum(dlogp)
-    r, w = io_bytes(ins, outs)
+    r, w = (float(b) for b in io_bytes(ins, outs))
     launches = 1.0
     if attrs.get("impl") == "torch":  # ones_like, zero-fill + scatter, _log_softmax_backward_data
         labels = ins[3]
