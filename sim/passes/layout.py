@@ -43,9 +43,14 @@ from sim.ops.registry import has_trait
 GEMMS = ("MatMul", "Gemm")
 
 
+def _perm(node: Node, rank: int) -> list[int]:
+    """A Transpose's ``perm`` as non-negative axes (default: all axes reversed)."""
+    return [int(p) % rank for p in (node.attrs.get("perm") or range(rank)[::-1])]
+
+
 def swaps_last_two(node: Node, rank: int) -> bool:
     """Whether a Transpose's ``perm`` (default: all axes reversed) swaps the last two axes only."""
-    perm = [int(p) % rank for p in (node.attrs.get("perm") or range(rank)[::-1])]
+    perm = _perm(node, rank)
     return rank >= 2 and perm == [*range(rank - 2), rank - 1, rank - 2]
 
 
@@ -55,7 +60,7 @@ def batched_view(node: Node, shape: tuple[int, ...]) -> bool:
     rank = len(shape)
     if rank < 2:
         return False
-    perm = [int(p) % rank for p in (node.attrs.get("perm") or range(rank)[::-1])]
+    perm = _perm(node, rank)
     stride = [1] * rank
     for i in range(rank - 2, -1, -1):
         stride[i] = stride[i + 1] * shape[i + 1]
@@ -79,8 +84,7 @@ def gemm_operand_only(graph: Graph, tensor: str, attention: bool = False) -> boo
 
 def last_axis_kept(node: Node, rank: int) -> bool:
     """Whether a Transpose leaves the last axis last (its rows stay unit-stride)."""
-    perm = [int(p) % rank for p in (node.attrs.get("perm") or range(rank)[::-1])]
-    return rank >= 1 and perm[-1] == rank - 1
+    return rank >= 1 and _perm(node, rank)[-1] == rank - 1
 
 
 class _Strided(Rewriter):
@@ -93,14 +97,12 @@ class _Strided(Rewriter):
 
     def visit(self, node: Node) -> None:
         shape = self.src.tensors[node.inputs[0]].shape if node.op == "Transpose" else ()
-        if node.op == "Transpose" and not int(node.attrs.get("strided", 0)) and self._reads(node, shape):
+        if (node.op == "Transpose" and not int(node.attrs.get("strided", 0))
+                and _reads_in_place(self.src, node, shape, self.batched)):
             self.emit(node, attrs={**node.attrs, "strided": 1})
             self.marked.append(node.name)
         else:
             self.emit(node)
-
-    def _reads(self, node: Node, shape: tuple[int, ...]) -> bool:
-        return _reads_in_place(self.src, node, shape, self.batched)
 
 
 def _heads_merged(src: Graph, node: Node) -> bool:
@@ -108,9 +110,8 @@ def _heads_merged(src: Graph, node: Node) -> bool:
     flash, memory-efficient and cuDNN kernels write O as ``[b, s, h, d]`` and return the
     ``[b, h, s, d]`` view, so the transpose back (and torch's ``.contiguous()``) copies nothing."""
     p = src.producer(node.inputs[0])
-    perm = [int(x) for x in (node.attrs.get("perm") or ())]
-    return (p is not None and p.op == "Attention" and perm == [0, 2, 1, 3]
-            and node.outputs[0] not in src.outputs)
+    return (p is not None and p.op == "Attention" and src.tensors[node.inputs[0]].rank == 4
+            and _perm(node, 4) == [0, 2, 1, 3] and node.outputs[0] not in src.outputs)
 
 
 def _reads_in_place(src: Graph, node: Node, shape: tuple[int, ...], batched: bool) -> bool:

@@ -13,9 +13,11 @@ the engine options that go with it (``sim.engine.simulate``'s ``dispatch_s`` and
   (``sim.passes.patterns``); a convolution's bias goes the other way, a kernel of its own
   after the cuDNN convolution, as ATen's ``_convolution`` adds it. A head transpose that
   ``bmm`` reads through its batch stride (batch 1) is a view, as in PyTorch
-  (``sim.passes.layout``). Attention is left as the graph has it: whether eager runs one
-  fused kernel depends on the model calling ``scaled_dot_product_attention``, which an
-  export does not record;
+  (``sim.passes.layout``). Attention stays as the graph has it unless the export carries
+  the signature of ``scaled_dot_product_attention`` (Q and K^T each scaled by sqrt(scale)):
+  a model that called it runs one fused kernel in eager too (pattern ``sdpa``); a tanh GELU
+  stays as its ops (HF's ``gelu_new`` is a Python formula); nodes nothing reads are dropped
+  (``sim.passes.dce``);
 * ``compiled`` (``torch.compile``, Inductor): also the exporter's decomposed attention becomes
   the fused ``Attention`` op (Inductor pattern-matches it onto SDPA / flash attention), then
   ``sim.passes.fusion.fuse``: pointwise chains join their producer, views and the head
