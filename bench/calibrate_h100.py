@@ -19,7 +19,8 @@ runs in stages, each a few physical parameters on the kernels they govern:
 4. CUDA-core GEMMs: fp32 efficiency, per-tile overhead, skinny-tile and GEMV operands in flight,
    GEMV round trips: fp32 GEMM, bmm, convolution;
 5. the attention kernel's efficiency: causal SDPA;
-6. host link: least squares of ``latency + bytes / bandwidth`` on the pinned copies.
+6. reductions: HBM latencies per dependent load step of a thread: sums;
+7. host link: least squares of ``latency + bytes / bandwidth`` on the pinned copies.
 
 ``--cv K`` refits on K - 1 folds and predicts the fold left out, whole shape families at a time
 (one GEMM weight shape at every M; one convolution layer at both batches; one row length), and
@@ -257,6 +258,8 @@ STAGES = (
           lambda p: _kind(p) in GEMMS and _dtype(p) == "fp32", "CUDA cores"),
     Stage((Param("arch.kernel_efficiency.cudnn", 0.9, 0.3, 1.0),),
           lambda p: _kind(p) == "sdpa_causal", "attention"),
+    Stage((Param("arch.reduction.step_round_trips", 1.0, 0.05, 5.0),),
+          lambda p: _kind(p) == "reduce_sum", "reductions"),
 )
 
 # Printed with these many significant digits and written to the spec so.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sim.cost import cpu, fpga, gpu, systolic
+from sim.cost.reduction import reduction_time
 from sim.cost.roofline import (
     achievable,
     combine,
@@ -199,11 +200,15 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
         bytes_energy = moved * level.energy_per_byte_j
     if rows is not None:  # a row-wise kernel: instruction-bound or memory-bound, plus its latencies
         memory_s = max(memory_s, rows.issue_s) + rows.latency_s
+    red = (reduction_time(work.reduction, device, storage_bytes(dt))
+           if work.reduction is not None and device.kind == "gpu" else None)
+    if red is not None:  # the reduce kernel's dependent load chain
+        memory_s = max(memory_s, red.chain_s)
 
     if work.flops <= 0 and work.bytes <= 0:
         return OpCost(0.0, "memory", "launch", 0.0, 0.0, 0.0, 0.0, 0.0, memory_level=level.name)
-    launch_s = device.launch_s * work.launches
-    if isinstance(device.arch, GpuArch) and work.flops > 0:
+    launch_s = device.launch_s * work.launches * (red.launches if red is not None else 1)
+    if isinstance(device.arch, GpuArch) and work.flops > 0 and red is None:
         passes = gpu.cross_sm_passes(work.bytes_read, work.bytes_written, storage_bytes(dt),
                                      device.arch.sms, bool(work.gemms))
         launch_s *= 1 + passes

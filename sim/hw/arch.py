@@ -113,6 +113,10 @@ class GpuArch(Arch):
     rowwise: dict[str, float] = arch_field(
         {}, "rowwise", "row-wise kernels (softmax, norms): cycles_per_element, cycles_per_row, "
         "round_trips, warp_row_max, onchip_row_bytes; absent: the plain roofline")
+    reduction: dict[str, float] = arch_field(
+        {}, "reduction", "PyTorch's generic reduce kernel (sums, means, max over axes): "
+        "step_round_trips (HBM latencies per dependent load step of a thread); absent: a second "
+        "launch when few outputs")
 
     def tiles_for(self, unit: str) -> tuple[tuple[int, int], ...]:
         """The tile shapes the GEMM library uses on compute unit ``unit``."""
@@ -191,7 +195,8 @@ ARCH_CLASSES: dict[str, type[Arch]] = {
 _VALUE = {"int": "whole number", "number": "number", "positive": "number > 0", "ratio": "fraction",
           "frequency": "frequency",
           "time": "time", "tiles": "mapping", "kernels": "mapping", "dtype_numbers": "mapping",
-          "bool": "true/false", "number_map": "mapping", "rowwise": "mapping", "attention_kernel": "name"}
+          "bool": "true/false", "number_map": "mapping", "rowwise": "mapping", "reduction": "mapping",
+          "attention_kernel": "name"}
 
 
 def _default_text(f: dataclasses.Field[Any]) -> str:

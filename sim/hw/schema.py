@@ -180,6 +180,14 @@ def _rowwise(v: Any, c: Ctx) -> dict[str, float]:
     return _number_map(v, c)
 
 
+REDUCTION_FIELDS = ("step_round_trips",)
+
+
+def _reduction(v: Any, c: Ctx) -> dict[str, float]:
+    mapping(v, c, {k: None for k in REDUCTION_FIELDS})
+    return _number_map(v, c)
+
+
 def _kernel_map(v: Any, c: Ctx) -> dict[str, float]:
     m = mapping(v, c, {k: None for k in KERNELS})
     out = {}
@@ -205,7 +213,8 @@ ARCH_READERS: dict[str, Callable[[Any, Ctx], Any]] = {
     "int": read_int, "number": _num, "positive": _pos_num, "ratio": _fraction,
     "frequency": _pos_q("frequency"), "time": _q("time"),
     "tiles": _tiles, "kernels": _kernel_map, "dtype_numbers": _dtype_map(_pos_num),
-    "bool": _bool, "number_map": _number_map, "rowwise": _rowwise, "attention_kernel": _attention_kernel,
+    "bool": _bool, "number_map": _number_map, "rowwise": _rowwise, "reduction": _reduction,
+    "attention_kernel": _attention_kernel,
 }
 # kind -> {arch key: reader}; a field naming an unknown reader fails here, at import
 _ARCH: dict[str, dict[str, Callable[[Any, Ctx], Any]]] = {

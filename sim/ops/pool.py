@@ -27,6 +27,7 @@ Conventions chosen here:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ from sim.errors import GraphError
 from sim.ops.common import as_tuple, io_bytes, need
 from sim.ops.conv import Geometry, col2im, pad_to_extent, window_geometry, windows
 from sim.ops.registry import defop
-from sim.ops.work import Work
+from sim.ops.work import Work, reduction_layout
 from sim.tensor import TensorSpec
 
 
@@ -326,6 +327,16 @@ defop(
 
 
 # ----------------------------------------------------------------------------- global pools
+def _spatial_mean_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str, Any]) -> Work:
+    """A global average pool's work, laid out as the mean over the spatial axes it is (PyTorch
+    runs ``adaptive_avg_pool2d`` to 1 x 1 as ``mean(-1, -2)``, its generic reduce kernel)."""
+    w = _pool_work(1.0, 1.0)(ins, outs, attrs)
+    x = ins[0]
+    if x is None:
+        return w
+    return replace(w, reduction=reduction_layout(x.shape, tuple(range(2, x.rank))))
+
+
 def _global_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
     (x,) = need(specs, 1, "global pool")
     if x.rank < 3:
@@ -344,7 +355,7 @@ def _gap_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
 defop(
     "GlobalAveragePool",
     infer=_global_infer,
-    work=_pool_work(1.0, 1.0),
+    work=_spatial_mean_work,
     kernel=lambda xs, attrs: [xs[0].mean(axis=tuple(range(2, xs[0].ndim)), keepdims=True)],
     grad=_gap_grad,
     doc="Mean over all spatial axes (ONNX GlobalAveragePool); output N x C x 1 x ... x 1.",

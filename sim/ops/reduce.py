@@ -39,7 +39,7 @@ from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.ops.common import as_tuple, io_bytes, need, norm_axis
 from sim.ops.registry import defop
-from sim.ops.work import Work
+from sim.ops.work import Work, reduction_layout
 from sim.tensor import TensorSpec
 
 # --------------------------------------------------------------------------- helpers
@@ -92,11 +92,13 @@ def _reduce_work(per_in: float, per_out: float = 0.0, trans_in: float = 0.0, tra
         n_in = sum(s.numel for s in ins[:1] if s is not None)
         n_out = outs[0].numel
         r, w = io_bytes(ins, outs)
+        x = ins[0]
         return Work(
             flops=per_in * n_in + per_out * n_out,
             transcendentals=trans_in * n_in + trans_out * n_out,
             bytes_read=r,
             bytes_written=w,
+            reduction=reduction_layout(x.shape, reduce_axes(attrs, x.rank)) if x is not None else None,
         )
 
     return work

@@ -9,6 +9,7 @@ Bytes are the minimal traffic: every input read once, every output written once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 
@@ -71,6 +72,43 @@ class Serial:
 
 
 @dataclass(frozen=True)
+class Reduction:
+    """The layout of a reduction: ``outputs`` results, each combining ``per_output`` inputs.
+
+    ``inner``: the reduced elements include the contiguous (fastest-moving) axis, as a row sum
+    does; False for a column sum (the reduced axes are all outer, strided ones). ``runs``: how
+    many separate strided runs the reduced axes form after adjacent axes merge (a sum over the
+    last two axes is 1 run; a convolution bias gradient over N, H, W of NCHW is 2). A GPU cost
+    model derives the reduction kernel's launch from it (``sim.cost.reduction``).
+    """
+
+    outputs: int
+    per_output: int
+    inner: bool
+    runs: int = 1
+
+
+def reduction_layout(shape: tuple[int, ...], axes: tuple[int, ...]) -> Reduction | None:
+    """The ``Reduction`` of summing a contiguous tensor of ``shape`` over ``axes`` (size-1 axes
+    dropped and adjacent axes of the same kind merged, as a tensor iterator coalesces them);
+    None when nothing is reduced or nothing is left.
+
+    >>> reduction_layout((64, 128), (0,))
+    Reduction(outputs=128, per_output=64, inner=False, runs=1)
+    >>> reduction_layout((32, 64, 7, 7), (0, 2, 3))
+    Reduction(outputs=64, per_output=1568, inner=True, runs=2)
+    """
+    kinds = [i in axes for i, d in enumerate(shape) if d != 1]
+    sizes = [d for d in shape if d != 1]
+    reduced = math.prod(d for d, k in zip(sizes, kinds) if k)
+    kept = math.prod(d for d, k in zip(sizes, kinds) if not k)
+    if not any(kinds) or reduced <= 1 or kept < 1:
+        return None
+    runs = sum(1 for i, k in enumerate(kinds) if k and (i == 0 or not kinds[i - 1]))
+    return Reduction(int(kept), int(reduced), kinds[-1], runs)
+
+
+@dataclass(frozen=True)
 class Work:
     """Frozen, addable record of an op's work.
 
@@ -81,6 +119,8 @@ class Work:
     ``rows`` is nonzero for a row-wise kernel: the number of independent rows it reduces,
     each inside one warp or thread block, so a cost model can charge per-row work and keep a
     row's re-reads on chip; ``kernel`` names which (``"softmax"``, ``"norm"``).
+    ``reduction`` is the layout of a plain reduction (a sum, mean, max ... over some axes: the
+    framework's generic reduce kernel); work added to other work is no longer one.
 
     >>> w = Work(flops=4, bytes_read=32, bytes_written=16) + Work(flops=2)
     >>> w.flops, w.bytes_read, w.bytes_written
@@ -97,6 +137,7 @@ class Work:
     rows: float = 0.0
     kernel: str = ""
     launches: float = 1.0
+    reduction: Reduction | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("flops", "matmul_flops", "transcendentals", "bytes_read", "bytes_written", "rows",
@@ -117,7 +158,13 @@ class Work:
             self.rows + other.rows,
             self.kernel or other.kernel,
             max(self.launches, other.launches),  # work added into one kernel launches once
+            self.reduction if other.empty else other.reduction if self.empty else None,
         )
+
+    @property
+    def empty(self) -> bool:
+        """No FLOPs and no bytes."""
+        return self.flops <= 0 and self.bytes <= 0
 
     @property
     def bytes(self) -> float:
@@ -142,6 +189,7 @@ class Work:
             self.rows * factor,
             self.kernel,
             self.launches,
+            self.reduction if factor == 1 else None,
         )
 
     def parallel_part(self) -> Work:
