@@ -172,20 +172,17 @@ def _number_map(v: Any, c: Ctx) -> dict[str, float]:
     return out
 
 
-ROWWISE_FIELDS = ("cycles_per_element", "cycles_per_row", "round_trips", "warp_row_max", "onchip_row_bytes")
+def _named_numbers(fields: tuple[str, ...]) -> Callable[[Any, Ctx], dict[str, float]]:
+    """A reader of a mapping of numbers whose keys must be among ``fields``."""
+    def read(v: Any, c: Ctx) -> dict[str, float]:
+        mapping(v, c, {k: None for k in fields})
+        return _number_map(v, c)
+    return read
 
 
-def _rowwise(v: Any, c: Ctx) -> dict[str, float]:
-    mapping(v, c, {k: None for k in ROWWISE_FIELDS})
-    return _number_map(v, c)
-
-
-REDUCTION_FIELDS = ("step_round_trips",)
-
-
-def _reduction(v: Any, c: Ctx) -> dict[str, float]:
-    mapping(v, c, {k: None for k in REDUCTION_FIELDS})
-    return _number_map(v, c)
+_rowwise = _named_numbers(("cycles_per_element", "cycles_per_row", "round_trips", "warp_row_max",
+                           "onchip_row_bytes"))
+_reduction = _named_numbers(("step_round_trips",))
 
 
 def _kernel_map(v: Any, c: Ctx) -> dict[str, float]:
