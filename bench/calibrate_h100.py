@@ -18,7 +18,7 @@ runs in stages, each a few physical parameters on the kernels they govern:
    flight per SM: GEMM, bmm and convolution in tf32/bf16/fp16;
 4. CUDA-core GEMMs: fp32 efficiency, per-tile overhead, skinny-tile and GEMV operands in flight,
    GEMV round trips: fp32 GEMM, bmm, convolution;
-5. the attention kernel's efficiency: causal SDPA;
+5. the attention kernel's efficiency and per-step cycles: causal SDPA;
 6. reductions: HBM latencies per dependent load step of a thread: sums;
 7. host link: least squares of ``latency + bytes / bandwidth`` on the pinned copies.
 
@@ -80,7 +80,7 @@ ARCH_ESTIMATES = (ROOT / "hwspecs" / "a100.yaml",)
 
 def estimated_paths(values: Mapping[str, float]) -> dict[str, float]:
     """The fitted values an ARCH_ESTIMATES spec takes."""
-    return {k: v for k, v in values.items() if k.startswith("arch.") and "kernel_efficiency.cudnn" not in k}
+    return {k: v for k, v in values.items() if k.startswith("arch.") and not k.endswith(".cudnn")}
 FILES = ("h100_microbench.jsonl", "h100_kernels.jsonl")
 
 ELEMENTWISE_OPS = {"add": ("Add", 2), "mul": ("Mul", 2), "relu": ("Relu", 1), "gelu": ("Gelu", 1),
@@ -256,7 +256,8 @@ STAGES = (
            Param("arch.gemv_round_trips.fp32", 1.0, 0.0, 10.0),
            Param("arch.kernel_efficiency.conv_simt", 0.8, 0.3, 1.0)),
           lambda p: _kind(p) in GEMMS and _dtype(p) == "fp32", "CUDA cores"),
-    Stage((Param("arch.kernel_efficiency.cudnn", 0.9, 0.3, 1.0),),
+    Stage((Param("arch.kernel_efficiency.cudnn", 0.9, 0.3, 1.0),
+           Param("arch.attention_block_cycles.cudnn", 500.0, 0.0, 5000.0)),
           lambda p: _kind(p) == "sdpa_causal", "attention"),
     Stage((Param("arch.reduction.step_round_trips", 1.0, 0.05, 5.0),),
           lambda p: _kind(p) == "reduce_sum", "reductions"),

@@ -13,6 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = [
     ("H100 calibration fit", ["calibrate_h100.py", "--cv", "5"]),
     ("held-out validation against published measurements", ["validate_public.py"]),
+    ("attention head-size and sequence trends (FlashAttention-3 paper)", ["attention_trend.py"]),
     ("ONNX conformance", ["onnx_conformance.py"]),
     ("simulator speed", ["sim_speed.py"]),
     ("import time", ["import_time.py"]),

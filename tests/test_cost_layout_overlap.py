@@ -71,8 +71,8 @@ def test_overlapped_hides_the_shorter_part():
     assert gpu.overlapped(2.0, 2.0, 0.0) == 4.0
 
 
-def _attention(s, causal, softcap=0.0):
-    q = TensorSpec((1, 2, s, 64), "bf16")
+def _attention(s, causal, softcap=0.0, d=64):
+    q = TensorSpec((1, 2, s, d), "bf16")
     g = Graph("a")
     names = [g.add_input(f"{c}", q) for c in "qkv"]
     attrs = {"is_causal": int(causal), **({"softcap": softcap} if softcap else {})}
@@ -109,3 +109,23 @@ def test_attention_overlap_leaves_the_last_key_block_exposed():
     assert gpu.matrix_and_vector_s(w, off, 4.0, 2.0) == pytest.approx(6.0 + 1e-6)  # in sequence
     plain = Work(flops=1.0, matmul_flops=1.0, gemms=(GemmShape(8, 8, 8),))
     assert gpu.matrix_and_vector_s(plain, on, 4.0, 2.0) == 6.0
+
+
+def test_attention_pays_its_block_cycles_per_key_block_step():
+    # non-causal S = 512, 2 heads: 2 x 512 x 512 pairs = 32 steps of 128 x 128, spread over
+    # 132 SMs; 1000 cycles each at 1.98 GHz: 1000 x 32 / 132 / 1.98e9 s on top of the rest
+    w = _attention(512, False)
+    base = {"memory.hbm.latency": "1 us", "arch.softmax_overlap.cudnn": 1.0}
+    none = load_hardware("h100", **base, **{"arch.attention_block_cycles.cudnn": 0})
+    some = load_hardware("h100", **base, **{"arch.attention_block_cycles.cudnn": 1000})
+    extra = gpu.matrix_and_vector_s(w, some, 4e-6, 2e-6) - gpu.matrix_and_vector_s(w, none, 4e-6, 2e-6)
+    assert extra == pytest.approx(1000 * 32 / 132 / 1.98e9, rel=1e-9)
+    # the cycles belong to the kernel that runs: FlashAttention-2 here has none of its own
+    fa2 = load_hardware("h100", **base, **{"arch.attention_block_cycles.cudnn": 1000,
+                                          "arch.attention_kernel": "flash2"})
+    assert gpu.block_steps_s(w, fa2.arch) == 0.0
+    # head size 128 has twice the FLOPs of 64 in the same steps: the overhead per FLOP halves,
+    # which is why d = 64 runs at a lower FLOP rate
+    w128 = _attention(512, False, d=128)
+    assert w128.matmul_flops == pytest.approx(2 * w.matmul_flops)
+    assert gpu.block_steps_s(w128, some.arch) == pytest.approx(gpu.block_steps_s(w, some.arch), rel=1e-9)

@@ -76,7 +76,12 @@ one block under the GEMMs of the next within a warpgroup (section 3.2). ``softma
 ``mm + vec - overlap x min(mm, vec)``, less the pipeline's fill (the last key block of every
 query block has no next GEMM to hide its softmax under). Every attention kernel also pays one
 HBM latency per wave of its thread blocks (``QUERY_BLOCK`` queries of one head each): a block
-cannot start its first GEMM before its Q tile and first K/V block arrive from HBM.
+cannot start its first GEMM before its Q tile and first K/V block arrive from HBM. Each step of
+its inner loop (one block of ``KEY_BLOCK`` keys for one block of queries) also costs a fixed
+``attention_block_cycles`` beside its GEMMs and softmax: the producer/consumer barriers, the TMA
+issue, the row statistics. That cost does not shrink with the head size, so a head size of 64
+runs at a lower FLOP rate than 128 (FlashAttention-3 paper, Fig. 5: cuDNN 412 vs 600 TFLOP/s
+at S = 8k, FlashAttention-3 496 vs 646).
 """
 
 from __future__ import annotations
@@ -325,8 +330,20 @@ def matrix_and_vector_s(work: Work, device: DeviceSpec, mm_s: float, vec_s: floa
     if isinstance(arch, GpuArch) and any(g.kernel == "attention" for g in work.gemms):
         fill = 1.0 / key_blocks_per_row(work)
         prologue = query_block_waves(work, arch.sms) * device.main_memory.latency_s
-        return overlapped(mm_s, vec_s, softmax_overlap(arch, dtype) * (1.0 - fill)) + prologue
+        return (overlapped(mm_s, vec_s, softmax_overlap(arch, dtype) * (1.0 - fill)) + prologue
+                + block_steps_s(work, arch, dtype))
     return mm_s + vec_s
+
+
+def block_steps_s(work: Work, arch: GpuArch, dtype: str = "") -> float:
+    """Seconds of a fused attention kernel's per-step overhead: ``attention_block_cycles`` of its
+    kernel for every key-block step (``QUERY_BLOCK`` queries x ``KEY_BLOCK`` keys), the steps
+    spread evenly over the SMs (0 when the spec gives none)."""
+    cycles = float(arch.attention_block_cycles.get(attention_kernel_for(arch, dtype), 0.0))
+    if cycles <= 0:
+        return 0.0
+    pairs, _ = attention_pairs_rows(work)
+    return cycles * pairs / (QUERY_BLOCK * KEY_BLOCK) / arch.sms / arch.clock
 
 
 def attention_efficiency(arch: GpuArch, dtype: str = "") -> float:

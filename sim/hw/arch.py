@@ -86,6 +86,10 @@ class GpuArch(Arch):
         {}, "kernels", "{attention kernel: fraction} of the shorter of a fused attention kernel's "
         "GEMMs and softmax hidden under the other (warp-specialised Hopper kernels: FA3, cuDNN); "
         "absent: 0, the two in sequence")
+    attention_block_cycles: dict[str, float] = arch_field(
+        {}, "number_map", "{attention kernel: cycles} each key-block step (128 queries x 128 keys) of a "
+        "fused attention kernel spends besides its GEMMs and softmax (pipeline barriers, TMA issue, "
+        "row statistics); absent: 0")
     tile_overhead: dict[str, float] = arch_field(
         {}, "number_map", "{dtype or unit: cycles} per GEMM output tile outside the main loop "
         "(pipeline fill, epilogue); absent: 0")
