@@ -263,6 +263,8 @@ STAGES = (
           lambda p: _kind(p) == "reduce_sum", "reductions"),
 )
 
+EIGHT_BIT = ("fp8", "int8")  # tensor-core dtypes the spec estimates from the 16-bit fit
+
 # Printed with these many significant digits and written to the spec so.
 DIGITS = 3
 
@@ -294,6 +296,13 @@ def fit_h100(pts: Sequence[Point], base: DeviceSpec | None = None) -> dict[str, 
     values["units.tensor.efficiency.default"] = statistics.fmean(
         values[f"units.tensor.efficiency.{d}"] for d in ("tf32", "bf16", "fp16"))
     values["units.vector.efficiency.default"] = values["units.vector.efficiency.fp32"]
+    # the 8-bit tensor-core dtypes (nothing measured) run the 16-bit kernels' pipeline: the same
+    # cycles per output tile, the same bytes in flight in a skinny kernel (twice the elements)
+    for d in EIGHT_BIT:
+        values[f"arch.tile_overhead.{d}"] = statistics.fmean(
+            values[f"arch.tile_overhead.{h}"] for h in ("bf16", "fp16"))
+        values[f"arch.stream_inflight.{d}"] = 2.0 * statistics.fmean(
+            values[f"arch.stream_inflight.{h}"] for h in ("bf16", "fp16"))
     return rounded(values)
 
 
