@@ -11,6 +11,13 @@ at S = 8k at 617 TFLOP/s where the paper's cuDNN ran 529, so the absolute level 
 check here, the shape of each series is: how much slower d = 64 runs than d = 128, and how the
 rate grows with S. Nothing is fitted to these numbers.
 
+A second table checks fp32 attention, which PyTorch's SDPA runs with the memory-efficient
+(xFormers CUTLASS) kernel on A100 and H100: its GEMMs run on the tensor cores as 3xTF32
+(``sim.cost.gpu.attention_runs_3xtf32``). Times are xFormers' own A100 forward benchmarks:
+facebookresearch/xformers PR #587 (``f32 B=64, M=1024, H=16, K=256 | 27189.1``, the PR's column,
+in us) and PR #480 (B = 384, M = 197, H = 1, K = 64 / 80 / 88 in fp32 and fp16, the
+``cutlass_cleanup`` column). Nothing is fitted to them either.
+
 Run: ``.venv/bin/python bench/attention_trend.py``.
 """
 
@@ -53,9 +60,23 @@ PAPER = {
 SPECS = {"cudnn": {}, "flash3": {}, "flash2": {"arch.attention_kernel": "flash2"}}
 
 
-def attention_graph(b: int, h: int, s: int, d: int, causal: bool) -> Graph:
+XFORMERS_A100 = (  # (dtype, B, M, H, K, forward us, source)
+    ("fp32", 64, 1024, 16, 256, 27189.1, "xformers PR #587"),
+    ("fp32", 384, 197, 1, 64, 272.1, "xformers PR #480"),
+    ("fp32", 384, 197, 1, 80, 443.7, "xformers PR #480"),
+    ("fp32", 384, 197, 1, 88, 447.7, "xformers PR #480"),
+    ("fp16", 384, 197, 1, 64, 88.1, "xformers PR #480"),
+    ("fp16", 384, 197, 1, 80, 115.5, "xformers PR #480"),
+    ("fp16", 384, 197, 1, 88, 124.7, "xformers PR #480"),
+)
+# the A100 of those benchmarks runs the memory-efficient kernel at every dtype (40 GB SXM assumed)
+A100_MEM_EFFICIENT = {"arch.attention_kernel": "mem_efficient", "memory.hbm.bandwidth": "1555 GB/s",
+                      "memory.hbm.capacity": "40 GB"}
+
+
+def attention_graph(b: int, h: int, s: int, d: int, causal: bool, dtype: str = "bf16") -> Graph:
     g = Graph("attention")
-    q, k, v = (g.add_input(n, TensorSpec((b, h, s, d), "bf16")) for n in "qkv")
+    q, k, v = (g.add_input(n, TensorSpec((b, h, s, d), dtype)) for n in "qkv")
     outs = g.add_node("Attention", [q, k, v], ["y", "", "", ""], {"is_causal": int(causal)}, name="node")
     g.set_outputs([o for o in outs if o])
     return g.verify()
@@ -84,6 +105,13 @@ def main() -> int:
         for causal in (False, True):
             gap = gaps[(kernel, 64, causal)] - gaps[(kernel, 128, causal)]
             print(f"  {kernel:7s} {'causal' if causal else 'full':7s}{100 * gap:+6.1f} points")
+    print("\nmemory-efficient (xFormers CUTLASS) attention forward on A100, non-causal:")
+    hw = sim.hardware("a100", **A100_MEM_EFFICIENT)
+    for dt, b, m, h, k, us, src in XFORMERS_A100:
+        t = sim.simulate(attention_graph(b, h, m, k, False, dt), hw, dtype=dt, host_inputs=False,
+                         cache_reuse=False).makespan_s
+        print(f"  {dt} B={b} M={m} H={h} K={k}: measured {us:.1f} us, predicted {t * 1e6:.1f} us "
+              f"({100 * (t * 1e6 / us - 1):+.0f}%)  [{src}]")
     print("\nsource: Shah et al., FlashAttention-3, arXiv:2407.08608, Fig. 5; panels transcribed at "
           "https://subtext.edge.nugit.net/image/<id>:")
     for (d, causal), ident in PANELS.items():

@@ -262,6 +262,23 @@ def attention_kernel_for(arch: GpuArch, dtype: str = "") -> str:
     return name
 
 
+FAST_F32_PASSES = 3  # TF32 products per fp32 product in CUTLASS's OpMultiplyAddFastF32 (big x big + big x small + small x big)
+
+
+def attention_runs_3xtf32(work: Work, device: DeviceSpec, dtype: str) -> bool:
+    """Whether ``work`` is a fused attention op whose fp32 GEMMs run on the tensor cores as
+    3xTF32: PyTorch's memory-efficient kernel (what SDPA runs for fp32 inputs, or where the spec
+    names it) builds them for compute capability >= 8.0 with CUTLASS's ``OpMultiplyAddFastF32``,
+    three TF32 products per fp32 product on the tensor cores (``mem_eff_attention/
+    gemm_kernel_utils.h``, ``DefaultGemmType<ArchTag, float>``; older GPUs fall back to FMA on the
+    CUDA cores). A spec's tensor unit with a TF32 rate stands for the compute capability."""
+    arch = device.arch
+    return (dtype in ("fp32", "tf32") and isinstance(arch, GpuArch)
+            and attention_kernel_for(arch, dtype) == "mem_efficient"
+            and any(g.kernel == "attention" for g in work.gemms)
+            and any(u.matrix and u.peak_flops.get("tf32", 0.0) > 0 for u in device.units))
+
+
 def softmax_overlap(arch: GpuArch, dtype: str = "") -> float:
     """Fraction (0..1) of the shorter of a fused attention kernel's GEMMs and softmax that the
     kernel running ``dtype`` (``attention_kernel_for``) hides under the other (0 when the spec

@@ -126,6 +126,12 @@ def _matmul(work: Work, device: DeviceSpec, dtype: str, sparsity: dict[str, Any]
     """(seconds, unit, FLOPs executed) of the matrix part of ``work``."""
     if work.matmul_flops <= 0:
         return 0.0, None, 0.0
+    if device.kind == "gpu" and gpu.attention_runs_3xtf32(work, device, dtype):
+        tensor = matrix_unit(device, "tf32")
+        assert tensor is not None
+        rate = achievable(tensor, "tf32") / gpu.FAST_F32_PASSES
+        t = gpu.matmul_time(work.gemms, work.matmul_flops, device, tensor, rate, storage_bytes(dtype), "tf32")
+        return t, tensor, work.matmul_flops
     unit = matrix_unit(device, dtype)
     on_matrix = unit is not None
     if unit is None:
