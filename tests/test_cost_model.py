@@ -364,7 +364,8 @@ def test_fp32_fused_attention_runs_3xtf32_on_the_tensor_cores():
     # tensor cores as three TF32 products (CUTLASS OpMultiplyAddFastF32) on compute capability
     # >= 8.0. The same one-wave GEMM as above, tagged attention, fp32: per-SM rate = 494.7 TFLOP/s
     # (TF32) x 0.834 x the kernel's 0.5 / 3 / 132.
-    h = dev("h100", **BARE, **{"units.tensor.efficiency.tf32": 0.834, "arch.kernel_efficiency.mem_efficient": 0.5})
+    h = dev("h100", **BARE, **{"units.tensor.efficiency.tf32": 0.834,
+                                "arch.kernel_efficiency.mem_efficient": 0.5})
     fl = 2.0 * 128 * 132 * 128 * 8192
     w = Work(flops=fl, matmul_flops=fl, gemms=(GemmShape(128 * 132, 128, 8192, 1, "attention"),))
     per_sm = 494.7e12 * 0.834 * 0.5 / 3 / 132
@@ -373,7 +374,8 @@ def test_fp32_fused_attention_runs_3xtf32_on_the_tensor_cores():
     assert c.compute_s == pytest.approx(2 * 128 * 128 * 8192 / per_sm, rel=1e-9)
     # a plain fp32 GEMM stays on the CUDA cores (TF32 off), and a GPU without TF32 (V100) runs the
     # kernel's FMA fallback there too
-    assert op_cost(Work(flops=fl, matmul_flops=fl, gemms=(GemmShape(128 * 132, 128, 8192),)), h, "fp32").unit == "vector"
+    plain = Work(flops=fl, matmul_flops=fl, gemms=(GemmShape(128 * 132, 128, 8192),))
+    assert op_cost(plain, h, "fp32").unit == "vector"
     assert op_cost(w, dev("v100"), "fp32").unit == "vector"
 
 

@@ -262,7 +262,8 @@ def attention_kernel_for(arch: GpuArch, dtype: str = "") -> str:
     return name
 
 
-FAST_F32_PASSES = 3  # TF32 products per fp32 product in CUTLASS's OpMultiplyAddFastF32 (big x big + big x small + small x big)
+# TF32 products per fp32 product in CUTLASS's OpMultiplyAddFastF32 (big x big + big x small + small x big)
+FAST_F32_PASSES = 3
 
 
 def attention_runs_3xtf32(work: Work, device: DeviceSpec, dtype: str) -> bool:
