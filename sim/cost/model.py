@@ -211,7 +211,7 @@ def op_cost(work: Work, device: DeviceSpec, dtype: str, *,
     if red is not None:  # the reduce kernel's dependent load chain
         memory_s = max(memory_s, red.chain_s)
 
-    if work.flops <= 0 and work.bytes <= 0:
+    if work.empty:
         return OpCost(0.0, "memory", "launch", 0.0, 0.0, 0.0, 0.0, 0.0, memory_level=level.name)
     launch_s = device.launch_s * work.launches * (red.launches if red is not None else 1)
     if isinstance(device.arch, GpuArch) and work.flops > 0 and red is None:

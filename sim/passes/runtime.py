@@ -100,6 +100,6 @@ def kernel_count(graph: Graph) -> int:
         if has_trait(node.op, "no_kernel") or "alias_of" in node.meta or node.op == "Constant":
             continue
         w = graph.work(node)
-        if w.flops > 0 or w.bytes > 0:
+        if not w.empty:
             n += w.launches
     return int(round(n))
