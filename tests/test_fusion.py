@@ -205,3 +205,22 @@ def test_training_graph_fuses_backward_chains():
     a, b = execute(tg, feeds), execute(f, feeds)
     for k in tg.outputs:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-6)
+
+
+def test_prologue_group_keeps_the_matrix_ops_compute_dtype():
+    # a TF32 graph: the MatMul computes on the TF32 tensor cores; the group its Transpose
+    # prologue opens must still say so (it used to take the Transpose's meta, and so ran fp32)
+    from sim.engine import compute_dtype
+    from sim.passes.precision import cast_graph
+
+    g = Graph("t")
+    x = g.add_input("x", TensorSpec((256, 128)))
+    w = g.add_param("w", TensorSpec((256, 512)))
+    (xt,) = g.add_node("Transpose", [x], name="tx", attrs={"perm": [1, 0]})
+    (a,) = g.add_node("MatMul", [xt, w], name="mx")
+    (y,) = g.add_node("Relu", [a], name="r")
+    g.set_outputs([y])
+    f = fuse(cast_graph(g.verify(), "tf32"))
+    (mx,) = [n for n in f if n.op == "Fused"]
+    assert mx.meta["fused"] == ["tx", "mx", "r"]
+    assert compute_dtype(f, mx) == "tf32"

@@ -325,7 +325,10 @@ def _emit_group(graph: Graph, b: GraphBuilder, members: list[Node], graph_output
     sub = [{"op": n.op, "inputs": list(n.inputs), "outputs": list(n.outputs), "attrs": dict(n.attrs)}
            for n in members]
     dtypes = {t: graph.tensors[t].dtype for t in made}
-    head = next((n for n in members if n.op != "Constant"), members[0])
+    # the group's main op gives its meta (compute_dtype above all): a matrix op, not the
+    # Transpose or Cast prologue that opens its group
+    head = next((n for n in members if graph.work(n).matmul_flops > 0),
+                next((n for n in members if n.op != "Constant"), members[0]))
     meta = dict(head.meta)
     meta["fused"] = [n.name for n in members]
     meta["fused_ops"] = [n.op for n in members]
