@@ -33,7 +33,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sim  # noqa: E402
+from sim.graph import Graph  # noqa: E402
 from sim.passes.fusion import fuse  # noqa: E402
+from sim.passes.precision import cast_graph  # noqa: E402
+from sim.tensor import TensorSpec  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate_h100 import one_op as _one_op  # noqa: E402  (the fit and this table build one-op graphs alike)
@@ -87,6 +90,9 @@ VLLM_PR = ("https://github.com/vllm-project/vllm/pull/49363 ('H100 benchmarks fo
            "script benchmarks/kernels/bench_fp8_gemm.py")
 VLLM_SETTING = ("torch.nn.functional.linear(a[M,5376], b[12288,5376]) bf16, "
                 "triton.testing.do_bench_cudagraph median (no host launch cost); TFLOP/s = 2*M*N*K / time")
+VLLM_FP8_SETTING = ("vllm cutlass_scaled_mm(a_fp8[M,5376], b_fp8[12288,5376]^T) with per-tensor scales, bf16 "
+                    "output; the activation quantised beforehand and not timed ('noquant'); "
+                    "triton.testing.do_bench_cudagraph median; TFLOP/s = 2*M*N*K / time")
 QUACK_BLOG = ("Dao-AILab/quack media/2025-07-10-membound-sol.md @ca5369be78b5c10f7e95449b26788d8e5df470af "
               "(Guo, Zadouri, Dao, 'Getting Memory-bound Kernels to Speed-of-Light')")
 QUACK_QUOTE = ("'The benchmark is still conducted on 1 NVIDIA H100 80GB with HBM3 ... We use a batch size "
@@ -153,6 +159,15 @@ def _vllm(m: int, tflops: float) -> Ref:
         case={"kind": "gemm", "b": 1, "m": m, "n": 12288, "k": 5376, "dtype": "bf16", "transB": True})
 
 
+def _vllm_fp8(m: int, tflops: float) -> Ref:
+    return Ref(
+        name=f"linear fp8 M={m} N=12288 K=5376", category="gemm", device="h100", value=tflops,
+        unit="TFLOP/s", setting=VLLM_FP8_SETTING, source=VLLM_PR,
+        quote=f"batch_size {m}  fp8-tensor-w-tensor-a-noquant {tflops} (table 'BF16 vs FP8 GEMMs', "
+              "N=12288 K=5376)",
+        case={"kind": "gemm", "b": 1, "m": m, "n": 12288, "k": 5376, "dtype": "fp8", "transB": True})
+
+
 def _attn(impl: str, d: int, s: int, causal: bool, tflops: float, src: str, row: str) -> Ref:
     h = 2048 // d
     return Ref(
@@ -182,6 +197,9 @@ REFERENCES: list[Ref] = [
     _vllm(1, 2.870333),
     _vllm(16, 46.541434),
     _vllm(128, 352.560566),
+    _vllm_fp8(1, 5.162899),
+    _vllm_fp8(16, 83.053145),
+    _vllm_fp8(128, 581.821280),
     # ---- fused attention forward on H100 (FlashAttention-3 paper, Fig. 5) ----
     _attn("FA3", 128, 2048, False, 625, FA3_NONCAUSAL_128,
           "seqlen 2k: Standard 119, FlashAttention-2 362, Triton 389, cuDNN 617, FlashAttention-3 625"),
@@ -303,6 +321,8 @@ def simulate(ref: Ref) -> float:
     hw = hardware(ref.device)
     kind = c["kind"]
     opts: dict[str, Any] = {"host_inputs": False}
+    if kind == "gemm" and c["dtype"] == "fp8":
+        return _fp8_linear_s(c, hw)
     if kind == "gemm":
         store = "fp32" if c["dtype"] == "tf32" else c["dtype"]
         b, m, n, k = c["b"], c["m"], c["n"], c["k"]
@@ -325,10 +345,10 @@ def simulate(ref: Ref) -> float:
                     {"axis": -1, "epsilon": 1e-6}, ["y", "", ""])
         dtype = dt
     elif kind == "network":
+        dtype = c["dtype"]
         g = sim.load(c["workload"], **c["params"])
         if c.get("fuse"):
-            g = fuse(g)
-        dtype = c["dtype"]
+            g = fuse(cast_graph(g, dtype))  # cast first, so the casts join their groups
         opts["dispatch_s"] = c.get("dispatch_s", 0.0)
         opts["cuda_graphs"] = bool(c.get("cuda_graphs", False))
     else:
@@ -336,6 +356,21 @@ def simulate(ref: Ref) -> float:
     if kind != "network":
         opts["cache_reuse"] = False  # one kernel, cold operands
     return float(sim.simulate(g, hw, dtype=dtype, **opts).makespan_s)
+
+
+def _fp8_linear_s(c: dict[str, Any], hw: Any) -> float:
+    """An fp8 linear layer's GEMM kernel: a bf16 ``Gemm`` (transB) on a weight parameter cast
+    to fp8 (``cast_graph``: quantise/dequantise casts, folded into the GEMM by ``fuse``); the
+    activation's quantise kernel is left out, as the source times pre-quantised inputs."""
+    g = Graph("fp8-linear")
+    x = g.add_input("x", TensorSpec((c["m"], c["k"]), "bf16"))
+    w = g.add_param("w", TensorSpec((c["n"], c["k"]), "bf16"))
+    (y,) = g.add_node("Gemm", [x, w], ["y"], {"transB": 1}, name="node")
+    g.set_outputs([y])
+    f = fuse(cast_graph(g.verify(), "fp8"))
+    res = sim.simulate(f, hw, host_inputs=False, cache_reuse=False)
+    (gemm,) = [r for r in res.records() if f.work(f.nodes[r["name"]]).matmul_flops > 0]
+    return float(gemm["end_s"] - gemm["start_s"])
 
 
 def in_unit(ref: Ref, seconds: float) -> float:

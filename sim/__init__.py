@@ -34,9 +34,10 @@ def simulate(graph: Graph, hw: Any, dtype: str | None = None, runtime: str | Non
              **options: Any) -> Any:
     """Schedule ``graph`` on ``hw`` (a spec, or a name/path for ``hardware``); returns a Result.
 
-    ``dtype`` casts every floating tensor first (``sim.passes.precision.cast_graph``: "bf16",
-    "fp16", "tf32", "fp8"...); ``options`` go to ``sim.engine.simulate`` (placement, streams,
-    cost_fn, ...), which schedules the graph as given.
+    ``dtype`` casts the graph first (``sim.passes.precision.cast_graph``: "bf16", "fp16",
+    "tf32", "fp8": fp8 GEMMs in a bf16 model, their dequantise casts folded into them);
+    ``options`` go to ``sim.engine.simulate`` (placement, streams, cost_fn, ...), which
+    schedules the graph as given.
     ``runtime`` (``"eager"``, ``"compiled"``, ``"tensorrt"``) runs the graph as that framework
     would: its rewrites, fusion and host dispatch (``sim.passes.runtime``); ``options`` given
     explicitly (``dispatch_s``, ``cuda_graphs``) win over the runtime's.
@@ -53,6 +54,10 @@ def simulate(graph: Graph, hw: Any, dtype: str | None = None, runtime: str | Non
         from sim.passes.precision import cast_graph
 
         graph = cast_graph(graph, dtype)
+        if graph.meta.get("dtype") == "fp8" and not graph.meta.get("fused"):
+            from sim.passes.fusion import fold_dequantise
+
+            graph = fold_dequantise(graph)  # an fp8 GEMM reads its fp8 operands itself
     return _simulate(graph, hw, **options)
 
 

@@ -6,7 +6,7 @@ import pytest
 from sim.errors import GraphError
 from sim.exec import execute
 from sim.graph import Graph, TensorSpec
-from sim.passes.precision import amp, cast_graph
+from sim.passes.precision import amp, cast_graph, store_as
 
 
 def _mlp() -> Graph:
@@ -22,10 +22,11 @@ def _mlp() -> Graph:
     return g.verify()
 
 
-@pytest.mark.parametrize("dtype,size", [("fp16", 2), ("bf16", 2), ("fp8", 1), ("fp32", 4)])
-def test_cast_graph_retypes_every_float_tensor(dtype, size):
+@pytest.mark.parametrize("dtype,size,cast", [("fp16", 2, cast_graph), ("bf16", 2, cast_graph),
+                                             ("fp8", 1, store_as), ("fp32", 4, cast_graph)])
+def test_cast_graph_retypes_every_float_tensor(dtype, size, cast):
     g = _mlp()
-    h = cast_graph(g, dtype)
+    h = cast(g, dtype)
     assert h is not g and g.tensors["y"].dtype == "fp32"  # input graph untouched
     assert set(h.nodes) == set(g.nodes) and h.outputs == g.outputs
     for t, spec in h.tensors.items():

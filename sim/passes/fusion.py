@@ -15,6 +15,12 @@
   attention kernels take strided operands (the head split of Q, K, V and the head merge
   before the output projection become layouts, not copies), so no kernel is launched and
   the transposed tensor never goes to memory;
+* a dequantising ``Cast`` (fp8 to a wider float; ``cast_graph(g, "fp8")`` puts one on each
+  operand of an fp8 GEMM) whose only consumer is a ``MatMul``, ``Gemm`` or ``Conv`` joins that
+  op's group as a prologue too: an fp8 GEMM reads its operands in one byte each. So does a
+  quantising ``Cast`` between a head-merge Transpose and that dequantise; otherwise a
+  quantising cast is elementwise and joins the group that made its input (a layer norm
+  writes the fp8 copy the projections read);
 * sibling ``MatMul``/``Gemm`` groups that multiply the same activation (Q, K and V
   projections; an MLP's gate and up projections) merge into one group, as compilers
   concatenate their weights: one launch, and GEMMs of the same (m, k) become one GEMM whose n
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sim.dtypes import is_float, itemsize
 from sim.graph import Graph, Node
 from sim.graph.rewrite import GraphBuilder, Rewriter
 from sim.ops.registry import has_trait
@@ -68,9 +75,11 @@ def fuse(graph: Graph, join: Callable[[Graph, Node], bool] | None = None) -> Gra
     """A new graph with elementwise chains fused into their producers (see module doc).
 
     ``join`` restricts fusion to a framework's hand-written kernels: only a node it accepts
-    joins its producer's group, and no prologues or siblings merge (``megatron_epilogues``)."""
+    joins its producer's group, and no prologues or siblings merge (``megatron_epilogues``);
+    only the dequantising casts of fp8 GEMMs still join their GEMM, as any fp8 kernel reads
+    fp8 operands."""
     pos = {n.name: i for i, n in enumerate(graph.topo_order())}
-    prologue = _prologues(graph) if join is None else {}  # node -> the matrix op whose group it opens
+    prologue = _prologues(graph, dequantise_only=join is not None)  # node -> the matrix op it opens
     pending, shared_const = _openers(graph, prologue, pos)
     groups = _grow_groups(graph, prologue, pending, pos, join)
     if join is None:
@@ -106,6 +115,28 @@ class _Fuse(Rewriter):
                 _emit_group(self.src, self.b, members, outputs)
         self.out.set_outputs(self.src.outputs)
         return self.out
+
+
+def fold_dequantise(graph: Graph) -> Graph:
+    """Only the dequantising casts of fp8 GEMMs join their GEMM, nothing else fuses: an eager
+    framework's fp8 GEMM (``torch._scaled_mm``, cuBLASLt) reads its fp8 operands itself,
+    while its other ops stay one kernel each."""
+    prologue = _prologues(graph, dequantise_only=True)
+    if not prologue:
+        return graph.copy()
+    pending: dict[str, list[Node]] = {}
+    for node in graph.topo_order():
+        if node.name in prologue:
+            pending.setdefault(prologue[node.name], []).append(node)
+    groups = [[*pending.get(n.name, []), n] for n in graph.topo_order() if n.name not in prologue]
+    return _Groups(graph, groups).run()
+
+
+class _Groups(_Fuse):
+    """``_Fuse`` without marking views as aliases (single nodes are copied as they are)."""
+
+    def visit(self, node: Node) -> None:
+        self.emit(node, inputs=list(node.inputs))
 
 
 def _openers(graph: Graph, prologue: dict[str, str], pos: dict[str, int]
@@ -209,7 +240,10 @@ def _sibling_sets(graph: Graph, groups: list[list[Node]], prologue: dict[str, st
         a = head.inputs[0]
         if a in graph.params or (head.op == "Gemm" and int(head.attrs.get("transA", 0))):
             continue
-        # each projection may view the activation through its own Reshape
+        # each projection may view the activation through its own Reshape, and an fp8 one
+        # dequantise its fp8 copy through its own cast
+        while (p := graph.producer(a)) is not None and p.name in prologue and p.op == "Cast":
+            a = p.inputs[0]
         siblings.setdefault(_view_root(graph, a), []).append(gid)
     return siblings
 
@@ -284,17 +318,30 @@ def _split_trailing_views(graph: Graph, groups: list[list[Node]], pos: dict[str,
     return result
 
 
-def _prologues(graph: Graph) -> dict[str, str]:
-    """Transposes (and the shape-only ops after them) that only feed a matrix op, mapped to it.
+def _fp8_cast(graph: Graph, node: Node, dequantise: bool) -> bool:
+    """A ``Cast`` between floats from (``dequantise``) or to a one-byte float (fp8)."""
+    if node.op != "Cast" or not node.inputs or not node.outputs[0]:
+        return False
+    src, dst = graph.tensors[node.inputs[0]].dtype, graph.tensors[node.outputs[0]].dtype
+    if not (is_float(src) and is_float(dst)):
+        return False
+    return itemsize(src) == 1 < itemsize(dst) if dequantise else itemsize(dst) == 1 < itemsize(src)
 
-    A chain ``Transpose -> shape-only* -> M`` qualifies when every link has exactly one
-    consumer and no link is a graph output; ``M`` starts its own group (matrix ops never join
+
+def _prologues(graph: Graph, dequantise_only: bool = False) -> dict[str, str]:
+    """Transposes (and the shape-only ops and casts after them) that only feed a matrix op,
+    and the dequantising casts that only feed a GEMM, mapped to that op.
+
+    A chain ``Transpose -> (shape-only | fp8 cast)* -> M`` qualifies when every link has exactly
+    one consumer, no link is a graph output and ``M`` reads strided operands (or, for a chain
+    of a dequantise alone, is a Conv); ``M`` starts its own group (matrix ops never join
     one), so pulling the chain in front of it keeps the fused graph acyclic.
     """
     outputs = set(graph.outputs)
     out: dict[str, str] = {}
     for node in graph.topo_order():
-        if node.op != "Transpose":
+        dq = _fp8_cast(graph, node, dequantise=True)
+        if not dq and (node.op != "Transpose" or dequantise_only):
             continue
         chain = [node]
         while True:
@@ -303,10 +350,10 @@ def _prologues(graph: Graph) -> dict[str, str]:
             if t in outputs or len(users) != 1:
                 break
             nxt = users[0]
-            if _view(nxt.op):
+            if not dq and (_view(nxt.op) or _fp8_cast(graph, nxt, True) or _fp8_cast(graph, nxt, False)):
                 chain.append(nxt)
                 continue
-            if has_trait(nxt.op, "strided_operands"):
+            if has_trait(nxt.op, "strided_operands") or (dq and nxt.op in ("Conv", "MatMul", "Gemm")):
                 out.update({n.name: nxt.name for n in chain})
             break
     return out

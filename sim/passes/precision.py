@@ -6,9 +6,22 @@ bf16 or fp16 with casts at the boundaries and, for fp16, a loss scale.
 
 What each dtype means here:
 
-* ``fp32``, ``fp16``, ``bf16``, ``fp8`` (E4M3): every floating input, parameter and
-  intermediate tensor is stored (and so moved) in that dtype; kernels compute in fp32 and the
-  executor rounds each output to the storage dtype, as tensor cores accumulate in fp32.
+* ``fp32``, ``fp16``, ``bf16``: every floating input, parameter and intermediate tensor is
+  stored (and so moved) in that dtype; kernels compute in fp32 and the executor rounds each
+  output to the storage dtype, as tensor cores accumulate in fp32.
+* ``fp8``: FP8 (E4M3) GEMMs in a bf16 model, as FP8 inference runs (Transformer Engine's
+  recipe, TensorRT-LLM and vLLM W8A8): every ``MatMul``, ``Gemm`` or ``Conv`` with a weight
+  parameter among its two operands multiplies fp8 operands on the fp8 tensor-core rate
+  (``meta["compute_dtype"] = "fp8"``) and writes a bf16 result; everything else (norms,
+  softmax, residual adds, attention between activations) stays bf16. In ONNX's
+  quantise/dequantise form: the weight is stored in fp8 (a weight something else reads too,
+  such as a head tied to the embedding, keeps its GEMM in bf16), each activation operand is
+  quantised once (``Cast`` to fp8, ``<tensor>.fp8``), and each GEMM dequantises its operands
+  (``Cast`` back to bf16, ``<node>.dequantize<i>``). The executor computes exactly that:
+  GEMM inputs rounded to fp8, everything else in bf16 (per-tensor scales are not modelled,
+  so values beyond E4M3's 448 saturate). ``fuse`` folds each dequantise into its GEMM (an
+  fp8 kernel reads its operands in one byte each) and each quantise into the kernel that
+  made the activation, as TensorRT folds Q/DQ pairs.
 * ``tf32``: tensors stay fp32; matmul-like nodes (those whose ``Work`` has
   ``matmul_flops > 0``) get ``meta["compute_dtype"] = "tf32"`` so cost models use the TF32
   tensor-core rate. The executor still computes them in fp32.
@@ -34,7 +47,7 @@ from sim.dtypes import canonical, is_float
 from sim.errors import GraphError
 from sim.graph import Graph, Node, TensorSpec
 from sim.graph.rewrite import Rewriter
-from sim.ops.registry import get_op, has_op
+from sim.ops.registry import get_op, has_op, has_trait
 
 CAST_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
 _INFER_ERRORS = (GraphError, ValueError, IndexError, KeyError, TypeError, ZeroDivisionError)
@@ -202,9 +215,122 @@ def cast_graph(graph: Graph, dtype: str) -> Graph:
         quantised = {t for n in graph.nodes.values() if is_matmul_like(graph, n) for t in n.inputs}
         keep = {p for p in graph.params if p not in quantised}
 
+    if dtype == "fp8":
+        return _fp8_gemms(graph)
     rw = _Precision(graph, storage, dtype, keep)
     rw.out.meta["dtype"] = dtype
     return rw.run().verify()
+
+
+FP8_ACTIVATIONS = "bf16"  # the dtype of an fp8 graph's tensors outside its GEMMs' operands
+FP8_GEMM_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def fp8_gemm_operands(graph: Graph) -> dict[str, list[int]]:
+    """The nodes an fp8 graph runs as fp8 GEMMs -> the operand positions quantised.
+
+    Those of ``FP8_GEMM_OPS`` with a weight parameter among their two operands (a linear
+    layer or convolution, not the product of two activations such as attention's), provided
+    nothing but such operand slots reads that weight: a weight tied to an embedding (GPT-2's
+    head) keeps its GEMM in the activation dtype, as FP8 serving leaves such heads alone.
+    A Gemm's or Conv's bias (operand 2) is added in the activation dtype."""
+    slots = {n.name: [i for i, t in enumerate(n.inputs[:2]) if t and is_float(graph.tensors[t].dtype)]
+             for n in graph.nodes.values() if n.op in FP8_GEMM_OPS}
+    only_gemms = {p: all(i in slots.get(c.name, []) for c in graph.consumers(p)
+                         for i, t in enumerate(c.inputs) if t == p)
+                  for p in graph.params}
+    out: dict[str, list[int]] = {}
+    for name, idx in slots.items():
+        weights = [t for t in graph.nodes[name].inputs[:2] if t in graph.params]
+        if weights and all(only_gemms[w] and w not in graph.outputs for w in weights):
+            out[name] = idx
+    return out
+
+
+class _Fp8(Rewriter):
+    """A bf16 graph's fp8 GEMMs given quantise/dequantise casts (see the module doc)."""
+
+    def __init__(self, src: Graph) -> None:
+        super().__init__(src)
+        self.gemms = fp8_gemm_operands(src)
+        # their weights are stored in fp8 (nothing else reads them): no cast at run time
+        self.stored = {t for n in self.gemms for t in src.nodes[n].inputs[:2] if t in src.params}
+        self.quantised: dict[str, str] = {}  # source tensor -> its fp8 copy in the new graph
+        # views whose output only fp8 GEMM operands (or such views) read
+        self.lazy: set[str] = set()
+        for node in reversed(src.topo_order()):
+            out = node.outputs[0] if len(node.outputs) == 1 else ""
+            if not out or not has_trait(node.op, "view") or out in src.outputs:
+                continue
+            users = src.consumers(out)
+            if users and all(c.name in self.lazy or all(i in self.gemms.get(c.name, []) for i, x in
+                                                        enumerate(c.inputs) if x == out) for c in users):
+                self.lazy.add(node.name)
+
+    def leaves(self) -> None:
+        for name, spec in self.src.inputs.items():
+            self.b.input(name, spec)
+        for name, spec in self.src.params.items():
+            if name in self.stored:
+                spec = spec.with_dtype("fp8")
+            self.b.param(name, spec, self.src.param_info[name], self.src.initializers.get(name))
+        for t in [*self.src.inputs, *self.src.params]:
+            self.env[t] = t
+
+    def fp8(self, t: str) -> str:
+        """Source tensor ``t`` in fp8 in the new graph: a stored fp8 weight as it is, a view
+        that only fp8 GEMMs read as the same view of its input's fp8 copy (projections that
+        each reshape one activation share one quantise), else one quantising cast."""
+        if t in self.quantised:
+            return self.quantised[t]
+        p = self.src.producer(t)
+        if p is not None and p.name in self.lazy:
+            base = self.fp8(p.inputs[0])
+            q = self.b.node(p.op, [base, *(self.map(x) for x in p.inputs[1:])], [self.b.unique(f"{t}.fp8")],
+                            dict(p.attrs), name=self.b.unique(f"{p.name}.fp8"), meta=dict(p.meta))[0]
+        elif self.out.tensors[self.map(t)].dtype == "fp8":
+            q = self.map(t)
+        else:
+            q = self.b.node("Cast", [self.map(t)], [self.b.unique(f"{t}.fp8")], {"to": "fp8"},
+                            name=self.b.unique(f"{t}.quantize"), meta={"cast": "fp8"})[0]
+        self.quantised[t] = q
+        return q
+
+    def visit(self, node: Node) -> None:
+        if node.name in self.lazy:
+            return  # emitted on the fp8 side, when a GEMM asks for it
+        if node.name not in self.gemms:
+            self.emit(node)
+            return
+        quantised = self.gemms[node.name]
+        ins = [self.map(t) if i not in quantised else "" for i, t in enumerate(node.inputs)]
+        for i in quantised:
+            q = self.fp8(node.inputs[i])
+            ins[i] = self.b.node("Cast", [q], [self.b.unique(f"{q}.{FP8_ACTIVATIONS}")],
+                                 {"to": FP8_ACTIVATIONS}, name=self.b.unique(f"{node.name}.dequantize{i}"),
+                                 meta={"cast": "fp8"})[0]
+        self.emit(node, inputs=ins, meta={**node.meta, "compute_dtype": "fp8"})
+
+
+def store_as(graph: Graph, dtype: str) -> Graph:
+    """Every floating tensor stored in ``dtype`` with nothing else changed (as ``cast_graph``
+    does for fp16 and bf16): for fp8, an all-fp8 graph, such as an attention kernel reading
+    an fp8 KV cache on the fp8 tensor-core rate (``sim.serve``), rather than ``cast_graph``'s
+    fp8 GEMMs in a bf16 model."""
+    dtype = canonical(dtype, where="storage dtype")
+    rw = _Precision(graph, _storage(dtype), dtype, set())
+    rw.out.meta["dtype"] = dtype
+    return rw.run().verify()
+
+
+def _fp8_gemms(graph: Graph) -> Graph:
+    fused = [n.name for n in graph.nodes.values() if n.op == "Fused" and graph.work(n).matmul_flops > 0]
+    if fused:
+        raise GraphError(f"fp8 places quantise/dequantise casts around each GEMM, so cast before fusing "
+                         f"(node {fused[0]!r} is already a fused group)", where="cast dtype")
+    out = _Fp8(cast_graph(graph, FP8_ACTIVATIONS)).run()
+    out.meta["dtype"] = "fp8"
+    return out.verify()
 
 
 AMP_DTYPES = ("bf16", "fp16")

@@ -5,7 +5,8 @@ what runs it. ``prepare(graph, mode)`` returns the graph as that runtime would e
 the engine options that go with it (``sim.engine.simulate``'s ``dispatch_s`` and
 ``cuda_graphs``):
 
-* ``eager`` (PyTorch eager): one kernel per framework op, each issued by the host
+* ``eager`` (PyTorch eager): one kernel per framework op, each issued by the host (an fp8
+  GEMM reads its fp8 operands: ``cast_graph``'s dequantise casts fold into it)
   (``dispatch_s`` per kernel: the spec's ``arch.host_dispatch``, else ``EAGER_DISPATCH_S``,
   an estimate inside the 5-25 us range docs/engine.md cites). Exported subgraphs that
   PyTorch runs as one ATen kernel are put back first: GELU (``aten::gelu``), layer norm
@@ -55,7 +56,7 @@ def runtime_graph(graph: Graph, mode: str, dtype: str | None = None) -> Graph:
     graph is cast after the pattern rewrites (which read the exporter's fp32 constants) and
     before fusion (so the casts join their groups)."""
     from sim.passes.dce import live
-    from sim.passes.fusion import fuse
+    from sim.passes.fusion import fold_dequantise, fuse
     from sim.passes.layout import strided_transposes
     from sim.passes.patterns import rewrite
     from sim.passes.precision import cast_graph
@@ -67,6 +68,8 @@ def runtime_graph(graph: Graph, mode: str, dtype: str | None = None) -> Graph:
         g = cast_graph(g, dtype)
     if mode in ("compiled", "tensorrt"):
         g = fuse(g)
+    elif g.meta.get("dtype") == "fp8":
+        g = fold_dequantise(g)  # an fp8 GEMM reads its fp8 operands: no dequantise kernels
     g.meta["runtime"] = mode
     return g
 

@@ -24,7 +24,6 @@ import numpy as np
 from sim.errors import GraphError
 from sim.exec.executor import init_param
 from sim.graph import Graph, TensorSpec
-from sim.graph.rewrite import GraphBuilder, copy_leaves
 from sim.ops.quant import quantize
 
 SCHEMES = ("bf16", "fp8", "int8", "int4", "fp8-kv")
@@ -85,39 +84,15 @@ def quantize_weights(graph: Graph, bits: int, block_size: int = 128, *, values: 
     return g.verify()
 
 
-def fp8_gemm_inputs(graph: Graph) -> Graph:
-    """A copy of ``graph`` whose ``MatMul``/``Gemm`` float inputs (activations and weights) are
-    rounded to fp8 (E4M3) and back: the numerics of FP8 (W8A8) GEMMs with the rest of the
-    model (residual stream, norms, softmax) in the graph's own dtype, as FP8 serving runs."""
-    g = Graph(graph.name, graph.source)
-    g.meta = dict(graph.meta)
-    copy_leaves(graph, GraphBuilder(g))
-    for node in graph.topo_order():
-        ins = list(node.inputs)
-        if node.op in ("MatMul", "Gemm"):
-            for j, t in enumerate(ins):
-                dt = graph.tensors[t].dtype if t else ""
-                if t and dt.startswith(("fp", "bf")) and dt != "fp8":
-                    r8 = g.add_node("Cast", [t], [g.unique_name(f"{t}.fp8")], {"to": "fp8"},
-                                    name=g.unique_name(f"{node.name}.to_fp8_{j}"))[0]
-                    ins[j] = g.add_node("Cast", [r8], [g.unique_name(f"{t}.from_fp8")], {"to": dt},
-                                        name=g.unique_name(f"{node.name}.from_fp8_{j}"))[0]
-        g.add_node(node.op, ins, list(node.outputs), dict(node.attrs), name=node.name, meta=dict(node.meta))
-    g.set_outputs(graph.outputs)
-    return g.verify()
-
-
 def transform_for(scheme: str, *, values: bool = False, seed: int = 0) -> Callable[[Graph], Graph]:
-    """The graph transform of a serving scheme for the executor: bf16 (a cast), fp8 (bf16 with
-    fp8-rounded GEMM inputs), int8 / int4 weight-only quantisation; fp8-kv leaves the graph
-    alone (``generate_cached`` rounds the cache). Timing casts fp8 graphs whole
-    (``IterationTimer(dtype="fp8")``: fp8 GEMMs, one byte per value)."""
+    """The graph transform of a serving scheme for the executor: bf16 (a cast), fp8
+    (``cast_graph(g, "fp8")``: W8A8 fp8 GEMMs in a bf16 model, the same graph the timing runs),
+    int8 / int4 weight-only quantisation; fp8-kv leaves the graph alone (``generate_cached``
+    rounds the cache)."""
     from sim.passes.precision import cast_graph
 
-    if scheme == "bf16":
+    if scheme in ("bf16", "fp8"):
         return lambda g: cast_graph(g, scheme)
-    if scheme == "fp8":
-        return lambda g: fp8_gemm_inputs(cast_graph(g, "bf16"))
     if scheme in ("int8", "int4"):
         return lambda g: quantize_weights(g, int(scheme[3:]), values=values, seed=seed)
     if scheme in ("fp8-kv", "fp32"):

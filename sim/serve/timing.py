@@ -235,9 +235,9 @@ class IterationTimer:
         key = (-batch, seq, cache)
         if key not in self._attn:
             from sim.engine import simulate
-            from sim.passes.precision import cast_graph
+            from sim.passes.precision import store_as
 
-            g = cast_graph(self.model.attention_graph(batch, seq, cache), self.kv_dtype)
+            g = store_as(self.model.attention_graph(batch, seq, cache), self.kv_dtype)
             res = simulate(g, self.hw, host_inputs=False, **self.engine)
             self.simulations += 1
             self._attn[key] = self.model.info.n_layer * sum(
