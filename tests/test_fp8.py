@@ -140,3 +140,18 @@ def test_simulate_with_dtype_fp8_launches_no_dequantise_kernel():
     assert ops.count("Cast") == 1  # the quantise of h; both dequantises read inside the GEMM
     (gemm,) = [r for r in res.records() if r["op"] == "Fused"]
     assert gemm["dtype"] == "fp8"
+
+
+def test_training_runs_all_three_gemms_of_a_linear_layer_in_fp8():
+    # Transformer Engine's recipe: forward, data-gradient and weight-gradient GEMMs in fp8;
+    # the weights the optimizer updates stay bf16 and are quantised once per step
+    train = sim.training_graph(sim.load("mlp-mnist"), optimizer="sgd")
+    h = cast_graph(train, "fp8")
+    gemms = {n.name for n in h.nodes.values() if n.op == "Gemm"}
+    fp8 = {n for n in gemms if compute_dtype(h, h.nodes[n]) == "fp8"}
+    assert fp8 == gemms == {"fc1", "fc2", "fc2.grad", "fc2.grad_1", "fc1.grad_3"}
+    assert h.tensors["fc1.weight"].dtype == h.tensors["fc2.weight"].dtype == "bf16"
+    quantised = sorted(n.inputs[0] for n in h.nodes.values() if n.op == "Cast" and n.attrs["to"] == "fp8")
+    # two weights, the two forward inputs, and the two incoming gradients (each once)
+    assert quantised == sorted(["fc1.weight", "fc2.weight", "x", "relu1", "loss.grad", "relu1.grad"])
+    assert sum(n.op == "Cast" and n.attrs["to"] == "bf16" for n in h.nodes.values()) == 2 * len(gemms)

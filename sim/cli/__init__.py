@@ -24,7 +24,8 @@ def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="simulate a workload on hardware and print a summary")
     p.add_argument("workload", help="workload YAML, ONNX model, or bundled workload name")
     p.add_argument("--hw", default="h100", help="hardware spec name or YAML path (default h100)")
-    p.add_argument("--dtype", help="cast floating tensors: fp32 tf32 fp16 bf16 fp8 int8")
+    p.add_argument("--dtype", help="cast floating tensors: fp32 tf32 fp16 bf16 int8; "
+                                   "fp8: fp8 GEMMs in a bf16 model")
     p.add_argument("--set", action="append", metavar="K=V", help="override a workload param")
     p.add_argument("--hw-set", action="append", metavar="FIELD=VALUE",
                    help="override a spec field, e.g. memory.hbm.bandwidth='6.7 TB/s'")

@@ -357,7 +357,8 @@ def stage_model(
     model.heads = int(full_params.get("heads", 0) or 0)
     ffn = full_params.get("ffn", 0)
     model.ffn = int(ffn) if isinstance(ffn, (int, float)) else 4 * model.hidden
-    model.act_bytes = 2 if dtype in ("bf16", "fp16") else (1 if dtype in ("fp8", "int8") else 4)
+    # fp8 runs its GEMMs in fp8 in a bf16 model: the activations kept are bf16
+    model.act_bytes = 2 if dtype in ("bf16", "fp16", "fp8") else (1 if dtype == "int8" else 4)
     # the block's input activation: [mbs, seq, d] (what full recomputation keeps per layer)
     model.parts["block"].input_bytes = float(mbs * model.seq * model.hidden * model.act_bytes)
     return model

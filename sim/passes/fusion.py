@@ -16,11 +16,11 @@
   before the output projection become layouts, not copies), so no kernel is launched and
   the transposed tensor never goes to memory;
 * a dequantising ``Cast`` (fp8 to a wider float; ``cast_graph(g, "fp8")`` puts one on each
-  operand of an fp8 GEMM) whose only consumer is a ``MatMul``, ``Gemm`` or ``Conv`` joins that
-  op's group as a prologue too: an fp8 GEMM reads its operands in one byte each. So does a
-  quantising ``Cast`` between a head-merge Transpose and that dequantise; otherwise a
-  quantising cast is elementwise and joins the group that made its input (a layer norm
-  writes the fp8 copy the projections read);
+  operand of an fp8 GEMM) whose only consumer is a matrix op (a GEMM, a convolution or its
+  gradient) joins that op's group as a prologue too: an fp8 GEMM reads its operands in one
+  byte each. So does a quantising ``Cast`` between a head-merge Transpose and that
+  dequantise; otherwise a quantising cast is elementwise and joins the group that made its
+  input (a layer norm writes the fp8 copy the projections read);
 * sibling ``MatMul``/``Gemm`` groups that multiply the same activation (Q, K and V
   projections; an MLP's gate and up projections) merge into one group, as compilers
   concatenate their weights: one launch, and GEMMs of the same (m, k) become one GEMM whose n
@@ -334,7 +334,7 @@ def _prologues(graph: Graph, dequantise_only: bool = False) -> dict[str, str]:
 
     A chain ``Transpose -> (shape-only | fp8 cast)* -> M`` qualifies when every link has exactly
     one consumer, no link is a graph output and ``M`` reads strided operands (or, for a chain
-    of a dequantise alone, is a Conv); ``M`` starts its own group (matrix ops never join
+    of a dequantise alone, is any matrix op); ``M`` starts its own group (matrix ops never join
     one), so pulling the chain in front of it keeps the fused graph acyclic.
     """
     outputs = set(graph.outputs)
@@ -353,7 +353,7 @@ def _prologues(graph: Graph, dequantise_only: bool = False) -> dict[str, str]:
             if not dq and (_view(nxt.op) or _fp8_cast(graph, nxt, True) or _fp8_cast(graph, nxt, False)):
                 chain.append(nxt)
                 continue
-            if has_trait(nxt.op, "strided_operands") or (dq and nxt.op in ("Conv", "MatMul", "Gemm")):
+            if has_trait(nxt.op, "strided_operands") or (dq and graph.work(nxt).matmul_flops > 0):
                 out.update({n.name: nxt.name for n in chain})
             break
     return out

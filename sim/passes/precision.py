@@ -9,13 +9,15 @@ What each dtype means here:
 * ``fp32``, ``fp16``, ``bf16``: every floating input, parameter and intermediate tensor is
   stored (and so moved) in that dtype; kernels compute in fp32 and the executor rounds each
   output to the storage dtype, as tensor cores accumulate in fp32.
-* ``fp8``: FP8 (E4M3) GEMMs in a bf16 model, as FP8 inference runs (Transformer Engine's
-  recipe, TensorRT-LLM and vLLM W8A8): every ``MatMul``, ``Gemm`` or ``Conv`` with a weight
-  parameter among its two operands multiplies fp8 operands on the fp8 tensor-core rate
+* ``fp8``: FP8 (E4M3) GEMMs in a bf16 model, as FP8 inference and training run (Transformer
+  Engine's recipe, TensorRT-LLM and vLLM W8A8): every ``MatMul``, ``Gemm`` or ``Conv`` with a
+  weight parameter among its two operands (and, in a training graph, its data- and
+  weight-gradient GEMMs; ``fp8_gemm_operands``) multiplies fp8 operands on the fp8 tensor-core rate
   (``meta["compute_dtype"] = "fp8"``) and writes a bf16 result; everything else (norms,
   softmax, residual adds, attention between activations) stays bf16. In ONNX's
-  quantise/dequantise form: the weight is stored in fp8 (a weight something else reads too,
-  such as a head tied to the embedding, keeps its GEMM in bf16), each activation operand is
+  quantise/dequantise form: the weight is stored in fp8 (one an optimizer updates is
+  quantised once per step; a weight another forward op reads too, such as a head tied to the
+  embedding, keeps its GEMM in bf16), each activation operand is
   quantised once (``Cast`` to fp8, ``<tensor>.fp8``), and each GEMM dequantises its operands
   (``Cast`` back to bf16, ``<node>.dequantize<i>``). The executor computes exactly that:
   GEMM inputs rounded to fp8, everything else in bf16 (per-tensor scales are not modelled,
@@ -229,21 +231,31 @@ FP8_GEMM_OPS = ("MatMul", "Gemm", "Conv")
 def fp8_gemm_operands(graph: Graph) -> dict[str, list[int]]:
     """The nodes an fp8 graph runs as fp8 GEMMs -> the operand positions quantised.
 
-    Those of ``FP8_GEMM_OPS`` with a weight parameter among their two operands (a linear
-    layer or convolution, not the product of two activations such as attention's), provided
-    nothing but such operand slots reads that weight: a weight tied to an embedding (GPT-2's
-    head) keeps its GEMM in the activation dtype, as FP8 serving leaves such heads alone.
-    A Gemm's or Conv's bias (operand 2) is added in the activation dtype."""
-    slots = {n.name: [i for i, t in enumerate(n.inputs[:2]) if t and is_float(graph.tensors[t].dtype)]
-             for n in graph.nodes.values() if n.op in FP8_GEMM_OPS}
-    only_gemms = {p: all(i in slots.get(c.name, []) for c in graph.consumers(p)
-                         for i, t in enumerate(c.inputs) if t == p)
-                  for p in graph.params}
+    Forward: those of ``FP8_GEMM_OPS`` with a weight parameter among their two operands (a
+    linear layer or convolution, not the product of two activations such as attention's),
+    unless another forward op reads that weight too (a head tied to the embedding keeps its
+    GEMM in the activation dtype, as FP8 serving and Megatron-LM's FP8 recipe leave it). A
+    Gemm's or Conv's bias (operand 2) is added in the activation dtype. Backward: the data-
+    and weight-gradient GEMMs of such a layer (``meta["forward"]``), as Transformer Engine
+    runs all three GEMMs of a linear layer in fp8."""
+    def slots(n: Node) -> list[int]:
+        return [i for i, t in enumerate(n.inputs[:2]) if t and is_float(graph.tensors[t].dtype)]
+
+    def tied(p: str) -> bool:
+        return p in graph.outputs or any(
+            not c.meta.get("forward") and c.meta.get("role") != "optimizer"
+            and not (c.op in FP8_GEMM_OPS and p not in c.inputs[2:])
+            for c in graph.consumers(p))
+
     out: dict[str, list[int]] = {}
-    for name, idx in slots.items():
-        weights = [t for t in graph.nodes[name].inputs[:2] if t in graph.params]
-        if weights and all(only_gemms[w] and w not in graph.outputs for w in weights):
-            out[name] = idx
+    for n in graph.nodes.values():
+        if n.op in FP8_GEMM_OPS and not n.meta.get("forward"):
+            weights = [t for t in n.inputs[:2] if t in graph.params]
+            if weights and not any(tied(w) for w in weights):
+                out[n.name] = slots(n)
+    for n in graph.nodes.values():
+        if n.meta.get("forward") in out and graph.work(n).matmul_flops > 0:
+            out[n.name] = slots(n)
     return out
 
 
@@ -253,8 +265,10 @@ class _Fp8(Rewriter):
     def __init__(self, src: Graph) -> None:
         super().__init__(src)
         self.gemms = fp8_gemm_operands(src)
-        # their weights are stored in fp8 (nothing else reads them): no cast at run time
-        self.stored = {t for n in self.gemms for t in src.nodes[n].inputs[:2] if t in src.params}
+        # weights nothing but these GEMMs read are stored in fp8 (no cast at run time); one an
+        # optimizer updates is quantised once per step (Transformer Engine's weight cast)
+        self.stored = {t for n in self.gemms for t in src.nodes[n].inputs[:2] if t in src.params
+                       and all(c.name in self.gemms and t not in c.inputs[2:] for c in src.consumers(t))}
         self.quantised: dict[str, str] = {}  # source tensor -> its fp8 copy in the new graph
         # views whose output only fp8 GEMM operands (or such views) read
         self.lazy: set[str] = set()
