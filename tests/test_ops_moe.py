@@ -73,3 +73,27 @@ def test_moe_expert_parallel_work():
     w = one_op_graph("MoE", arrs, {"k": 2, "activation_type": "silu", "global_experts": 8}).work("node")
     assert w.matmul_flops == 2 * 1 * (2 * 4 / 8) * d * h * 3  # half the token's pairs land here
     assert w.bytes_read == 4 * (d + 8 + 1 * 3 * d * h)
+
+
+def test_fused_moe_group_reads_only_the_routed_experts():
+    # the MoE kernel with its residual add fused in: the group reads x, the router logits,
+    # the k experts one token is routed to and the residual, not all E experts' weights
+    from sim.graph import Graph, TensorSpec
+    from sim.passes.fusion import fuse
+
+    T, d, h, E, k = 1, 8, 12, 4, 2
+    g = Graph("moe")
+    x = g.add_input("x", TensorSpec((T, d)))
+    lg = g.add_input("lg", TensorSpec((T, E)))
+    w1, w3 = (g.add_param(n, TensorSpec((E, d, h))) for n in ("w1", "w3"))
+    w2 = g.add_param("w2", TensorSpec((E, h, d)))
+    (y,) = g.add_node("MoE", [x, lg, w1, "", w2, "", w3], ["y"], {"k": k, "activation_type": "silu"},
+                      name="moe")
+    (z,) = g.add_node("Add", [y, x], ["z"], name="residual")
+    g.set_outputs([z])
+    f = fuse(g.verify())
+    (node,) = f.nodes.values()
+    assert node.meta["fused_ops"] == ["MoE", "Add"]
+    w = f.work(node)
+    assert w.bytes_read == 4 * (T * d + T * E + k * 3 * d * h)  # x is read once (shared)
+    assert w.bytes_written == 4 * T * d

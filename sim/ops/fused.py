@@ -62,9 +62,35 @@ def _fused_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dic
             gemms = tuple(replace(g, b_kmajor=not g.b_kmajor) for g in gemms)
         total = total + Work(w.flops, w.matmul_flops, w.transcendentals, gemms=gemms)
     shared = set(attrs.get("shared_inputs", ()))
-    read = sum(s.nbytes for i, s in enumerate(ins) if s is not None and i not in shared)
+    read = sum(s.nbytes * _read_fraction(attrs["inputs"][i], attrs, specs)
+               for i, s in enumerate(ins) if s is not None and i not in shared)
     total = Work(total.flops, total.matmul_flops, total.transcendentals, gemms=_concat_gemms(total.gemms))
     return total + Work(bytes_read=read, bytes_written=sum(o.nbytes for o in outs))
+
+
+def _read_fraction(t: str, attrs: dict[str, Any], specs: dict[str, TensorSpec]) -> float:
+    """The share of boundary input ``t`` the group reads: all of it, unless every member that
+    reads it (through casts and views) is an MoE kernel reading it as expert weights, which
+    reads only the experts its tokens are routed to (``moe.expert_read_fraction``)."""
+    from sim.ops.moe import expert_read_fraction
+    from sim.ops.registry import has_trait
+
+    frac = 0.0
+    names, seen = [t], set()
+    while names:
+        name = names.pop()
+        for sub in _sub_nodes(attrs):
+            if name not in sub["inputs"] or sub["op"] == "Constant":
+                continue
+            if sub["op"] == "Cast" or has_trait(sub["op"], "view"):
+                names += [o for o in sub["outputs"] if o and o not in seen]
+                seen.update(sub["outputs"])
+            elif sub["op"] == "MoE" and all(i >= 2 for i, x in enumerate(sub["inputs"]) if x == name):
+                frac = max(frac, expert_read_fraction([specs[x] if x else None for x in sub["inputs"]],
+                                                      sub["attrs"]))
+            else:
+                return 1.0
+    return frac or 1.0
 
 
 def _last2_transposed(nodes: list[dict[str, Any]], specs: dict[str, TensorSpec]) -> set[str]:

@@ -99,6 +99,14 @@ def expected_experts(rows: int, experts: int, k: int) -> float:
     return experts * (1.0 - (1.0 - k / experts) ** rows)
 
 
+def expert_read_fraction(ins: list[TensorSpec | None], attrs: dict[str, Any]) -> float:
+    """The share of each expert weight (and bias) tensor the kernel reads: the experts
+    expected to get a token, of those held (``_work``'s bytes)."""
+    d = _dims(ins, attrs)
+    routed = d["rows"] * d["src"]
+    return (1.0 - (1.0 - d["k"] / d["G"]) ** routed) if d["G"] else 1.0
+
+
 def _work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str, Any]) -> Work:
     """Work of a grouped-GEMM MoE kernel. Routing is a runtime value: the estimate assumes the
     router spreads tokens uniformly, so ``rows * k * E / G`` token-expert pairs fall on the
