@@ -155,3 +155,23 @@ def test_training_runs_all_three_gemms_of_a_linear_layer_in_fp8():
     # two weights, the two forward inputs, and the two incoming gradients (each once)
     assert quantised == sorted(["fc1.weight", "fc2.weight", "x", "relu1", "loss.grad", "relu1.grad"])
     assert sum(n.op == "Cast" and n.attrs["to"] == "bf16" for n in h.nodes.values()) == 2 * len(gemms)
+
+
+def test_moe_experts_run_as_fp8_grouped_gemms():
+    # FP8 MoE serving quantises the experts (vLLM's fp8 fused_moe): stored in fp8, and the
+    # fused kernel reads one byte per weight of the k experts one token is routed to
+    T, d, h, E, k = 1, 16, 32, 4, 2
+    g = Graph("moe")
+    x = g.add_input("x", TensorSpec((T, d)))
+    lg = g.add_input("lg", TensorSpec((T, E)))
+    w1, w3 = (g.add_param(n, TensorSpec((E, d, h))) for n in ("w1", "w3"))
+    w2 = g.add_param("w2", TensorSpec((E, h, d)))
+    g.add_node("MoE", [x, lg, w1, "", w2, "", w3], ["y"], {"k": k, "activation_type": "silu"}, name="moe")
+    g.set_outputs(["y"])
+    h8 = cast_graph(g.verify(), "fp8")
+    assert {h8.tensors[w].dtype for w in ("w1", "w2", "w3")} == {"fp8"}
+    assert h8.tensors["lg"].dtype == "bf16" and compute_dtype(h8, h8.nodes["moe"]) == "fp8"
+    f = fuse(h8)
+    (moe,) = [n for n in f.nodes.values() if n.op == "Fused" and "MoE" in n.meta["fused_ops"]]
+    # x arrives quantised (fp8), the router logits in bf16, k of E experts' three matrices
+    assert f.work(moe).bytes_read == T * d * 1 + T * E * 2 + k * 3 * d * h * 1

@@ -10,8 +10,8 @@ What each dtype means here:
   stored (and so moved) in that dtype; kernels compute in fp32 and the executor rounds each
   output to the storage dtype, as tensor cores accumulate in fp32.
 * ``fp8``: FP8 (E4M3) GEMMs in a bf16 model, as FP8 inference and training run (Transformer
-  Engine's recipe, TensorRT-LLM and vLLM W8A8): every ``MatMul``, ``Gemm`` or ``Conv`` with a
-  weight parameter among its two operands (and, in a training graph, its data- and
+  Engine's recipe, TensorRT-LLM and vLLM W8A8): every ``MatMul``, ``Gemm``, ``Conv`` or
+  ``MoE`` with a weight parameter among its operands (and, in a training graph, its data- and
   weight-gradient GEMMs; ``fp8_gemm_operands``) multiplies fp8 operands on the fp8 tensor-core rate
   (``meta["compute_dtype"] = "fp8"``) and writes a bf16 result; everything else (norms,
   softmax, residual adds, attention between activations) stays bf16. In ONNX's
@@ -225,37 +225,47 @@ def cast_graph(graph: Graph, dtype: str) -> Graph:
 
 
 FP8_ACTIVATIONS = "bf16"  # the dtype of an fp8 graph's tensors outside its GEMMs' operands
-FP8_GEMM_OPS = ("MatMul", "Gemm", "Conv")
+# the ops an fp8 graph runs as fp8 GEMMs when a weight parameter is among these operands
+# (a Gemm's or Conv's bias and an MoE's router logits and expert biases stay in bf16)
+FP8_OPERANDS = {"MatMul": (0, 1), "Gemm": (0, 1), "Conv": (0, 1), "MoE": (0, 2, 4, 6)}
+
+
+def _fp8_slots(graph: Graph, node: Node) -> list[int]:
+    """The float operands of ``node`` an fp8 GEMM quantises (a backward GEMM: its two)."""
+    return [i for i in FP8_OPERANDS.get(node.op, (0, 1))
+            if i < len(node.inputs) and node.inputs[i] and is_float(graph.tensors[node.inputs[i]].dtype)]
+
+
+def _operand_only(node: Node, t: str) -> bool:
+    """Whether ``node`` reads ``t`` only as an fp8 GEMM operand."""
+    return node.op in FP8_OPERANDS and all(i in FP8_OPERANDS[node.op]
+                                           for i, x in enumerate(node.inputs) if x == t)
 
 
 def fp8_gemm_operands(graph: Graph) -> dict[str, list[int]]:
     """The nodes an fp8 graph runs as fp8 GEMMs -> the operand positions quantised.
 
-    Forward: those of ``FP8_GEMM_OPS`` with a weight parameter among their two operands (a
-    linear layer or convolution, not the product of two activations such as attention's),
-    unless another forward op reads that weight too (a head tied to the embedding keeps its
-    GEMM in the activation dtype, as FP8 serving and Megatron-LM's FP8 recipe leave it). A
-    Gemm's or Conv's bias (operand 2) is added in the activation dtype. Backward: the data-
-    and weight-gradient GEMMs of such a layer (``meta["forward"]``), as Transformer Engine
-    runs all three GEMMs of a linear layer in fp8."""
-    def slots(n: Node) -> list[int]:
-        return [i for i, t in enumerate(n.inputs[:2]) if t and is_float(graph.tensors[t].dtype)]
-
+    Forward: those of ``FP8_OPERANDS`` with a weight parameter among those operands (a linear
+    layer, convolution or MoE experts, not the product of two activations such as
+    attention's), unless another forward op reads that weight too (a head tied to the
+    embedding keeps its GEMM in the activation dtype, as FP8 serving and Megatron-LM's FP8
+    recipe leave it). Backward: the data- and weight-gradient GEMMs of such a layer
+    (``meta["forward"]``), as Transformer Engine runs all three GEMMs of a linear layer in fp8."""
     def tied(p: str) -> bool:
         return p in graph.outputs or any(
-            not c.meta.get("forward") and c.meta.get("role") != "optimizer"
-            and not (c.op in FP8_GEMM_OPS and p not in c.inputs[2:])
+            not c.meta.get("forward") and c.meta.get("role") != "optimizer" and not _operand_only(c, p)
             for c in graph.consumers(p))
 
     out: dict[str, list[int]] = {}
     for n in graph.nodes.values():
-        if n.op in FP8_GEMM_OPS and not n.meta.get("forward"):
-            weights = [t for t in n.inputs[:2] if t in graph.params]
+        if n.op in FP8_OPERANDS and not n.meta.get("forward"):
+            slots = _fp8_slots(graph, n)
+            weights = [n.inputs[i] for i in slots if n.inputs[i] in graph.params]
             if weights and not any(tied(w) for w in weights):
-                out[n.name] = slots(n)
+                out[n.name] = slots
     for n in graph.nodes.values():
         if n.meta.get("forward") in out and graph.work(n).matmul_flops > 0:
-            out[n.name] = slots(n)
+            out[n.name] = _fp8_slots(graph, n)
     return out
 
 
@@ -267,8 +277,10 @@ class _Fp8(Rewriter):
         self.gemms = fp8_gemm_operands(src)
         # weights nothing but these GEMMs read are stored in fp8 (no cast at run time); one an
         # optimizer updates is quantised once per step (Transformer Engine's weight cast)
-        self.stored = {t for n in self.gemms for t in src.nodes[n].inputs[:2] if t in src.params
-                       and all(c.name in self.gemms and t not in c.inputs[2:] for c in src.consumers(t))}
+        self.stored = {src.nodes[n].inputs[i] for n, slots in self.gemms.items() for i in slots
+                       if src.nodes[n].inputs[i] in src.params
+                       and all(c.name in self.gemms and _operand_only(c, src.nodes[n].inputs[i])
+                               for c in src.consumers(src.nodes[n].inputs[i]))}
         self.quantised: dict[str, str] = {}  # source tensor -> its fp8 copy in the new graph
         # views whose output only fp8 GEMM operands (or such views) read
         self.lazy: set[str] = set()
