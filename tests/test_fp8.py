@@ -175,3 +175,12 @@ def test_moe_experts_run_as_fp8_grouped_gemms():
     (moe,) = [n for n in f.nodes.values() if n.op == "Fused" and "MoE" in n.meta["fused_ops"]]
     # x arrives quantised (fp8), the router logits in bf16, k of E experts' three matrices
     assert f.work(moe).bytes_read == T * d * 1 + T * E * 2 + k * 3 * d * h * 1
+
+
+def test_fused_fp8_graph_computes_what_the_unfused_one_does():
+    rng = np.random.default_rng(1)
+    g = cast_graph(_block(), "fp8")
+    feeds = {"x": rng.standard_normal((M, K)).astype(np.float32)}
+    want, got = execute(g, feeds), execute(fuse(g), feeds)
+    np.testing.assert_array_equal(np.asarray(got["scores"], np.float32),
+                                  np.asarray(want["scores"], np.float32))
