@@ -184,3 +184,14 @@ def test_fused_fp8_graph_computes_what_the_unfused_one_does():
     want, got = execute(g, feeds), execute(fuse(g), feeds)
     np.testing.assert_array_equal(np.asarray(got["scores"], np.float32),
                                   np.asarray(want["scores"], np.float32))
+
+
+def test_megatron_kernels_write_the_fp8_copy_of_a_norm_output():
+    # Transformer Engine's LayerNormLinear: the norm kernel writes the fp8 input of the GEMM
+    from sim.passes.fusion import megatron_epilogues
+
+    f = fuse(cast_graph(_block(), "fp8"), join=megatron_epilogues)
+    ops = sorted(tuple(n.meta.get("fused_ops", [n.op])) for n in f.nodes.values())
+    assert ("LayerNormalization", "Cast") in ops
+    assert ("Cast", "Cast", "Gemm") in ops  # the dequantises still fold into the GEMM
+    assert not any(n.op == "Cast" for n in f.nodes.values())

@@ -404,8 +404,11 @@ def _constant(graph: Graph, t: str) -> bool:
 def megatron_epilogues(graph: Graph, node: Node) -> bool:
     """The elementwise ops Megatron-LM's kernels take in: a ``Mul`` or ``Add`` of a constant
     operand (the attention scale, folded into ``baddbmm``'s alpha; the causal mask, inside
-    ``FusedScaleMaskSoftmax``) joins the kernel that made its other operand. Residual adds,
+    ``FusedScaleMaskSoftmax``) joins the kernel that made its other operand, and so does the
+    quantise of an fp8 GEMM's input (Transformer Engine's fused cast). Residual adds,
     dropouts and activations stay kernels of their own."""
+    if _fp8_cast(graph, node, dequantise=False):
+        return True  # Transformer Engine writes the fp8 copy from the norm / activation kernel
     if node.op == "Add" and any((p := graph.producer(t)) is not None and p.op == "Dropout"
                                 and int(p.attrs.get("training_mode", 0)) for t in node.inputs if t):
         return True  # bias-dropout-add: the residual add inside the dropout's kernel
