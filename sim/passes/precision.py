@@ -277,21 +277,23 @@ class _Fp8(Rewriter):
         self.gemms = fp8_gemm_operands(src)
         # weights nothing but these GEMMs read are stored in fp8 (no cast at run time); one an
         # optimizer updates is quantised once per step (Transformer Engine's weight cast)
-        self.stored = {src.nodes[n].inputs[i] for n, slots in self.gemms.items() for i in slots
-                       if src.nodes[n].inputs[i] in src.params
-                       and all(c.name in self.gemms and _operand_only(c, src.nodes[n].inputs[i])
-                               for c in src.consumers(src.nodes[n].inputs[i]))}
+        weights = {src.nodes[n].inputs[i] for n, slots in self.gemms.items() for i in slots} & set(src.params)
+        self.stored = {w for w in weights
+                       if all(c.name in self.gemms and _operand_only(c, w) for c in src.consumers(w))}
         self.quantised: dict[str, str] = {}  # source tensor -> its fp8 copy in the new graph
-        # views whose output only fp8 GEMM operands (or such views) read
+        # views whose output only fp8 GEMM operands (or such views) read: made on the fp8 side
         self.lazy: set[str] = set()
         for node in reversed(src.topo_order()):
             out = node.outputs[0] if len(node.outputs) == 1 else ""
-            if not out or not has_trait(node.op, "view") or out in src.outputs:
-                continue
-            users = src.consumers(out)
-            if users and all(c.name in self.lazy or all(i in self.gemms.get(c.name, []) for i, x in
-                                                        enumerate(c.inputs) if x == out) for c in users):
-                self.lazy.add(node.name)
+            if out and has_trait(node.op, "view") and out not in src.outputs:
+                users = src.consumers(out)
+                if users and all(c.name in self.lazy or self.quantises(c, out) for c in users):
+                    self.lazy.add(node.name)
+
+    def quantises(self, node: Node, t: str) -> bool:
+        """Whether ``node`` reads ``t`` only as an fp8 GEMM operand."""
+        slots = self.gemms.get(node.name, [])
+        return all(i in slots for i, x in enumerate(node.inputs) if x == t)
 
     def leaves(self) -> None:
         for name, spec in self.src.inputs.items():
