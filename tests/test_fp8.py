@@ -155,6 +155,10 @@ def test_training_runs_all_three_gemms_of_a_linear_layer_in_fp8():
     # two weights, the two forward inputs, and the two incoming gradients (each once)
     assert quantised == sorted(["fc1.weight", "fc2.weight", "x", "relu1", "loss.grad", "relu1.grad"])
     assert sum(n.op == "Cast" and n.attrs["to"] == "bf16" for n in h.nodes.values()) == 2 * len(gemms)
+    # each cast belongs to the layer and pass of the GEMM that first reads it (the cluster
+    # model sums kernel times per layer and pass)
+    assert h.nodes["loss.grad.quantize"].meta["forward"] == "fc2"
+    assert h.nodes["fc1.weight.quantize"].meta == {"cast": "fp8", "layer": "fc1"}
 
 
 def test_moe_experts_run_as_fp8_grouped_gemms():

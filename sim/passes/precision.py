@@ -305,22 +305,23 @@ class _Fp8(Rewriter):
         for t in [*self.src.inputs, *self.src.params]:
             self.env[t] = t
 
-    def fp8(self, t: str) -> str:
+    def fp8(self, t: str, meta: dict[str, Any]) -> str:
         """Source tensor ``t`` in fp8 in the new graph: a stored fp8 weight as it is, a view
         that only fp8 GEMMs read as the same view of its input's fp8 copy (projections that
-        each reshape one activation share one quantise), else one quantising cast."""
+        each reshape one activation share one quantise), else one quantising cast (``meta``:
+        the layer and pass of the first GEMM that reads it)."""
         if t in self.quantised:
             return self.quantised[t]
         p = self.src.producer(t)
         if p is not None and p.name in self.lazy:
-            base = self.fp8(p.inputs[0])
+            base = self.fp8(p.inputs[0], meta)
             q = self.b.node(p.op, [base, *(self.map(x) for x in p.inputs[1:])], [self.b.unique(f"{t}.fp8")],
                             dict(p.attrs), name=self.b.unique(f"{p.name}.fp8"), meta=dict(p.meta))[0]
         elif self.out.tensors[self.map(t)].dtype == "fp8":
             q = self.map(t)
         else:
             q = self.b.node("Cast", [self.map(t)], [self.b.unique(f"{t}.fp8")], {"to": "fp8"},
-                            name=self.b.unique(f"{t}.quantize"), meta={"cast": "fp8"})[0]
+                            name=self.b.unique(f"{t}.quantize"), meta=meta)[0]
         self.quantised[t] = q
         return q
 
@@ -331,12 +332,14 @@ class _Fp8(Rewriter):
             self.emit(node)
             return
         quantised = self.gemms[node.name]
+        # the casts belong to the GEMM's layer and pass (forward or backward)
+        meta = {"cast": "fp8", **{k: v for k, v in node.meta.items() if k in ("layer", "forward")}}
         ins = [self.map(t) if i not in quantised else "" for i, t in enumerate(node.inputs)]
         for i in quantised:
-            q = self.fp8(node.inputs[i])
+            q = self.fp8(node.inputs[i], meta)
             ins[i] = self.b.node("Cast", [q], [self.b.unique(f"{q}.{FP8_ACTIVATIONS}")],
                                  {"to": FP8_ACTIVATIONS}, name=self.b.unique(f"{node.name}.dequantize{i}"),
-                                 meta={"cast": "fp8"})[0]
+                                 meta=dict(meta))[0]
         self.emit(node, inputs=ins, meta={**node.meta, "compute_dtype": "fp8"})
 
 
