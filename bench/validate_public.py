@@ -120,7 +120,8 @@ TRT_LLM = ("NVIDIA/TensorRT-LLM docs/source/performance.md @138f96d45f90b9667426
            "'Low Latency' (data from TensorRT-LLM v0.5)")
 TRT_LLM_SETTING = ("LLaMA 7B, batch 1, TP 1, time to first token for an input of S tokens (context phase), "
                    "gptSessionBenchmark; H100-HBM3-80GB with FP8 GEMMs and FP8 KV cache, or A100 FP16 "
-                   "(board variant not stated; SXM4 80GB assumed)")
+                   "(board variant not stated; SXM4 80GB assumed); the LM head runs on the last token only "
+                   "(TensorRT-LLM's models call gather_last_token_logits before lm_head)")
 
 
 # ------------------------------------------------------------------------------ records
@@ -273,20 +274,20 @@ REFERENCES: list[Ref] = [
          "fuse": True}),
     Ref("llama-7b prefill S=128 fp8 TRT-LLM", "network", "h100", 7.0, "ms", TRT_LLM_SETTING, TRT_LLM,
         "H100 GPUs (FP8): | LLaMA 7B | 1 | 1 | 128 | 7 |",
-        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 128}, "dtype": "fp8",
-         "fuse": True}),
+        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 128, "last_logits": 1},
+         "dtype": "fp8", "fuse": True}),
     Ref("llama-7b prefill S=2048 fp8 TRT-LLM", "network", "h100", 36.0, "ms", TRT_LLM_SETTING, TRT_LLM,
         "H100 GPUs (FP8): | LLaMA 7B | 1 | 1 | 2048 | 36 |",
-        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 2048}, "dtype": "fp8",
-         "fuse": True}),
+        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 2048, "last_logits": 1},
+         "dtype": "fp8", "fuse": True}),
     Ref("llama-7b prefill S=128 fp16 TRT-LLM", "network", "a100", 16.0, "ms", TRT_LLM_SETTING, TRT_LLM,
         "A100 GPUs (FP16): | LLaMA 7B | 1 | 1 | 128 | 16 |",
-        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 128}, "dtype": "fp16",
-         "fuse": True}),
+        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 128, "last_logits": 1},
+         "dtype": "fp16", "fuse": True}),
     Ref("llama-7b prefill S=2048 fp16 TRT-LLM", "network", "a100", 133.0, "ms", TRT_LLM_SETTING, TRT_LLM,
         "A100 GPUs (FP16): | LLaMA 7B | 1 | 1 | 2048 | 133 |",
-        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 2048}, "dtype": "fp16",
-         "fuse": True}),
+        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 2048, "last_logits": 1},
+         "dtype": "fp16", "fuse": True}),
 ]
 
 SHORT = {  # source tag printed in the table -> the records' source prefix

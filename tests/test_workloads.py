@@ -209,3 +209,20 @@ def test_tiny_variants_execute(name):
         out2 = sim.execute(g, feeds2)
         np.testing.assert_allclose(out2["logits"][:, :4], out["logits"][:, :4], rtol=1e-5, atol=1e-6)
         assert not np.allclose(out2["logits"][:, 4:], out["logits"][:, 4:])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama2-7b", "llama3-70b", "mixtral-8x7b", "gpt3-175b"])
+def test_last_logits_is_the_last_row_of_the_full_logits(name):
+    # an inference engine's prefill applies the LM head to the last position only: the same
+    # values as the last row of every position's logits, at 1/seq of the head's FLOPs
+    small = {"n_layer": 1, "seq": 6, "batch": 2, "d": 64, "heads": 4, "ffn": 128, "vocab": 97}
+    if name != "gpt2" and name != "gpt3-175b":
+        small["kv_heads"] = 2
+    full, last = sim.load(name, **small), sim.load(name, **small, last_logits=1)
+    assert last.tensors["logits"].shape == (2, 1, 97)
+    ids = np.random.default_rng(0).integers(0, 97, (2, 6))
+    want = Executor(full, seed=3).run({"input_ids": ids}).values["logits"][:, -1:, :]
+    got = Executor(last, seed=3).run({"input_ids": ids}).values["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    head = 2 * 2 * 64 * 97  # batch x d x vocab multiply-adds of the last position's head
+    assert _matmul_flops(full) - _matmul_flops(last) == pytest.approx(5 * head)

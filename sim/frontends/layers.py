@@ -799,6 +799,19 @@ def flatten(ctx: LayerContext, inputs: list[str], out: str) -> str:
     return ctx.op("Flatten", [_one(inputs, "flatten")], out=out, axis=ctx.args.integer("axis", 1))
 
 
+@layer("last_position")
+def last_position(ctx: LayerContext, inputs: list[str], out: str) -> str:
+    """The last position of ``[batch, seq, dim]``, ``[batch, 1, dim]``: what an inference
+    engine's prefill feeds its LM head, which needs only the next token's logits (TensorRT-LLM's
+    ``gather_last_token_logits``)."""
+    x = _one(inputs, "last_position")
+    xs = ctx.spec(x)
+    if xs.rank != 3:
+        raise GraphError(f"last_position expects [batch, seq, dim], got {list(xs.shape)}")
+    s = xs.shape[1]
+    return ctx.op("Slice", [x], out=out, starts=[s - 1], ends=[s], axes=[1], steps=[1])
+
+
 @layer("dropout")
 def dropout(ctx: LayerContext, inputs: list[str], out: str) -> str:
     """Dropout with ``rate`` (the identity at inference)."""
