@@ -224,3 +224,35 @@ def test_prologue_group_keeps_the_matrix_ops_compute_dtype():
     (mx,) = [n for n in f if n.op == "Fused"]
     assert mx.meta["fused"] == ["tx", "mx", "r"]
     assert compute_dtype(f, mx) == "tf32"
+
+
+def test_rope_and_cache_write_are_one_kernel_per_layer():
+    # an engine's attention preamble: the q/k/v head transposes, RoPE on q and k and the
+    # KV-cache append run as one kernel (TensorRT-LLM's applyBiasRopeUpdateKVCache), which
+    # writes only this step's cache rows; values as the unfused graph computes them
+    import sim
+
+    small = {"n_layer": 2, "batch": 2, "seq": 3, "kv_cache": 8, "d": 32, "heads": 4, "kv_heads": 2,
+             "ffn": 64, "vocab": 50}
+    g = sim.load("llama2-7b", **small)
+    f = fuse(g)
+    pre = [n for n in f.nodes.values() if n.op == "Fused" and "RotaryEmbedding" in n.meta["fused_ops"]]
+    assert len(pre) == 2
+    for n in pre:
+        assert sorted(n.meta["fused_ops"]) == sorted(["Transpose"] * 3 + ["RotaryEmbedding"] * 2
+                                                     + ["TensorScatter"] * 2)
+        # reads q, k, v (one step's rows) and writes rotated q plus the new cache rows:
+        # [2 sequences, 3 tokens] x (q 4 heads + k 2 + v 2) x head size 8, fp32
+        rows = 2 * 3 * 8 * 4
+        w = f.work(n)
+        assert w.bytes_written == rows * (4 + 2 + 2)
+        assert w.bytes_read >= rows * (4 + 2 + 2)
+        assert w.bytes_read < rows * (4 + 2 + 2) + 2 * (2 * 2 * 8 * 8 * 4)  # far less than the caches
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 50, (2, 3)), "cache_lens": np.array([2, 5])}
+    for t, s in g.inputs.items():
+        if t not in feeds:
+            feeds[t] = rng.standard_normal(s.shape).astype(np.float32)
+    want, got = execute(g, feeds), execute(f, feeds)
+    for o in g.outputs:
+        np.testing.assert_allclose(got[o], want[o], rtol=1e-5, atol=1e-6)

@@ -64,33 +64,48 @@ def _fused_work(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dic
     shared = set(attrs.get("shared_inputs", ()))
     read = sum(s.nbytes * _read_fraction(attrs["inputs"][i], attrs, specs)
                for i, s in enumerate(ins) if s is not None and i not in shared)
+    written = sum(_written_bytes(name, o, attrs, specs) for name, o in zip(attrs["outputs"], outs))
     total = Work(total.flops, total.matmul_flops, total.transcendentals, gemms=_concat_gemms(total.gemms))
-    return total + Work(bytes_read=read, bytes_written=sum(o.nbytes for o in outs))
+    return total + Work(bytes_read=read, bytes_written=written)
+
+
+def _written_bytes(t: str, spec: TensorSpec, attrs: dict[str, Any], specs: dict[str, TensorSpec]) -> float:
+    """Bytes the group writes of its output ``t``: all of it, but only the update of a cache
+    that a ``TensorScatter`` member writes in place."""
+    for sub in _sub_nodes(attrs):
+        if sub["op"] == "TensorScatter" and t in sub["outputs"]:
+            return float(specs[sub["inputs"][1]].nbytes)
+    return float(spec.nbytes)
 
 
 def _read_fraction(t: str, attrs: dict[str, Any], specs: dict[str, TensorSpec]) -> float:
     """The share of boundary input ``t`` the group reads: all of it, unless every member that
-    reads it (through casts and views) is an MoE kernel reading it as expert weights, which
-    reads only the experts its tokens are routed to (``moe.expert_read_fraction``)."""
+    reads it (through casts and views) reads less: an MoE kernel reading it as expert
+    weights reads only the experts its tokens are routed to (``moe.expert_read_fraction``),
+    a ``TensorScatter`` writes into it as its cache in place and reads none of it."""
     from sim.ops.moe import expert_read_fraction
     from sim.ops.registry import has_trait
 
-    frac = 0.0
+    frac, readers = 0.0, 0
     names, seen = [t], set()
     while names:
         name = names.pop()
         for sub in _sub_nodes(attrs):
             if name not in sub["inputs"] or sub["op"] == "Constant":
                 continue
+            readers += 1
+            slots = [i for i, x in enumerate(sub["inputs"]) if x == name]
             if sub["op"] == "Cast" or has_trait(sub["op"], "view"):
+                if any(o in attrs["outputs"] for o in sub["outputs"]):
+                    return 1.0  # leaves the group: read to be written out
                 names += [o for o in sub["outputs"] if o and o not in seen]
                 seen.update(sub["outputs"])
-            elif sub["op"] == "MoE" and all(i >= 2 for i, x in enumerate(sub["inputs"]) if x == name):
+            elif sub["op"] == "MoE" and min(slots) >= 2:
                 frac = max(frac, expert_read_fraction([specs[x] if x else None for x in sub["inputs"]],
                                                       sub["attrs"]))
-            else:
+            elif not (sub["op"] == "TensorScatter" and slots == [0]):
                 return 1.0
-    return frac or 1.0
+    return frac if readers else 1.0
 
 
 def _last2_transposed(nodes: list[dict[str, Any]], specs: dict[str, TensorSpec]) -> set[str]:

@@ -84,6 +84,7 @@ def fuse(graph: Graph, join: Callable[[Graph, Node], bool] | None = None) -> Gra
     groups = _grow_groups(graph, prologue, pending, pos, join)
     if join is None:
         groups = _merge_siblings(graph, groups, prologue, pos)
+        groups = _merge_preambles(graph, groups, pos)
     groups = _split_trailing_views(graph, groups, pos)
     out = _Fuse(graph, [[c] for c in shared_const] + groups).run()
     out.meta["fused"] = True
@@ -294,6 +295,51 @@ class _Siblings:
             self.into[gid] = lead
             for v in moves:  # a view wanted by two merged groups precedes the earlier one
                 self.moved[v] = min(self.moved.get(v, lead), lead)
+
+
+PREAMBLE = frozenset({"Transpose", "RotaryEmbedding", "TensorScatter"})
+
+
+def _merge_preambles(graph: Graph, groups: list[list[Node]], pos: dict[str, int]) -> list[list[Node]]:
+    """The single-node kernels between a layer's projections and its attention (head
+    transposes, the rotary embedding of q and k, the KV-cache append) become one group: the
+    rope-and-cache kernel inference engines run (TensorRT-LLM's attention plugin applies
+    RoPE and writes the cache in one kernel, ``applyBiasRopeUpdateKVCache``), where each was
+    a launch of its own. The group takes the place of its last member, so it is merged only
+    if nothing outside it reads a member's output before that."""
+    group_of = {n.name: gid for gid, members in enumerate(groups) for n in members}
+    merged: dict[int, list[int]] = {}
+    taken: set[int] = set()
+    for att in graph.nodes.values():
+        if att.op != "Attention":
+            continue
+        found: set[int] = set()
+        stack = [p for t in att.inputs if t and (p := graph.producer(t)) is not None]
+        while stack:
+            p = stack.pop()
+            gid = group_of[p.name]
+            if (p.op not in PREAMBLE and not _view(p.op)) or len(groups[gid]) != 1 or gid in found:
+                continue
+            found.add(gid)
+            stack += [q for t in p.inputs if t and (q := graph.producer(t)) is not None]
+        kernels = [g for g in found if not _view(groups[g][0].op)]
+        if len(kernels) < 2 or found & taken:
+            continue
+        last = max(found)
+        users = {group_of[c.name] for g in found for n in groups[g] for t in n.outputs if t
+                 for c in graph.consumers(t)}
+        if all(u in found or u > last for u in users):
+            merged[last] = sorted(found)
+            taken |= found
+    if not merged:
+        return groups
+    out: list[list[Node]] = []
+    for gid, members in enumerate(groups):
+        if gid in merged:
+            out.append(sorted((n for g in merged[gid] for n in groups[g]), key=lambda n: pos[n.name]))
+        elif gid not in taken:
+            out.append(members)
+    return out
 
 
 def _split_trailing_views(graph: Graph, groups: list[list[Node]], pos: dict[str, int]) -> list[list[Node]]:
