@@ -27,6 +27,9 @@
   is their sum. A sibling joins only if all it reads is made before the first sibling's
   group, by the merged group itself, or by views of such tensors (which move in front of
   it), so the graph stays acyclic;
+* the kernels between a layer's projections and its attention that are left on their own
+  (head transposes that feed RoPE or a KV-cache append, RoPE on q and k, the append) merge
+  into one group, the rope-and-cache kernel of inference engines (``_merge_preambles``);
 * shape-only ops left alone are marked ``meta["alias_of"] = <input tensor>``: they cost
   nothing and their output shares the input's storage.
 
