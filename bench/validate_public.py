@@ -120,8 +120,9 @@ TRT_LLM = ("NVIDIA/TensorRT-LLM docs/source/performance.md @138f96d45f90b9667426
            "'Low Latency' (data from TensorRT-LLM v0.5)")
 TRT_LLM_SETTING = ("LLaMA 7B, batch 1, TP 1, time to first token for an input of S tokens (context phase), "
                    "gptSessionBenchmark; H100-HBM3-80GB with FP8 GEMMs and FP8 KV cache, or A100 FP16 "
-                   "(board variant not stated; SXM4 80GB assumed); the LM head runs on the last token only "
-                   "(TensorRT-LLM's models call gather_last_token_logits before lm_head)")
+                   "(board variant not stated; SXM4 80GB assumed); the context phase writes the prompt's "
+                   "keys and values into the KV cache (a prefill step, kv_cache = S) and runs the LM head on "
+                   "the last token only (TensorRT-LLM's models call gather_last_token_logits before lm_head)")
 
 
 # ------------------------------------------------------------------------------ records
@@ -167,6 +168,13 @@ def _vllm_fp8(m: int, tflops: float) -> Ref:
         quote=f"batch_size {m}  fp8-tensor-w-tensor-a-noquant {tflops} (table 'BF16 vs FP8 GEMMs', "
               "N=12288 K=5376)",
         case={"kind": "gemm", "b": 1, "m": m, "n": 12288, "k": 5376, "dtype": "fp8", "transB": True})
+
+
+def _ttft(seq: int, dtype: str) -> dict[str, Any]:
+    """The simulated setting of a TensorRT-LLM first-token row: one fused prefill step that
+    fills a KV cache of the prompt's length and takes the next token's logits only."""
+    return {"kind": "network", "workload": "llama2-7b", "dtype": dtype, "fuse": True,
+            "params": {"batch": 1, "seq": seq, "kv_cache": seq, "last_logits": 1}}
 
 
 def _attn(impl: str, d: int, s: int, causal: bool, tflops: float, src: str, row: str) -> Ref:
@@ -274,20 +282,16 @@ REFERENCES: list[Ref] = [
          "fuse": True}),
     Ref("llama-7b prefill S=128 fp8 TRT-LLM", "network", "h100", 7.0, "ms", TRT_LLM_SETTING, TRT_LLM,
         "H100 GPUs (FP8): | LLaMA 7B | 1 | 1 | 128 | 7 |",
-        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 128, "last_logits": 1},
-         "dtype": "fp8", "fuse": True}),
+        _ttft(128, "fp8")),
     Ref("llama-7b prefill S=2048 fp8 TRT-LLM", "network", "h100", 36.0, "ms", TRT_LLM_SETTING, TRT_LLM,
         "H100 GPUs (FP8): | LLaMA 7B | 1 | 1 | 2048 | 36 |",
-        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 2048, "last_logits": 1},
-         "dtype": "fp8", "fuse": True}),
+        _ttft(2048, "fp8")),
     Ref("llama-7b prefill S=128 fp16 TRT-LLM", "network", "a100", 16.0, "ms", TRT_LLM_SETTING, TRT_LLM,
         "A100 GPUs (FP16): | LLaMA 7B | 1 | 1 | 128 | 16 |",
-        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 128, "last_logits": 1},
-         "dtype": "fp16", "fuse": True}),
+        _ttft(128, "fp16")),
     Ref("llama-7b prefill S=2048 fp16 TRT-LLM", "network", "a100", 133.0, "ms", TRT_LLM_SETTING, TRT_LLM,
         "A100 GPUs (FP16): | LLaMA 7B | 1 | 1 | 2048 | 133 |",
-        {"kind": "network", "workload": "llama2-7b", "params": {"batch": 1, "seq": 2048, "last_logits": 1},
-         "dtype": "fp16", "fuse": True}),
+        _ttft(2048, "fp16")),
 ]
 
 SHORT = {  # source tag printed in the table -> the records' source prefix
