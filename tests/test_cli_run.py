@@ -136,3 +136,16 @@ def test_inference_reads_a_weight_transpose_as_the_gemm_layout_flag(tmp_path):
     # peak: the weight, x and y (fp32), and no second n x k buffer
     want = 4 * (n * k + 4 * k + 4 * n)
     assert max(doc["peak_memory_by_device"].values()) == want
+
+
+def test_fp8_runs_the_matmul_on_fp8_operands_and_says_so(model, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["run", str(model), "--set", "batch=4", "--dtype", "fp8", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "precision: fp8 (E4M3) GEMMs in a bf16 model" in text
+    ops = {o["name"]: o for o in json.loads(out.read_text())["ops"]}
+    # the weight is stored in fp8, x quantised by one kernel; the GEMM reads 1-byte operands
+    # (x 4x16, w 16x8) and writes its bf16 result (4x8)
+    (gemm,) = [o for o in ops.values() if o["op"] == "Fused"]
+    assert gemm["dtype"] == "fp8" and gemm["bytes"] == 4 * 16 + 16 * 8 + 4 * 8 * 2
+    assert [o["op"] for o in ops.values()].count("Cast") == 1

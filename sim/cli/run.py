@@ -216,7 +216,12 @@ def run_command(args: argparse.Namespace) -> int:
                       dispatch_s=dispatch_s, cuda_graphs=cuda_graphs,
                       oom="ignore" if opts.ignore_oom else "stop")
     say(result.summary(top=opts.top))
-    if opts.train and opts.dtype:
+    if opts.dtype and opts.dtype.lower() == "fp8" and not mixed:
+        print("  precision: fp8 (E4M3) GEMMs in a bf16 model, as Transformer Engine, TensorRT-LLM and vLLM "
+              "run them: linear layers, convolutions and MoE experts on fp8 operands, norms, attention "
+              "and residuals in bf16" + (" (forward, data- and weight-gradient GEMMs in fp8; weights and "
+                                         "optimizer states bf16)" if opts.train else ""))
+    elif opts.train and opts.dtype:
         print(f"  precision: {opts.dtype} mixed as torch.autocast runs it (matrix ops {opts.dtype}, "
               "softmax/norms/loss fp32, fp32 master weights and optimizer states, --amp)" if mixed
               else f"  precision: the whole step cast to {opts.dtype}, weights and optimizer states included "
