@@ -237,7 +237,7 @@ def _fp8_slots(graph: Graph, node: Node) -> list[int]:
 
 
 def _operand_only(node: Node, t: str) -> bool:
-    """Whether ``node`` reads ``t`` only as an fp8 GEMM operand."""
+    """Whether ``node`` reads ``t`` only in its op's fp8 operand positions (``FP8_OPERANDS``)."""
     return node.op in FP8_OPERANDS and all(i in FP8_OPERANDS[node.op]
                                            for i, x in enumerate(node.inputs) if x == t)
 
@@ -278,8 +278,7 @@ class _Fp8(Rewriter):
         # weights nothing but these GEMMs read are stored in fp8 (no cast at run time); one an
         # optimizer updates is quantised once per step (Transformer Engine's weight cast)
         weights = {src.nodes[n].inputs[i] for n, slots in self.gemms.items() for i in slots} & set(src.params)
-        self.stored = {w for w in weights
-                       if all(c.name in self.gemms and _operand_only(c, w) for c in src.consumers(w))}
+        self.stored = {w for w in weights if all(self.quantises(c, w) for c in src.consumers(w))}
         self.quantised: dict[str, str] = {}  # source tensor -> its fp8 copy in the new graph
         # views whose output only fp8 GEMM operands (or such views) read: made on the fp8 side
         self.lazy: set[str] = set()
@@ -291,7 +290,7 @@ class _Fp8(Rewriter):
                     self.lazy.add(node.name)
 
     def quantises(self, node: Node, t: str) -> bool:
-        """Whether ``node`` reads ``t`` only as an fp8 GEMM operand."""
+        """Whether ``node`` reads ``t`` only as an operand this graph's fp8 GEMMs quantise."""
         slots = self.gemms.get(node.name, [])
         return all(i in slots for i, x in enumerate(node.inputs) if x == t)
 
