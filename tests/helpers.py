@@ -31,6 +31,22 @@ def one_op_graph(op: str, arrays: Sequence[np.ndarray | None], attrs: dict[str, 
     return g.verify()
 
 
+def moe_layer(tokens: int, d: int, h: int, experts: int, k: int, residual: bool = False) -> Graph:
+    """An MoE node (SwiGLU experts, weight parameters w1, w2, w3; inputs x [tokens, d] and
+    router logits lg [tokens, experts]) named "moe", with its residual add when asked."""
+    g = Graph("moe")
+    x = g.add_input("x", TensorSpec((tokens, d)))
+    lg = g.add_input("lg", TensorSpec((tokens, experts)))
+    w1, w3 = (g.add_param(n, TensorSpec((experts, d, h))) for n in ("w1", "w3"))
+    w2 = g.add_param("w2", TensorSpec((experts, h, d)))
+    (y,) = g.add_node("MoE", [x, lg, w1, "", w2, "", w3], ["y"], {"k": k, "activation_type": "silu"},
+                      name="moe")
+    if residual:
+        (y,) = g.add_node("Add", [y, x], ["z"], name="residual")
+    g.set_outputs([y])
+    return g.verify()
+
+
 def run_op(op: str, arrays: Sequence[np.ndarray | None], attrs: dict[str, Any] | None = None,
            n_out: int | None = None) -> list[np.ndarray]:
     """Run one op through graph building and the executor; returns its outputs."""

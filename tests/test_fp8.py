@@ -4,6 +4,7 @@ parameters in a bf16 model, checked against byte counts by hand and a NumPy refe
 import ml_dtypes
 import numpy as np
 import pytest
+from helpers import moe_layer
 
 import sim
 from sim.engine import compute_dtype
@@ -165,14 +166,7 @@ def test_moe_experts_run_as_fp8_grouped_gemms():
     # FP8 MoE serving quantises the experts (vLLM's fp8 fused_moe): stored in fp8, and the
     # fused kernel reads one byte per weight of the k experts one token is routed to
     T, d, h, E, k = 1, 16, 32, 4, 2
-    g = Graph("moe")
-    x = g.add_input("x", TensorSpec((T, d)))
-    lg = g.add_input("lg", TensorSpec((T, E)))
-    w1, w3 = (g.add_param(n, TensorSpec((E, d, h))) for n in ("w1", "w3"))
-    w2 = g.add_param("w2", TensorSpec((E, h, d)))
-    g.add_node("MoE", [x, lg, w1, "", w2, "", w3], ["y"], {"k": k, "activation_type": "silu"}, name="moe")
-    g.set_outputs(["y"])
-    h8 = cast_graph(g.verify(), "fp8")
+    h8 = cast_graph(moe_layer(T, d, h, E, k), "fp8")
     assert {h8.tensors[w].dtype for w in ("w1", "w2", "w3")} == {"fp8"}
     assert h8.tensors["lg"].dtype == "bf16" and compute_dtype(h8, h8.nodes["moe"]) == "fp8"
     f = fuse(h8)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import one_op_graph, run_op
+from helpers import moe_layer, one_op_graph, run_op
 
 from sim.ops.moe import expected_experts
 
@@ -78,20 +78,10 @@ def test_moe_expert_parallel_work():
 def test_fused_moe_group_reads_only_the_routed_experts():
     # the MoE kernel with its residual add fused in: the group reads x, the router logits,
     # the k experts one token is routed to and the residual, not all E experts' weights
-    from sim.graph import Graph, TensorSpec
     from sim.passes.fusion import fuse
 
     T, d, h, E, k = 1, 8, 12, 4, 2
-    g = Graph("moe")
-    x = g.add_input("x", TensorSpec((T, d)))
-    lg = g.add_input("lg", TensorSpec((T, E)))
-    w1, w3 = (g.add_param(n, TensorSpec((E, d, h))) for n in ("w1", "w3"))
-    w2 = g.add_param("w2", TensorSpec((E, h, d)))
-    (y,) = g.add_node("MoE", [x, lg, w1, "", w2, "", w3], ["y"], {"k": k, "activation_type": "silu"},
-                      name="moe")
-    (z,) = g.add_node("Add", [y, x], ["z"], name="residual")
-    g.set_outputs([z])
-    f = fuse(g.verify())
+    f = fuse(moe_layer(T, d, h, E, k, residual=True))
     (node,) = f.nodes.values()
     assert node.meta["fused_ops"] == ["MoE", "Add"]
     w = f.work(node)
