@@ -177,3 +177,113 @@ def test_attention_reads_head_splits_in_place_at_any_batch():
     feeds = {t: rng.standard_normal(g.tensors[t].shape).astype(np.float32) for t in ("q", "k", "v", "w")}
     marked = strided_transposes(g, batched=True)
     np.testing.assert_allclose(execute(marked, feeds)["z"], execute(g, feeds)["z"])
+
+
+# ----------------------------------------------------------------------------- nhwc_convolutions
+def _to_last(a):
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1))
+
+
+def test_channels_last_conv_ops_compute_the_channels_first_values():
+    """Each conv op with ``channels_last=1`` takes and gives its rank >= 3 tensors channels last
+    (weights KRSC): its result is the channels-first op's, moved; its work is the same."""
+    from helpers import run_op
+
+    from sim.ops.conv import _conv_work, _gdata_work, _gfilter_work
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    geo = {"kernel_shape": [3, 3], "strides": [2, 1], "dilations": [1, 1], "pads": [1, 0, 1, 0], "group": 2}
+    (y,) = run_op("Conv", [x, w, b], geo)
+    (y_cl,) = run_op("Conv", [_to_last(x), _to_last(w), b], {**geo, "channels_last": 1})
+    np.testing.assert_array_equal(y_cl, _to_last(y))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    (dx,) = run_op("ConvGradData", [dy, w], {**geo, "input_shape": list(x.shape)})
+    (dx_cl,) = run_op("ConvGradData", [_to_last(dy), _to_last(w)],
+                      {**geo, "input_shape": list(x.shape), "channels_last": 1})
+    np.testing.assert_array_equal(dx_cl, _to_last(dx))
+    (dw,) = run_op("ConvGradFilter", [x, dy], {**geo, "filter_shape": list(w.shape)})
+    (dw_cl,) = run_op("ConvGradFilter", [_to_last(x), _to_last(dy)],
+                      {**geo, "filter_shape": list(w.shape), "channels_last": 1})
+    np.testing.assert_array_equal(dw_cl, _to_last(dw))
+    # the op as the registry costs it: same FLOPs and bytes in either layout
+    from sim.ops.registry import get_op
+    for op, fn, ins, outs, extra in [
+        ("Conv", _conv_work, [x, w, b], [y], {}),
+        ("ConvGradData", _gdata_work, [dy, w], [dx], {"input_shape": list(x.shape)}),
+        ("ConvGradFilter", _gfilter_work, [x, dy], [dw], {"filter_shape": list(w.shape)}),
+    ]:
+        spec = [TensorSpec(a.shape) for a in ins]
+        cl = [TensorSpec(_to_last(a).shape) if a.ndim >= 3 else TensorSpec(a.shape) for a in ins]
+        first = fn(spec, [TensorSpec(o.shape) for o in outs], {**geo, **extra})
+        last = get_op(op).work(cl, [TensorSpec(_to_last(o).shape) for o in outs],
+                            {**geo, **extra, "channels_last": 1})
+        assert (last.flops, last.bytes, last.gemms) == (first.flops, first.bytes, first.gemms)
+
+
+def test_channels_last_conv_has_no_gradient_rule():
+    import pytest
+
+    from sim.errors import GraphError
+    from sim.passes.autodiff import gradients
+
+    g = Graph("c")
+    g.add_input("x", TensorSpec((1, 5, 5, 2)))
+    g.add_param("w", TensorSpec((3, 3, 3, 2)), "normal")
+    g.add_node("Conv", ["x", "w"], ["y"], {"channels_last": 1}, name="conv")
+    g.add_node("ReduceSum", ["y"], ["s"], {"keepdims": 0}, name="sum")
+    g.set_outputs(["s"])
+    with pytest.raises(GraphError, match="channels_last"):
+        gradients(g, "s", ["w"])
+
+
+def test_nhwc_convolutions_on_a_training_step_by_hand():
+    """LeNet-5's fp16 training step: 2 Conv, 1 ConvGradData (the first conv's input needs no
+    gradient) and 2 ConvGradFilter, each between a transpose per rank-4 operand (2) and one
+    of its result: 5 x 3 = 15 transposes, each moving its tensor once each way; every value
+    of the step (loss, updated weights) is bit-identical. In fp32 (CUDA cores) nothing moves."""
+    from sim.passes.layout import nhwc_convolutions
+    from sim.passes.precision import cast_graph
+    from sim.passes.runtime import kernel_count
+
+    t = cast_graph(training_graph(sim.load("lenet5", batch=2), "cross_entropy", "sgd", lr=0.1), "fp16")
+    h = nhwc_convolutions(t)
+    convs = [n for n in t.nodes.values() if n.op in ("Conv", "ConvGradData", "ConvGradFilter")]
+    assert sorted(n.op for n in convs) == ["Conv", "Conv", "ConvGradData", "ConvGradFilter", "ConvGradFilter"]
+    added = [n for n in h.nodes.values() if n.name not in t.nodes]
+    assert len(added) == 15 and {n.op for n in added} == {"Transpose"} and h.meta["nhwc_convolutions"] == 5
+    assert kernel_count(h) == kernel_count(t) + 15
+    assert all(n.attrs["launches"] == 0 for n in added)  # the library launches them, not the host
+    moved = sum(2 * 2 * int(np.prod(t.spec(x).shape)) for n in convs for x in (*n.inputs, *n.outputs)
+                if x and t.spec(x).rank >= 3)  # read + write, 2 bytes each
+    assert sum(h.work(n).bytes for n in added) == moved
+    assert all(h.nodes[n.name].attrs["channels_last"] == 1 for n in convs)
+    rng = np.random.default_rng(1)
+    feeds = {name: (rng.integers(0, 10, s.shape) if s.dtype == "int64" else rng.standard_normal(s.shape))
+             for name, s in t.inputs.items()}
+    a = Executor(t, seed=3).run(feeds).values
+    b = Executor(h, seed=3).run(feeds).values
+    for out in t.outputs:
+        np.testing.assert_array_equal(a[out], b[out])
+    fp32 = training_graph(sim.load("lenet5", batch=2), "cross_entropy", "sgd", lr=0.1)
+    assert nhwc_convolutions(fp32).meta["nhwc_convolutions"] == 0
+
+
+def test_eager_resnet50_launches_cudnn8_layout_kernels_on_a100_only():
+    """PyTorch eager ResNet-50 in fp16: 174 kernels (tests/test_runtime.py); on the A100 spec
+    (cuDNN 8) each of its 53 convolutions adds 3 transposes (input, filter, result): 333. The
+    H100 spec (cuDNN 9, measured reading NCHW in place) keeps 174; so does torch.compile."""
+    from sim.passes.runtime import kernel_count, runtime_graph
+
+    g = sim.load("resnet50", batch=2)
+    a100, h100 = sim.hardware("a100"), sim.hardware("h100")
+    assert kernel_count(runtime_graph(g, "eager", "fp16", a100)) == 174 + 3 * 53
+    assert kernel_count(runtime_graph(g, "eager", "fp16", h100)) == 174
+    assert kernel_count(runtime_graph(g, "eager", "fp16")) == 174
+    assert kernel_count(runtime_graph(g, "compiled", "fp16", a100)) == 56
+    # the transposes add device time only: the host issues the same 174 framework ops
+    r = sim.simulate(g, a100, dtype="fp16", runtime="eager", host_inputs=False)
+    transposes = [x for x in r.records() if x["op"] == "Transpose"]
+    assert len(transposes) == 159 and all(x["host_wait_s"] == 0 for x in transposes)

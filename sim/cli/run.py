@@ -44,7 +44,7 @@ def build(opts: RunOptions) -> tuple[Any, Any]:
         if opts.runtime:
             from sim.passes.runtime import runtime_graph
 
-            return runtime_graph(graph, opts.runtime, opts.dtype)
+            return runtime_graph(graph, opts.runtime, opts.dtype, hw)
         if opts.fuse:
             from sim.passes.fusion import fuse
             from sim.passes.precision import cast_graph

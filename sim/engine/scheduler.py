@@ -35,7 +35,6 @@ from typing import Any
 import simpy
 from simpy.core import StopSimulation
 
-from sim.dtypes import is_float
 from sim.errors import OutOfMemoryError, SimError
 from sim.graph import Graph, Node
 from sim.hw.spec import DeviceSpec, LinkSpec, SystemSpec
@@ -71,14 +70,7 @@ CostFn = Callable[[Node, Work, DeviceSpec, str], Any]
 
 def compute_dtype(graph: Graph, node: Node) -> str:
     """``meta["compute_dtype"]``, else the first float output (then input) dtype, else fp32."""
-    cd = node.meta.get("compute_dtype")
-    if cd:
-        return str(cd)
-    for names in (node.outputs, node.inputs):
-        for t in names:
-            if t and is_float(graph.tensors[t].dtype):
-                return graph.tensors[t].dtype
-    return "fp32"
+    return graph.compute_dtype(node)
 
 
 def _hashable(x: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import numpy as np
 
+from sim.dtypes import is_float
 from sim.errors import GraphError
 from sim.graph.node import Node
 from sim.tensor import TensorSpec
@@ -216,6 +217,18 @@ class Graph:
 
     def spec(self, tensor: str) -> TensorSpec:
         return self.tensors[tensor]
+
+    def compute_dtype(self, node: Node) -> str:
+        """The dtype ``node`` computes in: ``meta["compute_dtype"]``, else its first float
+        output's (then input's) dtype, else fp32."""
+        cd = node.meta.get("compute_dtype")
+        if cd:
+            return str(cd)
+        for names in (node.outputs, node.inputs):
+            for t in names:
+                if t and is_float(self.tensors[t].dtype):
+                    return self.tensors[t].dtype
+        return "fp32"
 
     def work(self, node: Node | str) -> Work:
         """The op's work estimate for this node (FLOPs by kind, bytes, GEMM shapes)."""

@@ -97,6 +97,11 @@ class GpuArch(Arch):
         None, "int", "bytes each filter tap's channels pad to in a convolution on the matrix unit "
         "(cuDNN NHWC: 16); none: no padding")
     conv_split_k: bool = arch_field(True, "bool", "whether a convolution's implicit GEMM splits K")
+    nchw_conv_transposes: bool = arch_field(
+        False, "bool", "whether the convolution library (cuDNN 8) runs a tensor-core convolution of "
+        "channels-first (NCHW) tensors by transposing its operands to NHWC and its result back, "
+        "kernels of their own (PyTorch eager: sim.passes.layout.nhwc_convolutions); false: it reads "
+        "NCHW in place")
     gemv_max: dict[str, float] = arch_field(
         {}, "number_map", "{unit: widest M or N} that runs as a matrix-vector kernel (absent: 8)")
     skinny_max: int | None = arch_field(

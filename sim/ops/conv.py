@@ -23,6 +23,13 @@ Conventions chosen here:
 * Gradient rules resolve ``auto_pad`` into explicit ``pads``, so the backward ops
   (``ConvGradData``, ``ConvGradFilter``) take explicit pads; the bias gradient is a
   ``ReduceSum`` over the batch and spatial axes.
+* ``channels_last=1`` (ours, on ``Conv``, ``ConvGradData`` and ``ConvGradFilter``; set by
+  ``sim.passes.layout.nhwc_convolutions``): every operand and result of rank >= 3 is stored
+  channels last (``N x D1 .. Dn x C``; weights ``M x k1 .. kn x C/group``, cuDNN's KRSC),
+  the layout a tensor-core convolution kernel reads. Attributes (``input_shape``,
+  ``filter_shape``) keep the channels-first shapes; work and values are those of the
+  channels-first op. Such an op has no gradient rule: the layout pass runs on the finished
+  (training) graph.
 """
 
 from __future__ import annotations
@@ -298,6 +305,52 @@ def _conv_parts(x: TensorSpec, w: TensorSpec, attrs: dict[str, Any]) -> tuple[Ge
     return window_geometry(x.shape[2:], kernel, attrs), group
 
 
+# ----------------------------------------------------------------------------- channels last
+def _first_perm(rank: int) -> list[int]:
+    """Axes that take a channels-last array of ``rank`` back to channels first."""
+    return [0, rank - 1, *range(1, rank - 1)]
+
+
+def _nchw_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(shape[i] for i in _first_perm(len(shape))) if len(shape) >= 3 else shape
+
+
+def _nhwc_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else shape
+
+
+def _spec_as(spec: TensorSpec | None, fn: Any) -> TensorSpec | None:
+    return None if spec is None else TensorSpec(fn(spec.shape), spec.dtype)
+
+
+def _channels_last(infer: Any, work: Any, kernel: Any) -> dict[str, Any]:
+    """``defop``'s ``infer``, ``work`` and ``kernel`` for a channels-first conv op's, taking and
+    giving its rank >= 3 tensors channels last when the node has ``channels_last=1`` (module doc)."""
+    def last(attrs: dict[str, Any]) -> bool:
+        return bool(int(attrs.get("channels_last", 0)))
+
+    def infer_cl(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
+        if not last(attrs):
+            return infer(specs, attrs)
+        outs = infer([_spec_as(s, _nchw_shape) for s in specs], attrs)
+        return [TensorSpec(_nhwc_shape(o.shape), o.dtype) for o in outs]
+
+    def work_cl(ins: list[TensorSpec | None], outs: list[TensorSpec], attrs: dict[str, Any]) -> Work:
+        if not last(attrs):
+            return work(ins, outs, attrs)
+        first = [TensorSpec(_nchw_shape(o.shape), o.dtype) for o in outs]
+        return work([_spec_as(s, _nchw_shape) for s in ins], first, attrs)
+
+    def kernel_cl(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
+        if not last(attrs):
+            return kernel(xs, attrs)
+        firsts = [np.transpose(x, _first_perm(x.ndim)) if x is not None and x.ndim >= 3 else x for x in xs]
+        outs = kernel(firsts, attrs)
+        return [np.ascontiguousarray(np.moveaxis(o, 1, -1)) if o.ndim >= 3 else o for o in outs]
+
+    return {"infer": infer_cl, "work": work_cl, "kernel": kernel_cl}
+
+
 def _conv_infer(specs: list[TensorSpec | None], attrs: dict[str, Any]) -> list[TensorSpec]:
     x, w = need(specs, 2, "Conv")
     if x.dtype != w.dtype:
@@ -357,6 +410,9 @@ def _conv_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
     (dy,) = dys
     if dy is None:
         return [None] * len(node.inputs)
+    if int(node.attrs.get("channels_last", 0)):
+        raise GraphError(f"{node.name}: a channels_last Conv has no gradient rule (differentiate "
+                         "the channels-first graph; the layout pass runs after)")
     x, w = node.inputs[0], node.inputs[1]
     sx, sw = gb.spec(x), gb.spec(w)
     g, group = _conv_parts(sx, sw, node.attrs)
@@ -371,12 +427,10 @@ def _conv_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
 
 defop(
     "Conv",
-    infer=_conv_infer,
-    work=_conv_work,
-    kernel=_conv_kernel,
+    **_channels_last(_conv_infer, _conv_work, _conv_kernel),
     grad=_conv_grad,
     doc="N-d convolution (ONNX Conv): inputs X, W, optional B; group, strides, dilations, "
-        "pads, auto_pad.",
+        "pads, auto_pad; channels_last=1 (ours): X, W and Y stored channels last.",
 )
 
 
@@ -419,12 +473,10 @@ def _gdata_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
 
 defop(
     "ConvGradData",
-    infer=_gdata_infer,
-    work=_gdata_work,
-    kernel=_gdata_kernel,
+    **_channels_last(_gdata_infer, _gdata_work, _gdata_kernel),
     no_grad="backward op",
     doc="dX of Conv: inputs (dY, W); attrs input_shape, kernel_shape, strides, dilations, "
-        "pads (explicit), group.",
+        "pads (explicit), group; channels_last=1 (ours): dY, W and dX stored channels last.",
 )
 
 
@@ -454,12 +506,10 @@ def _gfilter_kernel(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
 
 defop(
     "ConvGradFilter",
-    infer=_gfilter_infer,
-    work=_gfilter_work,
-    kernel=_gfilter_kernel,
+    **_channels_last(_gfilter_infer, _gfilter_work, _gfilter_kernel),
     no_grad="backward op",
     doc="dW of Conv: inputs (X, dY); attrs filter_shape, kernel_shape, strides, dilations, "
-        "pads (explicit), group.",
+        "pads (explicit), group; channels_last=1 (ours): X, dY and dW stored channels last.",
 )
 
 
@@ -558,6 +608,9 @@ def _ct_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
     (dy,) = dys
     if dy is None:
         return [None] * len(node.inputs)
+    if int(node.attrs.get("channels_last", 0)):
+        raise GraphError(f"{node.name}: a channels_last Conv has no gradient rule (differentiate "
+                         "the channels-first graph; the layout pass runs after)")
     x, w = node.inputs[0], node.inputs[1]
     sx, sw = gb.spec(x), gb.spec(w)
     g, group = convtranspose_geometry(sx, sw.shape, node.attrs)

@@ -32,9 +32,29 @@ A marked op does no work, so the engine takes it as a view (no kernel, no time, 
 aliases the input's buffer, which stays alive until the GEMM has read it).
 The executor still computes the transpose, so values do not change. Nothing else changes:
 passes that look through ``Transpose`` (sharding, sparsity, fusion) see the same graph.
+
+``nhwc_convolutions(graph)`` goes the other way, for the layout a convolution library needs.
+cuDNN 8's tensor-core convolutions read and write NHWC; given PyTorch's default NCHW tensors
+it transposes the input and the filter to NHWC, runs the NHWC kernel and transposes the
+result back, three kernels of their own per call (NVIDIA, *Convolutional Layers User's
+Guide*, "Tensor Layouts In Memory: NCHW vs NHWC": NCHW on Tensor Cores "include[s] some
+overhead due to automatic transpose operations"; an nvprof trace of one fp16 NCHW conv under
+cuDNN 8.2 shows two ``nchwToNhwcKernel`` and one ``nhwcToNchwKernel`` per call:
+PaddlePaddle/docs ``docs/dev_guides/op_dtype_extension/op_dtype_extension_acceptance_criteria_cn.md``
+@d9a110c2). The pass rewrites every ``Conv``, ``ConvGradData`` and ``ConvGradFilter`` that
+computes in a tensor-core dtype (``TENSOR_CORE_DTYPES``) as that sequence: a ``Transpose`` to
+channels last of each operand of rank >= 3, the op with ``channels_last=1``
+(``sim.ops.conv``) and a ``Transpose`` of its result back to the name it had. The
+transposes are launched by the library inside the framework's call, so they pay no host
+dispatch of their own (``launches=0``). A GPU spec says whether its library does this
+(``arch.nchw_conv_transposes``); ``sim.passes.runtime`` applies the pass in eager mode only
+(``torch.compile`` converts a convolutional model to channels last, TensorRT and AITemplate
+run NHWC engines).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sim.graph import Graph, Node
 from sim.graph.rewrite import Rewriter
@@ -133,4 +153,54 @@ def strided_transposes(graph: Graph, batched: bool = False) -> Graph:
     rw = _Strided(graph, batched)
     out = rw.run()
     out.meta["strided_transposes"] = len(rw.marked) + int(graph.meta.get("strided_transposes", 0))
+    return out.verify()
+
+
+TENSOR_CORE_DTYPES = ("fp16", "bf16", "tf32")  # compute dtypes a convolution runs on the tensor cores
+CONV_OPS = ("Conv", "ConvGradData", "ConvGradFilter")
+
+
+def _to_last(rank: int) -> list[int]:
+    """Transpose perm from channels first to channels last (``N C D.. -> N D.. C``)."""
+    return [0, *range(2, rank), 1]
+
+
+class _Nhwc(Rewriter):
+    """Tensor-core convolutions between transposes to and from channels last (module doc)."""
+
+    def __init__(self, src: Graph) -> None:
+        super().__init__(src)
+        self.count = 0
+
+    def visit(self, node: Node) -> Any:
+        if (node.op not in CONV_OPS or int(node.attrs.get("channels_last", 0))
+                or self.src.compute_dtype(node) not in TENSOR_CORE_DTYPES):
+            return self.emit(node)
+        meta = {k: v for k, v in node.meta.items() if k != "compute_dtype"}
+        ins = []
+        for i, t in enumerate(node.inputs):
+            rank = self.src.tensors[t].rank if t else 0
+            if rank < 3:
+                ins.append(self.map(t))
+                continue
+            ins.append(self.b.op("Transpose", [self.map(t)], name=f"{node.name}/to_nhwc{i}", meta=dict(meta),
+                                 perm=_to_last(rank), launches=0))
+        inner = [self.b.unique(f"{t}/nhwc") for t in node.outputs]
+        self.b.node(node.op, ins, inner, {**node.attrs, "channels_last": 1}, name=node.name,
+                    meta=dict(node.meta))
+        for i, (t, n) in enumerate(zip(node.outputs, inner)):
+            rank = self.src.tensors[t].rank
+            back = [0, rank - 1, *range(1, rank - 1)]
+            self.b.node("Transpose", [n], [t], {"perm": back, "launches": 0},
+                        name=self.b.unique(f"{node.name}/to_nchw{i}"), meta=dict(meta))
+            self.env[t] = t
+        self.count += 1
+
+
+def nhwc_convolutions(graph: Graph) -> Graph:
+    """``graph`` with every tensor-core convolution run channels last between transposes
+    (module doc); ``meta["nhwc_convolutions"]`` counts the convolutions rewritten."""
+    rw = _Nhwc(graph)
+    out = rw.run()
+    out.meta["nhwc_convolutions"] = rw.count + int(graph.meta.get("nhwc_convolutions", 0))
     return out.verify()

@@ -14,7 +14,10 @@ the engine options that go with it (``sim.engine.simulate``'s ``dispatch_s`` and
   (``sim.passes.patterns``); a convolution's bias goes the other way, a kernel of its own
   after the cuDNN convolution, as ATen's ``_convolution`` adds it. A head transpose that
   ``bmm`` reads through its batch stride (batch 1) is a view, as in PyTorch
-  (``sim.passes.layout``). Attention stays as the graph has it unless the export carries
+  (``sim.passes.layout``). On a GPU whose spec says its convolution library runs NCHW
+  tensor-core convolutions through NHWC kernels (``arch.nchw_conv_transposes``: cuDNN 8),
+  each such convolution launches its layout transposes too (``nhwc_convolutions``, same
+  module). Attention stays as the graph has it unless the export carries
   the signature of ``scaled_dot_product_attention`` (Q and K^T each scaled by sqrt(scale)):
   a model that called it runs one fused kernel in eager too (pattern ``sdpa``); a tanh GELU
   stays as its ops (HF's ``gelu_new`` is a Python formula); nodes nothing reads are dropped
@@ -51,13 +54,14 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def runtime_graph(graph: Graph, mode: str, dtype: str | None = None) -> Graph:
-    """``graph`` as runtime ``mode`` executes it (see the module doc). With ``dtype`` the
-    graph is cast after the pattern rewrites (which read the exporter's fp32 constants) and
-    before fusion (so the casts join their groups)."""
+def runtime_graph(graph: Graph, mode: str, dtype: str | None = None, hw: Any = None) -> Graph:
+    """``graph`` as runtime ``mode`` executes it (see the module doc) on ``hw`` (a spec; None:
+    no spec-dependent rewrite). With ``dtype`` the graph is cast after the pattern rewrites
+    (which read the exporter's fp32 constants) and before fusion (so the casts join their
+    groups)."""
     from sim.passes.dce import live
     from sim.passes.fusion import fold_dequantise, fuse
-    from sim.passes.layout import strided_transposes
+    from sim.passes.layout import nhwc_convolutions, strided_transposes
     from sim.passes.patterns import rewrite
     from sim.passes.precision import cast_graph
 
@@ -68,8 +72,11 @@ def runtime_graph(graph: Graph, mode: str, dtype: str | None = None) -> Graph:
         g = cast_graph(g, dtype)
     if mode in ("compiled", "tensorrt"):
         g = fuse(g)
-    elif g.meta.get("dtype") == "fp8":
-        g = fold_dequantise(g)  # an fp8 GEMM reads its fp8 operands: no dequantise kernels
+    else:
+        if g.meta.get("dtype") == "fp8":
+            g = fold_dequantise(g)  # an fp8 GEMM reads its fp8 operands: no dequantise kernels
+        if any(getattr(a, "nchw_conv_transposes", False) for a in _gpu_archs(hw)):
+            g = nhwc_convolutions(g)
     g.meta["runtime"] = mode
     return g
 
@@ -79,18 +86,33 @@ def engine_options(mode: str, hw: Any = None) -> dict[str, Any]:
     spec's ``arch.host_dispatch`` when its first device states one, else ``EAGER_DISPATCH_S``."""
     check_mode(mode)
     per_op = EAGER_DISPATCH_S
-    if hw is not None:
-        devices = list(getattr(hw, "devices", {}).values()) or [hw]
-        stated = [float(getattr(d.arch, "host_dispatch", 0.0) or 0.0) for d in devices if d.kind != "cpu"]
-        if stated and stated[0] > 0:
-            per_op = stated[0]
+    stated = [float(getattr(a, "host_dispatch", 0.0) or 0.0) for a in _accelerator_archs(hw)]
+    if stated and stated[0] > 0:
+        per_op = stated[0]
     return {"dispatch_s": per_op, "cuda_graphs": mode == "tensorrt"}
+
+
+def _devices(hw: Any) -> list[Any]:
+    """The device specs of ``hw`` (a device spec or a system; None: none)."""
+    if hw is None:
+        return []
+    return list(getattr(hw, "devices", {}).values()) or [hw]
+
+
+def _accelerator_archs(hw: Any) -> list[Any]:
+    """The ``arch`` of every non-CPU device of ``hw``."""
+    return [d.arch for d in _devices(hw) if d.kind != "cpu"]
+
+
+def _gpu_archs(hw: Any) -> list[Any]:
+    """The ``arch`` of every GPU of ``hw``."""
+    return [d.arch for d in _devices(hw) if d.kind == "gpu"]
 
 
 def prepare(graph: Graph, mode: str, hw: Any = None,
             dtype: str | None = None) -> tuple[Graph, dict[str, Any]]:
     """(the graph as ``mode`` runs it, the engine options for it)."""
-    return runtime_graph(graph, mode, dtype), engine_options(mode, hw)
+    return runtime_graph(graph, mode, dtype, hw), engine_options(mode, hw)
 
 
 def kernel_count(graph: Graph) -> int:
