@@ -306,17 +306,22 @@ def _conv_parts(x: TensorSpec, w: TensorSpec, attrs: dict[str, Any]) -> tuple[Ge
 
 
 # ----------------------------------------------------------------------------- channels last
-def _first_perm(rank: int) -> list[int]:
-    """Axes that take a channels-last array of ``rank`` back to channels first."""
+def to_channels_last(rank: int) -> list[int]:
+    """Transpose ``perm`` from channels first to channels last (``N C D.. -> N D.. C``)."""
+    return [0, *range(2, rank), 1]
+
+
+def to_channels_first(rank: int) -> list[int]:
+    """Transpose ``perm`` from channels last back to channels first (``N D.. C -> N C D..``)."""
     return [0, rank - 1, *range(1, rank - 1)]
 
 
 def _nchw_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(shape[i] for i in _first_perm(len(shape))) if len(shape) >= 3 else shape
+    return tuple(shape[i] for i in to_channels_first(len(shape))) if len(shape) >= 3 else shape
 
 
 def _nhwc_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else shape
+    return tuple(shape[i] for i in to_channels_last(len(shape))) if len(shape) >= 3 else shape
 
 
 def _spec_as(spec: TensorSpec | None, fn: Any) -> TensorSpec | None:
@@ -344,9 +349,11 @@ def _channels_last(infer: Any, work: Any, kernel: Any) -> dict[str, Any]:
     def kernel_cl(xs: list[Any], attrs: dict[str, Any]) -> list[np.ndarray]:
         if not last(attrs):
             return kernel(xs, attrs)
-        firsts = [np.transpose(x, _first_perm(x.ndim)) if x is not None and x.ndim >= 3 else x for x in xs]
+        firsts = [np.transpose(x, to_channels_first(x.ndim)) if x is not None and x.ndim >= 3 else x
+                  for x in xs]
         outs = kernel(firsts, attrs)
-        return [np.ascontiguousarray(np.moveaxis(o, 1, -1)) if o.ndim >= 3 else o for o in outs]
+        return [np.ascontiguousarray(np.transpose(o, to_channels_last(o.ndim))) if o.ndim >= 3 else o
+                for o in outs]
 
     return {"infer": infer_cl, "work": work_cl, "kernel": kernel_cl}
 
@@ -608,9 +615,6 @@ def _ct_grad(gb: Any, node: Any, dys: list[str | None]) -> list[str | None]:
     (dy,) = dys
     if dy is None:
         return [None] * len(node.inputs)
-    if int(node.attrs.get("channels_last", 0)):
-        raise GraphError(f"{node.name}: a channels_last Conv has no gradient rule (differentiate "
-                         "the channels-first graph; the layout pass runs after)")
     x, w = node.inputs[0], node.inputs[1]
     sx, sw = gb.spec(x), gb.spec(w)
     g, group = convtranspose_geometry(sx, sw.shape, node.attrs)

@@ -58,6 +58,7 @@ from typing import Any
 
 from sim.graph import Graph, Node
 from sim.graph.rewrite import Rewriter
+from sim.ops.conv import to_channels_first, to_channels_last
 from sim.ops.registry import has_trait
 
 GEMMS = ("MatMul", "Gemm")
@@ -160,11 +161,6 @@ TENSOR_CORE_DTYPES = ("fp16", "bf16", "tf32")  # compute dtypes a convolution ru
 CONV_OPS = ("Conv", "ConvGradData", "ConvGradFilter")
 
 
-def _to_last(rank: int) -> list[int]:
-    """Transpose perm from channels first to channels last (``N C D.. -> N D.. C``)."""
-    return [0, *range(2, rank), 1]
-
-
 class _Nhwc(Rewriter):
     """Tensor-core convolutions between transposes to and from channels last (module doc)."""
 
@@ -184,13 +180,12 @@ class _Nhwc(Rewriter):
                 ins.append(self.map(t))
                 continue
             ins.append(self.b.op("Transpose", [self.map(t)], name=f"{node.name}/to_nhwc{i}", meta=dict(meta),
-                                 perm=_to_last(rank), launches=0))
+                                 perm=to_channels_last(rank), launches=0))
         inner = [self.b.unique(f"{t}/nhwc") for t in node.outputs]
         self.b.node(node.op, ins, inner, {**node.attrs, "channels_last": 1}, name=node.name,
                     meta=dict(node.meta))
         for i, (t, n) in enumerate(zip(node.outputs, inner)):
-            rank = self.src.tensors[t].rank
-            back = [0, rank - 1, *range(1, rank - 1)]
+            back = to_channels_first(self.src.tensors[t].rank)
             self.b.node("Transpose", [n], [t], {"perm": back, "launches": 0},
                         name=self.b.unique(f"{node.name}/to_nchw{i}"), meta=dict(meta))
             self.env[t] = t
