@@ -89,20 +89,15 @@ class Run:
         """ms per call of ``n`` calls queued on one stream between one pair of events (no flush)."""
         if not self.cuda:
             return self._wall_ms(fn, n)
-        torch = self.torch
         for _ in range(3):
             fn()
         self.sync()
-        best = float("inf")
-        for _ in range(5):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
+
+        def body() -> None:
             for _ in range(n):
                 fn()
-            b.record()
-            b.synchronize()
-            best = min(best, a.elapsed_time(b) / n)
-        return best
+
+        return self._events_ms(body, n)
 
     def graph_ms(self, fn: Callable[[], Any], n: int = N_QUEUED) -> float | None:
         """ms per call of ``n`` calls captured in one CUDA graph and replayed (None on the CPU)."""
@@ -121,11 +116,16 @@ class Run:
                 fn()
         g.replay()
         self.sync()
+        return self._events_ms(g.replay, n)
+
+    def _events_ms(self, body: Callable[[], Any], n: int) -> float:
+        """Best of 5 timings of ``body`` between one pair of CUDA events, per each of its ``n`` calls."""
+        torch = self.torch
         best = float("inf")
         for _ in range(5):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
-            g.replay()
+            body()
             b.record()
             b.synchronize()
             best = min(best, a.elapsed_time(b) / n)
@@ -148,11 +148,11 @@ def floor(r: Run) -> None:
     """Small kernels alone, queued on a stream and replayed from a CUDA graph."""
     torch, dev = r.torch, r.dev
     F = torch.nn.functional
-    s = 1 if r.smoke else 0
     cases: list[tuple[str, dict[str, Any], Callable[[], Any]]] = []
     x = torch.randn(1024, device=dev)
     cases.append(("add", {"dtype": "fp32", "numel": 1024}, lambda: x.add(1.0)))
-    y = torch.randn(1 << (10 if s else 20), device=dev, dtype=torch.float16 if r.cuda else torch.float32)
+    half = torch.float16 if r.cuda else torch.float32
+    y = torch.randn(1 << (10 if r.smoke else 20), device=dev, dtype=half)
     cases.append(("relu", {"dtype": "fp16", "numel": y.numel()}, lambda: torch.relu(y)))
     dt = torch.bfloat16 if r.cuda else torch.float32
     for m, n, k in ((128, 128, 128), (128, 768, 768), (128, 3072, 768)):
@@ -257,7 +257,8 @@ def conv(r: Run) -> None:
             r.record({"kind": "conv2d", **fields, "layout": layout,
                       "ms": r.isolated_ms(lambda xs=xs, ws=ws, st=stride, pd=pad: F.conv2d(xs, ws, stride=st,
                                                                                         padding=pd))})
-        names = _kernel_names(r, lambda x=x, w=w, st=stride, pd=pad: F.conv2d(x, w, stride=st, padding=pd))
+        names = [name for name, _ in _profile(r, lambda x=x, w=w, st=stride, pd=pad: F.conv2d(x, w, stride=st,
+                                                                                             padding=pd))]
         r.record({"kind": "conv2d_kernels", **fields, "layout": "nchw", "kernels": names})
     print(f"  conv: {len(layers)} layers, NCHW and channels last, kernel names of each NCHW call")
 
@@ -283,10 +284,6 @@ def _profile(r: Run, fn: Callable[[], Any]) -> list[tuple[str, float]]:
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     return [(str(e.get("name", "")), float(e.get("dur", 0.0))) for e in events
             if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")]
-
-
-def _kernel_names(r: Run, fn: Callable[[], Any]) -> list[str]:
-    return [name for name, _ in _profile(r, fn)]
 
 
 def network(r: Run) -> None:
